@@ -1,0 +1,536 @@
+-- durable_trio schema, version 1.
+--
+-- "@schema" is replaced by the client's schema name quoted by psycopg.sql.Identifier,
+-- "@schema_literal" by the same name as a string literal (psycopg.sql.Literal).
+-- Every state change goes through one of the functions below, so each is one round trip
+-- and one transaction. The legal moves mirror src/durable_trio/_core/states.py; every
+-- write made on behalf of a worker is fenced: it happens only while that worker holds a
+-- live lease on the run (invariant 2 in docs/architecture.md).
+
+-- The database's clock is the only clock. Tests move it forward for every connection at
+-- once by raising the offset (durable_trio.testing.advance_clock).
+CREATE TABLE @schema.clock (
+    id boolean PRIMARY KEY DEFAULT true CHECK (id),
+    offset_by interval NOT NULL DEFAULT '0 seconds'
+);
+INSERT INTO @schema.clock DEFAULT VALUES;
+
+CREATE FUNCTION @schema.clock_now() RETURNS timestamptz
+LANGUAGE sql STABLE AS $$
+    SELECT clock_timestamp() + (SELECT offset_by FROM @schema.clock)
+$$;
+
+CREATE TABLE @schema.tasks (
+    task_id uuid PRIMARY KEY,
+    queue text NOT NULL,
+    task_name text NOT NULL,
+    params jsonb NOT NULL,
+    headers jsonb NOT NULL,
+    retry jsonb NOT NULL,
+    max_attempts integer NOT NULL CHECK (max_attempts >= 1),
+    priority integer NOT NULL,
+    max_pending_delay interval,
+    max_duration interval,
+    idempotency_key text,
+    parent_task_id uuid,
+    root_task_id uuid NOT NULL,
+    state text NOT NULL CHECK (state IN
+        ('pending', 'running', 'sleeping', 'completed', 'failed', 'cancelled')),
+    attempts integer NOT NULL CHECK (attempts >= 1 AND attempts <= max_attempts),
+    last_run_id uuid NOT NULL,
+    result jsonb,
+    error jsonb,
+    cancel_reason text,
+    created_at timestamptz NOT NULL,
+    first_started_at timestamptz,
+    finished_at timestamptz
+);
+CREATE UNIQUE INDEX tasks_idempotency ON @schema.tasks (queue, idempotency_key)
+    WHERE idempotency_key IS NOT NULL;
+CREATE INDEX tasks_parent ON @schema.tasks (parent_task_id)
+    WHERE parent_task_id IS NOT NULL;
+
+CREATE TABLE @schema.runs (
+    run_id uuid PRIMARY KEY,
+    task_id uuid NOT NULL REFERENCES @schema.tasks ON DELETE CASCADE,
+    queue text NOT NULL,
+    task_name text NOT NULL,
+    priority integer NOT NULL,
+    attempt integer NOT NULL CHECK (attempt >= 1),
+    state text NOT NULL CHECK (state IN
+        ('pending', 'running', 'sleeping', 'completed', 'failed', 'cancelled')),
+    available_at timestamptz NOT NULL,
+    worker_id text,
+    lease_expires_at timestamptz,
+    wake_reason text,
+    error jsonb,
+    created_at timestamptz NOT NULL,
+    claimed_at timestamptz,
+    finished_at timestamptz,
+    UNIQUE (task_id, attempt)
+) WITH (fillfactor = 80, autovacuum_vacuum_scale_factor = 0.01,
+        autovacuum_vacuum_threshold = 1000);
+-- Only claimable rows are indexed, so finished work never sits in the claim path.
+CREATE INDEX runs_claim ON @schema.runs (queue, priority DESC, available_at, run_id)
+    WHERE state IN ('pending', 'sleeping');
+CREATE INDEX runs_due ON @schema.runs (queue, available_at)
+    WHERE state IN ('pending', 'sleeping');
+CREATE INDEX runs_leased ON @schema.runs (queue, lease_expires_at)
+    WHERE state = 'running';
+CREATE INDEX runs_task ON @schema.runs (task_id);
+
+CREATE TABLE @schema.checkpoints (
+    task_id uuid NOT NULL REFERENCES @schema.tasks ON DELETE CASCADE,
+    name text NOT NULL,
+    value jsonb NOT NULL,
+    run_id uuid NOT NULL,
+    created_at timestamptz NOT NULL,
+    PRIMARY KEY (task_id, name)
+);
+
+-- Events are sticky: once emitted, every later await_event of that name on that queue
+-- returns at once. A second emit replaces the payload (last write wins) for waits that
+-- have not received it yet; waits already woken keep the payload they checkpointed.
+CREATE TABLE @schema.events (
+    queue text NOT NULL,
+    event_name text NOT NULL,
+    payload jsonb NOT NULL,
+    emitted_at timestamptz NOT NULL,
+    PRIMARY KEY (queue, event_name)
+);
+
+-- A suspended task waiting for an event (or a child: event "$task:<id>"). One row per
+-- task: a task waits for one thing at a time. The row outlives the run that made it (a
+-- retry replaying the same await keeps the original deadline).
+CREATE TABLE @schema.waits (
+    task_id uuid PRIMARY KEY REFERENCES @schema.tasks ON DELETE CASCADE,
+    run_id uuid NOT NULL,
+    queue text NOT NULL,
+    event_name text NOT NULL,
+    step_name text NOT NULL,
+    timeout_at timestamptz
+);
+CREATE INDEX waits_event ON @schema.waits (queue, event_name);
+
+
+-- Fencing: lock the run iff this worker holds a live lease on it.
+CREATE FUNCTION @schema.lock_owned_run(p_run uuid, p_worker text) RETURNS uuid
+LANGUAGE sql AS $$
+    SELECT task_id FROM @schema.runs
+    WHERE run_id = p_run AND worker_id = p_worker AND state = 'running'
+      AND lease_expires_at > @schema.clock_now()
+    FOR UPDATE
+$$;
+
+
+CREATE FUNCTION @schema.notify_queue(p_queue text) RETURNS void
+LANGUAGE sql AS $$
+    SELECT pg_notify('durable_trio', @schema_literal || '.' || p_queue)
+$$;
+
+
+-- Emit an event and wake every run waiting for it. Serialised per (queue, event) with an
+-- advisory lock shared with await_event, so an emit racing a wait never loses the wake-up.
+CREATE FUNCTION @schema.emit_event(p_queue text, p_event text, p_payload jsonb)
+RETURNS integer
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_now timestamptz := @schema.clock_now();
+    v_woken integer;
+BEGIN
+    PERFORM pg_advisory_xact_lock(hashtextextended(@schema_literal || p_queue || chr(0) || p_event, 0));
+    INSERT INTO @schema.events (queue, event_name, payload, emitted_at)
+    VALUES (p_queue, p_event, p_payload, v_now)
+    ON CONFLICT (queue, event_name)
+    DO UPDATE SET payload = EXCLUDED.payload, emitted_at = EXCLUDED.emitted_at;
+
+    WITH gone AS (
+        DELETE FROM @schema.waits
+        WHERE queue = p_queue AND event_name = p_event
+        RETURNING run_id, task_id, step_name
+    ), saved AS (
+        INSERT INTO @schema.checkpoints (task_id, name, value, run_id, created_at)
+        SELECT task_id, step_name, jsonb_build_object('payload', p_payload), run_id, v_now
+        FROM gone
+        ON CONFLICT (task_id, name) DO NOTHING
+    ), woke AS (
+        UPDATE @schema.runs r SET state = 'pending', available_at = v_now,
+            wake_reason = 'event'
+        FROM gone WHERE r.run_id = gone.run_id AND r.state = 'sleeping'
+        RETURNING r.task_id
+    ), tasks_woke AS (
+        UPDATE @schema.tasks t SET state = 'pending'
+        FROM woke WHERE t.task_id = woke.task_id AND t.state = 'sleeping'
+    )
+    SELECT count(*) INTO v_woken FROM woke;
+    IF v_woken > 0 THEN
+        PERFORM @schema.notify_queue(p_queue);
+    END IF;
+    RETURN v_woken;
+END
+$$;
+
+
+-- A task reached a terminal state: tell a parent that may be joining it.
+CREATE FUNCTION @schema.announce_end(p_task uuid) RETURNS void
+LANGUAGE plpgsql AS $$
+DECLARE
+    t record;
+BEGIN
+    SELECT queue, parent_task_id, state, result, error, cancel_reason INTO t
+    FROM @schema.tasks WHERE task_id = p_task;
+    IF t.parent_task_id IS NOT NULL THEN
+        PERFORM @schema.emit_event(t.queue, '$task:' || p_task::text, jsonb_build_object(
+            'state', t.state, 'result', t.result, 'error', t.error,
+            'reason', t.cancel_reason));
+    END IF;
+END
+$$;
+
+
+-- Cancel a task and, recursively, every unfinished descendant. Running attempts notice at
+-- their next heartbeat (their run is no longer 'running'), or at once through the notify.
+CREATE FUNCTION @schema.cancel_task(p_task uuid, p_reason text) RETURNS integer
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_now timestamptz := @schema.clock_now();
+    v_ids uuid[];
+    v_id uuid;
+BEGIN
+    WITH RECURSIVE tree AS (
+        SELECT task_id FROM @schema.tasks WHERE task_id = p_task
+        UNION
+        SELECT c.task_id FROM @schema.tasks c JOIN tree ON c.parent_task_id = tree.task_id
+    )
+    SELECT array_agg(t.task_id ORDER BY t.task_id) INTO v_ids
+    FROM @schema.tasks t JOIN tree USING (task_id)
+    WHERE t.state NOT IN ('completed', 'failed', 'cancelled');
+    IF v_ids IS NULL THEN
+        RETURN 0;
+    END IF;
+    PERFORM 1 FROM @schema.tasks WHERE task_id = ANY (v_ids) ORDER BY task_id FOR UPDATE;
+    UPDATE @schema.tasks SET state = 'cancelled', finished_at = v_now,
+        cancel_reason = CASE WHEN task_id = p_task THEN p_reason
+                             ELSE 'parent ' || p_task::text || ' ended' END
+    WHERE task_id = ANY (v_ids);
+    UPDATE @schema.runs SET state = 'cancelled', finished_at = v_now, lease_expires_at = NULL
+    WHERE task_id = ANY (v_ids) AND state IN ('pending', 'running', 'sleeping');
+    DELETE FROM @schema.waits WHERE task_id = ANY (v_ids);
+    FOREACH v_id IN ARRAY v_ids LOOP
+        PERFORM @schema.announce_end(v_id);
+    END LOOP;
+    PERFORM pg_notify('durable_trio_cancel', @schema_literal);
+    RETURN array_length(v_ids, 1);
+END
+$$;
+
+
+CREATE FUNCTION @schema.spawn_task(
+    p_task uuid, p_run uuid, p_queue text, p_name text, p_params jsonb, p_headers jsonb,
+    p_retry jsonb, p_max_attempts integer, p_priority integer, p_delay interval,
+    p_start_at timestamptz, p_idempotency_key text, p_max_pending_delay interval,
+    p_max_duration interval, p_parent uuid
+) RETURNS TABLE (task_id uuid, run_id uuid, attempt integer, created boolean)
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_now timestamptz := @schema.clock_now();
+    v_root uuid := p_task;
+BEGIN
+    IF p_parent IS NOT NULL THEN
+        SELECT coalesce(t.root_task_id, t.task_id) INTO v_root
+        FROM @schema.tasks t WHERE t.task_id = p_parent;
+    END IF;
+    INSERT INTO @schema.tasks AS t (task_id, queue, task_name, params, headers, retry,
+        max_attempts, priority, max_pending_delay, max_duration, idempotency_key,
+        parent_task_id, root_task_id, state, attempts, last_run_id, created_at)
+    VALUES (p_task, p_queue, p_name, p_params, p_headers, p_retry, p_max_attempts,
+        p_priority, p_max_pending_delay, p_max_duration, p_idempotency_key, p_parent,
+        coalesce(v_root, p_task), 'pending', 1, p_run, v_now)
+    ON CONFLICT (queue, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING;
+    IF NOT FOUND THEN
+        RETURN QUERY SELECT t.task_id, t.last_run_id, t.attempts, false
+            FROM @schema.tasks t
+            WHERE t.queue = p_queue AND t.idempotency_key = p_idempotency_key;
+        RETURN;
+    END IF;
+    INSERT INTO @schema.runs (run_id, task_id, queue, task_name, priority, attempt, state,
+        available_at, created_at)
+    VALUES (p_run, p_task, p_queue, p_name, p_priority, 1, 'pending',
+        coalesce(p_start_at, v_now + coalesce(p_delay, '0 seconds')), v_now);
+    PERFORM @schema.notify_queue(p_queue);
+    RETURN QUERY SELECT p_task, p_run, 1, true;
+END
+$$;
+
+
+-- Claim up to p_limit due runs of the named tasks, highest priority first, then oldest.
+-- Runs whose cancellation policy has expired are cancelled instead of claimed.
+CREATE FUNCTION @schema.claim_runs(
+    p_queue text, p_worker text, p_names text[], p_limit integer, p_lease interval
+) RETURNS TABLE (run_id uuid, task_id uuid, task_name text, attempt integer,
+    params jsonb, headers jsonb, retry jsonb, max_attempts integer, checkpoints jsonb,
+    lease_expires_at timestamptz, claimed_at timestamptz)
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_now timestamptz := @schema.clock_now();
+    v_late uuid;
+BEGIN
+    FOR v_late IN
+        SELECT t.task_id FROM @schema.runs r JOIN @schema.tasks t USING (task_id)
+        WHERE r.queue = p_queue AND r.state = 'pending' AND r.available_at <= v_now
+          AND r.attempt = 1 AND t.first_started_at IS NULL
+          AND t.max_pending_delay IS NOT NULL
+          AND r.available_at + t.max_pending_delay < v_now
+        LIMIT p_limit
+    LOOP
+        PERFORM @schema.cancel_task(v_late, 'max_pending_delay exceeded');
+    END LOOP;
+
+    RETURN QUERY
+    WITH picked AS (
+        SELECT r.run_id FROM @schema.runs r
+        WHERE r.queue = p_queue AND r.state IN ('pending', 'sleeping')
+          AND r.available_at <= v_now AND r.task_name = ANY (p_names)
+        ORDER BY r.priority DESC, r.available_at, r.run_id
+        LIMIT p_limit
+        FOR UPDATE SKIP LOCKED
+    ), claimed AS (
+        UPDATE @schema.runs r SET state = 'running', worker_id = p_worker,
+            lease_expires_at = v_now + p_lease, claimed_at = v_now
+        FROM picked WHERE r.run_id = picked.run_id
+        RETURNING r.run_id, r.task_id, r.task_name, r.attempt, r.lease_expires_at
+    ), started AS (
+        UPDATE @schema.tasks t SET state = 'running',
+            first_started_at = coalesce(t.first_started_at, v_now)
+        FROM claimed WHERE t.task_id = claimed.task_id
+        RETURNING t.task_id, t.params, t.headers, t.retry, t.max_attempts
+    )
+    SELECT c.run_id, c.task_id, c.task_name, c.attempt, s.params, s.headers, s.retry,
+        s.max_attempts,
+        (SELECT coalesce(jsonb_object_agg(k.name, k.value), '{}'::jsonb)
+         FROM @schema.checkpoints k WHERE k.task_id = c.task_id),
+        c.lease_expires_at, v_now
+    FROM claimed c JOIN started s USING (task_id);
+END
+$$;
+
+
+-- Renew the leases this worker still holds; return those renewed. A run missing from the
+-- answer was lost (expired, cancelled, or over its max_duration) and must be abandoned.
+CREATE FUNCTION @schema.heartbeat(p_worker text, p_runs uuid[], p_lease interval)
+RETURNS TABLE (run_id uuid, lease_expires_at timestamptz)
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_now timestamptz := @schema.clock_now();
+    v_over uuid;
+BEGIN
+    FOR v_over IN
+        SELECT t.task_id FROM @schema.runs r JOIN @schema.tasks t USING (task_id)
+        WHERE r.run_id = ANY (p_runs) AND r.worker_id = p_worker AND r.state = 'running'
+          AND t.max_duration IS NOT NULL AND t.first_started_at + t.max_duration < v_now
+    LOOP
+        PERFORM @schema.cancel_task(v_over, 'max_duration exceeded');
+    END LOOP;
+    RETURN QUERY
+    UPDATE @schema.runs r
+    SET lease_expires_at = greatest(r.lease_expires_at, v_now + p_lease)
+    WHERE r.run_id = ANY (p_runs) AND r.worker_id = p_worker AND r.state = 'running'
+      AND r.lease_expires_at > v_now
+    RETURNING r.run_id, r.lease_expires_at;
+END
+$$;
+
+
+CREATE FUNCTION @schema.set_checkpoint(
+    p_run uuid, p_worker text, p_name text, p_value jsonb
+) RETURNS boolean
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_task uuid := @schema.lock_owned_run(p_run, p_worker);
+BEGIN
+    IF v_task IS NULL THEN
+        RETURN false;
+    END IF;
+    INSERT INTO @schema.checkpoints (task_id, name, value, run_id, created_at)
+    VALUES (v_task, p_name, p_value, p_run, @schema.clock_now())
+    ON CONFLICT (task_id, name) DO NOTHING;
+    RETURN true;
+END
+$$;
+
+
+CREATE FUNCTION @schema.complete_run(p_run uuid, p_worker text, p_result jsonb)
+RETURNS boolean
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_now timestamptz := @schema.clock_now();
+    v_task uuid := @schema.lock_owned_run(p_run, p_worker);
+BEGIN
+    IF v_task IS NULL THEN
+        RETURN false;
+    END IF;
+    UPDATE @schema.runs SET state = 'completed', finished_at = v_now, lease_expires_at = NULL
+    WHERE run_id = p_run;
+    UPDATE @schema.tasks SET state = 'completed', result = p_result, finished_at = v_now
+    WHERE task_id = v_task;
+    PERFORM @schema.announce_end(v_task);
+    RETURN true;
+END
+$$;
+
+
+-- An attempt failed. With p_worker it is the worker reporting its own failure (fenced by
+-- its lease); with p_worker NULL it is the reaper failing a run whose lease expired.
+-- p_retry asks for another attempt after p_delay; the guard below never lets attempts
+-- exceed max_attempts. Returns the task's new state, or NULL if fenced out.
+CREATE FUNCTION @schema.fail_run(
+    p_run uuid, p_worker text, p_error jsonb, p_retry boolean, p_delay interval,
+    p_new_run uuid
+) RETURNS text
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_now timestamptz := @schema.clock_now();
+    v_task uuid;
+    v_attempt integer;
+    t record;
+BEGIN
+    IF p_worker IS NULL THEN
+        SELECT r.task_id INTO v_task FROM @schema.runs r
+        WHERE r.run_id = p_run AND r.state = 'running' AND r.lease_expires_at <= v_now
+        FOR UPDATE SKIP LOCKED;
+    ELSE
+        v_task := @schema.lock_owned_run(p_run, p_worker);
+    END IF;
+    IF v_task IS NULL THEN
+        RETURN NULL;
+    END IF;
+    UPDATE @schema.runs SET state = 'failed', finished_at = v_now, lease_expires_at = NULL,
+        error = p_error
+    WHERE run_id = p_run RETURNING attempt INTO v_attempt;
+    SELECT * INTO t FROM @schema.tasks WHERE task_id = v_task FOR UPDATE;
+    IF p_retry AND t.attempts < t.max_attempts THEN
+        INSERT INTO @schema.runs (run_id, task_id, queue, task_name, priority, attempt, state,
+            available_at, wake_reason, created_at)
+        VALUES (p_new_run, v_task, t.queue, t.task_name, t.priority, v_attempt + 1,
+            'pending', v_now + p_delay, 'retry', v_now);
+        UPDATE @schema.tasks SET state = 'pending', attempts = v_attempt + 1,
+            last_run_id = p_new_run, error = p_error
+        WHERE task_id = v_task;
+        PERFORM @schema.notify_queue(t.queue);
+        RETURN 'pending';
+    END IF;
+    UPDATE @schema.tasks SET state = 'failed', error = p_error, finished_at = v_now
+    WHERE task_id = v_task;
+    -- Invariant 6: a failed parent takes every unfinished descendant with it.
+    PERFORM @schema.cancel_task(c.task_id, 'parent ' || v_task::text || ' failed')
+    FROM @schema.tasks c
+    WHERE c.parent_task_id = v_task AND c.state NOT IN ('completed', 'failed', 'cancelled');
+    PERFORM @schema.announce_end(v_task);
+    RETURN 'failed';
+END
+$$;
+
+
+-- Suspend a running attempt until p_wake_at (a durable sleep); the slot is freed.
+CREATE FUNCTION @schema.suspend_run(p_run uuid, p_worker text, p_wake_at timestamptz)
+RETURNS boolean
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_task uuid := @schema.lock_owned_run(p_run, p_worker);
+BEGIN
+    IF v_task IS NULL THEN
+        RETURN false;
+    END IF;
+    UPDATE @schema.runs SET state = 'sleeping', available_at = p_wake_at, worker_id = NULL,
+        lease_expires_at = NULL, wake_reason = 'timer'
+    WHERE run_id = p_run;
+    UPDATE @schema.tasks SET state = 'sleeping' WHERE task_id = v_task;
+    RETURN true;
+END
+$$;
+
+
+-- Await an event (or a child's end). Returns one of:
+--   ('fenced', NULL)      this worker lost the run: write nothing more
+--   ('event', payload)    delivered now (checkpointed under p_step)
+--   ('timeout', NULL)     the timeout passed first (checkpointed under p_step)
+--   ('suspended', NULL)   the run now sleeps until the event or the timeout
+CREATE FUNCTION @schema.await_event(
+    p_run uuid, p_worker text, p_queue text, p_event text, p_step text,
+    p_timeout interval
+) RETURNS TABLE (outcome text, payload jsonb)
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_now timestamptz := @schema.clock_now();
+    v_task uuid := @schema.lock_owned_run(p_run, p_worker);
+    v_payload jsonb;
+    v_value jsonb;
+    v_deadline timestamptz;
+BEGIN
+    IF v_task IS NULL THEN
+        RETURN QUERY SELECT 'fenced'::text, NULL::jsonb;
+        RETURN;
+    END IF;
+    PERFORM pg_advisory_xact_lock(hashtextextended(@schema_literal || p_queue || chr(0) || p_event, 0));
+    SELECT value INTO v_value FROM @schema.checkpoints WHERE task_id = v_task AND name = p_step;
+    IF FOUND THEN
+        DELETE FROM @schema.waits WHERE task_id = v_task;
+        IF v_value ? 'timeout' THEN
+            RETURN QUERY SELECT 'timeout'::text, NULL::jsonb;
+        ELSE
+            RETURN QUERY SELECT 'event'::text, v_value -> 'payload';
+        END IF;
+        RETURN;
+    END IF;
+    -- The deadline is fixed by the first call: a replay must not push it back.
+    SELECT w.timeout_at INTO v_deadline FROM @schema.waits w
+    WHERE w.task_id = v_task AND w.step_name = p_step AND w.event_name = p_event;
+    IF NOT FOUND THEN
+        v_deadline := v_now + p_timeout;
+    END IF;
+    SELECT e.payload INTO v_payload FROM @schema.events e
+    WHERE e.queue = p_queue AND e.event_name = p_event;
+    IF FOUND THEN
+        v_value := jsonb_build_object('payload', v_payload);
+    ELSIF v_deadline IS NOT NULL AND v_deadline <= v_now THEN
+        v_value := jsonb_build_object('timeout', true);
+    ELSE
+        INSERT INTO @schema.waits (task_id, run_id, queue, event_name, step_name, timeout_at)
+        VALUES (v_task, p_run, p_queue, p_event, p_step, v_deadline)
+        ON CONFLICT (task_id) DO UPDATE SET run_id = EXCLUDED.run_id,
+            event_name = EXCLUDED.event_name, step_name = EXCLUDED.step_name,
+            timeout_at = EXCLUDED.timeout_at, queue = EXCLUDED.queue;
+        UPDATE @schema.runs SET state = 'sleeping', worker_id = NULL, lease_expires_at = NULL,
+            available_at = coalesce(v_deadline, 'infinity'), wake_reason = 'timeout'
+        WHERE run_id = p_run;
+        UPDATE @schema.tasks SET state = 'sleeping' WHERE task_id = v_task;
+        RETURN QUERY SELECT 'suspended'::text, NULL::jsonb;
+        RETURN;
+    END IF;
+    INSERT INTO @schema.checkpoints (task_id, name, value, run_id, created_at)
+    VALUES (v_task, p_step, v_value, p_run, v_now);
+    DELETE FROM @schema.waits WHERE task_id = v_task;
+    RETURN QUERY SELECT CASE WHEN v_value ? 'timeout' THEN 'timeout' ELSE 'event' END,
+        v_value -> 'payload';
+END
+$$;
+
+
+-- Graceful shutdown: hand a run back without spending an attempt.
+CREATE FUNCTION @schema.release_run(p_run uuid, p_worker text) RETURNS boolean
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_task uuid := @schema.lock_owned_run(p_run, p_worker);
+    v_queue text;
+BEGIN
+    IF v_task IS NULL THEN
+        RETURN false;
+    END IF;
+    UPDATE @schema.runs SET state = 'pending', worker_id = NULL, lease_expires_at = NULL,
+        available_at = @schema.clock_now(), wake_reason = 'released'
+    WHERE run_id = p_run RETURNING queue INTO v_queue;
+    UPDATE @schema.tasks SET state = 'pending' WHERE task_id = v_task;
+    PERFORM @schema.notify_queue(v_queue);
+    RETURN true;
+END
+$$;

@@ -1,0 +1,83 @@
+-- Named queries, loaded by src/durable_trio/_store.py. "@schema" is the quoted schema.
+-- Values are always parameters; nothing else is spliced in.
+
+-- name: spawn_task
+SELECT * FROM @schema.spawn_task(%(task_id)s, %(run_id)s, %(queue)s, %(task_name)s,
+    %(params)s::jsonb, %(headers)s::jsonb, %(retry)s::jsonb, %(max_attempts)s,
+    %(priority)s, %(delay)s::interval, %(start_at)s::timestamptz, %(idempotency_key)s,
+    %(max_pending_delay)s::interval, %(max_duration)s::interval, %(parent)s::uuid)
+
+-- name: claim_runs
+SELECT * FROM @schema.claim_runs(%(queue)s, %(worker)s, %(names)s::text[], %(limit)s,
+    %(lease)s::interval)
+
+-- name: heartbeat
+SELECT * FROM @schema.heartbeat(%(worker)s, %(runs)s::uuid[], %(lease)s::interval)
+
+-- name: set_checkpoint
+SELECT @schema.set_checkpoint(%(run_id)s, %(worker)s, %(name)s, %(value)s::jsonb) AS ok
+
+-- name: lock_owned_run
+SELECT @schema.lock_owned_run(%(run_id)s, %(worker)s) AS task_id
+
+-- name: insert_checkpoint
+INSERT INTO @schema.checkpoints (task_id, name, value, run_id, created_at)
+VALUES (%(task_id)s, %(name)s, %(value)s::jsonb, %(run_id)s, @schema.clock_now())
+
+-- name: complete_run
+SELECT @schema.complete_run(%(run_id)s, %(worker)s, %(result)s::jsonb) AS ok
+
+-- name: fail_run
+SELECT @schema.fail_run(%(run_id)s, %(worker)s, %(error)s::jsonb, %(retry)s,
+    %(delay)s::interval, %(new_run_id)s) AS state
+
+-- name: suspend_run
+SELECT @schema.suspend_run(%(run_id)s, %(worker)s, %(wake_at)s::timestamptz) AS ok
+
+-- name: await_event
+SELECT * FROM @schema.await_event(%(run_id)s, %(worker)s, %(queue)s, %(event)s, %(step)s,
+    %(timeout)s::interval)
+
+-- name: emit_event
+SELECT @schema.emit_event(%(queue)s, %(event)s, %(payload)s::jsonb) AS woken
+
+-- name: release_run
+SELECT @schema.release_run(%(run_id)s, %(worker)s) AS ok
+
+-- name: cancel_task
+SELECT @schema.cancel_task(%(task_id)s, %(reason)s) AS cancelled
+
+-- name: expired_runs
+SELECT r.run_id, r.task_id, r.attempt, t.max_attempts, t.retry
+FROM @schema.runs r JOIN @schema.tasks t USING (task_id)
+WHERE r.queue = ANY (%(queues)s::text[]) AND r.state = 'running'
+  AND r.lease_expires_at <= @schema.clock_now()
+ORDER BY r.lease_expires_at
+LIMIT %(limit)s
+
+-- name: next_due
+SELECT extract(epoch FROM min(available_at) - @schema.clock_now())::float8 AS seconds
+FROM @schema.runs
+WHERE queue = ANY (%(queues)s::text[]) AND state IN ('pending', 'sleeping')
+  AND task_name = ANY (%(names)s::text[])
+
+-- name: get_task
+SELECT task_id, queue, task_name, params, headers, state, attempts, max_attempts, priority,
+    parent_task_id, root_task_id, last_run_id, result, error, cancel_reason, created_at,
+    first_started_at, finished_at
+FROM @schema.tasks WHERE task_id = %(task_id)s
+
+-- name: task_states
+SELECT task_id, state, result, error, cancel_reason FROM @schema.tasks
+WHERE task_id = ANY (%(task_ids)s::uuid[])
+
+-- name: now
+SELECT @schema.clock_now() AS now
+
+-- name: advance_clock
+UPDATE @schema.clock SET offset_by = offset_by + %(by)s::interval RETURNING offset_by
+
+-- name: claimable_count
+SELECT count(*) AS n FROM @schema.runs
+WHERE queue = ANY (%(queues)s::text[]) AND state IN ('pending', 'sleeping')
+  AND available_at <= @schema.clock_now() AND task_name = ANY (%(names)s::text[])

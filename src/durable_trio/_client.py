@@ -1,0 +1,396 @@
+"""The client: spawn tasks, read their state, emit events, cancel, and run workers."""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import AsyncIterator, Iterable
+from contextlib import asynccontextmanager
+from datetime import datetime
+from typing import Any, TypeVar
+from uuid import UUID
+
+import attrs
+import psycopg
+import trio
+
+from . import _serde
+from ._core.ids import uuid7
+from ._core.names import validate_name, validate_queue, validate_schema
+from ._core.options import SpawnOptions, WorkerOptions
+from ._core.states import TaskState
+from ._db import Pool, TrioConnection, connect, redact_url
+from ._errors import (
+    ConfigurationError,
+    InvalidInput,
+    TaskCancelled,
+    TaskFailed,
+    TaskNotFound,
+    UnknownTask,
+    WaitTimeout,
+)
+from ._store import Store
+from ._task import Task, TaskDefinition, as_definition
+from ._worker import Worker
+
+__all__ = ["Durable", "SpawnResult", "TaskInfo"]
+
+R = TypeVar("R")
+URL_ENV = "DURABLE_DATABASE_URL"
+
+
+@attrs.frozen
+class SpawnResult:
+    """What a spawn returns. ``created`` is False when an idempotency key matched an
+    existing task (whose ids are returned and nothing was written)."""
+
+    task_id: UUID
+    run_id: UUID
+    attempt: int
+    created: bool = True
+
+
+@attrs.frozen
+class TaskInfo:
+    """A snapshot of one task. ``result`` and ``error`` are stored JSON; use
+    `Durable.wait_result` for a typed result."""
+
+    task_id: UUID
+    queue: str
+    task_name: str
+    state: TaskState
+    attempts: int
+    max_attempts: int
+    priority: int
+    params: Any
+    headers: dict[str, Any]
+    result: Any
+    error: dict[str, Any] | None
+    cancel_reason: str | None
+    parent_task_id: UUID | None
+    root_task_id: UUID
+    last_run_id: UUID
+    created_at: datetime
+    first_started_at: datetime | None
+    finished_at: datetime | None
+
+    @property
+    def terminal(self) -> bool:
+        return self.state.terminal
+
+
+class Durable:
+    """A handle on one durable_trio schema and queue. Create it with `Durable.connect`."""
+
+    def __init__(self, url: str, *, queue: str, schema: str, pool_size: int) -> None:
+        self.url = url
+        self.queue = validate_queue(queue)
+        self.schema = validate_schema(schema)
+        self._pool = Pool(url, max_size=pool_size)
+        self._store = Store(self._pool, self.schema)
+        self._registry: dict[str, TaskDefinition[Any, Any]] = {}
+
+    def __repr__(self) -> str:
+        return f"<Durable {redact_url(self.url)} schema={self.schema} queue={self.queue}>"
+
+    @classmethod
+    @asynccontextmanager
+    async def connect(
+        cls,
+        url: str | None = None,
+        *,
+        queue: str = "default",
+        schema: str = "durable",
+        migrate: bool = True,
+        pool_size: int = 10,
+    ) -> AsyncIterator[Durable]:
+        """Open a client. `url` defaults to ``$DURABLE_DATABASE_URL``.
+
+        With ``migrate=True`` (the default) the schema is created or upgraded first;
+        pass False when running under a role that may not change the schema.
+        Raises `DatabaseUnavailable` (password redacted) if the database is unreachable.
+        """
+        resolved = url or os.environ.get(URL_ENV)
+        if not resolved:
+            raise ConfigurationError(
+                f"no database URL: pass url=... or set {URL_ENV} "
+                "(e.g. postgresql://user:password@localhost:5432/dbname)"
+            )
+        try:
+            client = cls(resolved, queue=queue, schema=schema, pool_size=pool_size)
+        except ValueError as ex:
+            raise InvalidInput(str(ex)) from None
+        try:
+            async with client._pool.acquire():
+                pass  # fail fast, with a clear error, if the database is unreachable
+            if migrate:
+                await client.migrate()
+            yield client
+        finally:
+            with trio.CancelScope(shield=True):
+                await client._pool.aclose()
+
+    # -- registry ---------------------------------------------------------------------
+
+    def register(self, *tasks: TaskDefinition[Any, Any] | type[Task[Any, Any]]) -> None:
+        """Make tasks runnable by this client's workers. Names must be unique."""
+        for obj in tasks:
+            definition = as_definition(obj)
+            existing = self._registry.get(definition.name)
+            if existing is not None and existing.fn is not definition.fn:
+                raise ConfigurationError(f"a task named {definition.name!r} is already registered")
+            self._registry[definition.name] = definition
+
+    def definition(self, name: str) -> TaskDefinition[Any, Any]:
+        try:
+            return self._registry[name]
+        except KeyError:
+            raise UnknownTask(f"no task named {name!r} is registered on this client") from None
+
+    @property
+    def registered(self) -> list[str]:
+        return sorted(self._registry)
+
+    # -- schema -----------------------------------------------------------------------
+
+    async def migrate(self) -> list[int]:
+        """Create or upgrade the schema (idempotent; concurrent callers are serialised)."""
+        return await self._store.migrate()
+
+    # -- spawning ---------------------------------------------------------------------
+
+    def _prepare_spawn(
+        self,
+        task: TaskDefinition[Any, Any] | type[Task[Any, Any]] | str,
+        params: Any,
+        options: SpawnOptions | None,
+        *,
+        parent: UUID | None = None,
+    ) -> dict[str, Any]:
+        """Validate and serialise one spawn into the row the store inserts."""
+        if isinstance(task, str):
+            name = _checked(validate_name, task, what="task name")
+            params_json = _serde.dumps(_serde.unstructure(params))
+            defaults = self._registry[name].options if name in self._registry else None
+        else:
+            definition = as_definition(task)
+            name = definition.name
+            params_json = _serde.roundtrip(params, definition.params_type)[0]
+            defaults = definition.options
+        opts = options if options is not None else (defaults or SpawnOptions())
+        if not isinstance(opts, SpawnOptions):
+            raise InvalidInput(f"options must be a SpawnOptions, got {opts!r}")
+        policy = opts.cancellation
+        return {
+            "task_id": uuid7(),
+            "run_id": uuid7(),
+            "queue": opts.queue or self.queue,
+            "task_name": name,
+            "params": params_json,
+            "headers": _serde.dumps(_serde.unstructure(opts.headers)),
+            "retry": _serde.dumps(opts.retry.to_json()),
+            "max_attempts": opts.max_attempts,
+            "priority": opts.priority,
+            "delay": _interval(opts.delay),
+            "start_at": opts.start_at,
+            "idempotency_key": opts.idempotency_key,
+            "max_pending_delay": _interval(policy.max_pending_delay if policy else None),
+            "max_duration": _interval(policy.max_duration if policy else None),
+            "parent": parent,
+        }
+
+    async def spawn(
+        self,
+        task: TaskDefinition[Any, Any] | type[Task[Any, Any]],
+        params: Any,
+        *,
+        options: SpawnOptions | None = None,
+        connection: TrioConnection | psycopg.Connection[Any] | None = None,
+    ) -> SpawnResult:
+        """Spawn `task` with `params` (an instance of its Params type).
+
+        Invalid params or options raise `InvalidInput` / `SerializationError` and write
+        nothing. With `connection` (a connection from `Durable.connection()` or a plain
+        blocking `psycopg.Connection`), the spawn joins that connection's open
+        transaction: it becomes visible when the caller commits, and vanishes on rollback.
+        """
+        if isinstance(task, str):
+            raise InvalidInput("spawn() takes a task definition; use spawn_by_name() for names")
+        row = self._prepare_spawn(task, params, options)
+        return _result(await self._store.spawn(row, connection))
+
+    async def spawn_by_name(
+        self,
+        name: str,
+        params: Any,
+        *,
+        options: SpawnOptions | None = None,
+        connection: TrioConnection | psycopg.Connection[Any] | None = None,
+    ) -> SpawnResult:
+        """Spawn a task by name with plain-JSON params.
+
+        The name need not be registered here: a worker elsewhere may hold the code. A
+        worker without the code leaves the task for one that has it.
+        """
+        row = self._prepare_spawn(name, params, options)
+        return _result(await self._store.spawn(row, connection))
+
+    async def spawn_many(
+        self,
+        task: TaskDefinition[Any, Any] | type[Task[Any, Any]] | str,
+        params: Iterable[Any],
+        *,
+        options: SpawnOptions | None = None,
+    ) -> list[SpawnResult]:
+        """Spawn many tasks in one transaction (all or none), pipelined for speed."""
+        rows = [self._prepare_spawn(task, p, options) for p in params]
+        if not rows:
+            return []
+        return [_result(row) for row in await self._store.spawn_many(rows)]
+
+    @asynccontextmanager
+    async def connection(self) -> AsyncIterator[TrioConnection]:
+        """A dedicated trio-native psycopg connection (autocommit off) to the same
+        database, for doing your own writes and `spawn(..., connection=conn)` /
+        `emit_event(..., connection=conn)` in one transaction. Commit or roll back
+        yourself; leaving the block without committing rolls back."""
+        conn = await connect(self.url, autocommit=False)
+        try:
+            yield conn
+        finally:
+            with trio.CancelScope(shield=True):
+                if not conn.closed:
+                    await conn.rollback()
+                await conn.close()
+
+    # -- reading ----------------------------------------------------------------------
+
+    async def get_task(self, task_id: UUID) -> TaskInfo:
+        """The current state of a task; `TaskNotFound` if there is none."""
+        row = await self._store.get_task(_uuid(task_id))
+        if row is None:
+            raise TaskNotFound(task_id)
+        return TaskInfo(**{**row, "state": TaskState(row["state"])})
+
+    async def wait_result(
+        self,
+        task: TaskDefinition[Any, R] | type[Task[Any, R]] | str | None,
+        task_id: UUID,
+        *,
+        timeout: float | None = None,
+    ) -> Any:
+        """Wait until the task ends; return its result typed as the task's Output.
+
+        Raises `TaskFailed`, `TaskCancelled`, or `WaitTimeout` after `timeout` seconds
+        (the task itself goes on). `task` may be a name: typed if registered here,
+        plain JSON otherwise.
+        """
+        output_type = _output_type(task, self._registry)
+        task_id = _uuid(task_id)
+        delay = 0.002
+        with trio.move_on_after(math.inf if timeout is None else timeout):
+            while True:
+                info = await self.get_task(task_id)
+                if info.state is TaskState.COMPLETED:
+                    return _serde.structure(info.result, output_type)
+                if info.state is TaskState.FAILED:
+                    raise TaskFailed(task_id, info.error)
+                if info.state is TaskState.CANCELLED:
+                    raise TaskCancelled(task_id, info.cancel_reason)
+                await trio.sleep(delay)
+                delay = min(delay * 1.5, 0.1)
+        raise WaitTimeout(f"task {task_id} did not finish within {timeout} seconds")
+
+    # -- events and cancellation ------------------------------------------------------
+
+    async def emit_event(
+        self,
+        name: str,
+        payload: Any = None,
+        *,
+        queue: str | None = None,
+        connection: TrioConnection | psycopg.Connection[Any] | None = None,
+    ) -> int:
+        """Emit an event on the client's queue (or `queue`); return how many waiting
+        tasks it woke. Events are sticky: later waits receive it at once. A second emit of
+        the same name replaces the payload for waits that have not received one yet.
+        With `connection`, the emit joins the caller's open transaction."""
+        event = _checked(validate_name, name, what="event name")
+        target = _checked(validate_queue, queue or self.queue)
+        text = _serde.dumps(_serde.unstructure(payload))
+        return await self._store.emit_event(target, event, text, connection)
+
+    async def cancel(self, task_id: UUID, reason: str = "cancelled by client") -> bool:
+        """Cancel a task and all its unfinished descendants. Pending and sleeping tasks stop
+        at once; a running attempt is cancelled through its trio cancel scope within one
+        heartbeat (at once when the worker receives the notification). Returns False if
+        the task had already ended."""
+        task_id = _uuid(task_id)
+        if await self._store.get_task(task_id) is None:
+            raise TaskNotFound(task_id)
+        return await self._store.cancel(task_id, reason) > 0
+
+    # -- workers ----------------------------------------------------------------------
+
+    def new_worker(self, options: WorkerOptions | None = None) -> Worker:
+        """A worker for this client's registered tasks; run it with
+        ``await nursery.start(worker.run)`` and stop it with ``worker.shutdown()``."""
+        return Worker(
+            url=self.url,
+            schema=self.schema,
+            queues=[self.queue],
+            registry=dict(self._registry),
+            prepare_spawn=self._prepare_spawn,
+            options=options or WorkerOptions(),
+        )
+
+    @asynccontextmanager
+    async def worker(self, options: WorkerOptions | None = None) -> AsyncIterator[Worker]:
+        """Run a worker for the duration of the block; leaving it shuts down gracefully."""
+        worker = self.new_worker(options)
+        async with trio.open_nursery() as nursery:
+            await nursery.start(worker.run)
+            try:
+                yield worker
+            finally:
+                worker.shutdown()
+
+    @property
+    def store(self) -> Store:
+        """The low-level store (used by durable_trio.testing)."""
+        return self._store
+
+
+def _result(row: dict[str, Any]) -> SpawnResult:
+    return SpawnResult(row["task_id"], row["run_id"], row["attempt"], row.get("created", True))
+
+
+def _interval(seconds: float | None) -> Any:
+    from datetime import timedelta
+
+    return None if seconds is None else timedelta(seconds=seconds)
+
+
+def _uuid(value: Any) -> UUID:
+    if isinstance(value, UUID):
+        return value
+    try:
+        return UUID(str(value))
+    except ValueError:
+        raise InvalidInput(f"task_id must be a UUID, got {value!r}") from None
+
+
+def _checked(validate: Any, value: Any, **kwargs: Any) -> str:
+    try:
+        result: str = validate(value, **kwargs)
+    except ValueError as ex:
+        raise InvalidInput(str(ex)) from None
+    return result
+
+
+def _output_type(task: Any, registry: dict[str, TaskDefinition[Any, Any]]) -> Any:
+    if task is None:
+        return Any
+    if isinstance(task, str):
+        return registry[task].output_type if task in registry else Any
+    return as_definition(task).output_type

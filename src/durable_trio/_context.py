@@ -1,0 +1,402 @@
+"""TaskContext: what task code uses to checkpoint, sleep, wait, spawn and join.
+
+Every method that records something is fenced: if this worker lost the run, nothing is
+written and the task's cancel scope is cancelled (trio.Cancelled unwinds the task).
+Methods that suspend the task (sleep, await_event, join on an unfinished child) record the
+wait and then unwind with `Suspended`, a BaseException, so ``except Exception`` in task
+code cannot swallow it.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import random as _random
+import time
+import typing
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Any, TypeVar
+from uuid import UUID
+
+import attrs
+import trio
+
+from . import _serde
+from ._core import names
+from ._core.durations import Duration, to_seconds
+from ._core.ids import uuid7 as make_uuid7
+from ._core.options import SpawnOptions, extend_seconds
+from ._errors import (
+    ChildCancelled,
+    ChildFailed,
+    EventTimeout,
+    InvalidInput,
+    LeaseLost,
+    ReplayMismatch,
+)
+from ._task import TaskDefinition
+
+if TYPE_CHECKING:
+    from ._worker import RunState
+
+T = TypeVar("T")
+_UNSET: Any = object()
+
+__all__ = ["Suspended", "TaskContext", "TaskHandle"]
+
+
+class Suspended(BaseException):
+    """Unwinds a task that suspended (its wait is already recorded). Never catch it."""
+
+
+@attrs.frozen
+class TaskHandle:
+    """A checkpointed reference to a child task, returned by `TaskContext.spawn`."""
+
+    task_id: UUID
+    task_name: str
+    queue: str
+    output_type: Any = Any
+
+
+class TaskContext:
+    """Handed to every task attempt. See the module docstring for fencing and suspension."""
+
+    def __init__(self, run: RunState) -> None:
+        self._run = run
+        self._namer = names.CheckpointNamer()
+        self._checkpoints: dict[str, Any] = run.checkpoints
+
+    # -- identity ---------------------------------------------------------------------
+
+    @property
+    def task_id(self) -> UUID:
+        return self._run.task_id
+
+    @property
+    def run_id(self) -> UUID:
+        return self._run.run_id
+
+    @property
+    def attempt(self) -> int:
+        return self._run.attempt
+
+    @property
+    def headers(self) -> dict[str, Any]:
+        return dict(self._run.headers)
+
+    @property
+    def queue(self) -> str:
+        return self._run.queue
+
+    @property
+    def task_name(self) -> str:
+        return self._run.task_name
+
+    def __repr__(self) -> str:
+        return f"<TaskContext {self.task_name} task={self.task_id} attempt={self.attempt}>"
+
+    # -- steps ------------------------------------------------------------------------
+
+    async def step(
+        self,
+        name: str,
+        fn: Callable[..., Awaitable[T] | T],
+        *args: Any,
+        result_type: Any = _UNSET,
+    ) -> T:
+        """Run ``fn(*args)`` once and checkpoint its result under `name`.
+
+        On a replay the stored result is returned and `fn` is not called. `fn` may be sync
+        or async; a sync function runs on the event loop, so wrap blocking calls with
+        `trio.to_thread.run_sync` (see docs). The result type comes from `fn`'s return
+        annotation unless `result_type` is given. Reusing a name within one run is fine:
+        later uses are stored as ``name#2``, ``name#3``...
+        """
+        checkpoint = self._next_name(name)
+        rtype = _return_type(fn) if result_type is _UNSET else result_type
+        if checkpoint in self._checkpoints:
+            return typing.cast(T, _serde.structure(self._checkpoints[checkpoint], rtype))
+        value = fn(*args)
+        if inspect.isawaitable(value):
+            value = await value
+        return typing.cast(T, await self._record(checkpoint, value, rtype))
+
+    async def transaction(
+        self,
+        name: str,
+        fn: Callable[..., Awaitable[T]],
+        *args: Any,
+        result_type: Any = _UNSET,
+    ) -> T:
+        """Run ``await fn(conn, *args)`` inside the same database transaction that stores
+        its checkpoint: exactly-once for writes made through `conn` (a psycopg
+        connection of this library's kind). The transaction also holds this run's lease
+        lock, so a worker that lost the run can commit nothing."""
+        checkpoint = self._next_name(name)
+        rtype = _return_type(fn) if result_type is _UNSET else result_type
+        return typing.cast(T, await self._transaction(checkpoint, fn, args, rtype))
+
+    async def _transaction(
+        self, checkpoint: str, fn: Callable[..., Awaitable[Any]], args: Any, rtype: Any
+    ) -> Any:
+        if checkpoint in self._checkpoints:
+            return _serde.structure(self._checkpoints[checkpoint], rtype)
+        store = self._run.store
+        try:
+            async with store.owned_transaction(self.run_id, self._run.worker_id) as (
+                conn,
+                task_id,
+            ):
+                value = await fn(conn, *args)
+                text, replayed = _serde.roundtrip(value, rtype)
+                await store.insert_checkpoint(conn, task_id, self.run_id, checkpoint, text)
+        except LeaseLost:
+            await self._lost()
+        self._checkpoints[checkpoint] = _serde.loads(text)
+        return replayed
+
+    async def _record(self, checkpoint: str, value: Any, rtype: Any) -> Any:
+        text, replayed = _serde.roundtrip(value, rtype)
+        ok = await self._run.call(
+            self._run.store.set_checkpoint, self.run_id, self._run.worker_id, checkpoint, text
+        )
+        if not ok:
+            await self._lost()
+        self._checkpoints[checkpoint] = _serde.loads(text)
+        return replayed
+
+    def _next_name(self, name: str, *, kind: str | None = None) -> str:
+        try:
+            names.validate_name(name, what="step name")
+        except ValueError as ex:
+            raise InvalidInput(str(ex)) from None
+        return self._namer.next(names.internal(kind, name) if kind else name)
+
+    async def _lost(self) -> typing.NoReturn:
+        self._run.lose("a write was fenced: this worker no longer owns the run")
+        await trio.lowlevel.checkpoint()
+        # Only reached if the cancel scope could not fire (e.g. shielded code).
+        raise LeaseLost("this worker no longer owns the run")
+
+    async def _suspend(self) -> typing.NoReturn:
+        self._run.suspended = True
+        raise Suspended()
+
+    # -- deterministic helpers --------------------------------------------------------
+
+    def _db_now(self) -> datetime:
+        return self._run.claimed_at + timedelta(seconds=time.monotonic() - self._run.claimed_mono)
+
+    async def now(self) -> datetime:
+        """The database's current time, checkpointed: identical on replay."""
+        return typing.cast(
+            datetime,
+            await self._helper("now", lambda: self._db_now().astimezone(UTC), datetime),
+        )
+
+    async def random(self) -> float:
+        """A uniform float in [0, 1), checkpointed: identical on replay."""
+        return typing.cast(float, await self._helper("random", _random.random, float))
+
+    async def uuid7(self) -> UUID:
+        """A fresh UUIDv7, checkpointed: identical on replay."""
+        return typing.cast(UUID, await self._helper("uuid7", make_uuid7, UUID))
+
+    async def _helper(self, kind: str, make: Callable[[], Any], rtype: Any) -> Any:
+        checkpoint = self._namer.next(names.internal(kind, ""))
+        if checkpoint in self._checkpoints:
+            return _serde.structure(self._checkpoints[checkpoint], rtype)
+        return await self._record(checkpoint, make(), rtype)
+
+    # -- timers -----------------------------------------------------------------------
+
+    async def sleep_for(self, name: str, duration: Duration) -> None:
+        """Sleep durably for `duration` (seconds or timedelta) without holding a worker.
+
+        The wake time is fixed by the first call and checkpointed; the task is suspended
+        and resumed (replaying from the top) once it is due.
+        """
+        seconds = _duration(duration, "duration")
+        await self._sleep(name, lambda now: now + timedelta(seconds=seconds))
+
+    async def sleep_until(self, name: str, when: datetime) -> None:
+        """Sleep durably until `when` (timezone-aware) without holding a worker."""
+        if not isinstance(when, datetime) or when.tzinfo is None:
+            raise InvalidInput(f"sleep_until needs a timezone-aware datetime, got {when!r}")
+        await self._sleep(name, lambda _now: when)
+
+    async def _sleep(self, name: str, wake_at_from: Callable[[datetime], datetime]) -> None:
+        checkpoint = self._next_name(name, kind="sleep")
+        stored = self._checkpoints.get(checkpoint)
+        if stored is None:
+            wake_at = wake_at_from(self._db_now())
+            await self._record(checkpoint, {"wake_at": wake_at}, dict[str, datetime])
+        else:
+            wake_at = _serde.structure(stored, dict[str, datetime])["wake_at"]
+        if self._run.claimed_at >= wake_at:
+            return
+        ok = await self._run.call(
+            self._run.store.suspend, self.run_id, self._run.worker_id, wake_at
+        )
+        if not ok:
+            await self._lost()
+        await self._suspend()
+
+    # -- events -----------------------------------------------------------------------
+
+    async def await_event(
+        self,
+        name: str,
+        *,
+        timeout: Duration | None = None,
+        type: Any = Any,  # noqa: A002
+    ) -> Any:
+        """Wait for the event `name` on this task's queue and return its payload.
+
+        An event emitted earlier is returned at once (events are sticky). While waiting
+        the task is suspended and holds no worker slot. With `timeout` (fixed by the
+        first call), raises `EventTimeout` when it passes first; the outcome is
+        checkpointed, so a replay takes the same branch. `type` converts the payload.
+        """
+        try:
+            names.validate_name(name, what="event name")
+        except ValueError as ex:
+            raise InvalidInput(str(ex)) from None
+        seconds = None if timeout is None else _duration(timeout, "timeout")
+        checkpoint = self._next_name(name, kind="event")
+        stored = await self._wait_for(self.queue, name, checkpoint, seconds)
+        if "timeout" in stored:
+            raise EventTimeout(name)
+        return _serde.structure(stored.get("payload"), type)
+
+    async def _wait_for(
+        self, queue: str, event: str, checkpoint: str, timeout: float | None
+    ) -> dict[str, Any]:
+        if checkpoint in self._checkpoints:
+            return typing.cast(dict[str, Any], self._checkpoints[checkpoint])
+        outcome, payload = await self._run.call(
+            self._run.store.await_event,
+            self.run_id,
+            self._run.worker_id,
+            queue,
+            event,
+            checkpoint,
+            None if timeout is None else timedelta(seconds=timeout),
+        )
+        if outcome == "fenced":
+            await self._lost()
+        if outcome == "suspended":
+            await self._suspend()
+        stored = {"timeout": True} if outcome == "timeout" else {"payload": payload}
+        self._checkpoints[checkpoint] = stored
+        return stored
+
+    async def emit_event(self, name: str, payload: Any = None) -> None:
+        """Emit an event on this task's queue, exactly once (checkpointed with the emit)."""
+        try:
+            names.validate_name(name, what="event name")
+        except ValueError as ex:
+            raise InvalidInput(str(ex)) from None
+        text = _serde.dumps(_serde.unstructure(payload))
+        checkpoint = self._next_name(name, kind="emit")
+        if checkpoint in self._checkpoints:
+            return
+
+        async def emit(conn: Any) -> None:
+            await self._run.store.emit_event(self.queue, name, text, conn)
+
+        await self._transaction(checkpoint, emit, (), None)
+
+    # -- children ---------------------------------------------------------------------
+
+    async def spawn(
+        self,
+        name: str,
+        task: TaskDefinition[Any, T] | str,
+        params: Any,
+        options: SpawnOptions | None = None,
+    ) -> TaskHandle:
+        """Spawn a child task once (checkpointed under `name`) and return its handle.
+
+        A replay returns the same child; no duplicate is ever created. Children run on
+        this task's queue unless ``options.queue`` says otherwise, and are cancelled
+        when this task fails or is cancelled.
+        """
+        checkpoint = self._next_name(name, kind="spawn")
+        task_name = task if isinstance(task, str) else task.name
+        output_type = Any if isinstance(task, str) else task.output_type
+        stored = self._checkpoints.get(checkpoint)
+        if stored is not None:
+            if stored["task_name"] != task_name:
+                raise ReplayMismatch(
+                    f"child {name!r} was spawned as {stored['task_name']!r}, "
+                    f"now asked for {task_name!r}"
+                )
+            return TaskHandle(UUID(stored["task_id"]), task_name, stored["queue"], output_type)
+        row = self._run.prepare_spawn(task, params, options, parent=self.task_id)
+
+        async def insert(conn: Any) -> dict[str, Any]:
+            await self._run.store.spawn(row, conn)
+            return {"task_id": str(row["task_id"]), "task_name": task_name, "queue": row["queue"]}
+
+        stored = await self._transaction(checkpoint, insert, (), dict[str, str])
+        return TaskHandle(UUID(stored["task_id"]), task_name, stored["queue"], output_type)
+
+    async def join(self, name: str, handle: TaskHandle) -> Any:
+        """Wait for a child to finish and return its result (typed by the child's task).
+
+        Suspends without holding a slot while the child runs. Raises `ChildFailed` or
+        `ChildCancelled`, which the parent may catch.
+        """
+        if not isinstance(handle, TaskHandle):
+            raise InvalidInput(f"join needs a TaskHandle from ctx.spawn, got {handle!r}")
+        checkpoint = self._next_name(name, kind="join")
+        stored = await self._wait_for(
+            handle.queue, names.child_event(handle.task_id), checkpoint, None
+        )
+        outcome = stored.get("payload") or {}
+        if outcome.get("state") == "completed":
+            return _serde.structure(outcome.get("result"), handle.output_type)
+        if outcome.get("state") == "failed":
+            raise ChildFailed(handle.task_id, outcome.get("error"))
+        raise ChildCancelled(handle.task_id, outcome.get("reason"))
+
+    # -- leases -----------------------------------------------------------------------
+
+    async def heartbeat(self, extend_by: Duration | None = None) -> None:
+        """Renew this run's lease now, for at least `extend_by` (default: claim_timeout).
+
+        Call it inside long steps. If the lease was already lost, the task is cancelled.
+        """
+        lease = extend_seconds(extend_by, self._run.claim_timeout)
+        renewed = await self._run.call(
+            self._run.store.heartbeat, self._run.worker_id, [self.run_id], lease
+        )
+        if self.run_id not in renewed:
+            await self._lost()
+
+
+def _duration(value: Duration, what: str) -> float:
+    try:
+        return to_seconds(value, what=what)
+    except ValueError as ex:
+        raise InvalidInput(str(ex)) from None
+
+
+@functools.lru_cache(maxsize=1024)
+def _cached_return_type(fn: Callable[..., Any]) -> Any:
+    try:
+        hint = typing.get_type_hints(fn).get("return", Any)
+    except Exception:
+        return Any
+    return None if hint is type(None) else hint
+
+
+def _return_type(fn: Callable[..., Any]) -> Any:
+    target = fn.func if isinstance(fn, functools.partial) else fn
+    try:
+        return _cached_return_type(target)
+    except TypeError:  # unhashable callable
+        return Any

@@ -1,0 +1,207 @@
+"""User-facing option types, validated at construction so bad input never reaches SQL."""
+
+from __future__ import annotations
+
+import math
+import os
+import socket
+from collections.abc import Mapping
+from datetime import datetime, timedelta
+from typing import Any
+
+import attrs
+
+from .._errors import InvalidInput
+from .durations import Duration, to_seconds
+from .names import validate_queue
+from .retry import RetryStrategy
+
+MAX_PRIORITY = 1_000_000
+
+
+def _optional_seconds(what: str, *, allow_zero: bool = False) -> Any:
+    def convert(value: Duration | None) -> float | None:
+        return None if value is None else to_seconds(value, what=what, allow_zero=allow_zero)
+
+    return convert
+
+
+def _headers(value: Mapping[str, Any] | None) -> dict[str, Any]:
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping) or not all(isinstance(k, str) for k in value):
+        raise InvalidInput(f"headers must be a mapping with string keys, got {value!r}")
+    return dict(value)
+
+
+def _queue(value: str | None) -> str | None:
+    return None if value is None else validate_queue(value)
+
+
+@attrs.frozen
+class CancellationPolicy:
+    """Cancel a task automatically when it waits or runs too long.
+
+    ``max_pending_delay``: cancel if no attempt has started this long after the task
+    became due. ``max_duration``: cancel if the task is still not finished this long
+    after its first attempt started (sleeps included).
+    """
+
+    max_pending_delay: float | None = attrs.field(
+        default=None, converter=_optional_seconds("max_pending_delay")
+    )
+    max_duration: float | None = attrs.field(
+        default=None, converter=_optional_seconds("max_duration")
+    )
+
+    def to_json(self) -> dict[str, float | None]:
+        return {"max_pending_delay": self.max_pending_delay, "max_duration": self.max_duration}
+
+
+@attrs.frozen
+class SpawnOptions:
+    """Per-spawn settings. Every field is optional.
+
+    - ``max_attempts``: attempts before the task fails for good (>= 1; default 5).
+    - ``retry``: a `RetryStrategy` (default exponential from 1 s, capped at 1 h).
+    - ``headers``: JSON metadata readable as ``ctx.headers`` (tracing ids, tenants...).
+    - ``queue``: spawn onto another queue than the client's.
+    - ``priority``: higher is claimed first (default 0).
+    - ``delay`` / ``start_at``: do not start before then.
+    - ``idempotency_key``: a second spawn with the same key on the same queue returns the
+      first task and writes nothing.
+    - ``cancellation``: a `CancellationPolicy`.
+    """
+
+    max_attempts: int = attrs.field(default=5)
+    retry: RetryStrategy = attrs.field(factory=lambda: RetryStrategy.exponential(1.0))
+    headers: dict[str, Any] = attrs.field(factory=dict, converter=_headers)
+    queue: str | None = attrs.field(default=None, converter=_queue)
+    priority: int = attrs.field(default=0)
+    delay: float | None = attrs.field(
+        default=None, converter=_optional_seconds("delay", allow_zero=True)
+    )
+    start_at: datetime | None = attrs.field(default=None)
+    idempotency_key: str | None = attrs.field(default=None)
+    cancellation: CancellationPolicy | None = attrs.field(default=None)
+
+    @max_attempts.validator
+    def _check_attempts(self, _: Any, value: int) -> None:
+        if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 10_000:
+            raise InvalidInput(f"max_attempts must be an integer from 1 to 10000, got {value!r}")
+
+    @retry.validator
+    def _check_retry(self, _: Any, value: RetryStrategy) -> None:
+        if not isinstance(value, RetryStrategy):
+            raise InvalidInput(f"retry must be a RetryStrategy, got {value!r}")
+
+    @priority.validator
+    def _check_priority(self, _: Any, value: int) -> None:
+        if isinstance(value, bool) or not isinstance(value, int) or abs(value) > MAX_PRIORITY:
+            raise InvalidInput(
+                f"priority must be an integer within +-{MAX_PRIORITY}, got {value!r}"
+            )
+
+    @start_at.validator
+    def _check_start_at(self, _: Any, value: datetime | None) -> None:
+        if value is None:
+            return
+        if not isinstance(value, datetime) or value.tzinfo is None:
+            raise InvalidInput(f"start_at must be a timezone-aware datetime, got {value!r}")
+        if self.delay is not None:
+            raise InvalidInput("give either delay or start_at, not both")
+
+    @idempotency_key.validator
+    def _check_key(self, _: Any, value: str | None) -> None:
+        if value is not None and (not isinstance(value, str) or not 1 <= len(value) <= 500):
+            raise InvalidInput(
+                f"idempotency_key must be a string of 1-500 characters, got {value!r}"
+            )
+
+    @cancellation.validator
+    def _check_cancellation(self, _: Any, value: CancellationPolicy | None) -> None:
+        if value is not None and not isinstance(value, CancellationPolicy):
+            raise InvalidInput(f"cancellation must be a CancellationPolicy, got {value!r}")
+
+
+def default_worker_id() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+@attrs.frozen
+class WorkerOptions:
+    """How a worker claims and runs tasks.
+
+    - ``concurrency``: runs executing at once (default 8).
+    - ``claim_timeout``: the lease a claim takes; the heartbeat renews it every third of
+      this. A worker that vanishes loses its runs this long after its last heartbeat.
+    - ``batch_size``: most runs claimed in one statement (default: ``concurrency``).
+    - ``poll_interval``: fallback polling when no notification arrives.
+    - ``worker_id``: shown in the runs table (default ``host:pid``).
+    - ``shutdown_grace``: on shutdown, how long in-flight runs may finish before they are
+      cancelled and handed back without costing an attempt.
+    - ``queues``: queues to work (default: the client's queue).
+    """
+
+    concurrency: int = attrs.field(default=8)
+    claim_timeout: float = attrs.field(
+        default=30.0, converter=lambda v: to_seconds(v, what="claim_timeout", allow_zero=False)
+    )
+    batch_size: int | None = attrs.field(default=None)
+    poll_interval: float = attrs.field(
+        default=1.0, converter=lambda v: to_seconds(v, what="poll_interval", allow_zero=False)
+    )
+    worker_id: str = attrs.field(factory=default_worker_id)
+    shutdown_grace: float = attrs.field(
+        default=10.0, converter=lambda v: to_seconds(v, what="shutdown_grace")
+    )
+    queues: tuple[str, ...] | None = attrs.field(
+        default=None, converter=lambda v: None if v is None else tuple(validate_queue(q) for q in v)
+    )
+
+    @concurrency.validator
+    def _check_concurrency(self, _: Any, value: int) -> None:
+        if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 10_000:
+            raise InvalidInput(f"concurrency must be an integer from 1 to 10000, got {value!r}")
+
+    @batch_size.validator
+    def _check_batch(self, _: Any, value: int | None) -> None:
+        if value is not None and (
+            isinstance(value, bool) or not isinstance(value, int) or value < 1
+        ):
+            raise InvalidInput(f"batch_size must be a positive integer, got {value!r}")
+
+    @claim_timeout.validator
+    def _check_claim_timeout(self, _: Any, value: float) -> None:
+        if value < 0.1:
+            raise InvalidInput(f"claim_timeout must be at least 0.1 seconds, got {value!r}")
+
+    @worker_id.validator
+    def _check_worker_id(self, _: Any, value: str) -> None:
+        if not isinstance(value, str) or not 1 <= len(value) <= 200:
+            raise InvalidInput(f"worker_id must be a string of 1-200 characters, got {value!r}")
+
+    @property
+    def effective_batch(self) -> int:
+        return self.batch_size or self.concurrency
+
+    @property
+    def heartbeat_interval(self) -> float:
+        return heartbeat_interval(self.claim_timeout)
+
+
+def heartbeat_interval(claim_timeout: float) -> float:
+    """Renew leases three times per lease: one missed beat never loses a run."""
+    return claim_timeout / 3.0
+
+
+def extend_seconds(extend_by: Duration | None, claim_timeout: float) -> float:
+    """Lease extension asked by ``ctx.heartbeat(extend_by)``: at least a normal lease."""
+    if extend_by is None:
+        return claim_timeout
+    seconds = to_seconds(extend_by, what="extend_by", allow_zero=False)
+    return max(seconds, claim_timeout)
+
+
+def as_timedelta(seconds: float) -> timedelta:
+    return timedelta(seconds=seconds) if math.isfinite(seconds) else timedelta.max

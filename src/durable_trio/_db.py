@@ -1,0 +1,382 @@
+"""Database access from trio: a trio-native psycopg connection, a small pool, a listener.
+
+psycopg 3 has no trio support of its own. Its protocol logic is written as generators that
+say "wait until the socket is readable/writable"; `AsyncConnection.wait` drives them with
+asyncio. `TrioConnection` drives the same generators with trio's `wait_readable` /
+`wait_writable`, so a trio cancel scope really interrupts a query: the server-side query is
+cancelled and the connection stays usable.
+
+This leans on psycopg internals (`wait`, `_connect_gen`, the generator protocol), which is
+why pyproject pins psycopg to a tested minor range and tests/integration/test_db.py
+exercises the hook directly.
+
+Nothing above this module knows that psycopg is asyncio-flavoured.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import select
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from typing import Any, Self, TypeVar
+from urllib.parse import urlsplit, urlunsplit
+
+import psycopg
+import trio
+from psycopg import errors as pg_errors
+from psycopg import pq
+from psycopg._conninfo_utils import is_ip_address, split_attempts
+from psycopg.abc import PQGen, PQGenConn
+from psycopg.conninfo import conninfo_to_dict, make_conninfo, timeout_from_conninfo
+from psycopg.generators import notifies as notifies_gen
+from psycopg.rows import dict_row
+from psycopg.waiting import READY_R, READY_W, WAIT_R, WAIT_W
+
+from ._errors import DatabaseUnavailable
+
+__all__ = ["Listener", "Pool", "TrioConnection", "connect", "redact_url"]
+
+log = logging.getLogger("durable_trio.db")
+
+Row = dict[str, Any]
+RV = TypeVar("RV")
+
+# How long a cancelled query may take to acknowledge the cancel before we give up on
+# the connection and close it.
+_CANCEL_GRACE = 5.0
+
+CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
+    psycopg.OperationalError,
+    psycopg.InterfaceError,
+    OSError,
+)
+
+
+def redact_url(url: str) -> str:
+    """Return `url` with any password replaced by ``***`` (for logs, errors, reprs)."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "<unparseable database URL>"
+    if parts.scheme.startswith("postgres") and parts.password is not None:
+        user = parts.username or ""
+        host = parts.hostname or ""
+        if parts.port is not None:
+            host = f"{host}:{parts.port}"
+        return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
+    if "password=" in url and not parts.scheme:
+        return " ".join("password=***" if w.startswith("password=") else w for w in url.split())
+    return url
+
+
+async def _wait_fd(fileno: int, state: int) -> int:
+    """Wait until `fileno` is ready for `state` (WAIT_R, WAIT_W or both)."""
+    if state == WAIT_R:
+        await trio.lowlevel.wait_readable(fileno)
+        return READY_R
+    if state == WAIT_W:
+        await trio.lowlevel.wait_writable(fileno)
+        return READY_W
+    # Both: a socket being flushed is almost always writable, so poll first and only
+    # race the two waits when neither is ready.
+    r, w, _ = select.select([fileno], [fileno], [], 0)
+    if r or w:
+        return (READY_R if r else 0) | (READY_W if w else 0)
+    ready = 0
+    async with trio.open_nursery() as nursery:
+
+        async def one(waiter: Any, flag: int) -> None:
+            nonlocal ready
+            await waiter(fileno)
+            ready |= flag
+            nursery.cancel_scope.cancel()
+
+        nursery.start_soon(one, trio.lowlevel.wait_readable, READY_R)
+        nursery.start_soon(one, trio.lowlevel.wait_writable, READY_W)
+    return ready
+
+
+async def _drive(gen: PQGen[RV], fileno: int) -> RV:
+    try:
+        state = next(gen)
+        while True:
+            state = gen.send(await _wait_fd(fileno, state))
+    except StopIteration as stop:
+        result: RV = stop.value
+        return result
+    except OSError as ex:
+        raise psycopg.OperationalError("connection socket closed") from ex
+
+
+async def _drive_conn(gen: PQGenConn[RV]) -> RV:
+    try:
+        fileno, state = next(gen)
+        while True:
+            fileno, state = gen.send(await _wait_fd(fileno, state))
+    except StopIteration as stop:
+        result: RV = stop.value
+        return result
+    except OSError as ex:
+        raise psycopg.OperationalError("connection socket closed") from ex
+
+
+async def _resolve(attempt: dict[str, Any]) -> list[dict[str, Any]]:
+    """Resolve a host name with trio (libpq's own lookup would block the event loop)."""
+    host = str(attempt.get("host") or "")
+    if not host or host.startswith("/") or host[1:2] == ":" or attempt.get("hostaddr"):
+        return [attempt]
+    if is_ip_address(host):
+        return [{**attempt, "hostaddr": host}]
+    port = int(attempt.get("port") or 5432)
+    infos = await trio.socket.getaddrinfo(host, port, type=trio.socket.SOCK_STREAM)
+    return [{**attempt, "hostaddr": str(info[4][0])} for info in infos]
+
+
+class TrioConnection(psycopg.AsyncConnection[Row]):
+    """A psycopg `AsyncConnection` whose waits are trio's, with dict rows.
+
+    Cancellation: if the surrounding trio cancel scope fires while a query runs, the
+    query is cancelled on the server, the connection is drained back to a usable state
+    (a transaction in progress is left aborted: roll it back) and `trio.Cancelled`
+    propagates. If the server does not acknowledge within a few seconds the connection
+    is closed instead.
+    """
+
+    def __init__(self, pgconn: Any, row_factory: Any = dict_row) -> None:
+        super().__init__(pgconn, row_factory)
+        # asyncio.Lock cannot block under trio; a trio lock serialises users the same way.
+        self.lock = trio.Lock()  # type: ignore[assignment]
+
+    @classmethod
+    async def connect(  # type: ignore[override]
+        cls, conninfo: str = "", *, autocommit: bool = True, **kwargs: Any
+    ) -> Self:
+        params = conninfo_to_dict(conninfo, **kwargs)
+        timeout = timeout_from_conninfo(params) or None
+        errors: list[Exception] = []
+        for attempt in split_attempts(params):
+            try:
+                resolved = await _resolve(dict(attempt))
+            except OSError as ex:
+                errors.append(psycopg.OperationalError(f"cannot resolve host: {ex}"))
+                continue
+            for one in resolved:
+                try:
+                    with trio.fail_after(timeout or math.inf):
+                        conn = await _drive_conn(cls._connect_gen(make_conninfo("", **one)))
+                except trio.TooSlowError:
+                    errors.append(psycopg.OperationalError("connection timeout expired"))
+                except psycopg.Error as ex:
+                    errors.append(ex)
+                else:
+                    conn._autocommit = autocommit
+                    conn.prepare_threshold = 5
+                    return conn
+        raise errors[-1] if errors else psycopg.OperationalError("no host to connect to")
+
+    async def wait(  # type: ignore[override]
+        self, gen: PQGen[Any], interval: float = 0.0, timeout: float | None = None
+    ) -> Any:
+        fileno = self.pgconn.socket
+        if timeout is not None:
+            with trio.move_on_after(timeout):
+                return await self._wait_cancellable(gen, fileno)
+            raise pg_errors._WaitTimeout("wait timeout expired")
+        return await self._wait_cancellable(gen, fileno)
+
+    async def _wait_cancellable(self, gen: PQGen[Any], fileno: int) -> Any:
+        try:
+            return await _drive(gen, fileno)
+        except trio.Cancelled:
+            with trio.CancelScope(shield=True):
+                await self._cancel_in_flight(gen, fileno)
+            raise
+
+    async def _cancel_in_flight(self, gen: PQGen[Any], fileno: int) -> None:
+        """After a trio cancellation mid-query: cancel it server-side and drain the result."""
+        if self.pgconn.transaction_status != pq.TransactionStatus.ACTIVE:
+            return
+        with trio.move_on_after(_CANCEL_GRACE) as scope:
+            try:
+                await trio.to_thread.run_sync(self.cancel)
+                await _drive(gen, fileno)
+            except psycopg.Error:
+                pass  # QueryCanceled, as intended
+        if scope.cancelled_caught or self.pgconn.transaction_status == pq.TransactionStatus.ACTIVE:
+            log.warning("query did not stop after cancellation: closing connection")
+            await self.close()
+
+    async def close(self) -> None:
+        if not self.closed:
+            fileno = self.pgconn.socket if self.pgconn.status == pq.ConnStatus.OK else -1
+            if fileno >= 0:
+                # Wake any task blocked on this socket before the fd goes away.
+                trio.lowlevel.notify_closing(fileno)
+        await super().close()
+
+    async def wait_notifies(self) -> list[pq.PGnotify]:
+        """Block until at least one notification arrives (connection must be idle)."""
+        async with self.lock:
+            return list(await self.wait(notifies_gen(self.pgconn)))  # type: ignore[arg-type]
+
+    @property
+    def healthy(self) -> bool:
+        return not self.closed and self.pgconn.status == pq.ConnStatus.OK
+
+
+async def connect(url: str, *, autocommit: bool = True) -> TrioConnection:
+    """Open one trio-native connection; raise `DatabaseUnavailable` (password redacted)."""
+    try:
+        return await TrioConnection.connect(url, autocommit=autocommit)
+    except psycopg.ProgrammingError as ex:
+        raise DatabaseUnavailable(
+            f"invalid database URL {redact_url(url)!r}: {_scrub(str(ex), url)}"
+        ) from None
+    except CONNECTION_ERRORS as ex:
+        raise DatabaseUnavailable(
+            f"cannot connect to {redact_url(url)}: {_scrub(str(ex), url)}"
+        ) from None
+
+
+def _scrub(message: str, url: str) -> str:
+    try:
+        password = urlsplit(url).password
+    except ValueError:
+        password = None
+    if password:
+        message = message.replace(password, "***")
+    return message.strip()
+
+
+class Pool:
+    """A small trio connection pool: bounded, health-checked, reconnecting.
+
+    `acquire()` hands out an autocommit connection. A connection that comes back broken,
+    or inside a transaction, is rolled back or discarded, so a caller that was cancelled
+    mid-query cannot poison the next user.
+    """
+
+    def __init__(self, url: str, *, max_size: int = 10) -> None:
+        if max_size < 1:
+            raise ValueError("max_size must be at least 1")
+        self.url = url
+        self.max_size = max_size
+        self._slots = trio.Semaphore(max_size)
+        self._idle: list[TrioConnection] = []
+        self._closed = False
+
+    def __repr__(self) -> str:
+        return f"<Pool {redact_url(self.url)} size={self.max_size} idle={len(self._idle)}>"
+
+    @asynccontextmanager
+    async def acquire(self) -> AsyncIterator[TrioConnection]:
+        if self._closed:
+            raise DatabaseUnavailable("the connection pool is closed")
+        async with self._slots:
+            conn = await self._checkout()
+            try:
+                yield conn
+            finally:
+                with trio.CancelScope(shield=True):
+                    await self._checkin(conn)
+
+    async def _checkout(self) -> TrioConnection:
+        while self._idle:
+            conn = self._idle.pop()
+            if conn.healthy and conn.pgconn.transaction_status == pq.TransactionStatus.IDLE:
+                return conn
+            await conn.close()
+        return await connect(self.url)
+
+    async def _checkin(self, conn: TrioConnection) -> None:
+        if not conn.healthy or self._closed:
+            await conn.close()
+            return
+        status = conn.pgconn.transaction_status
+        if status != pq.TransactionStatus.IDLE:
+            try:
+                with trio.move_on_after(_CANCEL_GRACE):
+                    await conn.rollback()
+            except CONNECTION_ERRORS:
+                pass
+            if conn.pgconn.transaction_status != pq.TransactionStatus.IDLE:
+                await conn.close()
+                return
+        self._idle.append(conn)
+
+    async def discard_idle(self) -> None:
+        """Close every idle connection (after a database restart they are all dead)."""
+        idle, self._idle = self._idle, []
+        for conn in idle:
+            await conn.close()
+
+    async def aclose(self) -> None:
+        self._closed = True
+        await self.discard_idle()
+
+
+class Listener:
+    """A dedicated LISTEN connection that survives the database going away.
+
+    `run()` keeps the connection open, LISTENs on `channels`, and calls `on_notify(channel,
+    payload)` for each notification. When the connection drops it reconnects with
+    backoff and calls `on_reconnect()` so the owner can poll for anything it missed.
+    `connected` tells whether notifications are currently being received.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        channels: Sequence[str],
+        on_notify: Any,
+        on_reconnect: Any,
+        *,
+        max_backoff: float = 5.0,
+    ) -> None:
+        self.url = url
+        self.channels = list(channels)
+        self.on_notify = on_notify
+        self.on_reconnect = on_reconnect
+        self.max_backoff = max_backoff
+        self.connected = False
+
+    async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+        backoff = 0.05
+        started = False
+        while True:
+            try:
+                conn = await connect(self.url)
+            except DatabaseUnavailable as ex:
+                log.warning("listener cannot connect (%s); retrying in %.2fs", ex, backoff)
+                if not started:
+                    started = True
+                    task_status.started()
+                await trio.sleep(backoff)
+                backoff = min(backoff * 2, self.max_backoff)
+                continue
+            try:
+                for channel in self.channels:
+                    await conn.execute(
+                        psycopg.sql.SQL("LISTEN {}").format(psycopg.sql.Identifier(channel))
+                    )
+                self.connected = True
+                backoff = 0.05
+                self.on_reconnect()
+                if not started:
+                    started = True
+                    task_status.started()
+                await self._pump(conn)
+            except CONNECTION_ERRORS as ex:
+                log.warning("listener connection lost (%s); reconnecting", ex)
+            finally:
+                self.connected = False
+                with trio.CancelScope(shield=True):
+                    await conn.close()
+
+    async def _pump(self, conn: TrioConnection) -> None:
+        while True:
+            for note in await conn.wait_notifies():
+                encoding = conn.pgconn._encoding
+                self.on_notify(note.relname.decode(encoding), note.extra.decode(encoding))

@@ -1,0 +1,150 @@
+"""Every exception durable_trio raises, under one base class.
+
+Each docstring says when the error happens and what to do about it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+from uuid import UUID
+
+__all__ = [
+    "ChildCancelled",
+    "ChildFailed",
+    "ConfigurationError",
+    "DatabaseUnavailable",
+    "DurableError",
+    "EventTimeout",
+    "InvalidInput",
+    "LeaseLost",
+    "NonRetryable",
+    "ReplayMismatch",
+    "SerializationError",
+    "TaskCancelled",
+    "TaskFailed",
+    "TaskNotFound",
+    "UnknownTask",
+    "WaitTimeout",
+]
+
+
+class DurableError(Exception):
+    """Base class of every error raised by durable_trio."""
+
+
+class InvalidInput(DurableError, ValueError):
+    """An argument was rejected before anything was written to the database.
+
+    The message names the argument and the accepted values; fix the call.
+    """
+
+
+class ConfigurationError(DurableError):
+    """The client or worker is set up inconsistently (e.g. a task name registered twice,
+    or no database URL given and ``DURABLE_DATABASE_URL`` unset)."""
+
+
+class SerializationError(InvalidInput):
+    """A value could not be converted to or from JSON with the declared type.
+
+    At spawn time nothing is written. When a stored checkpoint no longer matches the type
+    a step declares (the code changed under a running task), the attempt fails with this
+    error; give the step a new name or make the type accept the stored shape.
+    """
+
+
+class DatabaseUnavailable(DurableError):
+    """The database cannot be reached or refused the connection.
+
+    The message carries the URL with its password replaced by ``***``. Check that the
+    server runs and the URL (or ``DURABLE_DATABASE_URL``) is right.
+    """
+
+
+class UnknownTask(DurableError):
+    """A task name was used that this process has not registered.
+
+    Spawning by name is allowed without registration (`Durable.spawn_by_name`), because
+    workers elsewhere may hold the code; this error comes from calls that need the code
+    here, such as `wait_result` with a task name whose Output type is unknown.
+    """
+
+
+class TaskNotFound(DurableError):
+    """No task with this id exists in this client's schema and queue."""
+
+    def __init__(self, task_id: UUID) -> None:
+        super().__init__(f"no task with id {task_id}")
+        self.task_id = task_id
+
+
+class TaskFailed(DurableError):
+    """The awaited task failed for good (attempts exhausted or a non-retryable error).
+
+    `error` holds the stored failure: ``{"type", "message", "traceback", ...}``.
+    """
+
+    def __init__(self, task_id: UUID, error: dict[str, Any] | None) -> None:
+        err = error or {}
+        super().__init__(
+            f"task {task_id} failed: {err.get('type', 'Error')}: {err.get('message', '')}"
+        )
+        self.task_id = task_id
+        self.error = err
+
+
+class TaskCancelled(DurableError):
+    """The awaited task was cancelled (by `Durable.cancel`, a cancellation policy, or
+    because its parent ended)."""
+
+    def __init__(self, task_id: UUID, reason: str | None = None) -> None:
+        super().__init__(f"task {task_id} was cancelled" + (f": {reason}" if reason else ""))
+        self.task_id = task_id
+        self.reason = reason
+
+
+class ChildFailed(TaskFailed):
+    """Raised inside a parent task by `ctx.join` when the child failed for good.
+
+    The parent may catch it; uncaught, it fails the parent's attempt like any error.
+    """
+
+
+class ChildCancelled(TaskCancelled):
+    """Raised inside a parent task by `ctx.join` when the child was cancelled."""
+
+
+class WaitTimeout(DurableError, TimeoutError):
+    """`Durable.wait_result` gave up before the task reached a terminal state.
+
+    The task keeps running; wait again or inspect it with `Durable.get_task`.
+    """
+
+
+class EventTimeout(DurableError, TimeoutError):
+    """`ctx.await_event` reached its timeout before the event was emitted.
+
+    The outcome is checkpointed: a replay raises this again at the same place, so a task
+    may catch it and take another branch deterministically.
+    """
+
+    def __init__(self, event_name: str) -> None:
+        super().__init__(f"timed out waiting for event {event_name!r}")
+        self.event_name = event_name
+
+
+class LeaseLost(DurableError):
+    """This worker no longer owns the run (its lease expired and another worker, or a
+    cancellation, took over). Nothing was written; the task's cancel scope is cancelled.
+    User code normally never sees it."""
+
+
+class ReplayMismatch(DurableError):
+    """A replay asked for something incompatible with what was checkpointed (e.g. a
+    child spawned under the same name with a different task). Task code must be
+    deterministic between checkpoints; rename the step if the code really changed."""
+
+
+class NonRetryable(DurableError):
+    """Raise this (or a subclass, or wrap another error in it) from task code to fail the
+    task at once, without using the remaining attempts."""

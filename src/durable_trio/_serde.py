@@ -1,0 +1,119 @@
+"""The one place values become JSON and back: a private, strictly configured cattrs converter.
+
+Rules (docs/serialization.md says the same for users):
+- attrs classes, dataclasses, primitives, lists, dicts with str keys, tuples, Optional,
+  enums, UUID, datetime (normalised to UTC; naive means UTC), date, timedelta (seconds),
+  Decimal (as a string) and bytes (base85) round-trip exactly.
+- Unknown keys in stored data are an error, not silently dropped.
+- A value with no declared type (``Any``) must already be plain JSON.
+- Every value is round-tripped once when written, so a step returns the same value on the
+  first run as on a replay, and a type that cannot round-trip fails when it is written.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from typing import Any
+from uuid import UUID
+
+from cattrs.preconf.json import make_converter
+
+from ._errors import SerializationError
+
+__all__ = ["dumps", "loads", "roundtrip", "structure", "unstructure"]
+
+MAX_JSON_BYTES = 10 * 1024 * 1024
+
+_converter = make_converter(forbid_extra_keys=True)
+
+
+def _utc(value: datetime) -> datetime:
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+_converter.register_unstructure_hook(UUID, str)
+_converter.register_structure_hook(UUID, lambda v, _: UUID(v) if not isinstance(v, UUID) else v)
+_converter.register_unstructure_hook(datetime, lambda v: _utc(v).isoformat())
+_converter.register_structure_hook(datetime, lambda v, _: _utc(datetime.fromisoformat(v)))
+_converter.register_unstructure_hook(timedelta, lambda v: v.total_seconds())
+_converter.register_structure_hook(timedelta, lambda v, _: timedelta(seconds=float(v)))
+_converter.register_unstructure_hook(Decimal, str)
+_converter.register_structure_hook(Decimal, lambda v, _: Decimal(str(v)))
+
+
+def unstructure(value: Any, type_: Any = Any) -> Any:
+    """Turn `value` (declared as `type_`) into plain JSON data, or raise SerializationError."""
+    try:
+        if type_ is Any or type_ is None:
+            return _check_plain(_converter.unstructure(value))
+        return _converter.unstructure(value, unstructure_as=type_)
+    except SerializationError:
+        raise
+    except Exception as ex:
+        raise SerializationError(
+            f"cannot serialise {_short(value)} as {_type_name(type_)}: {ex}"
+        ) from None
+
+
+def structure(data: Any, type_: Any = Any) -> Any:
+    """Build a `type_` from plain JSON data, or raise SerializationError."""
+    if type_ is Any or type_ is None:
+        return data
+    try:
+        return _converter.structure(data, type_)
+    except Exception as ex:
+        raise SerializationError(
+            f"stored value {_short(data)} does not match {_type_name(type_)}: {_explain(ex)}"
+        ) from None
+
+
+def dumps(data: Any) -> str:
+    """Plain JSON data to compact JSON text (NaN and Infinity are refused: not JSON)."""
+    try:
+        text = json.dumps(data, allow_nan=False, separators=(",", ":"), ensure_ascii=False)
+    except (TypeError, ValueError) as ex:
+        raise SerializationError(f"value is not JSON-serialisable: {ex}") from None
+    if "\\u0000" in text:
+        raise SerializationError("value contains a NUL character, which Postgres cannot store")
+    if len(text) > MAX_JSON_BYTES:
+        raise SerializationError(
+            f"serialised value is {len(text)} bytes; the limit is {MAX_JSON_BYTES} bytes. "
+            "Store large payloads elsewhere and pass a reference."
+        )
+    return text
+
+
+def loads(text: str) -> Any:
+    return json.loads(text)
+
+
+def roundtrip(value: Any, type_: Any = Any) -> tuple[str, Any]:
+    """Serialise `value` and read it back: (JSON text, the value as a replay would see it)."""
+    data = unstructure(value, type_)
+    text = dumps(data)
+    return text, structure(loads(text), type_)
+
+
+def _check_plain(data: Any) -> Any:
+    dumps(data)
+    return data
+
+
+def _type_name(type_: Any) -> str:
+    return getattr(type_, "__qualname__", None) or repr(type_)
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 120 else text[:117] + "..."
+
+
+def _explain(ex: BaseException) -> str:
+    subs = getattr(ex, "exceptions", None)
+    if subs:
+        return "; ".join(_explain(sub) for sub in subs)
+    notes = getattr(ex, "__notes__", None)
+    text = f"{type(ex).__name__}: {ex}"
+    return f"{text} ({', '.join(notes)})" if notes else text

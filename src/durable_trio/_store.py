@@ -1,0 +1,342 @@
+"""The only module that executes SQL: migrations and the named queries in sql/.
+
+It speaks in plain rows and JSON text; what to do with them is decided elsewhere.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from datetime import datetime, timedelta
+from functools import cache
+from importlib import resources
+from pathlib import Path
+from typing import Any
+from uuid import UUID
+
+import psycopg
+import trio
+from psycopg import sql
+
+from ._core.names import validate_schema
+from ._db import Pool, TrioConnection
+from ._errors import LeaseLost
+
+__all__ = ["Store", "migrations", "sql_dir"]
+
+Row = dict[str, Any]
+_NAME = re.compile(r"^-- name: (\w+)\s*$", re.MULTILINE)
+_MIGRATION = re.compile(r"^(\d{4})_(\w+)\.sql$")
+MIGRATE_LOCK = 0x6475726162_6C65  # "durable" in hex, for pg_advisory_xact_lock
+
+
+def sql_dir() -> Path:
+    """sql/ inside an installed wheel, or at the top of a source checkout."""
+    packaged = Path(str(resources.files("durable_trio"))) / "sql"
+    if packaged.is_dir():
+        return packaged
+    return Path(__file__).resolve().parents[2] / "sql"
+
+
+@cache
+def migrations() -> tuple[tuple[int, str, str], ...]:
+    """(version, name, text) for every file in sql/migrations, in order."""
+    found = []
+    for path in sorted((sql_dir() / "migrations").iterdir()):
+        match = _MIGRATION.match(path.name)
+        if match:
+            found.append((int(match[1]), match[2], path.read_text()))
+    return tuple(found)
+
+
+@cache
+def _query_texts() -> dict[str, str]:
+    text = (sql_dir() / "queries.sql").read_text()
+    parts = _NAME.split(text)
+    return {parts[i]: parts[i + 1].strip() for i in range(1, len(parts), 2)}
+
+
+def render(text: str, schema: str) -> str:
+    """Put the schema into a SQL text: quoted as an identifier, or as a string literal."""
+    ident = sql.Identifier(schema).as_string(None)
+    literal = sql.Literal(schema).as_string(None)
+    return text.replace("@schema_literal", literal).replace("@schema", ident)
+
+
+def interval(seconds: float | None) -> timedelta | None:
+    return None if seconds is None else timedelta(seconds=seconds)
+
+
+class Store:
+    """Executes durable_trio's SQL for one schema through one pool."""
+
+    def __init__(self, pool: Pool, schema: str) -> None:
+        self.pool = pool
+        self.schema = validate_schema(schema)
+        self._q = {name: render(text, schema) for name, text in _query_texts().items()}
+
+    # -- plumbing ---------------------------------------------------------------------
+
+    async def _one(self, name: str, params: dict[str, Any], conn: Any = None) -> Row | None:
+        if conn is not None:
+            return await _fetchone(conn, self._q[name], params)
+        async with self.pool.acquire() as pooled:
+            return await _fetchone(pooled, self._q[name], params)
+
+    async def _all(self, name: str, params: dict[str, Any], conn: Any = None) -> list[Row]:
+        if conn is not None:
+            return await _fetchall(conn, self._q[name], params)
+        async with self.pool.acquire() as pooled:
+            return await _fetchall(pooled, self._q[name], params)
+
+    async def _value(self, name: str, params: dict[str, Any], conn: Any = None) -> Any:
+        row = await self._one(name, params, conn)
+        assert row is not None
+        return next(iter(row.values()))
+
+    # -- schema -----------------------------------------------------------------------
+
+    async def migrate(self) -> list[int]:
+        """Apply missing migrations in one transaction; safe when processes race."""
+        schema = sql.Identifier(self.schema)
+        applied: list[int] = []
+        async with self.pool.acquire() as conn, conn.transaction():
+            await conn.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATE_LOCK,))
+            await conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(schema))
+            await conn.execute(
+                sql.SQL(
+                    "CREATE TABLE IF NOT EXISTS {}.migrations (version integer PRIMARY KEY,"
+                    " name text NOT NULL, applied_at timestamptz NOT NULL DEFAULT now())"
+                ).format(schema)
+            )
+            cur = await conn.execute(sql.SQL("SELECT version FROM {}.migrations").format(schema))
+            done = {row["version"] for row in await cur.fetchall()}
+            for version, name, text in migrations():
+                if version in done:
+                    continue
+                await conn.execute(render(text, self.schema).encode())
+                await conn.execute(
+                    sql.SQL("INSERT INTO {}.migrations (version, name) VALUES (%s, %s)").format(
+                        schema
+                    ),
+                    (version, name),
+                )
+                applied.append(version)
+        return applied
+
+    async def schema_version(self) -> int | None:
+        async with self.pool.acquire() as conn:
+            try:
+                cur = await conn.execute(
+                    sql.SQL("SELECT max(version) AS v FROM {}.migrations").format(
+                        sql.Identifier(self.schema)
+                    )
+                )
+            except psycopg.errors.UndefinedTable:
+                return None
+            row = await cur.fetchone()
+            return None if row is None else row["v"]
+
+    # -- spawning ---------------------------------------------------------------------
+
+    async def spawn(self, params: dict[str, Any], conn: Any = None) -> Row:
+        row = await self._one("spawn_task", params, conn)
+        assert row is not None
+        return row
+
+    async def spawn_many(self, rows: Sequence[dict[str, Any]]) -> list[Row]:
+        """Spawn many tasks in one transaction, pipelined (one network round trip)."""
+        out: list[Row] = []
+        async with self.pool.acquire() as conn, conn.transaction(), conn.cursor() as cur:
+            await cur.executemany(self._q["spawn_task"], rows, returning=True)
+            while True:
+                row = await cur.fetchone()
+                if row is not None:
+                    out.append(row)
+                if not cur.nextset():
+                    break
+        return out
+
+    # -- worker side ------------------------------------------------------------------
+
+    async def claim(
+        self, queue: str, worker: str, names: Sequence[str], limit: int, lease: float
+    ) -> list[Row]:
+        return await self._all(
+            "claim_runs",
+            {
+                "queue": queue,
+                "worker": worker,
+                "names": list(names),
+                "limit": limit,
+                "lease": interval(lease),
+            },
+        )
+
+    async def heartbeat(
+        self, worker: str, runs: Sequence[UUID], lease: float
+    ) -> dict[UUID, datetime]:
+        rows = await self._all(
+            "heartbeat", {"worker": worker, "runs": list(runs), "lease": interval(lease)}
+        )
+        return {row["run_id"]: row["lease_expires_at"] for row in rows}
+
+    async def set_checkpoint(self, run_id: UUID, worker: str, name: str, value: str) -> bool:
+        return bool(
+            await self._value(
+                "set_checkpoint",
+                {"run_id": run_id, "worker": worker, "name": name, "value": value},
+            )
+        )
+
+    @asynccontextmanager
+    async def owned_transaction(
+        self, run_id: UUID, worker: str
+    ) -> AsyncIterator[tuple[TrioConnection, UUID]]:
+        """A transaction holding the run's row lock; LeaseLost if the worker lost it."""
+        async with self.pool.acquire() as conn, conn.transaction():
+            task_id = await self._value(
+                "lock_owned_run", {"run_id": run_id, "worker": worker}, conn
+            )
+            if task_id is None:
+                raise LeaseLost(f"run {run_id} is no longer owned by {worker}")
+            yield conn, task_id
+
+    async def insert_checkpoint(
+        self, conn: TrioConnection, task_id: UUID, run_id: UUID, name: str, value: str
+    ) -> None:
+        await conn.execute(
+            self._q["insert_checkpoint"],
+            {"task_id": task_id, "run_id": run_id, "name": name, "value": value},
+        )
+
+    async def complete(self, run_id: UUID, worker: str, result: str) -> bool:
+        return bool(
+            await self._value(
+                "complete_run", {"run_id": run_id, "worker": worker, "result": result}
+            )
+        )
+
+    async def fail(
+        self,
+        run_id: UUID,
+        worker: str | None,
+        error: str,
+        *,
+        retry: bool,
+        delay: float,
+        new_run_id: UUID,
+    ) -> str | None:
+        state: str | None = await self._value(
+            "fail_run",
+            {
+                "run_id": run_id,
+                "worker": worker,
+                "error": error,
+                "retry": retry,
+                "delay": interval(delay),
+                "new_run_id": new_run_id,
+            },
+        )
+        return state
+
+    async def suspend(self, run_id: UUID, worker: str, wake_at: datetime) -> bool:
+        return bool(
+            await self._value(
+                "suspend_run", {"run_id": run_id, "worker": worker, "wake_at": wake_at}
+            )
+        )
+
+    async def await_event(
+        self,
+        run_id: UUID,
+        worker: str,
+        queue: str,
+        event: str,
+        step: str,
+        timeout_at: datetime | None,
+    ) -> tuple[str, Any]:
+        row = await self._one(
+            "await_event",
+            {
+                "run_id": run_id,
+                "worker": worker,
+                "queue": queue,
+                "event": event,
+                "step": step,
+                "timeout_at": timeout_at,
+            },
+        )
+        assert row is not None
+        return row["outcome"], row["payload"]
+
+    async def release(self, run_id: UUID, worker: str) -> bool:
+        return bool(await self._value("release_run", {"run_id": run_id, "worker": worker}))
+
+    async def expired_runs(self, queues: Sequence[str], limit: int) -> list[Row]:
+        return await self._all("expired_runs", {"queues": list(queues), "limit": limit})
+
+    async def next_due(self, queues: Sequence[str], names: Sequence[str]) -> float | None:
+        seconds: float | None = await self._value(
+            "next_due", {"queues": list(queues), "names": list(names)}
+        )
+        return seconds
+
+    async def claimable_count(self, queues: Sequence[str], names: Sequence[str]) -> int:
+        return int(
+            await self._value("claimable_count", {"queues": list(queues), "names": list(names)})
+        )
+
+    # -- client side ------------------------------------------------------------------
+
+    async def emit_event(self, queue: str, event: str, payload: str, conn: Any = None) -> int:
+        return int(
+            await self._value(
+                "emit_event", {"queue": queue, "event": event, "payload": payload}, conn
+            )
+        )
+
+    async def cancel(self, task_id: UUID, reason: str) -> int:
+        return int(await self._value("cancel_task", {"task_id": task_id, "reason": reason}))
+
+    async def get_task(self, task_id: UUID) -> Row | None:
+        return await self._one("get_task", {"task_id": task_id})
+
+    async def task_states(self, task_ids: Sequence[UUID]) -> list[Row]:
+        return await self._all("task_states", {"task_ids": list(task_ids)})
+
+    async def now(self) -> datetime:
+        value: datetime = await self._value("now", {})
+        return value
+
+    async def advance_clock(self, seconds: float) -> timedelta:
+        value: timedelta = await self._value("advance_clock", {"by": interval(seconds)})
+        return value
+
+
+async def _fetchone(conn: Any, query: str, params: dict[str, Any]) -> Row | None:
+    if isinstance(conn, psycopg.Connection):
+        # A caller's blocking connection (transactional spawn/emit): keep the loop free.
+        return await trio.to_thread.run_sync(_sync_fetch, conn, query, params, False)
+    async with conn.cursor(row_factory=psycopg.rows.dict_row) as cur:
+        await cur.execute(query, params)
+        row: Row | None = await cur.fetchone()
+        return row
+
+
+async def _fetchall(conn: Any, query: str, params: dict[str, Any]) -> list[Row]:
+    if isinstance(conn, psycopg.Connection):
+        return await trio.to_thread.run_sync(_sync_fetch, conn, query, params, True)
+    async with conn.cursor(row_factory=psycopg.rows.dict_row) as cur:
+        await cur.execute(query, params)
+        rows: list[Row] = await cur.fetchall()
+        return rows
+
+
+def _sync_fetch(
+    conn: psycopg.Connection[Any], query: str, params: dict[str, Any], many: bool
+) -> Any:
+    with conn.cursor(row_factory=psycopg.rows.dict_row) as cur:
+        cur.execute(query, params)
+        return cur.fetchall() if many else cur.fetchone()

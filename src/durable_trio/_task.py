@@ -1,0 +1,134 @@
+"""Task definitions: a name, a Params type, an Output type and the async code to run."""
+
+from __future__ import annotations
+
+import inspect
+import typing
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar
+
+import attrs
+
+from ._core.names import validate_name
+from ._core.options import SpawnOptions
+from ._errors import ConfigurationError
+
+if TYPE_CHECKING:
+    from ._context import TaskContext
+
+P = TypeVar("P")
+R = TypeVar("R")
+
+__all__ = ["Task", "TaskDefinition", "task"]
+
+
+@attrs.frozen
+class TaskDefinition(Generic[P, R]):
+    """A registered-able task: what `@task` returns and what `Durable.register` takes.
+
+    ``params_type`` and ``output_type`` come from the function's annotations; values are
+    converted with cattrs (``Any`` means plain JSON). ``non_retryable`` lists exception
+    types that fail the task at once (`NonRetryable` always does).
+    """
+
+    name: str
+    fn: Callable[[TaskContext, P], Awaitable[R]]
+    params_type: Any = Any
+    output_type: Any = Any
+    options: SpawnOptions | None = None
+    non_retryable: tuple[type[BaseException], ...] = ()
+
+    async def __call__(self, ctx: TaskContext, params: P) -> R:
+        return await self.fn(ctx, params)
+
+
+def task(
+    name: str | None = None,
+    *,
+    options: SpawnOptions | None = None,
+    non_retryable: tuple[type[BaseException], ...] = (),
+) -> Callable[[Callable[[TaskContext, P], Awaitable[R]]], TaskDefinition[P, R]]:
+    """Decorate ``async def fn(ctx, params: Params) -> Output`` as a durable task.
+
+    The name defaults to the function's name; it is what is stored in the database, so
+    keep it stable across deploys. ``options`` are the defaults for every spawn.
+    """
+
+    def wrap(fn: Callable[[TaskContext, P], Awaitable[R]]) -> TaskDefinition[P, R]:
+        if not inspect.iscoroutinefunction(fn):
+            raise ConfigurationError(f"task {fn.__qualname__} must be an async function")
+        params_type, output_type = _types_of(fn, params_index=1)
+        return TaskDefinition(
+            name=validate_name(name or fn.__name__, what="task name"),
+            fn=fn,
+            params_type=params_type,
+            output_type=output_type,
+            options=options,
+            non_retryable=tuple(non_retryable),
+        )
+
+    return wrap
+
+
+class Task(Generic[P, R]):
+    """Class-style task: subclass, set ``name`` and implement ``async run(params, ctx)``.
+
+    ``MyTask.definition()`` (or passing the class to `Durable.register`) gives the
+    `TaskDefinition`; the instance is created once per registration.
+    """
+
+    name: ClassVar[str]
+    options: ClassVar[SpawnOptions | None] = None
+    non_retryable: ClassVar[tuple[type[BaseException], ...]] = ()
+
+    async def run(self, params: P, ctx: TaskContext) -> R:
+        raise NotImplementedError
+
+    @classmethod
+    def definition(cls) -> TaskDefinition[P, R]:
+        if not isinstance(getattr(cls, "name", None), str):
+            raise ConfigurationError(f"{cls.__qualname__} must set a class attribute `name`")
+        instance = cls()
+        params_type, output_type = _types_of(cls.run, params_index=1)
+
+        async def call(ctx: TaskContext, params: P) -> R:
+            return await instance.run(params, ctx)
+
+        return TaskDefinition(
+            name=validate_name(cls.name, what="task name"),
+            fn=call,
+            params_type=params_type,
+            output_type=output_type,
+            options=cls.options,
+            non_retryable=cls.non_retryable,
+        )
+
+
+def as_definition(obj: Any) -> TaskDefinition[Any, Any]:
+    if isinstance(obj, TaskDefinition):
+        return obj
+    if isinstance(obj, type) and issubclass(obj, Task):
+        return obj.definition()
+    raise ConfigurationError(
+        f"expected a @durable_trio.task function or a durable_trio.Task subclass, got {obj!r}"
+    )
+
+
+def _types_of(fn: Callable[..., Any], *, params_index: int) -> tuple[Any, Any]:
+    """(Params type, Output type) from annotations; Any where none is given."""
+    try:
+        hints = typing.get_type_hints(fn)
+    except Exception as ex:
+        raise ConfigurationError(f"cannot resolve annotations of {fn.__qualname__}: {ex}") from ex
+    positional = [
+        p.name
+        for p in inspect.signature(fn).parameters.values()
+        if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
+    ]
+    if len(positional) <= params_index:
+        raise ConfigurationError(
+            f"{fn.__qualname__} must take (ctx, params); it takes {positional}"
+        )
+    params_type = hints.get(positional[params_index], Any)
+    output_type = hints.get("return", Any)
+    return params_type, (None if output_type is type(None) else output_type)

@@ -1,0 +1,407 @@
+"""The worker: one trio nursery holding a claim loop, a heartbeat loop, a listener and one
+cancel-scoped execute task per claimed run.
+
+Lifetimes:
+- `Worker.run()` returns after a graceful `shutdown()`: claiming stops, in-flight runs get
+  `shutdown_grace` seconds to finish, then they are cancelled and handed back (released)
+  without costing an attempt.
+- If the task running `Worker.run()` is cancelled from outside, the worker stops at once
+  and writes nothing more, exactly like a crash: its runs are re-claimed by another worker
+  once their leases expire (costing an attempt).
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+import traceback
+from collections.abc import Awaitable, Callable, Sequence
+from datetime import datetime
+from typing import Any, TypeVar
+from uuid import UUID
+
+import attrs
+import trio
+
+from . import _serde
+from ._context import Suspended, TaskContext
+from ._core.ids import uuid7
+from ._core.options import WorkerOptions
+from ._core.retry import RetryStrategy, decide_failure
+from ._db import CONNECTION_ERRORS, Listener, Pool
+from ._errors import DatabaseUnavailable, LeaseLost, NonRetryable, SerializationError
+from ._store import Store
+from ._task import TaskDefinition
+
+__all__ = ["RunState", "Worker"]
+
+log = logging.getLogger("durable_trio.worker")
+T = TypeVar("T")
+RETRYABLE_IO = (DatabaseUnavailable, *CONNECTION_ERRORS)
+NOTIFY_CHANNEL = "durable_trio"
+CANCEL_CHANNEL = "durable_trio_cancel"
+
+
+@attrs.define(eq=False)
+class RunState:
+    """One claimed run, as the worker and the TaskContext see it."""
+
+    run_id: UUID
+    task_id: UUID
+    attempt: int
+    queue: str
+    task_name: str
+    params: Any
+    headers: dict[str, Any]
+    checkpoints: dict[str, Any]
+    retry: RetryStrategy
+    max_attempts: int
+    claimed_at: datetime
+    definition: TaskDefinition[Any, Any]
+    store: Store
+    worker_id: str
+    claim_timeout: float
+    prepare_spawn: Callable[..., dict[str, Any]]
+    claimed_mono: float = attrs.field(factory=time.monotonic)
+    lease_deadline: float = 0.0
+    scope: trio.CancelScope = attrs.field(factory=trio.CancelScope)
+    lost: str | None = None
+    suspended: bool = False
+    release_on_exit: bool = False
+    finished: bool = False
+
+    def lose(self, reason: str) -> None:
+        """Stop this run now and write nothing more for it (invariant 2)."""
+        if self.lost is None and not self.finished:
+            log.warning("run %s of task %s abandoned: %s", self.run_id, self.task_id, reason)
+            self.lost = reason
+        self.scope.cancel()
+
+    async def call(self, fn: Callable[..., Awaitable[T]], *args: Any, **kwargs: Any) -> T:
+        """Call a store method, retrying while the database is unreachable, but only while
+        our lease can still be alive: past that the run is lost anyway."""
+        delay = 0.05
+        while True:
+            if self.lost is not None:
+                self.scope.cancel()
+                await trio.lowlevel.checkpoint()
+                raise LeaseLost(self.lost)
+            try:
+                return await fn(*args, **kwargs)
+            except RETRYABLE_IO as ex:
+                if time.monotonic() + delay >= self.lease_deadline:
+                    self.lose(f"database unreachable until the lease ran out ({ex})")
+                    continue
+                await trio.sleep(delay)
+                delay = min(delay * 2, 1.0)
+
+
+class Worker:
+    """Claims and executes runs of the tasks registered on a client. See module docstring."""
+
+    def __init__(
+        self,
+        *,
+        url: str,
+        schema: str,
+        queues: Sequence[str],
+        registry: dict[str, TaskDefinition[Any, Any]],
+        prepare_spawn: Callable[..., dict[str, Any]],
+        options: WorkerOptions,
+    ) -> None:
+        self.options = options
+        self._url = url
+        self._schema = schema
+        self._queues = list(options.queues or queues)
+        self._registry = registry
+        self._prepare_spawn = prepare_spawn
+        self._runs: dict[UUID, RunState] = {}
+        self._wake = trio.Event()
+        self._beat_now = trio.Event()
+        self._drained = trio.Event()
+        self._stopping = False
+        self._healthy = False
+        self._last_reap = -1e9
+        self._listener: Listener | None = None
+        self.claimed_total = 0
+
+    def __repr__(self) -> str:
+        return (
+            f"<Worker {self.options.worker_id} queues={self._queues} in_flight={len(self._runs)}>"
+        )
+
+    @property
+    def worker_id(self) -> str:
+        return self.options.worker_id
+
+    @property
+    def in_flight(self) -> int:
+        """Runs currently executing on this worker."""
+        return len(self._runs)
+
+    @property
+    def healthy(self) -> bool:
+        """True while the last database round trip of the claim loop succeeded."""
+        return self._healthy
+
+    def shutdown(self) -> None:
+        """Ask for a graceful stop; `run()` returns once in-flight runs are done or handed back."""
+        self._stopping = True
+        self._wake.set()
+
+    async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+        """Work the queues until `shutdown()`. Use in your own nursery with ``nursery.start``."""
+        names = sorted(self._registry)
+        if not names:
+            log.warning("worker %s has no registered tasks: it will claim nothing", self.worker_id)
+        size = min(self.options.concurrency, 32)
+        control_pool = Pool(self._url, max_size=2)
+        exec_pool = Pool(self._url, max_size=size)
+        try:
+            self._control = Store(control_pool, self._schema)
+            self._exec = Store(exec_pool, self._schema)
+            async with trio.open_nursery() as control:
+                self._listener = Listener(
+                    self._url, [NOTIFY_CHANNEL, CANCEL_CHANNEL], self._on_notify, self._wake.set
+                )
+                await control.start(self._listener.run)
+                control.start_soon(self._heartbeat_loop)
+                async with trio.open_nursery() as execs:
+                    task_status.started(self)
+                    await self._claim_loop(execs, names)
+                    await self._drain()
+                control.cancel_scope.cancel()
+        finally:
+            with trio.CancelScope(shield=True):
+                await exec_pool.aclose()
+                await control_pool.aclose()
+
+    # -- notifications ----------------------------------------------------------------
+
+    def _on_notify(self, channel: str, payload: str) -> None:
+        if channel == CANCEL_CHANNEL:
+            if payload == self._schema and self._runs:
+                self._beat_now.set()
+        elif (
+            payload.partition(".")[0] == self._schema and payload.partition(".")[2] in self._queues
+        ):
+            self._wake.set()
+
+    # -- claiming ---------------------------------------------------------------------
+
+    async def _claim_loop(self, nursery: trio.Nursery, names: list[str]) -> None:
+        backoff = 0.05
+        while not self._stopping:
+            self._wake = trio.Event()
+            try:
+                asked, got = await self._claim_once(nursery, names)
+                await self._maybe_reap()
+                self._healthy = True
+                backoff = 0.05
+            except RETRYABLE_IO as ex:
+                self._healthy = False
+                log.warning("worker %s: database unavailable (%s); retrying", self.worker_id, ex)
+                await self._exec.pool.discard_idle()
+                await self._control.pool.discard_idle()
+                with trio.move_on_after(backoff):
+                    await self._wait_stop()
+                backoff = min(backoff * 2, 2.0)
+                continue
+            if got and got == asked:
+                await trio.lowlevel.checkpoint()
+                continue
+            await self._idle_wait(names, have_capacity=got < asked or asked == 0)
+
+    async def _wait_stop(self) -> None:
+        while not self._stopping:
+            await trio.sleep(3600)
+
+    async def _claim_once(self, nursery: trio.Nursery, names: list[str]) -> tuple[int, int]:
+        free = self.options.concurrency - len(self._runs)
+        if free <= 0 or not names:
+            return 0, 0
+        asked = got = 0
+        for queue in self._queues:
+            limit = min(free - got, self.options.effective_batch)
+            if limit <= 0:
+                break
+            asked += limit
+            rows = await self._control.claim(
+                queue, self.worker_id, names, limit, self.options.claim_timeout
+            )
+            for row in rows:
+                self._start(nursery, row, queue)
+            got += len(rows)
+        self.claimed_total += got
+        return asked, got
+
+    async def _idle_wait(self, names: list[str], *, have_capacity: bool) -> None:
+        timeout = self.options.poll_interval
+        if self._listener is not None and not self._listener.connected:
+            timeout = min(timeout, 0.5)
+        if have_capacity:
+            due = await self._control.next_due(self._queues, names)
+            if due is not None:
+                timeout = min(timeout, max(due, 0.0) + 0.001)
+        with trio.move_on_after(timeout):
+            await self._wake.wait()
+
+    def _start(self, nursery: trio.Nursery, row: dict[str, Any], queue: str) -> None:
+        run = RunState(
+            run_id=row["run_id"],
+            task_id=row["task_id"],
+            attempt=row["attempt"],
+            queue=queue,
+            task_name=row["task_name"],
+            params=row["params"],
+            headers=row["headers"],
+            checkpoints=row["checkpoints"],
+            retry=RetryStrategy.from_json(row["retry"]),
+            max_attempts=row["max_attempts"],
+            claimed_at=row["claimed_at"],
+            definition=self._registry[row["task_name"]],
+            store=self._exec,
+            worker_id=self.worker_id,
+            claim_timeout=self.options.claim_timeout,
+            prepare_spawn=self._prepare_spawn,
+        )
+        run.lease_deadline = run.claimed_mono + self.options.claim_timeout
+        self._runs[run.run_id] = run
+        nursery.start_soon(self._execute, run, name=f"durable_trio run {run.task_name}")
+
+    async def _maybe_reap(self) -> None:
+        """Fail runs whose worker vanished (lease expired), scheduling their next attempt."""
+        now = time.monotonic()
+        if now - self._last_reap < min(self.options.poll_interval, self.options.claim_timeout / 3):
+            return
+        self._last_reap = now
+        for row in await self._control.expired_runs(self._queues, 100):
+            decision = decide_failure(
+                attempt=row["attempt"],
+                max_attempts=row["max_attempts"],
+                retryable=True,
+                strategy=RetryStrategy.from_json(row["retry"]),
+                rand=random.random(),
+            )
+            error = {
+                "type": "LeaseExpired",
+                "message": "the worker running this attempt stopped heartbeating",
+                "retryable": True,
+            }
+            await self._control.fail(
+                row["run_id"],
+                None,
+                _serde.dumps(error),
+                retry=decision.retry,
+                delay=decision.delay,
+                new_run_id=uuid7(),
+            )
+
+    # -- heartbeats -------------------------------------------------------------------
+
+    async def _heartbeat_loop(self) -> None:
+        while True:
+            with trio.move_on_after(self.options.heartbeat_interval):
+                await self._beat_now.wait()
+            self._beat_now = trio.Event()
+            await self._beat()
+
+    async def _beat(self) -> None:
+        runs = [r for r in self._runs.values() if r.lost is None and not r.finished]
+        if not runs:
+            return
+        sent = time.monotonic()
+        try:
+            renewed = await self._control.heartbeat(
+                self.worker_id, [r.run_id for r in runs], self.options.claim_timeout
+            )
+        except RETRYABLE_IO as ex:
+            log.warning("worker %s: heartbeat failed (%s)", self.worker_id, ex)
+            for run in runs:
+                if time.monotonic() >= run.lease_deadline:
+                    run.lose("lease ran out while the database was unreachable")
+            return
+        for run in runs:
+            if run.run_id in renewed:
+                run.lease_deadline = sent + self.options.claim_timeout
+            elif not run.finished and not run.suspended:
+                run.lose("lease lost or task cancelled")
+
+    # -- executing --------------------------------------------------------------------
+
+    async def _execute(self, run: RunState) -> None:
+        try:
+            with run.scope:
+                await self._run_task(run)
+        finally:
+            run.finished = True
+            del self._runs[run.run_id]
+            self._wake.set()
+            if not self._runs:
+                self._drained.set()
+        if run.release_on_exit and run.lost is None and not run.suspended:
+            with trio.CancelScope(shield=True), trio.move_on_after(5):
+                try:
+                    await self._exec.release(run.run_id, self.worker_id)
+                except RETRYABLE_IO:
+                    pass  # the lease expires instead
+
+    async def _run_task(self, run: RunState) -> None:
+        definition = run.definition
+        ctx = TaskContext(run)
+        try:
+            params = _serde.structure(run.params, definition.params_type)
+            result = await definition.fn(ctx, params)
+            text = _serde.roundtrip(result, definition.output_type)[0]
+        except (Suspended, LeaseLost):
+            return
+        except (trio.Cancelled, KeyboardInterrupt, SystemExit):
+            raise
+        except BaseException as ex:  # noqa: BLE001 - every task error is recorded
+            await self._fail(run, ex)
+            return
+        if not await run.call(self._exec.complete, run.run_id, self.worker_id, text):
+            run.lose("completion was fenced")
+
+    async def _fail(self, run: RunState, ex: BaseException) -> None:
+        retryable = not isinstance(
+            ex, (NonRetryable, SerializationError, *run.definition.non_retryable)
+        )
+        decision = decide_failure(
+            attempt=run.attempt,
+            max_attempts=run.max_attempts,
+            retryable=retryable,
+            strategy=run.retry,
+            rand=random.random(),
+        )
+        error = {
+            "type": f"{type(ex).__module__}.{type(ex).__qualname__}",
+            "message": str(ex),
+            "traceback": "".join(traceback.format_exception(ex))[-20_000:],
+            "retryable": retryable,
+            "attempt": run.attempt,
+        }
+        log.info("task %s attempt %d failed: %r", run.task_id, run.attempt, ex)
+        state = await run.call(
+            self._exec.fail,
+            run.run_id,
+            self.worker_id,
+            _serde.dumps(error),
+            retry=decision.retry,
+            delay=decision.delay,
+            new_run_id=uuid7(),
+        )
+        if state is None:
+            run.lose("failure report was fenced")
+
+    async def _drain(self) -> None:
+        """Graceful stop: let runs finish within the grace period, then hand them back."""
+        if not self._runs:
+            return
+        self._drained = trio.Event()
+        with trio.move_on_after(self.options.shutdown_grace):
+            await self._drained.wait()
+        for run in list(self._runs.values()):
+            run.release_on_exit = True
+            run.scope.cancel()
