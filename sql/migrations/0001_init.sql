@@ -138,7 +138,7 @@ DECLARE
     v_now timestamptz := @schema.clock_now();
     v_woken integer;
 BEGIN
-    PERFORM pg_advisory_xact_lock(hashtextextended(@schema_literal || p_queue || chr(0) || p_event, 0));
+    PERFORM pg_advisory_xact_lock(hashtextextended(@schema_literal || '.' || p_queue || '/' || p_event, 0));
     INSERT INTO @schema.events (queue, event_name, payload, emitted_at)
     VALUES (p_queue, p_event, p_payload, v_now)
     ON CONFLICT (queue, event_name)
@@ -471,7 +471,7 @@ BEGIN
         RETURN QUERY SELECT 'fenced'::text, NULL::jsonb;
         RETURN;
     END IF;
-    PERFORM pg_advisory_xact_lock(hashtextextended(@schema_literal || p_queue || chr(0) || p_event, 0));
+    PERFORM pg_advisory_xact_lock(hashtextextended(@schema_literal || '.' || p_queue || '/' || p_event, 0));
     SELECT value INTO v_value FROM @schema.checkpoints WHERE task_id = v_task AND name = p_step;
     IF FOUND THEN
         DELETE FROM @schema.waits WHERE task_id = v_task;

@@ -150,7 +150,7 @@ class TrioConnection(psycopg.AsyncConnection[Row]):
         self.lock = trio.Lock()  # type: ignore[assignment]
 
     @classmethod
-    async def connect(  # type: ignore[override]
+    async def connect(
         cls, conninfo: str = "", *, autocommit: bool = True, **kwargs: Any
     ) -> Self:
         params = conninfo_to_dict(conninfo, **kwargs)
@@ -176,7 +176,7 @@ class TrioConnection(psycopg.AsyncConnection[Row]):
                     return conn
         raise errors[-1] if errors else psycopg.OperationalError("no host to connect to")
 
-    async def wait(  # type: ignore[override]
+    async def wait(
         self, gen: PQGen[Any], interval: float = 0.0, timeout: float | None = None
     ) -> Any:
         fileno = self.pgconn.socket
@@ -219,7 +219,7 @@ class TrioConnection(psycopg.AsyncConnection[Row]):
     async def wait_notifies(self) -> list[pq.PGnotify]:
         """Block until at least one notification arrives (connection must be idle)."""
         async with self.lock:
-            return list(await self.wait(notifies_gen(self.pgconn)))  # type: ignore[arg-type]
+            return list(await self.wait(notifies_gen(self.pgconn)))
 
     @property
     def healthy(self) -> bool:

@@ -255,18 +255,13 @@ class Store:
         queue: str,
         event: str,
         step: str,
-        timeout_at: datetime | None,
+        timeout: timedelta | None,
     ) -> tuple[str, Any]:
+        """Deliver, time out, or suspend; the deadline is fixed by the first call."""
         row = await self._one(
             "await_event",
-            {
-                "run_id": run_id,
-                "worker": worker,
-                "queue": queue,
-                "event": event,
-                "step": step,
-                "timeout_at": timeout_at,
-            },
+            {"run_id": run_id, "worker": worker, "queue": queue, "event": event,
+             "step": step, "timeout": timeout},
         )
         assert row is not None
         return row["outcome"], row["payload"]

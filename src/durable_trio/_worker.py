@@ -38,7 +38,7 @@ __all__ = ["RunState", "Worker"]
 
 log = logging.getLogger("durable_trio.worker")
 T = TypeVar("T")
-RETRYABLE_IO = (DatabaseUnavailable, *CONNECTION_ERRORS)
+RETRYABLE_IO: tuple[type[BaseException], ...] = (DatabaseUnavailable, *CONNECTION_ERRORS)
 NOTIFY_CHANNEL = "durable_trio"
 CANCEL_CHANNEL = "durable_trio_cancel"
 

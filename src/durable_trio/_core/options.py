@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import os
 import socket
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -19,11 +19,36 @@ from .retry import RetryStrategy
 MAX_PRIORITY = 1_000_000
 
 
-def _optional_seconds(what: str, *, allow_zero: bool = False) -> Any:
-    def convert(value: Duration | None) -> float | None:
-        return None if value is None else to_seconds(value, what=what, allow_zero=allow_zero)
+def _pending_delay(value: Duration | None) -> float | None:
+    return None if value is None else to_seconds(value, what="max_pending_delay", allow_zero=False)
 
-    return convert
+
+def _max_duration(value: Duration | None) -> float | None:
+    return None if value is None else to_seconds(value, what="max_duration", allow_zero=False)
+
+
+def _delay(value: Duration | None) -> float | None:
+    return None if value is None else to_seconds(value, what="delay")
+
+
+def _claim_timeout(value: Duration) -> float:
+    return to_seconds(value, what="claim_timeout", allow_zero=False)
+
+
+def _poll_interval(value: Duration) -> float:
+    return to_seconds(value, what="poll_interval", allow_zero=False)
+
+
+def _shutdown_grace(value: Duration) -> float:
+    return to_seconds(value, what="shutdown_grace")
+
+
+def _queues(value: Iterable[str] | None) -> tuple[str, ...] | None:
+    if value is None:
+        return None
+    if isinstance(value, str):
+        raise InvalidInput(f"queues must be a list of queue names, got the string {value!r}")
+    return tuple(validate_queue(q) for q in value)
 
 
 def _headers(value: Mapping[str, Any] | None) -> dict[str, Any]:
@@ -47,12 +72,8 @@ class CancellationPolicy:
     after its first attempt started (sleeps included).
     """
 
-    max_pending_delay: float | None = attrs.field(
-        default=None, converter=_optional_seconds("max_pending_delay")
-    )
-    max_duration: float | None = attrs.field(
-        default=None, converter=_optional_seconds("max_duration")
-    )
+    max_pending_delay: float | None = attrs.field(default=None, converter=_pending_delay)
+    max_duration: float | None = attrs.field(default=None, converter=_max_duration)
 
     def to_json(self) -> dict[str, float | None]:
         return {"max_pending_delay": self.max_pending_delay, "max_duration": self.max_duration}
@@ -78,9 +99,7 @@ class SpawnOptions:
     headers: dict[str, Any] = attrs.field(factory=dict, converter=_headers)
     queue: str | None = attrs.field(default=None, converter=_queue)
     priority: int = attrs.field(default=0)
-    delay: float | None = attrs.field(
-        default=None, converter=_optional_seconds("delay", allow_zero=True)
-    )
+    delay: float | None = attrs.field(default=None, converter=_delay)
     start_at: datetime | None = attrs.field(default=None)
     idempotency_key: str | None = attrs.field(default=None)
     cancellation: CancellationPolicy | None = attrs.field(default=None)
@@ -144,20 +163,12 @@ class WorkerOptions:
     """
 
     concurrency: int = attrs.field(default=8)
-    claim_timeout: float = attrs.field(
-        default=30.0, converter=lambda v: to_seconds(v, what="claim_timeout", allow_zero=False)
-    )
+    claim_timeout: float = attrs.field(default=30.0, converter=_claim_timeout)
     batch_size: int | None = attrs.field(default=None)
-    poll_interval: float = attrs.field(
-        default=1.0, converter=lambda v: to_seconds(v, what="poll_interval", allow_zero=False)
-    )
+    poll_interval: float = attrs.field(default=1.0, converter=_poll_interval)
     worker_id: str = attrs.field(factory=default_worker_id)
-    shutdown_grace: float = attrs.field(
-        default=10.0, converter=lambda v: to_seconds(v, what="shutdown_grace")
-    )
-    queues: tuple[str, ...] | None = attrs.field(
-        default=None, converter=lambda v: None if v is None else tuple(validate_queue(q) for q in v)
-    )
+    shutdown_grace: float = attrs.field(default=10.0, converter=_shutdown_grace)
+    queues: tuple[str, ...] | None = attrs.field(default=None, converter=_queues)
 
     @concurrency.validator
     def _check_concurrency(self, _: Any, value: int) -> None:

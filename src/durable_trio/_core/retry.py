@@ -17,8 +17,12 @@ class RetryKind(enum.StrEnum):
     EXPONENTIAL = "exponential"
 
 
-def _seconds(what: str) -> Any:
-    return lambda value: to_seconds(value, what=what)
+def _base_seconds(value: Duration) -> float:
+    return to_seconds(value, what="retry base delay")
+
+
+def _max_delay_seconds(value: Duration) -> float:
+    return to_seconds(value, what="retry max_delay")
 
 
 @attrs.frozen
@@ -32,9 +36,9 @@ class RetryStrategy:
     """
 
     kind: RetryKind = attrs.field(converter=RetryKind)
-    base: float = attrs.field(default=0.0, converter=_seconds("retry base delay"))
+    base: float = attrs.field(default=0.0, converter=_base_seconds)
     factor: float = attrs.field(default=2.0)
-    max_delay: float = attrs.field(default=3600.0, converter=_seconds("retry max_delay"))
+    max_delay: float = attrs.field(default=3600.0, converter=_max_delay_seconds)
     jitter: float = attrs.field(default=0.0)
 
     @factor.validator

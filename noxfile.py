@@ -1,0 +1,56 @@
+"""Sessions: `nox` (lint, types, tests — what CI runs), `nox -s quickstart`, `nox -s bench`."""
+
+from __future__ import annotations
+
+import nox
+
+nox.options.sessions = ["lint", "types", "tests"]
+nox.options.reuse_existing_virtualenvs = True
+nox.options.error_on_missing_interpreters = True
+
+PYTHON = "3.11"
+LINT_PATHS = ["src", "tests", "benchmarks", "examples", "noxfile.py"]
+
+
+@nox.session(python=PYTHON)
+def lint(session: nox.Session) -> None:
+    session.install("ruff>=0.6")
+    session.run("ruff", "check", *LINT_PATHS)
+    session.run("ruff", "format", "--check", *LINT_PATHS)
+
+
+@nox.session(python=PYTHON)
+def types(session: nox.Session) -> None:
+    session.install("-e", ".[test]", "mypy>=1.11")
+    session.run("mypy")
+
+
+@nox.session(python=PYTHON)
+def tests(session: nox.Session) -> None:
+    """The whole suite against a real PostgreSQL the harness starts (or
+    DURABLE_TEST_DATABASE_URL). pytest's exit code 5 (no tests ran) fails the session."""
+    session.install("-e", ".[test]")
+    session.run("pytest", "-p", "no:cacheprovider", *session.posargs)
+
+
+@nox.session(python=PYTHON)
+def thorough(session: nox.Session) -> None:
+    """The long variants: many more Hypothesis examples, 5,000 tasks through chaos."""
+    session.install("-e", ".[test]")
+    session.run(
+        "pytest", "-p", "no:cacheprovider", "tests/stateful", "tests/chaos",
+        env={"DURABLE_THOROUGH": "1"},
+    )
+
+
+@nox.session(python=PYTHON)
+def quickstart(session: nox.Session) -> None:
+    session.install("-e", ".")
+    session.run("python", "-m", "durable_trio", "quickstart")
+
+
+@nox.session(python=PYTHON)
+def bench(session: nox.Session) -> None:
+    """Benchmarks beside the raw-SQL ceiling and peer libraries; `-- --quick` for a smoke run."""
+    session.install("-e", ".[bench]")
+    session.run("python", "benchmarks/run.py", *session.posargs)
