@@ -235,7 +235,7 @@ class TaskContext:
             await self._record(checkpoint, {"wake_at": wake_at}, dict[str, datetime])
         else:
             wake_at = _serde.structure(stored, dict[str, datetime])["wake_at"]
-        if self._run.claimed_at >= wake_at:
+        if self._db_now() >= wake_at:  # already due (a replay, or a zero sleep)
             return
         ok = await self._run.call(
             self._run.store.suspend, self.run_id, self._run.worker_id, wake_at

@@ -39,6 +39,13 @@ _converter.register_unstructure_hook(datetime, lambda v: _utc(v).isoformat())
 _converter.register_structure_hook(datetime, lambda v, _: _utc(datetime.fromisoformat(v)))
 _converter.register_unstructure_hook(timedelta, lambda v: v.total_seconds())
 _converter.register_structure_hook(timedelta, lambda v, _: timedelta(seconds=float(v)))
+def _structure_none(value: Any, _: Any) -> None:
+    if value is not None:
+        raise ValueError(f"expected null, got {value!r}")
+
+
+# A task annotated ``params: None`` takes no params (cattrs has no NoneType hook).
+_converter.register_structure_hook(type(None), _structure_none)
 _converter.register_unstructure_hook(Decimal, str)
 _converter.register_structure_hook(Decimal, lambda v, _: Decimal(str(v)))
 

@@ -34,7 +34,7 @@ from ._errors import DatabaseUnavailable, LeaseLost, NonRetryable, Serialization
 from ._store import Store
 from ._task import TaskDefinition
 
-__all__ = ["RunState", "Worker"]
+__all__ = ["RunState", "Worker", "reap_expired"]
 
 log = logging.getLogger("durable_trio.worker")
 T = TypeVar("T")
@@ -271,32 +271,11 @@ class Worker:
         nursery.start_soon(self._execute, run, name=f"durable_trio run {run.task_name}")
 
     async def _maybe_reap(self) -> None:
-        """Fail runs whose worker vanished (lease expired), scheduling their next attempt."""
         now = time.monotonic()
         if now - self._last_reap < min(self.options.poll_interval, self.options.claim_timeout / 3):
             return
         self._last_reap = now
-        for row in await self._control.expired_runs(self._queues, 100):
-            decision = decide_failure(
-                attempt=row["attempt"],
-                max_attempts=row["max_attempts"],
-                retryable=True,
-                strategy=RetryStrategy.from_json(row["retry"]),
-                rand=random.random(),
-            )
-            error = {
-                "type": "LeaseExpired",
-                "message": "the worker running this attempt stopped heartbeating",
-                "retryable": True,
-            }
-            await self._control.fail(
-                row["run_id"],
-                None,
-                _serde.dumps(error),
-                retry=decision.retry,
-                delay=decision.delay,
-                new_run_id=uuid7(),
-            )
+        await reap_expired(self._control, self._queues)
 
     # -- heartbeats -------------------------------------------------------------------
 
@@ -405,3 +384,29 @@ class Worker:
         for run in list(self._runs.values()):
             run.release_on_exit = True
             run.scope.cancel()
+
+
+async def reap_expired(store: Store, queues: Sequence[str], limit: int = 100) -> int:
+    """Fail runs whose worker vanished (lease expired), scheduling their next attempt as
+    the task's retry strategy says. Returns how many runs were reaped."""
+    reaped = 0
+    for row in await store.expired_runs(queues, limit):
+        decision = decide_failure(
+            attempt=row["attempt"],
+            max_attempts=row["max_attempts"],
+            retryable=True,
+            strategy=RetryStrategy.from_json(row["retry"]),
+            rand=random.random(),
+        )
+        error = {
+            "type": "LeaseExpired",
+            "message": "the worker running this attempt stopped heartbeating",
+            "retryable": True,
+            "attempt": row["attempt"],
+        }
+        state = await store.fail(
+            row["run_id"], None, _serde.dumps(error),
+            retry=decision.retry, delay=decision.delay, new_run_id=uuid7(),
+        )
+        reaped += state is not None
+    return reaped

@@ -14,7 +14,6 @@ every connection at once, so tests never sleep for real.
 
 from __future__ import annotations
 
-import math
 from datetime import timedelta
 from typing import Any
 
@@ -24,6 +23,7 @@ from ._client import Durable
 from ._core.durations import Duration, to_seconds
 from ._core.options import WorkerOptions
 from ._worker import Worker
+from ._worker import reap_expired as _reap
 
 __all__ = ["advance_clock", "database_now", "reap_expired", "run_until_idle"]
 
@@ -38,12 +38,10 @@ async def database_now(client: Durable) -> Any:
     return await client.store.now()
 
 
-async def reap_expired(client: Durable, worker: Worker | None = None) -> None:
-    """Fail runs whose lease has expired now (what a worker's claim loop does periodically)."""
-    w = worker or client.new_worker()
-    w._control = client.store
-    w._last_reap = -math.inf
-    await w._maybe_reap()
+async def reap_expired(client: Durable, worker: Worker | None = None) -> int:
+    """Fail runs whose lease has expired now (what every worker's claim loop does
+    periodically); return how many. `worker` is accepted for compatibility and unused."""
+    return await _reap(client.store, [client.queue])
 
 
 async def run_until_idle(
@@ -66,7 +64,7 @@ async def run_until_idle(
         async with trio.open_nursery() as nursery:
             await nursery.start(worker.run)
             while True:
-                await reap_expired(client, worker)
+                await _reap(client.store, queues)
                 await trio.sleep(0.01)
                 if worker.in_flight:
                     continue
