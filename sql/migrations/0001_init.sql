@@ -264,7 +264,8 @@ $$;
 
 
 -- Claim up to p_limit due runs of the named tasks, highest priority first, then oldest.
--- Runs whose cancellation policy has expired are cancelled instead of claimed.
+-- Runs whose max_pending_delay has passed are cancelled instead of claimed. Only the
+-- picked rows are examined, so a claim costs O(p_limit) however long the queue is.
 CREATE FUNCTION @schema.claim_runs(
     p_queue text, p_worker text, p_names text[], p_limit integer, p_lease interval
 ) RETURNS TABLE (run_id uuid, task_id uuid, task_name text, attempt integer,
@@ -273,31 +274,37 @@ CREATE FUNCTION @schema.claim_runs(
 LANGUAGE plpgsql AS $$
 DECLARE
     v_now timestamptz := @schema.clock_now();
-    v_late uuid;
+    v_runs uuid[];
+    v_late uuid[];
+    v_id uuid;
 BEGIN
-    FOR v_late IN
-        SELECT t.task_id FROM @schema.runs r JOIN @schema.tasks t USING (task_id)
-        WHERE r.queue = p_queue AND r.state = 'pending' AND r.available_at <= v_now
-          AND r.attempt = 1 AND t.first_started_at IS NULL
-          AND t.max_pending_delay IS NOT NULL
-          AND r.available_at + t.max_pending_delay < v_now
-        LIMIT p_limit
-    LOOP
-        PERFORM @schema.cancel_task(v_late, 'max_pending_delay exceeded');
+    SELECT coalesce(array_agg(x.run_id) FILTER (WHERE NOT x.late), '{}'),
+           coalesce(array_agg(x.task_id) FILTER (WHERE x.late), '{}')
+    INTO v_runs, v_late
+    FROM (
+        SELECT r.run_id, r.task_id,
+            coalesce(r.attempt = 1 AND t.first_started_at IS NULL
+                AND r.available_at + t.max_pending_delay < v_now, false) AS late
+        FROM (
+            SELECT q.run_id FROM @schema.runs q
+            WHERE q.queue = p_queue AND q.state IN ('pending', 'sleeping')
+              AND q.available_at <= v_now AND q.task_name = ANY (p_names)
+            ORDER BY q.priority DESC, q.available_at, q.run_id
+            LIMIT p_limit
+            FOR UPDATE SKIP LOCKED
+        ) picked
+        JOIN @schema.runs r ON r.run_id = picked.run_id
+        JOIN @schema.tasks t ON t.task_id = r.task_id
+    ) x;
+    FOREACH v_id IN ARRAY v_late LOOP
+        PERFORM @schema.cancel_task(v_id, 'max_pending_delay exceeded');
     END LOOP;
 
     RETURN QUERY
-    WITH picked AS (
-        SELECT r.run_id FROM @schema.runs r
-        WHERE r.queue = p_queue AND r.state IN ('pending', 'sleeping')
-          AND r.available_at <= v_now AND r.task_name = ANY (p_names)
-        ORDER BY r.priority DESC, r.available_at, r.run_id
-        LIMIT p_limit
-        FOR UPDATE SKIP LOCKED
-    ), claimed AS (
+    WITH claimed AS (
         UPDATE @schema.runs r SET state = 'running', worker_id = p_worker,
             lease_expires_at = v_now + p_lease, claimed_at = v_now
-        FROM picked WHERE r.run_id = picked.run_id
+        WHERE r.run_id = ANY (v_runs)
         RETURNING r.run_id, r.task_id, r.task_name, r.attempt, r.lease_expires_at
     ), started AS (
         UPDATE @schema.tasks t SET state = 'running',
