@@ -60,6 +60,7 @@ SELECT extract(epoch FROM min(available_at) - @schema.clock_now())::float8 AS se
 FROM @schema.runs
 WHERE queue = ANY (%(queues)s::text[]) AND state IN ('pending', 'sleeping')
   AND task_name = ANY (%(names)s::text[])
+  AND available_at < 'infinity'  -- untimed event waits: woken by the emit, never due
 
 -- name: get_task
 SELECT task_id, queue, task_name, params, headers, state, attempts, max_attempts, priority,

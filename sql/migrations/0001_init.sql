@@ -276,15 +276,19 @@ DECLARE
     v_now timestamptz := @schema.clock_now();
     v_runs uuid[];
     v_late uuid[];
+    v_over uuid[];
     v_id uuid;
 BEGIN
-    SELECT coalesce(array_agg(x.run_id) FILTER (WHERE NOT x.late), '{}'),
-           coalesce(array_agg(x.task_id) FILTER (WHERE x.late), '{}')
-    INTO v_runs, v_late
+    SELECT coalesce(array_agg(x.run_id) FILTER (WHERE NOT x.late AND NOT x.overdue), '{}'),
+           coalesce(array_agg(x.task_id) FILTER (WHERE x.late), '{}'),
+           coalesce(array_agg(x.task_id) FILTER (WHERE x.overdue), '{}')
+    INTO v_runs, v_late, v_over
     FROM (
         SELECT r.run_id, r.task_id,
             coalesce(r.attempt = 1 AND t.first_started_at IS NULL
-                AND r.available_at + t.max_pending_delay < v_now, false) AS late
+                AND r.available_at + t.max_pending_delay < v_now, false) AS late,
+            -- max_duration counts sleeps too: a task woken (or retried) too late ends here.
+            coalesce(t.first_started_at + t.max_duration < v_now, false) AS overdue
         FROM (
             SELECT q.run_id FROM @schema.runs q
             WHERE q.queue = p_queue AND q.state IN ('pending', 'sleeping')
@@ -298,6 +302,9 @@ BEGIN
     ) x;
     FOREACH v_id IN ARRAY v_late LOOP
         PERFORM @schema.cancel_task(v_id, 'max_pending_delay exceeded');
+    END LOOP;
+    FOREACH v_id IN ARRAY v_over LOOP
+        PERFORM @schema.cancel_task(v_id, 'max_duration exceeded');
     END LOOP;
 
     RETURN QUERY

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import AsyncIterator, Iterable
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Iterable, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from datetime import datetime
 from typing import Any, TypeVar
 from uuid import UUID
@@ -15,6 +15,7 @@ import psycopg
 import trio
 
 from . import _serde
+from ._core.durations import to_seconds
 from ._core.ids import uuid7
 from ._core.names import validate_name, validate_queue, validate_schema
 from ._core.options import SpawnOptions, WorkerOptions
@@ -23,6 +24,7 @@ from ._db import Pool, TrioConnection, connect, redact_url
 from ._errors import (
     ConfigurationError,
     InvalidInput,
+    SerializationError,
     TaskCancelled,
     TaskFailed,
     TaskNotFound,
@@ -83,6 +85,8 @@ class Durable:
     """A handle on one durable_trio schema and queue. Create it with `Durable.connect`."""
 
     def __init__(self, url: str, *, queue: str, schema: str, pool_size: int) -> None:
+        if isinstance(pool_size, bool) or not isinstance(pool_size, int) or pool_size < 1:
+            raise InvalidInput(f"pool_size must be a positive integer, got {pool_size!r}")
         self.url = url
         self.queue = validate_queue(queue)
         self.schema = validate_schema(schema)
@@ -170,24 +174,31 @@ class Durable:
         """Validate and serialise one spawn into the row the store inserts."""
         if isinstance(task, str):
             name = _checked(validate_name, task, what="task name")
-            params_json = _serde.dumps(_serde.unstructure(params))
-            defaults = self._registry[name].options if name in self._registry else None
+            known = self._registry.get(name)
+            with _about(f"params of task {name!r}"):
+                params_json = _serde.dumps(_serde.unstructure(params))
+                if known is not None:  # the code is here: the JSON must fit its Params type
+                    _serde.structure(_serde.loads(params_json), known.params_type)
+            defaults = known.options if known is not None else None
         else:
             definition = as_definition(task)
             name = definition.name
-            params_json = _serde.roundtrip(params, definition.params_type)[0]
+            with _about(f"params of task {name!r}"):
+                params_json = _serde.roundtrip(params, definition.params_type)[0]
             defaults = definition.options
         opts = options if options is not None else (defaults or SpawnOptions())
         if not isinstance(opts, SpawnOptions):
             raise InvalidInput(f"options must be a SpawnOptions, got {opts!r}")
         policy = opts.cancellation
+        with _about("headers"):
+            headers_json = _serde.dumps(_serde.unstructure(opts.headers))
         return {
             "task_id": uuid7(),
             "run_id": uuid7(),
             "queue": opts.queue or self.queue,
             "task_name": name,
             "params": params_json,
-            "headers": _serde.dumps(_serde.unstructure(opts.headers)),
+            "headers": headers_json,
             "retry": _serde.dumps(opts.retry.to_json()),
             "max_attempts": opts.max_attempts,
             "priority": opts.priority,
@@ -282,15 +293,25 @@ class Durable:
         """Wait until the task ends; return its result typed as the task's Output.
 
         Raises `TaskFailed`, `TaskCancelled`, or `WaitTimeout` after `timeout` seconds
-        (the task itself goes on). `task` may be a name: typed if registered here,
-        plain JSON otherwise.
+        (the task itself goes on). `task` may be a registered name (`UnknownTask`
+        otherwise), or None for the stored plain JSON; `InvalidInput` if the task with
+        this id is another task.
         """
         output_type = _output_type(task, self._registry)
+        expected = (
+            None if task is None else task if isinstance(task, str) else as_definition(task).name
+        )
         task_id = _uuid(task_id)
+        limit = math.inf if timeout is None else to_seconds(timeout, what="timeout")
         delay = 0.002
-        with trio.move_on_after(math.inf if timeout is None else timeout):
+        with trio.move_on_after(limit):
             while True:
                 info = await self.get_task(task_id)
+                if expected is not None and info.task_name != expected:
+                    raise InvalidInput(
+                        f"task {task_id} is a {info.task_name!r} task, not {expected!r}: "
+                        "pass its own task (or None for its plain JSON result)"
+                    )
                 if info.state is TaskState.COMPLETED:
                     return _serde.structure(info.result, output_type)
                 if info.state is TaskState.FAILED:
@@ -316,8 +337,9 @@ class Durable:
         the same name replaces the payload for waits that have not received one yet.
         With `connection`, the emit joins the caller's open transaction."""
         event = _checked(validate_name, name, what="event name")
-        target = _checked(validate_queue, queue or self.queue)
-        text = _serde.dumps(_serde.unstructure(payload))
+        target = _checked(validate_queue, self.queue if queue is None else queue)
+        with _about("event payload"):
+            text = _serde.dumps(_serde.unstructure(payload))
         return await self._store.emit_event(target, event, text, connection)
 
     async def cancel(self, task_id: UUID, reason: str = "cancelled by client") -> bool:
@@ -326,6 +348,10 @@ class Durable:
         heartbeat (at once when the worker receives the notification). Returns False if
         the task had already ended."""
         task_id = _uuid(task_id)
+        if not isinstance(reason, str) or "\x00" in reason:
+            raise InvalidInput(
+                f"cancel reason must be text without NUL characters, got {reason!r:.80}"
+            )
         if await self._store.get_task(task_id) is None:
             raise TaskNotFound(task_id)
         return await self._store.cancel(task_id, reason) > 0
@@ -392,5 +418,19 @@ def _output_type(task: Any, registry: dict[str, TaskDefinition[Any, Any]]) -> An
     if task is None:
         return Any
     if isinstance(task, str):
-        return registry[task].output_type if task in registry else Any
+        if task not in registry:
+            raise UnknownTask(
+                f"no task named {task!r} is registered on this client, so its result type "
+                "is unknown: register it, or pass None to get the plain JSON result"
+            )
+        return registry[task].output_type
     return as_definition(task).output_type
+
+
+@contextmanager
+def _about(what: str) -> Iterator[None]:
+    """Say which argument a serialisation error is about."""
+    try:
+        yield
+    except SerializationError as ex:
+        raise SerializationError(f"{what}: {ex}") from None

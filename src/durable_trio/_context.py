@@ -34,6 +34,7 @@ from ._errors import (
     InvalidInput,
     LeaseLost,
     ReplayMismatch,
+    SerializationError,
 )
 from ._task import TaskDefinition
 
@@ -117,7 +118,7 @@ class TaskContext:
         checkpoint = self._next_name(name)
         rtype = _return_type(fn) if result_type is _UNSET else result_type
         if checkpoint in self._checkpoints:
-            return typing.cast(T, _serde.structure(self._checkpoints[checkpoint], rtype))
+            return typing.cast(T, self._stored(checkpoint, rtype))
         value = fn(*args)
         if inspect.isawaitable(value):
             value = await value
@@ -142,7 +143,7 @@ class TaskContext:
         self, checkpoint: str, fn: Callable[..., Awaitable[Any]], args: Any, rtype: Any
     ) -> Any:
         if checkpoint in self._checkpoints:
-            return _serde.structure(self._checkpoints[checkpoint], rtype)
+            return self._stored(checkpoint, rtype)
         store = self._run.store
         try:
             async with store.owned_transaction(self.run_id, self._run.worker_id) as (
@@ -150,15 +151,25 @@ class TaskContext:
                 task_id,
             ):
                 value = await fn(conn, *args)
-                text, replayed = _serde.roundtrip(value, rtype)
+                text, replayed = _roundtrip(checkpoint, value, rtype)
                 await store.insert_checkpoint(conn, task_id, self.run_id, checkpoint, text)
         except LeaseLost:
             await self._lost()
         self._checkpoints[checkpoint] = _serde.loads(text)
         return replayed
 
+    def _stored(self, checkpoint: str, rtype: Any) -> Any:
+        """A checkpointed value, read back as the type the code declares now."""
+        try:
+            return _serde.structure(self._checkpoints[checkpoint], rtype)
+        except SerializationError as ex:
+            raise SerializationError(
+                f"step {checkpoint!r}: the checkpointed value no longer fits the declared "
+                f"type ({ex}); give the step a new name or make the type accept it"
+            ) from None
+
     async def _record(self, checkpoint: str, value: Any, rtype: Any) -> Any:
-        text, replayed = _serde.roundtrip(value, rtype)
+        text, replayed = _roundtrip(checkpoint, value, rtype)
         ok = await self._run.call(
             self._run.store.set_checkpoint, self.run_id, self._run.worker_id, checkpoint, text
         )
@@ -299,7 +310,10 @@ class TaskContext:
             names.validate_name(name, what="event name")
         except ValueError as ex:
             raise InvalidInput(str(ex)) from None
-        text = _serde.dumps(_serde.unstructure(payload))
+        try:
+            text = _serde.dumps(_serde.unstructure(payload))
+        except SerializationError as ex:
+            raise SerializationError(f"event payload: {ex}") from None
         checkpoint = self._next_name(name, kind="emit")
         if checkpoint in self._checkpoints:
             return
@@ -376,6 +390,13 @@ class TaskContext:
         )
         if self.run_id not in renewed:
             await self._lost()
+
+
+def _roundtrip(checkpoint: str, value: Any, rtype: Any) -> tuple[str, Any]:
+    try:
+        return _serde.roundtrip(value, rtype)
+    except SerializationError as ex:
+        raise SerializationError(f"step {checkpoint!r}: {ex}") from None
 
 
 def _duration(value: Duration, what: str) -> float:

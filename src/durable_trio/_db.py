@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import math
+import re
 import select
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
@@ -60,11 +61,14 @@ def redact_url(url: str) -> str:
         parts = urlsplit(url)
     except ValueError:
         return "<unparseable database URL>"
+    if parts.scheme.startswith("postgres") and "password=" in parts.query:
+        # libpq also takes ?password=... in the query string.
+        parts = parts._replace(query=re.sub(r"(^|&)password=[^&]*", r"\1password=***", parts.query))
+        url = urlunsplit(parts)
     if parts.scheme.startswith("postgres") and parts.password is not None:
+        # Keep everything after the '@' as written (parts.port raises on "host:notaport").
         user = parts.username or ""
-        host = parts.hostname or ""
-        if parts.port is not None:
-            host = f"{host}:{parts.port}"
+        host = parts.netloc.rpartition("@")[2]
         return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
     if "password=" in url and not parts.scheme:
         return " ".join("password=***" if w.startswith("password=") else w for w in url.split())
@@ -129,8 +133,10 @@ async def _resolve(attempt: dict[str, Any]) -> list[dict[str, Any]]:
         return [attempt]
     if is_ip_address(host):
         return [{**attempt, "hostaddr": host}]
-    port = int(attempt.get("port") or 5432)
-    infos = await trio.socket.getaddrinfo(host, port, type=trio.socket.SOCK_STREAM)
+    port = str(attempt.get("port") or 5432)
+    if not port.isdigit():
+        raise psycopg.ProgrammingError(f"invalid port {port!r}: expected a number")
+    infos = await trio.socket.getaddrinfo(host, int(port), type=trio.socket.SOCK_STREAM)
     return [{**attempt, "hostaddr": str(info[4][0])} for info in infos]
 
 
@@ -225,6 +231,36 @@ class TrioConnection(psycopg.AsyncConnection[Row]):
     def healthy(self) -> bool:
         return not self.closed and self.pgconn.status == pq.ConnStatus.OK
 
+    @asynccontextmanager
+    async def transaction(
+        self, savepoint_name: str | None = None, force_rollback: bool = False
+    ) -> AsyncIterator[psycopg.AsyncTransaction]:
+        """psycopg's transaction block, whose COMMIT/ROLLBACK also runs when cancelled.
+
+        psycopg's exit first takes the connection lock, which a cancelled trio scope
+        refuses at once: the block would be left open in psycopg's bookkeeping and the
+        connection unusable (a later rollback() raises ProgrammingError).
+        """
+        if self._pipeline:  # not used by durable_trio: keep psycopg's own behaviour
+            async with psycopg.AsyncConnection.transaction(
+                self, savepoint_name, force_rollback
+            ) as tx:
+                yield tx
+            return
+        async with _ShieldedExitTransaction(self, savepoint_name, force_rollback) as tx:
+            yield tx
+
+
+class _ShieldedExitTransaction(psycopg.AsyncTransaction):
+    async def __aexit__(self, exc_type: Any, exc_val: Any, exc_tb: Any) -> bool:
+        with trio.CancelScope(shield=True):
+            with trio.move_on_after(_CANCEL_GRACE):
+                return await super().__aexit__(exc_type, exc_val, exc_tb)
+            await self._conn.close()
+        if exc_val is None:
+            raise psycopg.OperationalError("the commit did not complete: connection closed")
+        return False
+
 
 async def connect(url: str, *, autocommit: bool = True) -> TrioConnection:
     """Open one trio-native connection; raise `DatabaseUnavailable` (password redacted)."""
@@ -243,11 +279,21 @@ async def connect(url: str, *, autocommit: bool = True) -> TrioConnection:
 def _scrub(message: str, url: str) -> str:
     try:
         password = urlsplit(url).password
-    except ValueError:
-        password = None
+    except ValueError:  # unparseable, yet libpq may quote the whole URL in its message
+        found = _URL_PASSWORD.search(url)
+        password = found[1] if found else None
+    if not password:  # ?password=... or the key=value form
+        try:
+            value = conninfo_to_dict(url).get("password")
+            password = None if value is None else str(value)
+        except psycopg.Error:
+            password = None
     if password:
         message = message.replace(password, "***")
     return message.strip()
+
+
+_URL_PASSWORD = re.compile(r"://[^:/@]*:([^@]*)@")
 
 
 class Pool:

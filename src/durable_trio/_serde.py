@@ -13,11 +13,13 @@ Rules (docs/serialization.md says the same for users):
 from __future__ import annotations
 
 import json
+import re
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 from uuid import UUID
 
+import attrs
 from cattrs.preconf.json import make_converter
 
 from ._errors import SerializationError
@@ -37,8 +39,21 @@ _converter.register_unstructure_hook(UUID, str)
 _converter.register_structure_hook(UUID, lambda v, _: UUID(v) if not isinstance(v, UUID) else v)
 _converter.register_unstructure_hook(datetime, lambda v: _utc(v).isoformat())
 _converter.register_structure_hook(datetime, lambda v, _: _utc(datetime.fromisoformat(v)))
-_converter.register_unstructure_hook(timedelta, lambda v: v.total_seconds())
+
+
+def _timedelta_seconds(value: timedelta) -> float:
+    seconds = value.total_seconds()
+    if timedelta(seconds=seconds) != value:  # beyond ~142 years float seconds lose microseconds
+        raise SerializationError(
+            f"{value!r} cannot be stored exactly as float seconds: round it to whole seconds"
+        )
+    return seconds
+
+
+_converter.register_unstructure_hook(timedelta, _timedelta_seconds)
 _converter.register_structure_hook(timedelta, lambda v, _: timedelta(seconds=float(v)))
+
+
 def _structure_none(value: Any, _: Any) -> None:
     if value is not None:
         raise ValueError(f"expected null, got {value!r}")
@@ -50,11 +65,46 @@ _converter.register_unstructure_hook(Decimal, str)
 _converter.register_structure_hook(Decimal, lambda v, _: Decimal(str(v)))
 
 
+def _refuse_set(value: Any) -> Any:
+    # A set has no JSON form that reads back as a set unless its type is declared
+    # (``set[int]`` fields use cattrs' own hook); under ``Any`` it would drift to a list.
+    raise SerializationError(
+        f"{type(value).__name__} {_short(value)} under an Any type would come back as a "
+        "list: declare the type (e.g. set[int]) or pass a list"
+    )
+
+
+_converter.register_unstructure_hook(set, _refuse_set)
+_converter.register_unstructure_hook(frozenset, _refuse_set)
+
+
+def _strict(type_: type, accepts: tuple[type, ...]) -> None:
+    """Stored JSON must already have the declared scalar type: no silent int("42") or
+    int(1.5) on replay (invariant 9). bool is never taken for int or float."""
+
+    def hook(value: Any, _: Any) -> Any:
+        if isinstance(value, accepts) and (type_ is bool or not isinstance(value, bool)):
+            return type_(value)
+        raise TypeError(f"expected {type_.__name__}, got {type(value).__name__} {value!r}")
+
+    _converter.register_structure_hook(type_, hook)
+
+
+_strict(int, (int,))
+_strict(float, (int, float))
+_strict(str, (str,))
+_strict(bool, (bool,))
+
+
 def unstructure(value: Any, type_: Any = Any) -> Any:
     """Turn `value` (declared as `type_`) into plain JSON data, or raise SerializationError."""
     try:
         if type_ is Any or type_ is None:
             return _check_plain(_converter.unstructure(value))
+        if attrs.has(type_) and not isinstance(value, type_):
+            raise SerializationError(
+                f"expected a {_type_name(type_)}, got {type(value).__name__} {_short(value)}"
+            )
         return _converter.unstructure(value, unstructure_as=type_)
     except SerializationError:
         raise
@@ -71,8 +121,10 @@ def structure(data: Any, type_: Any = Any) -> Any:
     try:
         return _converter.structure(data, type_)
     except Exception as ex:
+        why = _explain(ex)  # may quote the stored value: keep messages bounded
+        why = why if len(why) <= 600 else why[:597] + "..."
         raise SerializationError(
-            f"stored value {_short(data)} does not match {_type_name(type_)}: {_explain(ex)}"
+            f"stored value {_short(data)} does not match {_type_name(type_)}: {why}"
         ) from None
 
 
@@ -81,15 +133,29 @@ def dumps(data: Any) -> str:
     try:
         text = json.dumps(data, allow_nan=False, separators=(",", ":"), ensure_ascii=False)
     except (TypeError, ValueError) as ex:
-        raise SerializationError(f"value is not JSON-serialisable: {ex}") from None
-    if "\\u0000" in text:
-        raise SerializationError("value contains a NUL character, which Postgres cannot store")
-    if len(text) > MAX_JSON_BYTES:
+        hint = " (NaN, Infinity and -Infinity have no JSON form)" if "float" in str(ex) else ""
+        raise SerializationError(f"value is not JSON-serialisable: {ex}{hint}") from None
+    if _SURROGATE.search(text):
         raise SerializationError(
-            f"serialised value is {len(text)} bytes; the limit is {MAX_JSON_BYTES} bytes. "
+            "value contains a lone surrogate character (not valid Unicode), which cannot "
+            "be stored as UTF-8"
+        )
+    if "\\u0000" in text and _NUL_ESCAPE.search(text):
+        raise SerializationError("value contains a NUL character, which Postgres cannot store")
+    # The limit is on UTF-8 bytes (text is not ASCII-escaped): only encode when it matters.
+    size = len(text) if len(text) * 4 <= MAX_JSON_BYTES else len(text.encode())
+    if size > MAX_JSON_BYTES:
+        raise SerializationError(
+            f"serialised value is {size} bytes; the limit is {MAX_JSON_BYTES} bytes. "
             "Store large payloads elsewhere and pass a reference."
         )
     return text
+
+
+# A JSON \u0000 escape: preceded by an even number of backslashes (the text "\\u0000",
+# a backslash followed by "u0000", is fine).
+_NUL_ESCAPE = re.compile(r"(?<!\\)(?:\\\\)*\\u0000")
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 def loads(text: str) -> Any:

@@ -30,7 +30,13 @@ from ._core.ids import uuid7
 from ._core.options import WorkerOptions
 from ._core.retry import RetryStrategy, decide_failure
 from ._db import CONNECTION_ERRORS, Listener, Pool
-from ._errors import DatabaseUnavailable, LeaseLost, NonRetryable, SerializationError
+from ._errors import (
+    DatabaseUnavailable,
+    InvalidInput,
+    LeaseLost,
+    NonRetryable,
+    ReplayMismatch,
+)
 from ._store import Store
 from ._task import TaskDefinition
 
@@ -163,7 +169,12 @@ class Worker:
             self._exec = Store(exec_pool, self._schema)
             async with trio.open_nursery() as control:
                 self._listener = Listener(
-                    self._url, [NOTIFY_CHANNEL, CANCEL_CHANNEL], self._on_notify, self._wake.set
+                    # Not `self._wake.set`: the claim loop replaces `_wake` every round, so a
+                    # bound method would wake a stale event and a reconnect would go unseen.
+                    self._url,
+                    [NOTIFY_CHANNEL, CANCEL_CHANNEL],
+                    self._on_notify,
+                    lambda: self._wake.set(),
                 )
                 await control.start(self._listener.run)
                 control.start_soon(self._heartbeat_loop)
@@ -241,7 +252,13 @@ class Worker:
         if self._listener is not None and not self._listener.connected:
             timeout = min(timeout, 0.5)
         if have_capacity:
-            due = await self._control.next_due(self._queues, names)
+            try:
+                due = await self._control.next_due(self._queues, names)
+            except RETRYABLE_IO as ex:
+                # The next claim attempt finds out and backs off; never crash the nursery.
+                self._healthy = False
+                log.warning("worker %s: database unavailable (%s)", self.worker_id, ex)
+                due = None
             if due is not None:
                 timeout = min(timeout, max(due, 0.0) + 0.001)
         with trio.move_on_after(timeout):
@@ -344,8 +361,10 @@ class Worker:
             run.lose("completion was fenced")
 
     async def _fail(self, run: RunState, ex: BaseException) -> None:
+        # Misuse (InvalidInput, SerializationError) and replay divergence fail the same way
+        # on every attempt: retrying them only delays the failure.
         retryable = not isinstance(
-            ex, (NonRetryable, SerializationError, *run.definition.non_retryable)
+            ex, (NonRetryable, InvalidInput, ReplayMismatch, *run.definition.non_retryable)
         )
         decision = decide_failure(
             attempt=run.attempt,

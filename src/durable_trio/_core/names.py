@@ -27,6 +27,8 @@ def validate_schema(name: object) -> str:
             f"schema name {name!r} is invalid: use 1-48 characters of lowercase letters, "
             "digits and underscores, not starting with a digit"
         )
+    if name.startswith("pg_"):
+        raise InvalidInput(f"schema name {name!r} is invalid: Postgres reserves the prefix 'pg_'")
     return name
 
 
@@ -56,11 +58,17 @@ class CheckpointNamer:
 
     def __init__(self) -> None:
         self._seen: dict[str, int] = {}
+        self._issued: set[str] = set()
 
     def next(self, name: str) -> str:
         count = self._seen.get(name, 0) + 1
+        candidate = name if count == 1 else f"{name}#{count}"
+        while candidate in self._issued:  # a user name like "fetch#2" took it already
+            count += 1
+            candidate = f"{name}#{count}"
         self._seen[name] = count
-        return name if count == 1 else f"{name}#{count}"
+        self._issued.add(candidate)
+        return candidate
 
 
 def internal(kind: str, name: str) -> str:

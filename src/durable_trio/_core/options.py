@@ -136,6 +136,8 @@ class SpawnOptions:
             raise InvalidInput(
                 f"idempotency_key must be a string of 1-500 characters, got {value!r}"
             )
+        if value is not None and "\x00" in value:  # Postgres text cannot hold NUL
+            raise InvalidInput(f"idempotency_key must not contain NUL characters, got {value!r}")
 
     @cancellation.validator
     def _check_cancellation(self, _: Any, value: CancellationPolicy | None) -> None:
@@ -191,6 +193,8 @@ class WorkerOptions:
     def _check_worker_id(self, _: Any, value: str) -> None:
         if not isinstance(value, str) or not 1 <= len(value) <= 200:
             raise InvalidInput(f"worker_id must be a string of 1-200 characters, got {value!r}")
+        if not value.isprintable():  # NUL cannot be stored; the id is shown in tables and logs
+            raise InvalidInput(f"worker_id must not contain control characters, got {value!r}")
 
     @property
     def effective_batch(self) -> int:

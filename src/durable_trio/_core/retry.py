@@ -17,6 +17,14 @@ class RetryKind(enum.StrEnum):
     EXPONENTIAL = "exponential"
 
 
+def _kind(value: object) -> RetryKind:
+    try:
+        return RetryKind(value)
+    except ValueError:
+        accepted = ", ".join(k.value for k in RetryKind)
+        raise InvalidInput(f"retry kind {value!r} is unknown: use one of {accepted}") from None
+
+
 def _base_seconds(value: Duration) -> float:
     return to_seconds(value, what="retry base delay")
 
@@ -35,7 +43,7 @@ class RetryStrategy:
     many tasks failing together do not retry in lock step.
     """
 
-    kind: RetryKind = attrs.field(converter=RetryKind)
+    kind: RetryKind = attrs.field(converter=_kind)
     base: float = attrs.field(default=0.0, converter=_base_seconds)
     factor: float = attrs.field(default=2.0)
     max_delay: float = attrs.field(default=3600.0, converter=_max_delay_seconds)
@@ -43,12 +51,12 @@ class RetryStrategy:
 
     @factor.validator
     def _check_factor(self, _: Any, value: float) -> None:
-        if not isinstance(value, (int, float)) or not 1.0 <= value <= 100.0:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 1 <= value <= 100:
             raise InvalidInput(f"retry factor must be between 1 and 100, got {value!r}")
 
     @jitter.validator
     def _check_jitter(self, _: Any, value: float) -> None:
-        if not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
             raise InvalidInput(f"retry jitter must be between 0 and 1, got {value!r}")
 
     @classmethod
@@ -106,8 +114,8 @@ def retry_delay(strategy: RetryStrategy, failed_attempt: int, rand: float) -> fl
     else:
         try:
             delay = strategy.base * strategy.factor ** (failed_attempt - 1)
-        except OverflowError:
-            delay = strategy.max_delay
+        except OverflowError:  # a zero base stays zero however large the power
+            delay = strategy.max_delay if strategy.base > 0 else 0.0
     delay = min(delay, strategy.max_delay)
     # Jitter shortens the delay by up to `jitter` of it: never longer than the cap.
     return delay * (1.0 - strategy.jitter * rand)

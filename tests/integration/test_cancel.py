@@ -1,0 +1,258 @@
+"""Cancellation: by the client (pending, sleeping, running), and by CancellationPolicy
+(max_pending_delay, max_duration). A cancelled task writes nothing more."""
+
+from __future__ import annotations
+
+from typing import Any
+from uuid import UUID
+
+import pytest
+import trio
+
+import durable_trio as dt
+from durable_trio.testing import advance_clock, run_until_idle
+
+
+async def fetch(client: dt.Durable, query: str, *args: Any) -> list[dict[str, Any]]:
+    async with client.store.pool.acquire() as conn:
+        cur = await conn.execute(query.replace("@s", f'"{client.schema}"'), args)
+        return list(await cur.fetchall())
+
+
+async def run_states(client: dt.Durable, task_id: UUID) -> list[str]:
+    rows = await fetch(
+        client, "SELECT state FROM @s.runs WHERE task_id = %s ORDER BY attempt", task_id
+    )
+    return [r["state"] for r in rows]
+
+
+async def checkpoint_names(client: dt.Durable, task_id: UUID) -> list[str]:
+    rows = await fetch(
+        client, "SELECT name FROM @s.checkpoints WHERE task_id = %s ORDER BY name", task_id
+    )
+    return [r["name"] for r in rows]
+
+
+async def assert_cancelled(client: dt.Durable, task_id: UUID, reason: str) -> None:
+    info = await client.get_task(task_id)
+    assert info.state is dt.TaskState.CANCELLED
+    assert info.cancel_reason == reason
+    assert info.result is None
+    assert info.finished_at is not None
+    assert set(await run_states(client, task_id)) == {"cancelled"}
+    with pytest.raises(dt.TaskCancelled) as caught:
+        await client.wait_result(None, task_id, timeout=10)
+    assert caught.value.reason == reason
+
+
+@dt.task("napper")
+async def napper(ctx: dt.TaskContext, seconds: float) -> str:
+    await ctx.step("before", lambda: 1)
+    await ctx.sleep_for("nap", seconds)
+    await ctx.step("after", lambda: 2)
+    return "woke"
+
+
+async def test_cancel_pending_task(client: dt.Durable) -> None:
+    client.register(napper)
+    spawned = await client.spawn(napper, 0.0)
+    assert await client.cancel(spawned.task_id, reason="changed my mind") is True
+    await assert_cancelled(client, spawned.task_id, "changed my mind")
+    assert await run_until_idle(client) == 0
+    assert await checkpoint_names(client, spawned.task_id) == []
+    # Already ended: a second cancel changes nothing.
+    assert await client.cancel(spawned.task_id, reason="again") is False
+    await assert_cancelled(client, spawned.task_id, "changed my mind")
+
+
+async def test_cancel_unknown_task(client: dt.Durable) -> None:
+    with pytest.raises(dt.TaskNotFound):
+        await client.cancel(UUID(int=1))
+
+
+async def test_cancel_sleeping_task(client: dt.Durable) -> None:
+    client.register(napper)
+    spawned = await client.spawn(napper, 3600.0)
+    await run_until_idle(client)
+    assert (await client.get_task(spawned.task_id)).state is dt.TaskState.SLEEPING
+    assert await client.cancel(spawned.task_id) is True
+    await assert_cancelled(client, spawned.task_id, "cancelled by client")
+    await advance_clock(client, 7200)
+    assert await run_until_idle(client) == 0
+    assert await checkpoint_names(client, spawned.task_id) == ["$sleep:nap", "before"]
+
+
+async def test_cancel_a_task_waiting_for_an_event(client: dt.Durable) -> None:
+    @dt.task("listener")
+    async def listener(ctx: dt.TaskContext, p: None) -> Any:
+        return await ctx.await_event("ping")
+
+    client.register(listener)
+    spawned = await client.spawn(listener, None)
+    await run_until_idle(client)
+    assert await client.cancel(spawned.task_id) is True
+    assert await fetch(client, "SELECT * FROM @s.waits") == []
+    assert await client.emit_event("ping", 1) == 0
+    assert await run_until_idle(client) == 0
+    await assert_cancelled(client, spawned.task_id, "cancelled by client")
+    assert await checkpoint_names(client, spawned.task_id) == []
+
+
+class Blocked:
+    """A task whose second step blocks until cancelled; it records what it sees."""
+
+    def __init__(self) -> None:
+        self.started = trio.Event()
+        self.recorded = trio.Event()
+        self.seen: list[str] = []
+
+        @dt.task("blocked")
+        async def blocked(ctx: dt.TaskContext, p: None) -> str:
+            await ctx.step("first", lambda: 1)
+            try:
+                await ctx.step("block", self._block)
+            except trio.Cancelled:
+                self.seen.append("cancelled")
+                # Misbehaving code that tries to keep writing: it is fenced.
+                with trio.CancelScope(shield=True):
+                    try:
+                        await ctx.step("sneaky", lambda: 3)
+                    except dt.LeaseLost:
+                        self.seen.append("fenced")
+                self.recorded.set()
+                raise
+            await ctx.step("after", lambda: 4)
+            return "finished"
+
+        self.task = blocked
+
+    async def _block(self) -> int:
+        self.started.set()
+        await trio.sleep_forever()
+        return 2  # pragma: no cover
+
+
+async def cancel_running(
+    client: dt.Durable, options: dt.WorkerOptions, monkeypatch: pytest.MonkeyPatch | None
+) -> None:
+    b = Blocked()
+    client.register(b.task, napper)
+    spawned = await client.spawn(b.task, None)
+    worker = client.new_worker(options)
+    if monkeypatch is not None:  # ignore notifications: only the heartbeat can help
+        monkeypatch.setattr(worker, "_on_notify", lambda channel, payload: None)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(worker.run)
+        with trio.fail_after(10):
+            await b.started.wait()
+        assert (await client.get_task(spawned.task_id)).state is dt.TaskState.RUNNING
+        assert await client.cancel(spawned.task_id, reason="stop") is True
+        with trio.fail_after(10):
+            await b.recorded.wait()
+        assert b.seen == ["cancelled", "fenced"]
+        # The worker goes on: the slot is free and it runs other work.
+        other = await client.spawn(napper, 0.0)
+        assert await client.wait_result(napper, other.task_id, timeout=10) == "woke"
+        assert worker.in_flight == 0
+        worker.shutdown()
+    await assert_cancelled(client, spawned.task_id, "stop")
+    assert await checkpoint_names(client, spawned.task_id) == ["first"]
+    assert await run_states(client, spawned.task_id) == ["cancelled"]
+
+
+async def test_cancel_running_task_through_notify(client: dt.Durable) -> None:
+    """The heartbeat is 200 s away: only the cancel NOTIFY can stop the step in time."""
+    await cancel_running(
+        client, dt.WorkerOptions(claim_timeout=600, poll_interval=30), monkeypatch=None
+    )
+
+
+async def test_cancel_running_task_within_one_heartbeat(
+    client: dt.Durable, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Notifications ignored: the next heartbeat (every 0.5 s) notices the cancel."""
+    await cancel_running(
+        client, dt.WorkerOptions(claim_timeout=1.5, poll_interval=0.05), monkeypatch
+    )
+
+
+async def test_max_pending_delay(client: dt.Durable) -> None:
+    client.register(napper)
+    policy = dt.SpawnOptions(cancellation=dt.CancellationPolicy(max_pending_delay=60))
+    late = await client.spawn(napper, 0.0, options=policy)
+    await advance_clock(client, 61)
+    on_time = await client.spawn(napper, 0.0, options=policy)
+    assert await run_until_idle(client) == 1
+    await assert_cancelled(client, late.task_id, "max_pending_delay exceeded")
+    assert await checkpoint_names(client, late.task_id) == []
+    assert await client.wait_result(napper, on_time.task_id, timeout=10) == "woke"
+
+
+async def test_max_pending_delay_does_not_apply_once_started(client: dt.Durable) -> None:
+    client.register(napper)
+    policy = dt.SpawnOptions(cancellation=dt.CancellationPolicy(max_pending_delay=60))
+    spawned = await client.spawn(napper, 600.0, options=policy)
+    await run_until_idle(client)
+    await advance_clock(client, 601)  # woken far past the pending delay: still runs
+    assert await run_until_idle(client) == 1
+    assert await client.wait_result(napper, spawned.task_id, timeout=10) == "woke"
+
+
+async def test_max_duration_cancels_a_task_that_slept_too_long(client: dt.Durable) -> None:
+    client.register(napper)
+    policy = dt.SpawnOptions(cancellation=dt.CancellationPolicy(max_duration=100))
+    spawned = await client.spawn(napper, 200.0, options=policy)
+    await run_until_idle(client)
+    await advance_clock(client, 201)
+    await run_until_idle(client)
+    await assert_cancelled(client, spawned.task_id, "max_duration exceeded")
+    assert "after" not in await checkpoint_names(client, spawned.task_id)
+
+
+async def test_max_duration_allows_a_task_that_ends_in_time(client: dt.Durable) -> None:
+    client.register(napper)
+    policy = dt.SpawnOptions(cancellation=dt.CancellationPolicy(max_duration=100))
+    spawned = await client.spawn(napper, 50.0, options=policy)
+    await run_until_idle(client)
+    await advance_clock(client, 51)
+    await run_until_idle(client)
+    assert await client.wait_result(napper, spawned.task_id, timeout=10) == "woke"
+
+
+async def test_max_duration_cancels_a_task_that_runs_too_long(client: dt.Durable) -> None:
+    started = trio.Event()
+    proceed = trio.Event()
+    recorded = trio.Event()
+    seen: list[str] = []
+
+    @dt.task("slowpoke")
+    async def slowpoke(ctx: dt.TaskContext, p: None) -> str:
+        async def work() -> int:
+            started.set()
+            await proceed.wait()
+            try:
+                await ctx.heartbeat()  # the lease renewal notices the overrun
+                await trio.sleep_forever()
+            except trio.Cancelled:
+                seen.append("cancelled")
+                recorded.set()
+                raise
+            return 1  # pragma: no cover
+
+        await ctx.step("work", work)
+        return "done"
+
+    client.register(slowpoke)
+    policy = dt.SpawnOptions(cancellation=dt.CancellationPolicy(max_duration=100))
+    spawned = await client.spawn(slowpoke, None, options=policy)
+    # A long lease: the clock jump below must not expire it, only overrun max_duration.
+    async with client.worker(dt.WorkerOptions(claim_timeout=3600, poll_interval=30)):
+        with trio.fail_after(10):
+            await started.wait()
+        await advance_clock(client, 101)
+        proceed.set()
+        with trio.fail_after(10):
+            await recorded.wait()
+    assert seen == ["cancelled"]
+    await assert_cancelled(client, spawned.task_id, "max_duration exceeded")
+    assert await checkpoint_names(client, spawned.task_id) == []
