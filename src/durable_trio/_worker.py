@@ -131,6 +131,7 @@ class Worker:
         self._last_reap = -1e9
         self._listener: Listener | None = None
         self.claimed_total = 0
+        self._claiming = False  # a claim is in flight: its runs are not in _runs yet
 
     def __repr__(self) -> str:
         return (
@@ -206,7 +207,11 @@ class Worker:
         while not self._stopping:
             self._wake = trio.Event()
             try:
-                asked, got = await self._claim_once(nursery, names)
+                self._claiming = True
+                try:
+                    asked, got = await self._claim_once(nursery, names)
+                finally:
+                    self._claiming = False
                 await self._maybe_reap()
                 self._healthy = True
                 backoff = 0.05

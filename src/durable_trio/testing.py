@@ -66,9 +66,11 @@ async def run_until_idle(
             while True:
                 await _reap(client.store, queues)
                 await trio.sleep(0.01)
-                if worker.in_flight:
+                # A claim in flight has taken runs that are not in_flight yet: wait for it.
+                if worker.in_flight or worker._claiming:
                     continue
-                if await client.store.claimable_count(queues, names) == 0 and not worker.in_flight:
+                idle = await client.store.claimable_count(queues, names) == 0
+                if idle and not (worker.in_flight or worker._claiming):
                     break
             worker.shutdown()
     return worker.claimed_total

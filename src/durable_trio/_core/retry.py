@@ -17,7 +17,7 @@ class RetryKind(enum.StrEnum):
     EXPONENTIAL = "exponential"
 
 
-def _kind(value: object) -> RetryKind:
+def _kind(value: Any) -> RetryKind:
     try:
         return RetryKind(value)
     except ValueError:
