@@ -38,7 +38,11 @@ def thorough(session: nox.Session) -> None:
     """The long variants: many more Hypothesis examples, 5,000 tasks through chaos."""
     session.install("-e", ".[test]")
     session.run(
-        "pytest", "-p", "no:cacheprovider", "tests/stateful", "tests/chaos",
+        "pytest",
+        "-p",
+        "no:cacheprovider",
+        "tests/stateful",
+        "tests/chaos",
         env={"DURABLE_THOROUGH": "1"},
     )
 

@@ -11,6 +11,7 @@ from datetime import timedelta
 
 import attrs
 import trio
+import trio.lowlevel
 
 import durable_trio as dt
 
@@ -31,7 +32,7 @@ def find_sources(query: str) -> list[str]:
 
 
 async def analyze(sources: list[str]) -> str:
-    await trio.sleep(0)  # stands in for real async I/O (an HTTP call, a model...)
+    await trio.lowlevel.checkpoint()  # stands in for real async I/O (an HTTP call, a model...)
     return f"{len(sources)} sources agree"
 
 

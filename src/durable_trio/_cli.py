@@ -20,7 +20,8 @@ def _load_quickstart() -> ModuleType:
     if not path.exists():
         raise SystemExit(f"examples/quickstart.py not found next to the package ({path})")
     spec = importlib.util.spec_from_file_location("durable_trio_quickstart", path)
-    assert spec is not None and spec.loader is not None
+    if spec is None or spec.loader is None:
+        raise SystemExit(f"cannot load {path}")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module

@@ -410,7 +410,7 @@ def _duration(value: Duration, what: str) -> float:
 def _cached_return_type(fn: Callable[..., Any]) -> Any:
     try:
         hint = typing.get_type_hints(fn).get("return", Any)
-    except Exception:
+    except Exception:  # noqa: BLE001 - unresolvable annotations mean "plain JSON"
         return Any
     return None if hint is type(None) else hint
 

@@ -156,9 +156,7 @@ class TrioConnection(psycopg.AsyncConnection[Row]):
         self.lock = trio.Lock()  # type: ignore[assignment]
 
     @classmethod
-    async def connect(
-        cls, conninfo: str = "", *, autocommit: bool = True, **kwargs: Any
-    ) -> Self:
+    async def connect(cls, conninfo: str = "", *, autocommit: bool = True, **kwargs: Any) -> Self:
         params = conninfo_to_dict(conninfo, **kwargs)
         timeout = timeout_from_conninfo(params) or None
         errors: list[Exception] = []

@@ -108,7 +108,7 @@ def unstructure(value: Any, type_: Any = Any) -> Any:
         return _converter.unstructure(value, unstructure_as=type_)
     except SerializationError:
         raise
-    except Exception as ex:
+    except Exception as ex:  # noqa: BLE001 - cattrs raises many kinds; all mean "cannot"
         raise SerializationError(
             f"cannot serialise {_short(value)} as {_type_name(type_)}: {ex}"
         ) from None
@@ -120,7 +120,7 @@ def structure(data: Any, type_: Any = Any) -> Any:
         return data
     try:
         return _converter.structure(data, type_)
-    except Exception as ex:
+    except Exception as ex:  # noqa: BLE001 - cattrs raises many kinds; all mean "does not fit"
         why = _explain(ex)  # may quote the stored value: keep messages bounded
         why = why if len(why) <= 600 else why[:597] + "..."
         raise SerializationError(

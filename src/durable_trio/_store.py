@@ -260,8 +260,14 @@ class Store:
         """Deliver, time out, or suspend; the deadline is fixed by the first call."""
         row = await self._one(
             "await_event",
-            {"run_id": run_id, "worker": worker, "queue": queue, "event": event,
-             "step": step, "timeout": timeout},
+            {
+                "run_id": run_id,
+                "worker": worker,
+                "queue": queue,
+                "event": event,
+                "step": step,
+                "timeout": timeout,
+            },
         )
         assert row is not None
         return row["outcome"], row["payload"]

@@ -17,6 +17,7 @@ import random
 import time
 import traceback
 from collections.abc import Awaitable, Callable, Sequence
+from contextlib import suppress
 from datetime import datetime
 from typing import Any, TypeVar
 from uuid import UUID
@@ -342,11 +343,9 @@ class Worker:
             if not self._runs:
                 self._drained.set()
         if run.release_on_exit and run.lost is None and not run.suspended:
-            with trio.CancelScope(shield=True), trio.move_on_after(5):
-                try:
-                    await self._exec.release(run.run_id, self.worker_id)
-                except RETRYABLE_IO:
-                    pass  # the lease expires instead
+            # If the database is gone the lease simply expires instead.
+            with trio.CancelScope(shield=True), trio.move_on_after(5), suppress(*RETRYABLE_IO):
+                await self._exec.release(run.run_id, self.worker_id)
 
     async def _run_task(self, run: RunState) -> None:
         definition = run.definition
@@ -429,8 +428,12 @@ async def reap_expired(store: Store, queues: Sequence[str], limit: int = 100) ->
             "attempt": row["attempt"],
         }
         state = await store.fail(
-            row["run_id"], None, _serde.dumps(error),
-            retry=decision.retry, delay=decision.delay, new_run_id=uuid7(),
+            row["run_id"],
+            None,
+            _serde.dumps(error),
+            retry=decision.retry,
+            delay=decision.delay,
+            new_run_id=uuid7(),
         )
         reaped += state is not None
     return reaped
