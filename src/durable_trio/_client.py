@@ -39,6 +39,7 @@ __all__ = ["Durable", "SpawnResult", "TaskInfo"]
 
 R = TypeVar("R")
 URL_ENV = "DURABLE_DATABASE_URL"
+_DEFAULT_OPTIONS = SpawnOptions()
 
 
 @attrs.frozen
@@ -172,32 +173,35 @@ class Durable:
         parent: UUID | None = None,
     ) -> dict[str, Any]:
         """Validate and serialise one spawn into the row the store inserts."""
+        return self._prepare_spawns(task, [params], options, parent=parent)[0]
+
+    def _prepare_spawns(
+        self,
+        task: TaskDefinition[Any, Any] | type[Task[Any, Any]] | str,
+        params: Iterable[Any],
+        options: SpawnOptions | None,
+        *,
+        parent: UUID | None = None,
+    ) -> list[dict[str, Any]]:
+        """Validate and serialise spawns of one task with shared options (options are
+        serialised once, each params value on its own)."""
         if isinstance(task, str):
             name = _checked(validate_name, task, what="task name")
             known = self._registry.get(name)
-            with _about(f"params of task {name!r}"):
-                params_json = _serde.dumps(_serde.unstructure(params))
-                if known is not None:  # the code is here: the JSON must fit its Params type
-                    _serde.structure(_serde.loads(params_json), known.params_type)
             defaults = known.options if known is not None else None
         else:
-            definition = as_definition(task)
-            name = definition.name
-            with _about(f"params of task {name!r}"):
-                params_json = _serde.roundtrip(params, definition.params_type)[0]
-            defaults = definition.options
-        opts = options if options is not None else (defaults or SpawnOptions())
+            known = as_definition(task)
+            name = known.name
+            defaults = known.options
+        opts = options if options is not None else (defaults or _DEFAULT_OPTIONS)
         if not isinstance(opts, SpawnOptions):
             raise InvalidInput(f"options must be a SpawnOptions, got {opts!r}")
         policy = opts.cancellation
         with _about("headers"):
             headers_json = _serde.dumps(_serde.unstructure(opts.headers))
-        return {
-            "task_id": uuid7(),
-            "run_id": uuid7(),
+        common = {
             "queue": opts.queue or self.queue,
             "task_name": name,
-            "params": params_json,
             "headers": headers_json,
             "retry": _serde.dumps(opts.retry.to_json()),
             "max_attempts": opts.max_attempts,
@@ -209,6 +213,15 @@ class Durable:
             "max_duration": _interval(policy.max_duration if policy else None),
             "parent": parent,
         }
+        return [
+            {
+                "task_id": uuid7(),
+                "run_id": uuid7(),
+                "params": _params_json(name, value, known, typed=not isinstance(task, str)),
+                **common,
+            }
+            for value in params
+        ]
 
     async def spawn(
         self,
@@ -254,7 +267,7 @@ class Durable:
         options: SpawnOptions | None = None,
     ) -> list[SpawnResult]:
         """Spawn many tasks in one transaction (all or none), pipelined for speed."""
-        rows = [self._prepare_spawn(task, p, options) for p in params]
+        rows = self._prepare_spawns(task, params, options)
         if not rows:
             return []
         return [_result(row) for row in await self._store.spawn_many(rows)]
@@ -425,6 +438,20 @@ def _output_type(task: Any, registry: dict[str, TaskDefinition[Any, Any]]) -> An
             )
         return registry[task].output_type
     return as_definition(task).output_type
+
+
+def _params_json(
+    name: str, params: Any, known: TaskDefinition[Any, Any] | None, *, typed: bool
+) -> str:
+    """Params as JSON. By definition: through its Params type. By name: plain JSON, which
+    must still fit the Params type when the task is registered here."""
+    with _about(f"params of task {name!r}"):
+        if typed and known is not None:
+            return _serde.roundtrip(params, known.params_type)[0]
+        text = _serde.dumps(_serde.unstructure(params))
+        if known is not None:
+            _serde.structure(_serde.loads(text), known.params_type)
+        return text
 
 
 @contextmanager

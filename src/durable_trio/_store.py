@@ -146,17 +146,10 @@ class Store:
         return row
 
     async def spawn_many(self, rows: Sequence[dict[str, Any]]) -> list[Row]:
-        """Spawn many tasks in one transaction, pipelined (one network round trip)."""
-        out: list[Row] = []
-        async with self.pool.acquire() as conn, conn.transaction(), conn.cursor() as cur:
-            await cur.executemany(self._q["spawn_task"], rows, returning=True)
-            while True:
-                row = await cur.fetchone()
-                if row is not None:
-                    out.append(row)
-                if not cur.nextset():
-                    break
-        return out
+        """Spawn many top-level tasks with one statement, all or none."""
+        columns = {key: [row[key] for row in rows] for key in rows[0] if key != "parent"}
+        async with self.pool.acquire() as conn, conn.transaction():
+            return await _fetchall(conn, self._q["spawn_tasks"], columns)
 
     # -- worker side ------------------------------------------------------------------
 
