@@ -132,7 +132,9 @@ class Worker:
         self._last_reap = -1e9
         self._listener: Listener | None = None
         self.claimed_total = 0
-        self._claiming = False  # a claim is in flight: its runs are not in _runs yet
+        # A claim or reap is in flight: the runs it takes (not in _runs yet) or frees (not
+        # claimable yet) are invisible to anyone judging whether the worker is idle.
+        self._claiming = False
 
     def __repr__(self) -> str:
         return (
@@ -211,9 +213,9 @@ class Worker:
                 self._claiming = True
                 try:
                     asked, got = await self._claim_once(nursery, names)
+                    await self._maybe_reap()
                 finally:
                     self._claiming = False
-                await self._maybe_reap()
                 self._healthy = True
                 backoff = 0.05
             except RETRYABLE_IO as ex:
@@ -228,7 +230,9 @@ class Worker:
             if got and got == asked:
                 await trio.lowlevel.checkpoint()
                 continue
-            await self._idle_wait(names, have_capacity=got < asked or asked == 0)
+            # Only look up the next due time when a slot is free: a full worker is woken by
+            # its own runs finishing (asked == 0 means no free slot, or nothing to claim).
+            await self._idle_wait(names, have_capacity=got < asked)
 
     async def _wait_stop(self) -> None:
         while not self._stopping:
