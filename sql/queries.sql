@@ -31,6 +31,9 @@ SELECT @schema.lock_owned_run(%(run_id)s, %(worker)s) AS task_id
 INSERT INTO @schema.checkpoints (task_id, name, value, run_id, created_at)
 VALUES (%(task_id)s, %(name)s, %(value)s::jsonb, %(run_id)s, @schema.clock_now())
 
+-- name: get_checkpoint
+SELECT value FROM @schema.checkpoints WHERE task_id = %(task_id)s AND name = %(name)s
+
 -- name: complete_run
 SELECT @schema.complete_run(%(run_id)s, %(worker)s, %(result)s::jsonb) AS ok
 
@@ -63,11 +66,18 @@ ORDER BY r.lease_expires_at
 LIMIT %(limit)s
 
 -- name: next_due
-SELECT extract(epoch FROM min(available_at) - @schema.clock_now())::float8 AS seconds
-FROM @schema.runs
-WHERE queue = ANY (%(queues)s::text[]) AND state IN ('pending', 'sleeping')
-  AND task_name = ANY (%(names)s::text[])
-  AND available_at < 'infinity'  -- untimed event waits: woken by the emit, never due
+-- One index probe (runs_due) per queue: "queue = ANY (...)" with min() made the planner
+-- scan every pending run (~0.3 s with 1M pending, on each idle wake of each worker).
+SELECT extract(epoch FROM min(d.available_at) - @schema.clock_now())::float8 AS seconds
+FROM unnest(%(queues)s::text[]) AS q(queue)
+CROSS JOIN LATERAL (
+    SELECT r.available_at FROM @schema.runs r
+    WHERE r.queue = q.queue AND r.state IN ('pending', 'sleeping')
+      AND r.task_name = ANY (%(names)s::text[])
+      AND r.available_at < 'infinity'  -- untimed event waits: woken by the emit, never due
+    ORDER BY r.available_at
+    LIMIT 1
+) AS d
 
 -- name: get_task
 SELECT task_id, queue, task_name, params, headers, state, attempts, max_attempts, priority,

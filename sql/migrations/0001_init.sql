@@ -15,9 +15,13 @@ CREATE TABLE @schema.clock (
 );
 INSERT INTO @schema.clock DEFAULT VALUES;
 
+-- PL/pgSQL rather than SQL: a SQL function that cannot be inlined (this one has a
+-- sub-select) is re-planned on every call, which cost ~50 us per call in the hot path.
 CREATE FUNCTION @schema.clock_now() RETURNS timestamptz
-LANGUAGE sql STABLE AS $$
-    SELECT clock_timestamp() + (SELECT offset_by FROM @schema.clock)
+LANGUAGE plpgsql STABLE AS $$
+BEGIN
+    RETURN clock_timestamp() + (SELECT offset_by FROM @schema.clock);
+END
 $$;
 
 CREATE TABLE @schema.tasks (
@@ -114,12 +118,19 @@ CREATE INDEX waits_event ON @schema.waits (queue, event_name);
 
 
 -- Fencing: lock the run iff this worker holds a live lease on it.
+-- PL/pgSQL so its plan is cached per session (as a SQL function it was re-planned on
+-- every call: ~0.2 ms of every checkpoint, completion and suspension).
 CREATE FUNCTION @schema.lock_owned_run(p_run uuid, p_worker text) RETURNS uuid
-LANGUAGE sql AS $$
-    SELECT task_id FROM @schema.runs
-    WHERE run_id = p_run AND worker_id = p_worker AND state = 'running'
-      AND lease_expires_at > @schema.clock_now()
-    FOR UPDATE
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_task uuid;
+BEGIN
+    SELECT r.task_id INTO v_task FROM @schema.runs r
+    WHERE r.run_id = p_run AND r.worker_id = p_worker AND r.state = 'running'
+      AND r.lease_expires_at > @schema.clock_now()
+    FOR UPDATE;
+    RETURN v_task;
+END
 $$;
 
 

@@ -27,6 +27,7 @@ from ._core import names
 from ._core.durations import Duration, to_seconds
 from ._core.ids import uuid7 as make_uuid7
 from ._core.options import SpawnOptions, extend_seconds
+from ._db import CONNECTION_LOST
 from ._errors import (
     ChildCancelled,
     ChildFailed,
@@ -142,8 +143,28 @@ class TaskContext:
     async def _transaction(
         self, checkpoint: str, fn: Callable[..., Awaitable[Any]], args: Any, rtype: Any
     ) -> Any:
-        if checkpoint in self._checkpoints:
-            return self._stored(checkpoint, rtype)
+        delay = 0.05
+        while checkpoint not in self._checkpoints:
+            try:
+                return await self._transaction_once(checkpoint, fn, args, rtype)
+            except CONNECTION_LOST:
+                # The connection died: the commit may or may not have landed. Look, and
+                # run the transaction again only if it did not (its writes rolled back).
+                stored = await self._run.call(
+                    self._run.store.get_checkpoint, self.task_id, checkpoint
+                )
+                if stored is not None:
+                    self._checkpoints[checkpoint] = stored
+                    break
+                if time.monotonic() + delay >= self._run.lease_deadline:
+                    await self._lost()
+                await trio.sleep(delay)
+                delay = min(delay * 2, 1.0)
+        return self._stored(checkpoint, rtype)
+
+    async def _transaction_once(
+        self, checkpoint: str, fn: Callable[..., Awaitable[Any]], args: Any, rtype: Any
+    ) -> Any:
         store = self._run.store
         try:
             async with store.owned_transaction(self.run_id, self._run.worker_id) as (

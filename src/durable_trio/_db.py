@@ -53,6 +53,8 @@ CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
     psycopg.InterfaceError,
     OSError,
 )
+# What "the database went away" looks like to code above this module.
+CONNECTION_LOST: tuple[type[BaseException], ...] = (DatabaseUnavailable, *CONNECTION_ERRORS)
 
 
 def redact_url(url: str) -> str:
@@ -204,7 +206,7 @@ class TrioConnection(psycopg.AsyncConnection[Row]):
             return
         with trio.move_on_after(_CANCEL_GRACE) as scope:
             try:
-                await trio.to_thread.run_sync(self.cancel)
+                await trio.to_thread.run_sync(self.cancel, abandon_on_cancel=True)
                 await _drive(gen, fileno)
             except psycopg.Error:
                 pass  # QueryCanceled, as intended
@@ -294,6 +296,24 @@ def _scrub(message: str, url: str) -> str:
 _URL_PASSWORD = re.compile(r"://[^:/@]*:([^@]*)@")
 
 
+def _alive(conn: TrioConnection) -> bool:
+    """Cheap check of an idle connection: one zero-timeout poll, no round trip.
+
+    An idle socket has nothing to read unless the server sent something on its own; after
+    a server restart or pg_terminate_backend that is the goodbye (or EOF). Consuming it
+    then marks the connection bad, so it is discarded instead of failing its next user.
+    """
+    if not conn.healthy:
+        return False
+    try:
+        readable, _, _ = select.select([conn.pgconn.socket], [], [], 0)
+        if readable:
+            conn.pgconn.consume_input()
+    except (OSError, psycopg.Error):
+        return False
+    return conn.pgconn.status == pq.ConnStatus.OK
+
+
 class Pool:
     """A small trio connection pool: bounded, health-checked, reconnecting.
 
@@ -329,7 +349,7 @@ class Pool:
     async def _checkout(self) -> TrioConnection:
         while self._idle:
             conn = self._idle.pop()
-            if conn.healthy and conn.pgconn.transaction_status == pq.TransactionStatus.IDLE:
+            if _alive(conn) and conn.pgconn.transaction_status == pq.TransactionStatus.IDLE:
                 return conn
             await conn.close()
         return await connect(self.url)

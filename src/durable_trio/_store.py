@@ -20,8 +20,8 @@ import trio
 from psycopg import sql
 
 from ._core.names import validate_schema
-from ._db import Pool, TrioConnection
-from ._errors import LeaseLost
+from ._db import CONNECTION_ERRORS, Pool, TrioConnection
+from ._errors import ConfigurationError, DatabaseUnavailable, LeaseLost
 
 __all__ = ["Store", "migrations", "sql_dir"]
 
@@ -81,13 +81,13 @@ class Store:
     async def _one(self, name: str, params: dict[str, Any], conn: Any = None) -> Row | None:
         if conn is not None:
             return await _fetchone(conn, self._q[name], params)
-        async with self.pool.acquire() as pooled:
+        async with self.pool.acquire() as pooled, _lost_connection(pooled):
             return await _fetchone(pooled, self._q[name], params)
 
     async def _all(self, name: str, params: dict[str, Any], conn: Any = None) -> list[Row]:
         if conn is not None:
             return await _fetchall(conn, self._q[name], params)
-        async with self.pool.acquire() as pooled:
+        async with self.pool.acquire() as pooled, _lost_connection(pooled):
             return await _fetchall(pooled, self._q[name], params)
 
     async def _value(self, name: str, params: dict[str, Any], conn: Any = None) -> Any:
@@ -100,6 +100,16 @@ class Store:
     async def migrate(self) -> list[int]:
         """Apply missing migrations in one transaction; safe when processes race."""
         schema = sql.Identifier(self.schema)
+        try:
+            return await self._migrate(schema)
+        except psycopg.errors.InsufficientPrivilege as ex:
+            raise ConfigurationError(
+                f"this role may not change schema {self.schema!r} ({ex.diag.message_primary}): "
+                "run migrate() once as the schema owner, then connect with migrate=False "
+                "(docs/security.md lists the grants a worker needs)"
+            ) from None
+
+    async def _migrate(self, schema: sql.Identifier) -> list[int]:
         applied: list[int] = []
         async with self.pool.acquire() as conn, conn.transaction():
             await conn.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATE_LOCK,))
@@ -204,6 +214,11 @@ class Store:
             {"task_id": task_id, "run_id": run_id, "name": name, "value": value},
         )
 
+    async def get_checkpoint(self, task_id: UUID, name: str) -> Any:
+        """The stored value of one checkpoint, or None."""
+        row = await self._one("get_checkpoint", {"task_id": task_id, "name": name})
+        return None if row is None else row["value"]
+
     async def complete(self, run_id: UUID, worker: str, result: str) -> bool:
         return bool(
             await self._value(
@@ -307,6 +322,18 @@ class Store:
     async def advance_clock(self, seconds: float) -> timedelta:
         value: timedelta = await self._value("advance_clock", {"by": interval(seconds)})
         return value
+
+
+@asynccontextmanager
+async def _lost_connection(conn: TrioConnection) -> AsyncIterator[None]:
+    """Report a connection that died mid-call as DatabaseUnavailable (other database
+    errors, such as a cancelled query or a constraint, pass through unchanged)."""
+    try:
+        yield
+    except CONNECTION_ERRORS as ex:
+        if conn.healthy:
+            raise
+        raise DatabaseUnavailable(f"lost the database connection: {ex}") from ex
 
 
 async def _fetchone(conn: Any, query: str, params: dict[str, Any]) -> Row | None:

@@ -30,9 +30,8 @@ from ._context import Suspended, TaskContext
 from ._core.ids import uuid7
 from ._core.options import WorkerOptions
 from ._core.retry import RetryStrategy, decide_failure
-from ._db import CONNECTION_ERRORS, Listener, Pool
+from ._db import CONNECTION_LOST, Listener, Pool
 from ._errors import (
-    DatabaseUnavailable,
     InvalidInput,
     LeaseLost,
     NonRetryable,
@@ -45,7 +44,7 @@ __all__ = ["RunState", "Worker", "reap_expired"]
 
 log = logging.getLogger("durable_trio.worker")
 T = TypeVar("T")
-RETRYABLE_IO: tuple[type[BaseException], ...] = (DatabaseUnavailable, *CONNECTION_ERRORS)
+RETRYABLE_IO = CONNECTION_LOST
 NOTIFY_CHANNEL = "durable_trio"
 CANCEL_CHANNEL = "durable_trio_cancel"
 

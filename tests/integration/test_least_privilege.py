@@ -150,7 +150,7 @@ async def test_least_privilege_role_cannot_change_the_schema(
 
 async def test_least_privilege_role_cannot_migrate(granted: tuple[str, str], schema: str) -> None:
     _, app_url = granted
-    with pytest.raises(psycopg.errors.InsufficientPrivilege):
+    with pytest.raises(dt.ConfigurationError, match="migrate=False"):
         async with dt.Durable.connect(app_url, schema=schema, migrate=True):
             pass
 
