@@ -1,0 +1,276 @@
+"""Spawning: idempotency keys, and spawns/emits that join a caller's transaction."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import attrs
+import psycopg
+import pytest
+import trio
+from psycopg import sql
+
+import durable_trio as dt
+from durable_trio.testing import run_until_idle
+
+
+async def query(client: dt.Durable, text: str, *args: Any) -> list[dict[str, Any]]:
+    statement = sql.SQL(text).format(schema=sql.Identifier(client.schema))
+    async with client.store.pool.acquire() as conn:
+        cur = await conn.execute(statement, args)
+        return await cur.fetchall() if cur.description else []
+
+
+async def counts(client: dt.Durable) -> tuple[int, int]:
+    (row,) = await query(
+        client,
+        "SELECT (SELECT count(*) FROM {schema}.tasks) AS tasks,"
+        " (SELECT count(*) FROM {schema}.runs) AS runs",
+    )
+    return row["tasks"], row["runs"]
+
+
+@attrs.frozen
+class Greeting:
+    name: str
+
+
+@dt.task("greet")
+async def greet(ctx: dt.TaskContext, params: Greeting) -> str:
+    return await ctx.step("hello", lambda: f"hello {params.name}")
+
+
+# -- idempotency ------------------------------------------------------------------------
+
+
+async def test_same_idempotency_key_returns_the_same_task(client: dt.Durable) -> None:
+    client.register(greet)
+    options = dt.SpawnOptions(idempotency_key="order-42")
+    first = await client.spawn(greet, Greeting("ada"), options=options)
+    second = await client.spawn(greet, Greeting("bob"), options=options)
+    assert first.created is True
+    assert second.created is False
+    assert second.task_id == first.task_id
+    assert second.run_id == first.run_id
+    assert second.attempt == 1
+    assert await counts(client) == (1, 1)
+    # The first spawn's params won; the second wrote nothing.
+    info = await client.get_task(first.task_id)
+    assert info.params == {"name": "ada"}
+
+    await run_until_idle(client)
+    assert await client.wait_result(greet, first.task_id, timeout=10) == "hello ada"
+    # Still the same task after it finished.
+    third = await client.spawn(greet, Greeting("cyd"), options=options)
+    assert (third.task_id, third.created) == (first.task_id, False)
+    assert await counts(client) == (1, 1)
+
+
+async def test_idempotency_key_by_name_and_without_key(client: dt.Durable) -> None:
+    options = dt.SpawnOptions(idempotency_key="k")
+    a = await client.spawn_by_name("greet", {"name": "x"}, options=options)
+    b = await client.spawn_by_name("greet", {"name": "y"}, options=options)
+    assert (a.created, b.created, a.task_id) == (True, False, b.task_id)
+    # Without a key every spawn is a new task.
+    c = await client.spawn_by_name("greet", {"name": "x"})
+    d = await client.spawn_by_name("greet", {"name": "x"})
+    assert c.created
+    assert d.created
+    assert len({a.task_id, c.task_id, d.task_id}) == 3
+    assert await counts(client) == (3, 3)
+
+
+async def test_idempotency_key_is_per_queue(client: dt.Durable) -> None:
+    a = await client.spawn_by_name("greet", {}, options=dt.SpawnOptions(idempotency_key="k"))
+    b = await client.spawn_by_name(
+        "greet", {}, options=dt.SpawnOptions(idempotency_key="k", queue="other")
+    )
+    assert a.created
+    assert b.created
+    assert a.task_id != b.task_id
+    assert await counts(client) == (2, 2)
+
+
+async def test_concurrent_spawns_with_one_key_create_one_task(client: dt.Durable) -> None:
+    client.register(greet)
+    options = dt.SpawnOptions(idempotency_key="race")
+    results: list[dt.SpawnResult] = []
+
+    async def spawn_one(i: int) -> None:
+        results.append(await client.spawn(greet, Greeting(str(i)), options=options))
+
+    async with trio.open_nursery() as nursery:
+        for i in range(8):
+            nursery.start_soon(spawn_one, i)
+    assert len(results) == 8
+    assert len({r.task_id for r in results}) == 1
+    assert sum(r.created for r in results) == 1
+    assert await counts(client) == (1, 1)
+
+
+# -- transactional spawn ----------------------------------------------------------------
+
+
+async def test_spawn_in_committed_transaction_is_visible_and_runnable(
+    client: dt.Durable,
+) -> None:
+    client.register(greet)
+    async with client.connection() as conn:
+        await conn.execute(
+            sql.SQL("CREATE TABLE {}.orders (id int PRIMARY KEY)").format(
+                sql.Identifier(client.schema)
+            )
+        )
+        await conn.execute(
+            sql.SQL("INSERT INTO {}.orders VALUES (1)").format(sql.Identifier(client.schema))
+        )
+        spawned = await client.spawn(greet, Greeting("tx"), connection=conn)
+        assert spawned.created
+        # Invisible to everyone else until the commit.
+        with pytest.raises(dt.TaskNotFound):
+            await client.get_task(spawned.task_id)
+        assert await counts(client) == (0, 0)
+        await conn.commit()
+
+    info = await client.get_task(spawned.task_id)
+    assert info.state is dt.TaskState.PENDING
+    assert await run_until_idle(client) == 1
+    assert await client.wait_result(greet, spawned.task_id, timeout=10) == "hello tx"
+    assert await query(client, "SELECT id FROM {schema}.orders") == [{"id": 1}]
+
+
+async def test_spawn_in_rolled_back_transaction_leaves_nothing(client: dt.Durable) -> None:
+    client.register(greet)
+    async with client.connection() as conn:
+        spawned = await client.spawn(greet, Greeting("gone"), connection=conn)
+        many = await client.spawn_by_name("greet", {"name": "gone too"}, connection=conn)
+        await conn.rollback()
+    assert await counts(client) == (0, 0)
+    for task_id in (spawned.task_id, many.task_id):
+        with pytest.raises(dt.TaskNotFound):
+            await client.get_task(task_id)
+    assert await run_until_idle(client) == 0
+
+
+async def test_leaving_connection_block_without_commit_rolls_back(client: dt.Durable) -> None:
+    client.register(greet)
+    async with client.connection() as conn:
+        await client.spawn(greet, Greeting("forgotten"), connection=conn)
+    assert await counts(client) == (0, 0)
+
+
+async def test_spawn_rolled_back_by_an_error_in_the_block(client: dt.Durable) -> None:
+    client.register(greet)
+
+    class BoomError(Exception):
+        pass
+
+    async def spawn_then_fail() -> None:
+        async with client.connection() as conn:
+            await client.spawn(greet, Greeting("boom"), connection=conn)
+            raise BoomError
+
+    with pytest.raises(BoomError):
+        await spawn_then_fail()
+    assert await counts(client) == (0, 0)
+
+
+def _blocking_connect(url: str) -> psycopg.Connection[Any]:
+    return psycopg.connect(url)
+
+
+async def test_spawn_with_a_blocking_psycopg_connection(client: dt.Durable, pg_url: str) -> None:
+    client.register(greet)
+    conn = await trio.to_thread.run_sync(_blocking_connect, pg_url)
+    try:
+        assert conn.autocommit is False
+        committed = await client.spawn(greet, Greeting("sync"), connection=conn)
+        assert conn.info.transaction_status == psycopg.pq.TransactionStatus.INTRANS
+        assert await counts(client) == (0, 0)
+        await trio.to_thread.run_sync(conn.commit)
+        assert await counts(client) == (1, 1)
+
+        rolled = await client.spawn(greet, Greeting("nope"), connection=conn)
+        await client.emit_event("sync-event", {"n": 1}, connection=conn)
+        await trio.to_thread.run_sync(conn.rollback)
+    finally:
+        await trio.to_thread.run_sync(conn.close)
+
+    assert await counts(client) == (1, 1)
+    with pytest.raises(dt.TaskNotFound):
+        await client.get_task(rolled.task_id)
+    assert await query(client, "SELECT * FROM {schema}.events") == []
+    assert await run_until_idle(client) == 1
+    assert await client.wait_result(greet, committed.task_id, timeout=10) == "hello sync"
+
+
+async def test_emit_event_in_transaction(client: dt.Durable) -> None:
+    async with client.connection() as conn:
+        assert await client.emit_event("paid", {"order": 1}, connection=conn) == 0
+        await conn.rollback()
+    assert await query(client, "SELECT * FROM {schema}.events") == []
+
+    async with client.connection() as conn:
+        await client.emit_event("paid", {"order": 2}, connection=conn)
+        assert await query(client, "SELECT * FROM {schema}.events") == []
+        await conn.commit()
+    rows = await query(client, "SELECT queue, event_name, payload FROM {schema}.events")
+    assert rows == [{"queue": "default", "event_name": "paid", "payload": {"order": 2}}]
+
+
+@dt.task("waiter")
+async def waiter(ctx: dt.TaskContext, params: Any) -> Any:
+    return await ctx.await_event("shipped")
+
+
+async def test_rolled_back_emit_wakes_nobody(client: dt.Durable) -> None:
+    client.register(waiter)
+    spawned = await client.spawn(waiter, None)
+    await run_until_idle(client)
+    assert (await client.get_task(spawned.task_id)).state is dt.TaskState.SLEEPING
+
+    async with client.connection() as conn:
+        assert await client.emit_event("shipped", "box", connection=conn) == 1
+        await conn.rollback()
+    assert (await client.get_task(spawned.task_id)).state is dt.TaskState.SLEEPING
+    assert len(await query(client, "SELECT * FROM {schema}.waits")) == 1
+    assert await run_until_idle(client) == 0
+
+    async with client.connection() as conn:
+        assert await client.emit_event("shipped", "box", connection=conn) == 1
+        await conn.commit()
+    assert await run_until_idle(client) == 1
+    assert await client.wait_result(waiter, spawned.task_id, timeout=10) == "box"
+
+
+async def test_spawn_many_is_all_or_nothing(client: dt.Durable) -> None:
+    client.register(greet)
+    results = await client.spawn_many(greet, [Greeting("a"), Greeting("b"), Greeting("c")])
+    assert [r.created for r in results] == [True, True, True]
+    assert len({r.task_id for r in results}) == 3
+    assert await counts(client) == (3, 3)
+    with pytest.raises(dt.SerializationError):
+        await client.spawn_many(greet, [Greeting("d"), {"bogus": 1}])
+    assert await counts(client) == (3, 3)
+    await run_until_idle(client)
+    assert sorted([await client.wait_result(greet, r.task_id, timeout=10) for r in results]) == [
+        "hello a",
+        "hello b",
+        "hello c",
+    ]
+
+
+async def test_spawn_many_with_one_idempotency_key(client: dt.Durable) -> None:
+    client.register(greet)
+    options = dt.SpawnOptions(idempotency_key="batch")
+    results = await client.spawn_many(greet, [Greeting("a"), Greeting("b")], options=options)
+    assert len(results) == 2
+    assert [r.created for r in results] == [True, False]
+    assert results[0].task_id == results[1].task_id
+    assert await counts(client) == (1, 1)
+    again = await client.spawn_many(greet, [Greeting("c")], options=options)
+    assert [(r.task_id, r.created) for r in again] == [(results[0].task_id, False)]
+    single = await client.spawn(greet, Greeting("d"), options=options)
+    assert (single.task_id, single.created) == (results[0].task_id, False)
+    assert await counts(client) == (1, 1)
+    assert (await client.get_task(results[0].task_id)).params == {"name": "a"}
