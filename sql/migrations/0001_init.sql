@@ -412,12 +412,27 @@ BEGIN
     LOOP
         PERFORM @schema.cancel_task(v_over, 'max_duration exceeded');
     END LOOP;
+    -- A run whose row is locked is inside one of its own fenced transactions
+    -- (ctx.transaction, spawn, emit): it is alive and ours, so it is reported as held
+    -- rather than waited for; one slow user transaction must not stall every lease.
     RETURN QUERY
-    UPDATE @schema.runs r
-    SET lease_expires_at = greatest(r.lease_expires_at, v_now + p_lease)
-    WHERE r.run_id = ANY (p_runs) AND r.worker_id = p_worker AND r.state = 'running'
-      AND r.lease_expires_at > v_now
-    RETURNING r.run_id, r.lease_expires_at;
+    WITH free AS (
+        SELECT f.run_id FROM @schema.runs f
+        WHERE f.run_id = ANY (p_runs) AND f.worker_id = p_worker AND f.state = 'running'
+          AND f.lease_expires_at > v_now
+        FOR NO KEY UPDATE SKIP LOCKED
+    ), renewed AS (
+        UPDATE @schema.runs r
+        SET lease_expires_at = greatest(r.lease_expires_at, v_now + p_lease)
+        FROM free WHERE r.run_id = free.run_id
+        RETURNING r.run_id, r.lease_expires_at
+    )
+    SELECT n.run_id, n.lease_expires_at FROM renewed n
+    UNION ALL
+    SELECT b.run_id, b.lease_expires_at FROM @schema.runs b
+    WHERE b.run_id = ANY (p_runs) AND b.worker_id = p_worker AND b.state = 'running'
+      AND b.lease_expires_at > v_now
+      AND NOT EXISTS (SELECT 1 FROM free WHERE free.run_id = b.run_id);
 END
 $$;
 
