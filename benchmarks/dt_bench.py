@@ -1,0 +1,540 @@
+"""durable_trio scenarios. Every count of finished work comes from the database.
+
+Also runnable as a worker subprocess (``python dt_bench.py worker URL SCHEMA C TASK`` and
+``python dt_bench.py rss-worker URL SCHEMA C``): see `_util.WorkerProcess` for the protocol.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+import attrs
+import trio
+from psycopg import sql
+
+import durable_trio as dt
+from _util import WorkerProcess, connect, rss_kib, summarize
+from durable_trio._db import connect as trio_connect
+
+QUEUE = "bench"
+
+
+@attrs.frozen
+class Job:
+    x: int
+
+
+@attrs.frozen
+class Steps:
+    k: int
+
+
+def _inc(x: int) -> int:
+    return x + 1
+
+
+def _now() -> float:
+    return time.time()
+
+
+@dt.task("one_step")
+async def one_step(ctx: dt.TaskContext, p: Job) -> int:
+    return await ctx.step("work", _inc, p.x)
+
+
+@dt.task("zero_step")
+async def zero_step(ctx: dt.TaskContext, p: Job) -> int:
+    return p.x + 1
+
+
+@dt.task("many_steps")
+async def many_steps(ctx: dt.TaskContext, p: Steps) -> list[float]:
+    """Times each ctx.step round trip (the step body itself is trivial)."""
+    times = []
+    for i in range(p.k):
+        t0 = time.perf_counter()
+        await ctx.step("s", _inc, i)
+        times.append(time.perf_counter() - t0)
+    return times
+
+
+@dt.task("waiter")
+async def waiter(ctx: dt.TaskContext, p: Job) -> float:
+    await ctx.await_event(f"go-{p.x}")
+    return await ctx.step("resumed", _now)
+
+
+@dt.task("child")
+async def child(ctx: dt.TaskContext, p: Job) -> int:
+    return p.x
+
+
+@dt.task("parent")
+async def parent(ctx: dt.TaskContext, p: Job) -> int:
+    handles = [await ctx.spawn("c", child, Job(i)) for i in range(p.x)]
+    total = 0
+    for handle in handles:
+        total += await ctx.join("j", handle)
+    return total
+
+
+async def _sleep_long() -> int:
+    await trio.sleep(3600)
+    return 0
+
+
+@dt.task("sleeper")
+async def sleeper(ctx: dt.TaskContext, p: Job) -> int:
+    return await ctx.step("nap", _sleep_long)
+
+
+TASKS: dict[str, dt.TaskDefinition[Any, Any]] = {
+    t.name: t for t in (one_step, zero_step, many_steps, waiter, child, parent, sleeper)
+}
+
+
+# -- helpers ----------------------------------------------------------------------------
+
+
+def drop_schema(url: str, schema: str) -> None:
+    with connect(url) as conn:
+        conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(schema)))
+
+
+def _q(text: str, schema: str) -> bytes:
+    return sql.SQL(text).format(s=sql.Identifier(schema)).as_string(None).encode()
+
+
+class Counter:
+    """Counts tasks in a state, on its own trio-native connection."""
+
+    def __init__(self, url: str, schema: str) -> None:
+        self.url = url
+        self.schema = schema
+        self._conn: Any = None
+
+    async def __aenter__(self) -> Counter:
+        self._conn = await trio_connect(self.url)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self._conn.close()
+
+    async def count(self, state: str = "completed", table: str = "tasks") -> int:
+        cur = await self._conn.execute(
+            _q("SELECT count(*) AS n FROM {s}." + table + " WHERE state = %s", self.schema),
+            (state,),
+        )
+        row = await cur.fetchone()
+        return int(row["n"])
+
+    async def wait(
+        self, n: int, *, state: str = "completed", timeout: float = 300, poll: float = 0.02
+    ) -> int:
+        with trio.move_on_after(timeout):
+            while True:
+                done = await self.count(state)
+                if done >= n:
+                    return done
+                await trio.sleep(poll)
+        return await self.count(state)
+
+    async def values(self, query: str) -> list[Any]:
+        cur = await self._conn.execute(_q(query, self.schema))
+        return [next(iter(row.values())) for row in await cur.fetchall()]
+
+
+async def spawn_chunks(client: dt.Durable, task: Any, n: int, chunk: int = 5000) -> float:
+    """spawn_many in chunks; returns tasks per second."""
+    t0 = time.perf_counter()
+    done = 0
+    while done < n:
+        k = min(chunk, n - done)
+        await client.spawn_many(task, [Job(done + i) for i in range(k)])
+        done += k
+    return n / (time.perf_counter() - t0)
+
+
+def _options(concurrency: int, **kw: Any) -> dt.WorkerOptions:
+    return dt.WorkerOptions(concurrency=concurrency, worker_id=f"bench-{concurrency}", **kw)
+
+
+# -- scenarios --------------------------------------------------------------------------
+
+
+async def drain(
+    url: str, schema: str, task_name: str, n: int, concurrency: int, *, timeout: float = 300
+) -> dict[str, Any]:
+    """Throughput: n pending tasks, one in-process worker at `concurrency`; timed from the
+    worker's start until the database counts n completed tasks."""
+    task = TASKS[task_name]
+    try:
+        async with dt.Durable.connect(url, schema=schema, queue=QUEUE) as client:
+            client.register(task)
+            await spawn_chunks(client, task, n)
+            async with Counter(url, schema) as counter, trio.open_nursery() as nursery:
+                worker = client.new_worker(_options(concurrency))
+                await nursery.start(worker.run)
+                t0 = time.perf_counter()
+                done = await counter.wait(n, timeout=timeout)
+                seconds = time.perf_counter() - t0
+                worker.shutdown()
+        return {"n": n, "completed_in_db": done, "seconds": seconds, "tasks_per_s": done / seconds}
+    finally:
+        drop_schema(url, schema)
+
+
+async def spawn_latency(
+    url: str, schema: str, samples: int, *, notify: bool = True
+) -> dict[str, Any]:
+    """Spawn one task at a time into an idle worker and wait for it to finish; latency is
+    tasks.first_started_at - tasks.created_at (both the database's clock). With
+    notify=False the worker ignores notifications: it finds work by polling only
+    (poll_interval default, 1 s)."""
+    try:
+        async with dt.Durable.connect(url, schema=schema, queue=QUEUE) as client:
+            client.register(one_step)
+            async with Counter(url, schema) as counter, trio.open_nursery() as nursery:
+                worker = client.new_worker(_options(8))
+                if not notify:
+                    worker._on_notify = lambda channel, payload: None  # type: ignore[method-assign]
+                await nursery.start(worker.run)
+                await trio.sleep(0.2)
+                for i in range(samples):
+                    await client.spawn(one_step, Job(i))
+                    await counter.wait(i + 1, poll=0.001)
+                    await trio.sleep(0.005)
+                worker.shutdown()
+                values = await counter.values(
+                    "SELECT extract(epoch FROM first_started_at - created_at)::float8 "
+                    "FROM {s}.tasks ORDER BY created_at"
+                )
+        return summarize(values)
+    finally:
+        drop_schema(url, schema)
+
+
+async def emit_latency(url: str, schema: str, samples: int) -> dict[str, Any]:
+    """Tasks suspended in await_event; emit from the client, one at a time; latency is
+    from just before emit_event() to the first step after the wait (wall clock)."""
+    try:
+        async with dt.Durable.connect(url, schema=schema, queue=QUEUE) as client:
+            client.register(waiter)
+            spawned = [(await client.spawn(waiter, Job(i))).task_id for i in range(samples)]
+            latencies = []
+            async with Counter(url, schema) as counter, trio.open_nursery() as nursery:
+                worker = client.new_worker(_options(8))
+                await nursery.start(worker.run)
+                await counter.wait(samples, state="sleeping")
+                await trio.sleep(0.2)
+                for i, task_id in enumerate(spawned):
+                    t_emit = time.time()
+                    await client.emit_event(f"go-{i}", None)
+                    resumed = await client.wait_result(waiter, task_id, timeout=60)
+                    latencies.append(resumed - t_emit)
+                    await trio.sleep(0.005)
+                worker.shutdown()
+        return summarize(latencies)
+    finally:
+        drop_schema(url, schema)
+
+
+async def fanout(url: str, schema: str, children: int, concurrency: int = 32) -> dict[str, Any]:
+    """One parent spawns `children` children (ctx.spawn) and joins each; wall time from the
+    parent's spawn to its completion."""
+    try:
+        async with dt.Durable.connect(url, schema=schema, queue=QUEUE) as client:
+            client.register(parent, child)
+            async with trio.open_nursery() as nursery:
+                worker = client.new_worker(_options(concurrency))
+                await nursery.start(worker.run)
+                t0 = time.perf_counter()
+                spawned = await client.spawn(parent, Job(children))
+                total = await client.wait_result(parent, spawned.task_id, timeout=900)
+                seconds = time.perf_counter() - t0
+                worker.shutdown()
+            assert total == sum(range(children)), total
+        return {
+            "children": children,
+            "seconds": seconds,
+            "children_per_s": children / seconds,
+        }
+    finally:
+        drop_schema(url, schema)
+
+
+async def checkpoint_latency(url: str, schema: str, steps: int) -> dict[str, Any]:
+    """ctx.step round trips, timed inside one task (nothing else running)."""
+    try:
+        async with dt.Durable.connect(url, schema=schema, queue=QUEUE) as client:
+            client.register(many_steps)
+            async with client.worker(_options(1)):
+                spawned = await client.spawn(many_steps, Steps(steps))
+                times = await client.wait_result(many_steps, spawned.task_id, timeout=600)
+        return summarize(times)
+    finally:
+        drop_schema(url, schema)
+
+
+async def spawn_rate(url: str, schema: str, n_single: int, n_batch: int) -> dict[str, Any]:
+    """client.spawn one by one vs one client.spawn_many of n_batch."""
+    try:
+        async with dt.Durable.connect(url, schema=schema, queue=QUEUE) as client:
+            client.register(one_step)
+            t0 = time.perf_counter()
+            for i in range(n_single):
+                await client.spawn(one_step, Job(i))
+            single = n_single / (time.perf_counter() - t0)
+            t0 = time.perf_counter()
+            await client.spawn_many(one_step, [Job(i) for i in range(n_batch)])
+            batch = n_batch / (time.perf_counter() - t0)
+        return {"one_by_one_per_s": single, "batch_per_s": batch, "batch_size": n_batch}
+    finally:
+        drop_schema(url, schema)
+
+
+async def preload_clones(client: dt.Durable, url: str, schema: str, n: int) -> float:
+    """n pending one_step tasks, fast: one real spawn through the public API, then n - 1
+    copies of its tasks and runs rows made in SQL (fresh ids and params; every other
+    column copied, so the rows stay whatever shape the current migrations give them).
+    Returns rows per second."""
+    t0 = time.perf_counter()
+    template = await client.spawn(one_step, Job(0))
+    overrides = {
+        "tasks": {
+            "task_id": "ids.tid",
+            "last_run_id": "ids.rid",
+            "root_task_id": "ids.tid",
+            "params": "jsonb_build_object('x', ids.g)",
+        },
+        "runs": {"run_id": "ids.rid", "task_id": "ids.tid"},
+    }
+    with connect(url) as conn:
+        select = {}
+        for table, replace in overrides.items():
+            cols = [
+                r[0]
+                for r in conn.execute(
+                    "SELECT column_name FROM information_schema.columns "
+                    "WHERE table_schema = %s AND table_name = %s ORDER BY ordinal_position",
+                    (schema, table),
+                )
+            ]
+            ident = [sql.Identifier(c).as_string(None) for c in cols]
+            exprs = [replace.get(c, "x." + i) for c, i in zip(cols, ident, strict=True)]
+            select[table] = (", ".join(ident), ", ".join(exprs))
+        # Time-ordered ids like the uuid7s real spawns get (a random-uuid backlog would
+        # scatter index pages and understate throughput): 48-bit millisecond prefix
+        # advancing one millisecond per 50 rows, version 7 bits, random rest.
+        base_ms = int(time.time() * 1000) - n // 50 - 1000
+        uuid7 = (
+            "encode(set_bit(set_bit(overlay(uuid_send(gen_random_uuid()) placing "
+            f"substring(int8send({base_ms}::bigint + (g + %(offset)s) / 50) from 3) "
+            "from 1 for 6), "
+            "52, 1), 53, 1), 'hex')::uuid"
+        )
+        clone = f"""
+        WITH ids AS (
+            SELECT g + %(offset)s AS g, {uuid7} AS tid, {uuid7} AS rid
+            FROM generate_series(1, %(n)s) g
+        ), new_tasks AS (
+            INSERT INTO {{s}}.tasks ({select["tasks"][0]})
+            SELECT {select["tasks"][1]} FROM {{s}}.tasks x, ids WHERE x.task_id = %(task)s
+        )
+        INSERT INTO {{s}}.runs ({select["runs"][0]})
+        SELECT {select["runs"][1]} FROM {{s}}.runs x, ids WHERE x.run_id = %(run)s
+        """
+        done = 1
+        while done < n:
+            k = min(100_000, n - done)
+            params = {"n": k, "offset": done, "task": template.task_id, "run": template.run_id}
+            conn.execute(_q(clone, schema), params)
+            done += k
+    return n / (time.perf_counter() - t0)
+
+
+async def backlog(
+    url: str, schema: str, pending: int, concurrency: int, window: float
+) -> dict[str, Any]:
+    """Completions per second over `window` seconds while `pending` tasks wait."""
+    try:
+        async with dt.Durable.connect(url, schema=schema, queue=QUEUE) as client:
+            client.register(one_step)
+            preload_rate = await preload_clones(client, url, schema, pending)
+            with connect(url) as conn:
+                conn.execute(_q("VACUUM ANALYZE {s}.tasks", schema))
+                conn.execute(_q("VACUUM ANALYZE {s}.runs", schema))
+            async with Counter(url, schema) as counter:
+                with trio.CancelScope() as crash:
+                    async with trio.open_nursery() as nursery:
+                        worker = client.new_worker(_options(concurrency))
+                        await nursery.start(worker.run)
+                        t0 = time.perf_counter()
+                        await trio.sleep(window)
+                        seconds = time.perf_counter() - t0
+                        crash.cancel()  # stop at once; in-flight runs are simply abandoned
+                done = await counter.count()
+        return {
+            "pending": pending,
+            "completed_in_db": done,
+            "seconds": seconds,
+            "tasks_per_s": done / seconds,
+            "preload_rows_per_s": preload_rate,
+        }
+    finally:
+        drop_schema(url, schema)
+
+
+# -- subprocess workers -----------------------------------------------------------------
+
+
+def _stdin_lines() -> Callable[[], Any]:
+    async def read() -> str:
+        return await trio.to_thread.run_sync(sys.stdin.readline)
+
+    return read
+
+
+async def _worker_main(url: str, schema: str, concurrency: int, task_name: str) -> None:
+    read = _stdin_lines()
+    async with dt.Durable.connect(url, schema=schema, queue=QUEUE, migrate=False) as client:
+        client.register(TASKS[task_name])
+        worker = client.new_worker(
+            dt.WorkerOptions(concurrency=concurrency, worker_id=f"bench-proc-{id(client)}")
+        )
+        print("READY", flush=True)
+        async with trio.open_nursery() as nursery:
+            while True:
+                line = (await read()).strip()
+                if line == "go":
+                    await nursery.start(worker.run)
+                elif line in ("stop", ""):
+                    worker.shutdown()
+                    break
+    print(json.dumps({"claimed": worker.claimed_total}), flush=True)
+
+
+def run_two_processes(
+    url: str, schema: str, task_name: str, n: int, concurrency: int, timeout: float = 300
+) -> dict[str, Any]:
+    """Throughput with two worker processes on one queue, each at `concurrency`."""
+
+    async def prepare() -> None:
+        async with dt.Durable.connect(url, schema=schema, queue=QUEUE) as client:
+            client.register(TASKS[task_name])
+            await spawn_chunks(client, TASKS[task_name], n)
+
+    try:
+        trio.run(prepare)
+        argv = [sys.executable, __file__, "worker", url, schema, str(concurrency), task_name]
+        workers = [WorkerProcess(argv) for _ in range(2)]
+        try:
+            for w in workers:
+                w.wait_ready()
+            with connect(url) as conn:
+                count = _q("SELECT count(*) FROM {s}.tasks WHERE state = 'completed'", schema)
+                t0 = time.perf_counter()
+                for w in workers:
+                    w.send("go")
+                deadline = time.monotonic() + timeout
+                while True:
+                    row = conn.execute(count).fetchone()
+                    done = int(row[0]) if row else 0
+                    if done >= n or time.monotonic() > deadline:
+                        break
+                    time.sleep(0.02)
+                seconds = time.perf_counter() - t0
+            reports = [w.stop() for w in workers]
+        finally:
+            for w in workers:
+                w.kill()
+        return {
+            "n": n,
+            "processes": 2,
+            "concurrency_each": concurrency,
+            "completed_in_db": done,
+            "seconds": seconds,
+            "tasks_per_s": done / seconds,
+            "per_process": [json.loads(r) if r.startswith("{") else r for r in reports],
+        }
+    finally:
+        drop_schema(url, schema)
+
+
+async def _rss_worker_main(url: str, schema: str, concurrency: int) -> None:
+    read = _stdin_lines()
+    async with dt.Durable.connect(url, schema=schema, queue=QUEUE, migrate=False) as client:
+        client.register(sleeper)
+        worker = client.new_worker(
+            dt.WorkerOptions(concurrency=concurrency, worker_id="bench-rss", shutdown_grace=0.1)
+        )
+        print("READY", flush=True)
+        async with trio.open_nursery() as nursery:
+            if (await read()).strip() == "go":
+                await nursery.start(worker.run)
+                print("STARTED", flush=True)
+            await read()
+            nursery.cancel_scope.cancel()
+    print("{}", flush=True)
+
+
+def rss(url: str, schema: str, in_flight: int, timeout: float = 120) -> dict[str, Any]:
+    """VmRSS of one worker process holding `in_flight` runs sleeping inside a step."""
+
+    async def prepare() -> None:
+        async with dt.Durable.connect(url, schema=schema, queue=QUEUE):
+            pass
+
+    async def spawn() -> None:
+        async with dt.Durable.connect(url, schema=schema, queue=QUEUE) as client:
+            await client.spawn_many(sleeper, [Job(i) for i in range(in_flight)])
+
+    try:
+        trio.run(prepare)
+        proc = WorkerProcess([sys.executable, __file__, "rss-worker", url, schema, str(in_flight)])
+        try:
+            proc.wait_ready()
+            time.sleep(0.5)
+            idle_kib = rss_kib(proc.pid)
+            proc.send("go")
+            assert proc.proc.stdout is not None
+            proc.proc.stdout.readline()  # STARTED
+            time.sleep(0.5)
+            started_kib = rss_kib(proc.pid)
+            trio.run(spawn)
+            with connect(url) as conn:
+                count = _q("SELECT count(*) FROM {s}.runs WHERE state = 'running'", schema)
+                deadline = time.monotonic() + timeout
+                running = 0
+                while time.monotonic() < deadline:
+                    row = conn.execute(count).fetchone()
+                    running = int(row[0]) if row else 0
+                    if running >= in_flight:
+                        break
+                    time.sleep(0.1)
+            time.sleep(1.0)
+            loaded_kib = rss_kib(proc.pid)
+        finally:
+            proc.kill()
+        return {
+            "in_flight": running,
+            "rss_mb_idle_client": idle_kib / 1024,
+            "rss_mb_worker_started": started_kib / 1024,
+            "rss_mb_loaded": loaded_kib / 1024,
+            "kib_per_task": (loaded_kib - started_kib) / max(running, 1),
+        }
+    finally:
+        drop_schema(url, schema)
+
+
+if __name__ == "__main__":
+    if len(sys.argv) == 6 and sys.argv[1] == "worker":
+        trio.run(_worker_main, sys.argv[2], sys.argv[3], int(sys.argv[4]), sys.argv[5])
+    elif len(sys.argv) == 5 and sys.argv[1] == "rss-worker":
+        trio.run(_rss_worker_main, sys.argv[2], sys.argv[3], int(sys.argv[4]))
+    else:
+        sys.exit("usage: dt_bench.py worker URL SCHEMA C TASK | rss-worker URL SCHEMA C")

@@ -1,0 +1,325 @@
+"""Turning a results dict into the stdout tables, the issue-6 target list and PNG plots."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+ONE_STEP = ["raw", "durable_trio", "absurd", "dbos"]
+JOB_LIKE = ["raw_zero_step", "durable_trio_zero_step", "procrastinate", "pgqueuer"]
+LABELS = {
+    "raw": "raw SQL ceiling (1 step)",
+    "durable_trio": "durable_trio (1 step)",
+    "raw_zero_step": "raw SQL (0 steps)",
+    "durable_trio_zero_step": "durable_trio (0 steps)",
+    "procrastinate": "procrastinate (job)",
+    "pgqueuer": "pgqueuer (job)",
+    "dbos": "DBOS (1-step workflow)",
+    "absurd": "absurd (1 step)",
+}
+
+
+def _rate(results: dict[str, Any], system: str, conc: int | str) -> float | None:
+    cell = results.get("throughput", {}).get(system, {}).get(str(conc))
+    if not isinstance(cell, dict) or "tasks_per_s" not in cell:
+        return None
+    return float(cell["tasks_per_s"])
+
+
+def _ms(results: dict[str, Any], *path: str, key: str = "p50_ms") -> float | None:
+    node: Any = results
+    for part in path:
+        if not isinstance(node, dict) or part not in node:
+            return None
+        node = node[part]
+    value = node.get(key) if isinstance(node, dict) else None
+    return None if value is None else float(value)
+
+
+def _fmt(value: float | None, digits: int = 0) -> str:
+    if value is None:
+        return "-"
+    return f"{value:,.{digits}f}"
+
+
+def _table(header: list[str], rows: list[list[str]]) -> str:
+    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
+    line = "  ".join(
+        h.ljust(w) if i == 0 else h.rjust(w)
+        for i, (h, w) in enumerate(zip(header, widths, strict=True))
+    )
+    out = [line, "  ".join("-" * w for w in widths)]
+    for row in rows:
+        out.append(
+            "  ".join(
+                c.ljust(w) if i == 0 else c.rjust(w)
+                for i, (c, w) in enumerate(zip(row, widths, strict=True))
+            )
+        )
+    return "\n".join(out)
+
+
+def concurrencies(results: dict[str, Any]) -> list[int]:
+    seen: set[int] = set()
+    for by_conc in results.get("throughput", {}).values():
+        seen.update(int(c) for c in by_conc)
+    return sorted(seen)
+
+
+def throughput_table(results: dict[str, Any]) -> str:
+    concs = concurrencies(results)
+    header = ["tasks/s (x raw ceiling of the same kind)", *[f"c={c}" for c in concs]]
+    rows = []
+    for system in [*ONE_STEP, *JOB_LIKE]:
+        if system not in results.get("throughput", {}):
+            continue
+        row = [LABELS.get(system, system)]
+        for c in concs:
+            rate = _rate(results, system, c)
+            baseline = "raw_zero_step" if system in JOB_LIKE else "raw"
+            raw = _rate(results, baseline, c)
+            cell = results["throughput"][system].get(str(c), {})
+            if rate is None:
+                row.append("error" if isinstance(cell, dict) and cell.get("error") else "-")
+            elif raw and system != baseline:
+                row.append(f"{rate:,.0f} ({rate / raw:.2f}x)")
+            else:
+                row.append(f"{rate:,.0f}")
+            if isinstance(cell, dict) and cell.get("timed_out"):
+                row[-1] += "*"
+        rows.append(row)
+    for system, cell in results.get("two_process", {}).items():
+        if isinstance(cell, dict) and "tasks_per_s" in cell:
+            raw2 = results["two_process"].get("raw", {}).get("tasks_per_s")
+            text = f"{cell['tasks_per_s']:,.0f}"
+            if raw2 and system != "raw":
+                text += f" ({cell['tasks_per_s'] / raw2:.2f}x)"
+            rows.append(
+                [f"{LABELS.get(system, system)}, 2 processes x c={cell.get('concurrency_each')}"]
+                + [""] * (len(concs) - 1)
+                + [text]
+            )
+    return _table(header, rows)
+
+
+def other_table(results: dict[str, Any]) -> str:
+    rows: list[list[str]] = []
+    lat = results.get("latency", {})
+    for key, label in [
+        ("durable_trio", "spawn->start, idle worker, NOTIFY"),
+        ("durable_trio_poll_only", "spawn->start, idle worker, poll only (1 s)"),
+        ("raw", "spawn->start, raw ceiling"),
+    ]:
+        node = lat.get("spawn_to_start", {}).get(key)
+        if isinstance(node, dict) and "p50_ms" in node:
+            rows.append([label, f"p50 {node['p50_ms']:.2f} ms", f"p99 {node['p99_ms']:.2f} ms"])
+    for key, label in [
+        ("durable_trio", "emit->resume (durable_trio)"),
+    ]:
+        node = lat.get("emit_to_resume", {}).get(key)
+        if isinstance(node, dict) and "p50_ms" in node:
+            rows.append([label, f"p50 {node['p50_ms']:.2f} ms", f"p99 {node['p99_ms']:.2f} ms"])
+    for key, label in [
+        ("durable_trio_step", "checkpoint: ctx.step round trip"),
+        ("raw_insert", "checkpoint: one raw INSERT (autocommit)"),
+    ]:
+        node = lat.get("checkpoint", {}).get(key)
+        if isinstance(node, dict) and "p50_ms" in node:
+            rows.append([label, f"p50 {node['p50_ms']:.3f} ms", f"p99 {node['p99_ms']:.3f} ms"])
+    fan = results.get("fanout", {}).get("durable_trio")
+    if isinstance(fan, dict) and "seconds" in fan:
+        rows.append(
+            [
+                f"fan-out: parent spawns+joins {fan['children']} children",
+                f"{fan['seconds']:.2f} s",
+                f"{fan['children_per_s']:,.0f} children/s",
+            ]
+        )
+    for system, node in results.get("spawn_rate", {}).items():
+        if isinstance(node, dict) and "batch_per_s" in node:
+            rows.append(
+                [
+                    f"spawn rate ({system})",
+                    f"one by one {node['one_by_one_per_s']:,.0f}/s",
+                    f"batch of {node['batch_size']:,} {node['batch_per_s']:,.0f}/s",
+                ]
+            )
+    for system, by_pending in results.get("claim_backlog", {}).items():
+        if not isinstance(by_pending, dict):
+            continue
+        for pending, node in sorted(by_pending.items(), key=lambda kv: int(kv[0])):
+            if isinstance(node, dict) and "tasks_per_s" in node:
+                rows.append(
+                    [
+                        f"claim+complete with {int(pending):,} pending ({system})",
+                        f"{node['tasks_per_s']:,.0f} tasks/s",
+                        f"{node['completed_in_db']:,} done",
+                    ]
+                )
+    node = results.get("rss", {}).get("durable_trio")
+    if isinstance(node, dict) and "rss_mb_loaded" in node:
+        rows.append(
+            [
+                f"worker RSS, {node['in_flight']} in-flight tasks sleeping in a step",
+                f"{node['rss_mb_loaded']:.1f} MB",
+                f"idle {node['rss_mb_worker_started']:.1f} MB",
+            ]
+        )
+    return _table(["measurement", "value", "detail"], rows) if rows else "(none)"
+
+
+def evaluate_targets(results: dict[str, Any]) -> list[dict[str, Any]]:
+    """Issue 6's targets with the measured values (None where not measured)."""
+    out: list[dict[str, Any]] = []
+
+    def add(target: str, measured: str, met: bool | None) -> None:
+        out.append({"target": target, "measured": measured, "met": met})
+
+    concs = concurrencies(results)
+    ratios = {c: (_rate(results, "durable_trio", c), _rate(results, "raw", c)) for c in concs}
+    parts, ok = [], []
+    for c, (d, r) in ratios.items():
+        if d and r:
+            parts.append(f"c={c}: {d / r:.2f}")
+            ok.append(d / r >= 0.6)
+    add(
+        "one-step throughput >= 0.6 x raw ceiling (same concurrency)",
+        ", ".join(parts) or "not measured",
+        all(ok) if ok else None,
+    )
+    for peer in ("absurd", "procrastinate"):
+        parts, ok = [], []
+        for c in concs:
+            d, p = _rate(results, "durable_trio", c), _rate(results, peer, c)
+            if d and p:
+                parts.append(f"c={c}: {d / p:.2f}x")
+                ok.append(d / p >= 3)
+        add(
+            f"one-step throughput >= 3 x {peer} (same concurrency)",
+            ", ".join(parts) or "not measured",
+            all(ok) if ok else None,
+        )
+    parts, ok = [], []
+    for c in concs:
+        d, p = _rate(results, "durable_trio_zero_step", c), _rate(results, "pgqueuer", c)
+        if d and p:
+            parts.append(f"c={c}: {d:,.0f} vs {p:,.0f} ({d / p:.2f}x)")
+            ok.append(d >= p)
+    add(
+        "zero-step throughput >= pgqueuer (same concurrency)",
+        "; ".join(parts) or "not measured",
+        all(ok) if ok else None,
+    )
+    p50 = _ms(results, "latency", "spawn_to_start", "durable_trio")
+    p99 = _ms(results, "latency", "spawn_to_start", "durable_trio", key="p99_ms")
+    add("spawn->start p50 <= 5 ms", _fmt(p50, 2) + " ms", None if p50 is None else p50 <= 5)
+    add("spawn->start p99 <= 25 ms", _fmt(p99, 2) + " ms", None if p99 is None else p99 <= 25)
+    step = _ms(results, "latency", "checkpoint", "durable_trio_step")
+    insert = _ms(results, "latency", "checkpoint", "raw_insert")
+    if step is not None and insert:
+        add(
+            "checkpoint p50 <= 1.5 x one raw INSERT round trip",
+            f"{step:.3f} ms vs {insert:.3f} ms ({step / insert:.2f}x)",
+            step <= 1.5 * insert,
+        )
+    else:
+        add("checkpoint p50 <= 1.5 x one raw INSERT round trip", "not measured", None)
+    backlog = results.get("claim_backlog", {}).get("durable_trio", {})
+    sizes = sorted(int(k) for k, v in backlog.items() if isinstance(v, dict) and "tasks_per_s" in v)
+    if len(sizes) >= 2:
+        small, big = backlog[str(sizes[0])]["tasks_per_s"], backlog[str(sizes[-1])]["tasks_per_s"]
+        add(
+            f"throughput at {sizes[-1]:,} pending >= 0.8 x at {sizes[0]:,} pending",
+            f"{big:,.0f} vs {small:,.0f} tasks/s ({big / small:.2f}x)",
+            big >= 0.8 * small,
+        )
+    else:
+        add("throughput at 1M pending >= 0.8 x at 10k pending", "not measured", None)
+    rss = results.get("rss", {}).get("durable_trio", {})
+    if "rss_mb_loaded" in rss:
+        add(
+            f"{rss['in_flight']} in-flight tasks in one worker <= 150 MB RSS",
+            f"{rss['rss_mb_loaded']:.1f} MB",
+            rss["rss_mb_loaded"] <= 150,
+        )
+    else:
+        add("1,000 in-flight tasks in one worker <= 150 MB RSS", "not measured", None)
+    rate = results.get("spawn_rate", {}).get("durable_trio", {}).get("batch_per_s")
+    add(
+        "batch spawn >= 20,000 tasks/s",
+        f"{rate:,.0f} tasks/s" if rate else "not measured",
+        None if rate is None else rate >= 20_000,
+    )
+    return out
+
+
+def targets_table(targets: list[dict[str, Any]]) -> str:
+    rows = [
+        [t["target"], t["measured"], {True: "yes", False: "NO", None: "-"}[t["met"]]]
+        for t in targets
+    ]
+    return _table(["issue-6 target", "measured", "met"], rows)
+
+
+def plots(results: dict[str, Any], outdir: Path, suffix: str = "") -> list[str]:
+    """throughput-vs-concurrency and latency-distribution PNGs; returns the file names."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    files = []
+    concs = concurrencies(results)
+    if concs:
+        fig, ax = plt.subplots(figsize=(8, 5))
+        for system in [*ONE_STEP, *JOB_LIKE]:
+            xs = [c for c in concs if _rate(results, system, c)]
+            if not xs:
+                continue
+            ys = [_rate(results, system, c) for c in xs]
+            style = "-" if system in ONE_STEP else "--"
+            ax.plot(xs, ys, style, marker="o", label=LABELS.get(system, system))
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(concs, [str(c) for c in concs])
+        ax.set_xlabel("worker concurrency (one worker process)")
+        ax.set_ylabel("completed tasks/s (counted in the database)")
+        ax.set_title("End-to-end throughput vs concurrency (same Postgres, synchronous_commit on)")
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=8)
+        name = f"throughput{suffix}.png"
+        fig.tight_layout()
+        fig.savefig(outdir / name, dpi=110)
+        plt.close(fig)
+        files.append(name)
+
+    series = []
+    lat = results.get("latency", {})
+    for path, label in [
+        (("spawn_to_start", "durable_trio"), "spawn->start durable_trio (NOTIFY)"),
+        (("spawn_to_start", "raw"), "spawn->start raw ceiling"),
+        (("emit_to_resume", "durable_trio"), "emit->resume durable_trio"),
+        (("checkpoint", "durable_trio_step"), "checkpoint: ctx.step"),
+        (("checkpoint", "raw_insert"), "checkpoint: raw INSERT"),
+    ]:
+        node = lat.get(path[0], {}).get(path[1])
+        if isinstance(node, dict) and node.get("samples_ms"):
+            series.append((label, sorted(node["samples_ms"])))
+    if series:
+        fig, ax = plt.subplots(figsize=(8, 5))
+        for label, values in series:
+            ys = [(i + 1) / len(values) for i in range(len(values))]
+            ax.step([max(v, 1e-3) for v in values], ys, where="post", label=label)
+        ax.set_xscale("log")
+        ax.set_xlabel("latency (ms, log scale)")
+        ax.set_ylabel("fraction of samples <= x")
+        ax.set_title("Latency distributions (CDF)")
+        ax.axhline(0.5, color="grey", lw=0.5)
+        ax.axhline(0.99, color="grey", lw=0.5)
+        ax.grid(True, alpha=0.3, which="both")
+        ax.legend(fontsize=8)
+        name = f"latency{suffix}.png"
+        fig.tight_layout()
+        fig.savefig(outdir / name, dpi=110)
+        plt.close(fig)
+        files.append(name)
+    return files
