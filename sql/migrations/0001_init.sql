@@ -148,6 +148,8 @@ LANGUAGE plpgsql AS $$
 DECLARE
     v_now timestamptz := @schema.clock_now();
     v_woken integer;
+    v_queues text[];
+    v_queue text;
 BEGIN
     PERFORM pg_advisory_xact_lock(hashtextextended(@schema_literal || '.' || p_queue || '/' || p_event, 0));
     INSERT INTO @schema.events (queue, event_name, payload, emitted_at)
@@ -168,15 +170,17 @@ BEGIN
         UPDATE @schema.runs r SET state = 'pending', available_at = v_now,
             wake_reason = 'event'
         FROM gone WHERE r.run_id = gone.run_id AND r.state = 'sleeping'
-        RETURNING r.task_id
+        RETURNING r.task_id, r.queue
     ), tasks_woke AS (
         UPDATE @schema.tasks t SET state = 'pending'
         FROM woke WHERE t.task_id = woke.task_id AND t.state = 'sleeping'
     )
-    SELECT count(*) INTO v_woken FROM woke;
-    IF v_woken > 0 THEN
-        PERFORM @schema.notify_queue(p_queue);
-    END IF;
+    -- The waiter's queue, which for a join across queues is not the event's queue.
+    SELECT count(*), coalesce(array_agg(DISTINCT woke.queue), '{}') INTO v_woken, v_queues
+    FROM woke;
+    FOREACH v_queue IN ARRAY v_queues LOOP
+        PERFORM @schema.notify_queue(v_queue);
+    END LOOP;
     RETURN v_woken;
 END
 $$;
@@ -219,11 +223,22 @@ BEGIN
     IF v_ids IS NULL THEN
         RETURN 0;
     END IF;
+    -- Lock runs before tasks, the order every other function uses (no deadlocks), then
+    -- re-check under the locks: a task that finished meanwhile keeps its outcome.
+    PERFORM 1 FROM @schema.runs WHERE task_id = ANY (v_ids)
+        AND state IN ('pending', 'running', 'sleeping') ORDER BY run_id FOR UPDATE;
     PERFORM 1 FROM @schema.tasks WHERE task_id = ANY (v_ids) ORDER BY task_id FOR UPDATE;
-    UPDATE @schema.tasks SET state = 'cancelled', finished_at = v_now,
-        cancel_reason = CASE WHEN task_id = p_task THEN p_reason
-                             ELSE 'parent ' || p_task::text || ' ended' END
-    WHERE task_id = ANY (v_ids);
+    WITH done AS (
+        UPDATE @schema.tasks SET state = 'cancelled', finished_at = v_now,
+            cancel_reason = CASE WHEN task_id = p_task THEN p_reason
+                                 ELSE 'parent ' || p_task::text || ' ended' END
+        WHERE task_id = ANY (v_ids) AND state NOT IN ('completed', 'failed', 'cancelled')
+        RETURNING task_id
+    )
+    SELECT array_agg(done.task_id ORDER BY done.task_id) INTO v_ids FROM done;
+    IF v_ids IS NULL THEN
+        RETURN 0;
+    END IF;
     UPDATE @schema.runs SET state = 'cancelled', finished_at = v_now, lease_expires_at = NULL
     WHERE task_id = ANY (v_ids) AND state IN ('pending', 'running', 'sleeping');
     DELETE FROM @schema.waits WHERE task_id = ANY (v_ids);
@@ -344,18 +359,25 @@ DECLARE
     v_runs uuid[];
     v_late uuid[];
     v_over uuid[];
+    v_orphans uuid[];
     v_id uuid;
 BEGIN
-    SELECT coalesce(array_agg(x.run_id) FILTER (WHERE NOT x.late AND NOT x.overdue), '{}'),
+    SELECT coalesce(array_agg(x.run_id)
+                FILTER (WHERE NOT x.late AND NOT x.overdue AND NOT x.orphan), '{}'),
            coalesce(array_agg(x.task_id) FILTER (WHERE x.late), '{}'),
-           coalesce(array_agg(x.task_id) FILTER (WHERE x.overdue), '{}')
-    INTO v_runs, v_late, v_over
+           coalesce(array_agg(x.task_id) FILTER (WHERE x.overdue AND NOT x.late), '{}'),
+           coalesce(array_agg(x.task_id)
+                FILTER (WHERE x.orphan AND NOT x.late AND NOT x.overdue), '{}')
+    INTO v_runs, v_late, v_over, v_orphans
     FROM (
         SELECT r.run_id, r.task_id,
             coalesce(r.attempt = 1 AND t.first_started_at IS NULL
                 AND r.available_at + t.max_pending_delay < v_now, false) AS late,
             -- max_duration counts sleeps too: a task woken (or retried) too late ends here.
-            coalesce(t.first_started_at + t.max_duration < v_now, false) AS overdue
+            -- A child whose parent already ended unsuccessfully (it was spawned in a
+            -- transaction that raced the parent's cancellation) is cancelled here too.
+            coalesce(t.first_started_at + t.max_duration < v_now, false) AS overdue,
+            coalesce(p.state IN ('failed', 'cancelled'), false) AS orphan
         FROM (
             SELECT q.run_id FROM @schema.runs q
             WHERE q.queue = p_queue AND q.state IN ('pending', 'sleeping')
@@ -366,12 +388,16 @@ BEGIN
         ) picked
         JOIN @schema.runs r ON r.run_id = picked.run_id
         JOIN @schema.tasks t ON t.task_id = r.task_id
+        LEFT JOIN @schema.tasks p ON p.task_id = t.parent_task_id
     ) x;
     FOREACH v_id IN ARRAY v_late LOOP
         PERFORM @schema.cancel_task(v_id, 'max_pending_delay exceeded');
     END LOOP;
     FOREACH v_id IN ARRAY v_over LOOP
         PERFORM @schema.cancel_task(v_id, 'max_duration exceeded');
+    END LOOP;
+    FOREACH v_id IN ARRAY v_orphans LOOP
+        PERFORM @schema.cancel_task(v_id, 'parent ended before this child started');
     END LOOP;
 
     RETURN QUERY
@@ -399,7 +425,7 @@ $$;
 -- Renew the leases this worker still holds; return those renewed. A run missing from the
 -- answer was lost (expired, cancelled, or over its max_duration) and must be abandoned.
 CREATE FUNCTION @schema.heartbeat(p_worker text, p_runs uuid[], p_lease interval)
-RETURNS TABLE (run_id uuid, lease_expires_at timestamptz)
+RETURNS TABLE (run_id uuid, lease_expires_at timestamptz, renewed boolean)
 LANGUAGE plpgsql AS $$
 DECLARE
     v_now timestamptz := @schema.clock_now();
@@ -427,9 +453,9 @@ BEGIN
         FROM free WHERE r.run_id = free.run_id
         RETURNING r.run_id, r.lease_expires_at
     )
-    SELECT n.run_id, n.lease_expires_at FROM renewed n
+    SELECT n.run_id, n.lease_expires_at, true FROM renewed n
     UNION ALL
-    SELECT b.run_id, b.lease_expires_at FROM @schema.runs b
+    SELECT b.run_id, b.lease_expires_at, false FROM @schema.runs b
     WHERE b.run_id = ANY (p_runs) AND b.worker_id = p_worker AND b.state = 'running'
       AND b.lease_expires_at > v_now
       AND NOT EXISTS (SELECT 1 FROM free WHERE free.run_id = b.run_id);

@@ -171,9 +171,11 @@ class Durable:
         options: SpawnOptions | None,
         *,
         parent: UUID | None = None,
+        queue: str | None = None,
     ) -> dict[str, Any]:
-        """Validate and serialise one spawn into the row the store inserts."""
-        return self._prepare_spawns(task, [params], options, parent=parent)[0]
+        """Validate and serialise one spawn into the row the store inserts. `queue` is
+        the default when the options name none (a child goes to its parent's queue)."""
+        return self._prepare_spawns(task, [params], options, parent=parent, queue=queue)[0]
 
     def _prepare_spawns(
         self,
@@ -182,6 +184,7 @@ class Durable:
         options: SpawnOptions | None,
         *,
         parent: UUID | None = None,
+        queue: str | None = None,
     ) -> list[dict[str, Any]]:
         """Validate and serialise spawns of one task with shared options (options are
         serialised once, each params value on its own)."""
@@ -200,7 +203,7 @@ class Durable:
         with _about("headers"):
             headers_json = _serde.dumps(_serde.unstructure(opts.headers))
         common = {
-            "queue": opts.queue or self.queue,
+            "queue": opts.queue or queue or self.queue,
             "task_name": name,
             "headers": headers_json,
             "retry": _serde.dumps(opts.retry.to_json()),
@@ -283,9 +286,11 @@ class Durable:
             yield conn
         finally:
             with trio.CancelScope(shield=True):
-                if not conn.closed:
-                    await conn.rollback()
-                await conn.close()
+                try:
+                    if not conn.closed:
+                        await conn.rollback()
+                finally:
+                    await conn.close()
 
     # -- reading ----------------------------------------------------------------------
 

@@ -27,10 +27,10 @@ from ._core import names
 from ._core.durations import Duration, to_seconds
 from ._core.ids import uuid7 as make_uuid7
 from ._core.options import SpawnOptions, extend_seconds
-from ._db import CONNECTION_LOST
 from ._errors import (
     ChildCancelled,
     ChildFailed,
+    DatabaseUnavailable,
     EventTimeout,
     InvalidInput,
     LeaseLost,
@@ -147,7 +147,7 @@ class TaskContext:
         while checkpoint not in self._checkpoints:
             try:
                 return await self._transaction_once(checkpoint, fn, args, rtype)
-            except CONNECTION_LOST:
+            except DatabaseUnavailable:
                 # The connection died: the commit may or may not have landed. Look, and
                 # run the transaction again only if it did not (its writes rolled back).
                 stored = await self._run.call(
@@ -370,7 +370,7 @@ class TaskContext:
                     f"now asked for {task_name!r}"
                 )
             return TaskHandle(UUID(stored["task_id"]), task_name, stored["queue"], output_type)
-        row = self._run.prepare_spawn(task, params, options, parent=self.task_id)
+        row = self._run.prepare_spawn(task, params, options, parent=self.task_id, queue=self.queue)
 
         async def insert(conn: Any) -> dict[str, Any]:
             await self._run.store.spawn(row, conn)

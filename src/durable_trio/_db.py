@@ -77,6 +77,19 @@ def redact_url(url: str) -> str:
     return url
 
 
+def _poll_now(fileno: int, events: int) -> int:
+    """READY_R/READY_W flags for `fileno` right now (poll: no 1024-descriptor limit)."""
+    poller = select.poll()
+    poller.register(fileno, events)
+    result = 0
+    for _, revents in poller.poll(0):
+        if revents & (select.POLLIN | select.POLLHUP | select.POLLERR):
+            result |= READY_R
+        if revents & select.POLLOUT:
+            result |= READY_W
+    return result
+
+
 async def _wait_fd(fileno: int, state: int) -> int:
     """Wait until `fileno` is ready for `state` (WAIT_R, WAIT_W or both)."""
     if state == WAIT_R:
@@ -87,9 +100,9 @@ async def _wait_fd(fileno: int, state: int) -> int:
         return READY_W
     # Both: a socket being flushed is almost always writable, so poll first and only
     # race the two waits when neither is ready.
-    r, w, _ = select.select([fileno], [fileno], [], 0)
-    if r or w:
-        return (READY_R if r else 0) | (READY_W if w else 0)
+    ready = _poll_now(fileno, select.POLLIN | select.POLLOUT)
+    if ready:
+        return ready
     ready = 0
     async with trio.open_nursery() as nursery:
 
@@ -306,8 +319,7 @@ def _alive(conn: TrioConnection) -> bool:
     if not conn.healthy:
         return False
     try:
-        readable, _, _ = select.select([conn.pgconn.socket], [], [], 0)
-        if readable:
+        if _poll_now(conn.pgconn.socket, select.POLLIN):
             conn.pgconn.consume_input()
     except (OSError, psycopg.Error):
         return False

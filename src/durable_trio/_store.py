@@ -179,11 +179,14 @@ class Store:
 
     async def heartbeat(
         self, worker: str, runs: Sequence[UUID], lease: float
-    ) -> dict[UUID, datetime]:
+    ) -> dict[UUID, tuple[datetime, bool]]:
+        """Runs still held by `worker`: run_id -> (lease expiry, renewed now). A held run
+        that was not renewed is busy in its own fenced transaction; a run missing from
+        the answer is lost."""
         rows = await self._all(
             "heartbeat", {"worker": worker, "runs": list(runs), "lease": interval(lease)}
         )
-        return {row["run_id"]: row["lease_expires_at"] for row in rows}
+        return {row["run_id"]: (row["lease_expires_at"], row["renewed"]) for row in rows}
 
     async def set_checkpoint(self, run_id: UUID, worker: str, name: str, value: str) -> bool:
         return bool(
@@ -197,8 +200,9 @@ class Store:
     async def owned_transaction(
         self, run_id: UUID, worker: str
     ) -> AsyncIterator[tuple[TrioConnection, UUID]]:
-        """A transaction holding the run's row lock; LeaseLost if the worker lost it."""
-        async with self.pool.acquire() as conn, conn.transaction():
+        """A transaction holding the run's row lock; LeaseLost if the worker lost it.
+        A connection lost on the way (commit included) is raised as DatabaseUnavailable."""
+        async with self.pool.acquire() as conn, _lost_connection(conn), conn.transaction():
             task_id = await self._value(
                 "lock_owned_run", {"run_id": run_id, "worker": worker}, conn
             )

@@ -32,6 +32,7 @@ from ._core.options import WorkerOptions
 from ._core.retry import RetryStrategy, decide_failure
 from ._db import CONNECTION_LOST, Listener, Pool
 from ._errors import (
+    DatabaseUnavailable,
     InvalidInput,
     LeaseLost,
     NonRetryable,
@@ -95,7 +96,7 @@ class RunState:
                 raise LeaseLost(self.lost)
             try:
                 return await fn(*args, **kwargs)
-            except RETRYABLE_IO as ex:
+            except DatabaseUnavailable as ex:
                 if time.monotonic() + delay >= self.lease_deadline:
                     self.lose(f"database unreachable until the lease ran out ({ex})")
                     continue
@@ -329,7 +330,8 @@ class Worker:
             return
         for run in runs:
             if run.run_id in renewed:
-                run.lease_deadline = sent + self.options.claim_timeout
+                if renewed[run.run_id][1]:  # a busy run is held but keeps its old lease
+                    run.lease_deadline = sent + self.options.claim_timeout
             elif not run.finished and not run.suspended:
                 run.lose("lease lost or task cancelled")
 
@@ -339,6 +341,14 @@ class Worker:
         try:
             with run.scope:
                 await self._run_task(run)
+        except Exception:
+            # A bug or an unexpected database error while recording this run's outcome:
+            # abandon the run (its lease expires and it is retried) rather than let one
+            # run take down the worker's nursery and every other run with it.
+            log.exception(
+                "run %s of task %s: internal error; abandoning it", run.run_id, run.task_id
+            )
+            run.lose("internal error while recording the outcome")
         finally:
             run.finished = True
             del self._runs[run.run_id]
@@ -361,6 +371,14 @@ class Worker:
             return
         except (trio.Cancelled, KeyboardInterrupt, SystemExit):
             raise
+        except BaseExceptionGroup as group:
+            # From a nursery inside the task: a suspension or cancellation in it wins.
+            if group.subgroup((trio.Cancelled, KeyboardInterrupt, SystemExit)) is not None:
+                raise
+            if group.subgroup((Suspended, LeaseLost)) is not None:
+                return
+            await self._fail(run, group)
+            return
         except BaseException as ex:  # noqa: BLE001 - every task error is recorded
             await self._fail(run, ex)
             return
@@ -382,8 +400,8 @@ class Worker:
         )
         error = {
             "type": f"{type(ex).__module__}.{type(ex).__qualname__}",
-            "message": str(ex),
-            "traceback": "".join(traceback.format_exception(ex))[-20_000:],
+            "message": _printable(str(ex), 10_000),
+            "traceback": _printable("".join(traceback.format_exception(ex)), 20_000),
             "retryable": retryable,
             "attempt": run.attempt,
         }
@@ -410,6 +428,13 @@ class Worker:
         for run in list(self._runs.values()):
             run.release_on_exit = True
             run.scope.cancel()
+
+
+def _printable(text: str, limit: int) -> str:
+    """Error text that can always be stored: bounded, no NUL, valid UTF-8."""
+    if len(text) > limit:
+        text = text[: limit // 2] + "\n...\n" + text[-limit // 2 :]
+    return text.replace("\x00", "\\0").encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 async def reap_expired(store: Store, queues: Sequence[str], limit: int = 100) -> int:

@@ -25,7 +25,9 @@ async def test_heartbeat_reports_a_run_busy_in_its_transaction(client: dt.Durabl
             held = await store.heartbeat("w1", [busy, idle], 120)
     assert set(held) == {busy, idle}
     # The free run's lease was extended; the busy one kept the lease it had.
-    assert held[idle] > held[busy]
+    assert held[idle][1] is True
+    assert held[busy][1] is False
+    assert held[idle][0] > held[busy][0]
 
 
 async def test_heartbeat_still_drops_runs_it_does_not_own(client: dt.Durable) -> None:
