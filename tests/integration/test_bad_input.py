@@ -33,6 +33,7 @@ from psycopg.conninfo import make_conninfo
 
 import durable_trio as dt
 from durable_trio.testing import advance_clock, run_until_idle
+from support import fetch
 
 TABLES = ("tasks", "runs", "checkpoints", "events", "waits")
 MB = 1024 * 1024
@@ -116,12 +117,6 @@ async def row_counts(client: dt.Durable) -> dict[str, Any]:
         assert row is not None
         counts["schemas"] = row["s"]
     return counts
-
-
-async def fetch(client: dt.Durable, query: str, *args: Any) -> list[dict[str, Any]]:
-    async with client.store.pool.acquire() as conn:
-        cur = await conn.execute(query.replace("@s", f'"{client.schema}"'), args)
-        return list(await cur.fetchall())
 
 
 def closed_port() -> int:

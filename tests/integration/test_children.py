@@ -11,12 +11,7 @@ import pytest
 
 import durable_trio as dt
 from durable_trio.testing import advance_clock, run_until_idle
-
-
-async def fetch(client: dt.Durable, query: str, *args: Any) -> list[dict[str, Any]]:
-    async with client.store.pool.acquire() as conn:
-        cur = await conn.execute(query.replace("@s", f'"{client.schema}"'), args)
-        return list(await cur.fetchall())
+from support import fetch
 
 
 async def children_of(client: dt.Durable, parent: UUID) -> list[dict[str, Any]]:

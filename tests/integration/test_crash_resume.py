@@ -15,6 +15,7 @@ from psycopg import sql
 import durable_trio as dt
 from durable_trio._core.ids import uuid7
 from durable_trio.testing import advance_clock, database_now, reap_expired, run_until_idle
+from support import query
 
 CLAIM_TIMEOUT = 30.0
 
@@ -32,13 +33,6 @@ def _reset() -> None:
 def bump(key: str) -> int:
     CALLS[key] = CALLS.get(key, 0) + 1
     return CALLS[key]
-
-
-async def query(client: dt.Durable, text: str, *args: Any) -> list[dict[str, Any]]:
-    statement = sql.SQL(text).format(schema=sql.Identifier(client.schema))
-    async with client.store.pool.acquire() as conn:
-        cur = await conn.execute(statement, args)
-        return await cur.fetchall() if cur.description else []
 
 
 # -- a worker killed between step 2 and step 3 -----------------------------------------

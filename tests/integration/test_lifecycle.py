@@ -9,10 +9,10 @@ from uuid import UUID
 import attrs
 import pytest
 import trio
-from psycopg import sql
 
 import durable_trio as dt
 from durable_trio.testing import advance_clock, run_until_idle
+from support import query
 
 # Per-test bookkeeping shared with the task bodies (reset by the autouse fixture).
 CALLS: dict[str, int] = {}
@@ -21,14 +21,6 @@ CALLS: dict[str, int] = {}
 @pytest.fixture(autouse=True)
 def _reset() -> None:
     CALLS.clear()
-
-
-async def query(client: dt.Durable, text: str, *args: Any) -> list[dict[str, Any]]:
-    """Run SQL against the client's schema; ``{schema}`` in `text` is the quoted schema."""
-    statement = sql.SQL(text).format(schema=sql.Identifier(client.schema))
-    async with client.store.pool.acquire() as conn:
-        cur = await conn.execute(statement, args)
-        return await cur.fetchall() if cur.description else []
 
 
 def bump(key: str) -> int:

@@ -12,14 +12,9 @@ import attrs
 
 import durable_trio as dt
 from durable_trio.testing import advance_clock, database_now, run_until_idle
+from support import fetch
 
 ONE_WORKER = dt.WorkerOptions(concurrency=1, poll_interval=0.05)
-
-
-async def fetch(client: dt.Durable, query: str, *args: Any) -> list[dict[str, Any]]:
-    async with client.store.pool.acquire() as conn:
-        cur = await conn.execute(query.replace("@s", f'"{client.schema}"'), args)
-        return list(await cur.fetchall())
 
 
 async def task_row(client: dt.Durable, task_id: UUID) -> dict[str, Any]:

@@ -12,13 +12,7 @@ from psycopg import sql
 
 import durable_trio as dt
 from durable_trio.testing import run_until_idle
-
-
-async def query(client: dt.Durable, text: str, *args: Any) -> list[dict[str, Any]]:
-    statement = sql.SQL(text).format(schema=sql.Identifier(client.schema))
-    async with client.store.pool.acquire() as conn:
-        cur = await conn.execute(statement, args)
-        return await cur.fetchall() if cur.description else []
+from support import query
 
 
 async def counts(client: dt.Durable) -> tuple[int, int]:

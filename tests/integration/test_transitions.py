@@ -17,7 +17,6 @@ from uuid import UUID
 import attrs
 import pytest
 import trio
-from psycopg import sql
 
 import durable_trio as dt
 from durable_trio._core.ids import uuid7
@@ -30,16 +29,10 @@ from durable_trio._core.states import (
     transition,
 )
 from durable_trio.testing import advance_clock, database_now, run_until_idle
+from support import query
 
 LEASE = 30.0
 WORKER = "w1"
-
-
-async def query(client: dt.Durable, text: str, *args: Any) -> list[dict[str, Any]]:
-    statement = sql.SQL(text).format(schema=sql.Identifier(client.schema))
-    async with client.store.pool.acquire() as conn:
-        cur = await conn.execute(statement, args)
-        return await cur.fetchall() if cur.description else []
 
 
 @attrs.define

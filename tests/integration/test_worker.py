@@ -7,10 +7,10 @@ from typing import Any
 
 import pytest
 import trio
-from psycopg import sql
 
 import durable_trio as dt
 from durable_trio.testing import advance_clock, database_now, run_until_idle
+from support import query
 
 # Shared with the task bodies; reset for every test.
 STATE: dict[str, Any] = {}
@@ -19,13 +19,6 @@ STATE: dict[str, Any] = {}
 @pytest.fixture(autouse=True)
 def _reset() -> None:
     STATE.clear()
-
-
-async def query(client: dt.Durable, text: str, *args: Any) -> list[dict[str, Any]]:
-    statement = sql.SQL(text).format(schema=sql.Identifier(client.schema))
-    async with client.store.pool.acquire() as conn:
-        cur = await conn.execute(statement, args)
-        return await cur.fetchall() if cur.description else []
 
 
 async def run_states(client: dt.Durable) -> dict[str, int]:

@@ -1,0 +1,25 @@
+"""Helpers shared by the integration tests (tests/ is on pytest's pythonpath)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from psycopg import sql
+
+import durable_trio as dt
+
+
+async def query(client: dt.Durable, text: str, *args: Any) -> list[dict[str, Any]]:
+    """Run SQL against the client's schema; ``{schema}`` in `text` is the quoted schema."""
+    statement = sql.SQL(text).format(schema=sql.Identifier(client.schema))
+    async with client.store.pool.acquire() as conn:
+        cur = await conn.execute(statement, args)
+        return await cur.fetchall() if cur.description else []
+
+
+async def fetch(client: dt.Durable, text: str, *args: Any) -> list[dict[str, Any]]:
+    """Like `query`, for SQL that names the schema ``@s`` (no other braces to escape)."""
+    schema = sql.Identifier(client.schema).as_string(None)
+    async with client.store.pool.acquire() as conn:
+        cur = await conn.execute(text.replace("@s", schema).encode(), args)
+        return list(await cur.fetchall()) if cur.description else []
