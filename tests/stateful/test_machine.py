@@ -1,0 +1,1448 @@
+"""A Hypothesis state machine driving the real library against the real Postgres, beside a
+small pure model (design §3, §5; issue 5.1).
+
+Shape
+-----
+Rules are synchronous. They reach trio through a `Portal`: one trio loop in a helper
+thread, called with ``trio.from_thread.run(..., trio_token=...)``. The client (its pool),
+and a "zombie" worker that outlives the rule that stalled it, live in the portal's
+nursery between rules. Every example gets a fresh schema.
+
+One generic task (`_make_task`) runs 1-4 steps. Step ``i`` may first await an event (with
+or without a timeout) and/or sleep durably; then runs a ``ctx.step`` (which records the
+attempt that first ran it); then may raise (failure points chosen per attempt, before or
+after the step's transaction, retryable or `NonRetryable`); and writes one row into a
+ledger table through ``ctx.transaction`` (the same transaction as the checkpoint, so the
+ledger counts committed executions). The step's output records the attempt that
+committed it, the ``ctx.step`` value and the event outcome it saw. Spawns may be delayed;
+retries are immediate or fixed.
+
+The model (`TState`, `run_attempt`, `trace`, `settle`, `reachable`) mirrors what the
+database shows for one task: state, attempts, which attempt committed each step, event and
+``ctx.step`` checkpoints, sleep wake times, the waits row, when a run becomes claimable,
+its lease, the last error. Time is virtual: the sum of `advance_clock` calls. Every
+duration is a multiple of 100 s, so a database timestamp maps back to one virtual instant
+however slowly the test runs; leases (300 s) are shorter than the smallest advance.
+
+- Exact rules (spawn, emit, cancel, advance, run until idle, release a stalled worker):
+  the model predicts every task's database state, which must match exactly.
+- Observational rules (a worker claims k runs then shuts down gracefully; a worker
+  crashes when a step reaches a gate, before or inside its transaction; a worker stalls
+  at such a gate and lives on as a zombie): which tasks progress how far depends on
+  scheduling, so each task's observed state must be one the model can reach from where it
+  was (the stalled / crashed task exactly at its gate); the model then adopts it.
+- When a worker rule finds nothing due, it first "nudges" (advances the clock to the next
+  due run, or emits an awaited event; shown as a note), so few steps are wasted.
+
+Invariants (after every rule): a committed step never runs again (at most one ledger row
+per (task, step), each matching the step's checkpoint); attempts <= max_attempts; at most
+one live run and at most one 'running' run per task, owned by a worker with a lease; runs
+mirror their task; only expected checkpoints exist. A zombie whose lease expired writes
+nothing (its writes are fenced) and, told of a cancellation, stops its attempt through
+the cancel scope. At teardown every event is emitted and the clock is advanced until
+nothing changes: every task must be terminal, completed ones with the model's result,
+cancelled ones without ledger writes after their cancellation. The test then checks that
+no thread and no database connection was leaked.
+
+Profiles (tests/stateful/conftest.py): 100 examples x 30 steps by default,
+1000 x 50 with DURABLE_THOROUGH=1.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import threading
+import uuid
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
+from datetime import datetime
+from typing import Any, TypeVar
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from uuid import UUID
+
+import attrs
+import psycopg
+import trio
+from hypothesis import event, note, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import (
+    RuleBasedStateMachine,
+    initialize,
+    invariant,
+    precondition,
+    rule,
+    run_state_machine_as_test,
+)
+from psycopg import sql
+from psycopg.rows import dict_row
+
+import durable_trio as dt
+from durable_trio.testing import advance_clock, reap_expired, run_until_idle
+
+T = TypeVar("T")
+
+PROFILE = "stateful-thorough" if os.environ.get("DURABLE_THOROUGH") == "1" else "stateful-default"
+APP_NAME = f"durable_stateful_{os.getpid()}"
+TASK_NAME = "stateful_generic"
+EVENTS = ("e0", "e1", "e2")
+QUANTUM = 100  # every virtual duration is a multiple of this many seconds
+LEASE = 300  # claim_timeout (s): heartbeats every 100 s of real time, i.e. never here
+MAX_TASKS = 12
+RULE_TIMEOUT = 120.0  # real seconds: a hang guard, never an assertion about speed
+GONE = "gone"  # marker for "the database shows something the model cannot express"
+
+# -- the task and its specification ---------------------------------------------------
+
+
+class BoomError(Exception):
+    """A retryable failure injected at a failure point."""
+
+
+@attrs.frozen
+class StepSpec:
+    event: str | None = None
+    timeout: int | None = None
+    sleep: int | None = None
+
+
+@attrs.frozen
+class Spec:
+    steps: tuple[StepSpec, ...]
+    # (attempt, step, phase, fatal): attempt `attempt` raises at step `step`, "before" or
+    # "after" its transaction; fatal raises NonRetryable.
+    fails: tuple[tuple[int, int, str, bool], ...]
+    max_attempts: int
+    retry_delay: int  # 0: RetryStrategy.none(), else RetryStrategy.fixed(retry_delay)
+    delay: int = 0  # SpawnOptions.delay
+
+    def failure(self, attempt: int, step: int, phase: str) -> bool | None:
+        """None if attempt `attempt` passes this point, else whether the failure is fatal."""
+        for a, s, p, fatal in self.fails:
+            if (a, s, p) == (attempt, step, phase):
+                return fatal
+        return None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "steps": [[s.event, s.timeout, s.sleep] for s in self.steps],
+            "fails": [list(f) for f in self.fails],
+            "max_attempts": self.max_attempts,
+            "retry_delay": self.retry_delay,
+            "delay": self.delay,
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Spec:
+        return cls(
+            steps=tuple(StepSpec(*s) for s in data["steps"]),
+            fails=tuple((a, s, p, f) for a, s, p, f in data["fails"]),
+            max_attempts=data["max_attempts"],
+            retry_delay=data["retry_delay"],
+            delay=data["delay"],
+        )
+
+    @property
+    def n(self) -> int:
+        return len(self.steps)
+
+    def event_checkpoints(self) -> tuple[str | None, ...]:
+        """Checkpoint name of each step's await_event (repeated names get #2, #3...)."""
+        seen: dict[str, int] = {}
+        out: list[str | None] = []
+        for s in self.steps:
+            if s.event is None:
+                out.append(None)
+                continue
+            base = f"$event:{s.event}"
+            seen[base] = seen.get(base, 0) + 1
+            out.append(base if seen[base] == 1 else f"{base}#{seen[base]}")
+        return tuple(out)
+
+    def options(self) -> dt.SpawnOptions:
+        retry = (
+            dt.RetryStrategy.none()
+            if self.retry_delay == 0
+            else dt.RetryStrategy.fixed(self.retry_delay)
+        )
+        return dt.SpawnOptions(
+            max_attempts=self.max_attempts, retry=retry, delay=self.delay or None
+        )
+
+
+@st.composite
+def specs(draw: st.DrawFn) -> Spec:
+    n = draw(st.integers(1, 4))
+    steps = []
+    for _ in range(n):
+        awaited = draw(st.sampled_from((None,) * 9 + EVENTS))
+        timeout = draw(st.sampled_from((None, 1000, 2000))) if awaited else None
+        sleep = draw(st.sampled_from((None,) * 8 + (1000, 3000)))
+        steps.append(StepSpec(awaited, timeout, sleep))
+    max_attempts = draw(st.sampled_from((1, 2, 3, 3, 4)))
+    fails = draw(
+        st.lists(
+            st.tuples(
+                st.integers(1, max_attempts),
+                st.integers(0, n - 1),
+                st.sampled_from(("before", "after")),
+                st.sampled_from((False, False, False, False, False, True)),
+            ),
+            max_size=3,
+            unique_by=lambda f: f[:3],
+        )
+    )
+    retry_delay = draw(st.sampled_from((0, 1000)))
+    delay = draw(st.sampled_from((0, 0, 0, 1000)))
+    return Spec(tuple(steps), tuple(sorted(fails)), max_attempts, retry_delay, delay)
+
+
+@attrs.define
+class Gate:
+    """Blocks the first step execution that reaches a point of the armed `phase`
+    ("before": before the failure check and transaction of a step, outside any
+    transaction; "inside": inside the step's transaction, after the ledger insert)."""
+
+    phase: str
+    info: tuple[UUID, int, int, str] | None = None  # (task_id, attempt, step, phase)
+    hit: trio.Event = attrs.field(factory=trio.Event)
+    release: trio.Event = attrs.field(factory=trio.Event)
+    exited: trio.Event = attrs.field(factory=trio.Event)
+    cancelled: bool = False
+    why: str = ""
+
+
+def _make_task(m: StatefulMachine) -> dt.TaskDefinition[Any, Any]:
+    insert = sql.SQL(
+        "INSERT INTO {}.ledger (task_id, step, attempt, run_id) VALUES (%s, %s, %s, %s)"
+    ).format(sql.Identifier(m.schema))
+
+    def maybe_fail(spec: Spec, attempt: int, step: int, phase: str) -> None:
+        fatal = spec.failure(attempt, step, phase)
+        if fatal is None:
+            return
+        if fatal:
+            raise dt.NonRetryable(f"fatal at attempt {attempt} step {step} {phase}")
+        raise BoomError(f"boom at attempt {attempt} step {step} {phase}")
+
+    @dt.task(TASK_NAME)
+    async def generic(ctx: dt.TaskContext, params: Any) -> Any:
+        spec = Spec.from_json(params)
+
+        async def write(conn: Any, step: int, ev: Any, pre: int) -> Any:
+            await conn.execute(insert, (ctx.task_id, step, ctx.attempt, ctx.run_id))
+            await m.gate_point(ctx, step, "inside")
+            return {"i": step, "a": ctx.attempt, "ev": ev, "p": pre}
+
+        def attempt_now() -> int:
+            return ctx.attempt
+
+        out = []
+        for i, step in enumerate(spec.steps):
+            ev: Any = None
+            if step.event is not None:
+                try:
+                    ev = await ctx.await_event(step.event, timeout=step.timeout)
+                except dt.EventTimeout:
+                    ev = "timeout"
+            if step.sleep is not None:
+                await ctx.sleep_for(f"z{i}", step.sleep)
+            pre = await ctx.step(f"p{i}", attempt_now)  # replays return the first attempt
+            await m.gate_point(ctx, i, "before")
+            maybe_fail(spec, ctx.attempt, i, "before")
+            out.append(await ctx.transaction(f"s{i}", write, i, ev, pre, result_type=Any))
+            maybe_fail(spec, ctx.attempt, i, "after")
+        return out
+
+    return generic
+
+
+# -- the model ------------------------------------------------------------------------
+
+# Per step event outcome: None (no checkpoint), ("p", payload) or ("t",) (timed out).
+EventOutcome = tuple[Any, ...] | None
+
+
+@attrs.frozen
+class TState:
+    """One task as the database shows it, in virtual time."""
+
+    state: str  # pending running sleeping completed failed cancelled
+    attempts: int
+    commits: tuple[int, ...]  # attempt that committed step j, for each committed j
+    events: tuple[EventOutcome, ...]
+    wakes: tuple[int | None, ...]  # sleep checkpoints: virtual wake time
+    pres: tuple[int | None, ...]  # ctx.step checkpoints: the attempt that ran the step
+    wait: tuple[int, int | None, int] | None = None  # waits row: (step, deadline, attempt)
+    available: int | None = None  # pending/sleeping: claimable from (None: never)
+    lease: int | None = None  # running: lease expiry
+    error: str | None = None  # kind of the last recorded error: boom fatal lease
+
+    @property
+    def terminal(self) -> bool:
+        return self.state in ("completed", "failed", "cancelled")
+
+
+def new_task(spec: Spec, now: int) -> TState:
+    n = spec.n
+    return TState(
+        "pending", 1, (), (None,) * n, (None,) * n, (None,) * n, available=now + spec.delay
+    )
+
+
+def claimable(t: TState, now: int) -> bool:
+    return t.state in ("pending", "sleeping") and t.available is not None and t.available <= now
+
+
+def expired(t: TState, now: int) -> bool:
+    return t.state == "running" and t.lease is not None and t.lease <= now
+
+
+def fail(spec: Spec, t: TState, now: int, kind: str, fatal: bool) -> TState:
+    """fail_run: retry after the strategy's delay while attempts remain, else fail."""
+    if not fatal and t.attempts < spec.max_attempts:
+        return attrs.evolve(
+            t,
+            state="pending",
+            attempts=t.attempts + 1,
+            available=now + spec.retry_delay,
+            lease=None,
+            error=kind,
+        )
+    return attrs.evolve(t, state="failed", available=None, lease=None, error=kind)
+
+
+def released(t: TState, now: int) -> TState:
+    """release_run (graceful shutdown): pending again at once, same attempt."""
+    return attrs.evolve(t, state="pending", available=now, lease=None)
+
+
+def cancelled(t: TState) -> TState:
+    return attrs.evolve(t, state="cancelled", available=None, lease=None, wait=None)
+
+
+def expected_result(spec: Spec, t: TState) -> list[dict[str, Any]]:
+    out = []
+    for i, attempt in enumerate(t.commits):
+        ev = t.events[i]
+        if spec.steps[i].event is None:
+            seen: Any = None
+        else:
+            assert ev is not None
+            seen = "timeout" if ev[0] == "t" else ev[1]
+        out.append({"i": i, "a": attempt, "ev": seen, "p": t.pres[i]})
+    return out
+
+
+Label = tuple[Any, ...]
+
+
+def run_attempt(
+    spec: Spec,
+    t: TState,
+    now: int,
+    events: dict[str, int],
+    *,
+    resume: tuple[int, str] | None = None,
+) -> tuple[list[tuple[Label, TState]], TState]:
+    """One attempt of a claimable task (or, with `resume`, the rest of an attempt that
+    stopped at the gate (step, phase)). Returns the running states the database passes
+    through (each labelled: claim / write / gate) and the state it ends in."""
+    points: list[tuple[Label, TState]] = []
+    a = t.attempts
+    if resume is None:
+        r = attrs.evolve(t, state="running", available=None, lease=now + LEASE)
+        points.append((("claim",), r))
+        first, phase = 0, None
+    else:
+        r = t
+        first, phase = resume
+    evs, wakes, pres, commits = list(r.events), list(r.wakes), list(r.pres), r.commits
+    for i in range(first, spec.n):
+        step = spec.steps[i]
+        resuming = resume is not None and i == first
+        if resuming and phase == "inside":
+            commits = (*commits, a)
+            r = attrs.evolve(r, commits=commits)
+            points.append((("write",), r))
+            fatal = spec.failure(a, i, "after")
+            if fatal is not None:
+                return points, fail(spec, r, now, "fatal" if fatal else "boom", fatal)
+            continue
+        if not resuming:
+            if step.event is not None and evs[i] is None:
+                if r.wait is not None and r.wait[0] == i:
+                    deadline = r.wait[1]
+                else:
+                    deadline = None if step.timeout is None else now + step.timeout
+                if step.event in events:
+                    evs[i] = ("p", events[step.event])
+                elif deadline is not None and deadline <= now:
+                    evs[i] = ("t",)
+                else:
+                    end = attrs.evolve(
+                        r,
+                        state="sleeping",
+                        events=tuple(evs),
+                        wait=(i, deadline, a),
+                        available=deadline,
+                        lease=None,
+                    )
+                    return points, end
+                r = attrs.evolve(r, events=tuple(evs), wait=None)
+                points.append((("write",), r))
+            if step.sleep is not None:
+                if wakes[i] is None:
+                    wakes[i] = now + step.sleep
+                    r = attrs.evolve(r, wakes=tuple(wakes))
+                    points.append((("write",), r))
+                wake = wakes[i]
+                assert wake is not None
+                if now < wake:
+                    end = attrs.evolve(r, state="sleeping", available=wake, lease=None)
+                    return points, end
+            if pres[i] is None:
+                pres[i] = a
+                r = attrs.evolve(r, pres=tuple(pres))
+                points.append((("write",), r))
+            points.append((("gate", i, "before"), r))
+        fatal = spec.failure(a, i, "before")
+        if fatal is not None:
+            return points, fail(spec, r, now, "fatal" if fatal else "boom", fatal)
+        if i >= len(commits):
+            points.append((("gate", i, "inside"), r))
+            commits = (*commits, a)
+            r = attrs.evolve(r, commits=commits)
+            points.append((("write",), r))
+        fatal = spec.failure(a, i, "after")
+        if fatal is not None:
+            return points, fail(spec, r, now, "fatal" if fatal else "boom", fatal)
+    return points, attrs.evolve(r, state="completed", available=None, lease=None)
+
+
+def trace(
+    spec: Spec, t: TState, now: int, events: dict[str, int], *, locked: bool = False
+) -> list[tuple[Label, TState]]:
+    """Everything workers may do to the task at time `now`, in order: reaping an expired
+    lease, then attempts while it stays claimable. A `locked` run (a stalled worker holds
+    its row lock, inside a step's transaction) is skipped by the reaper."""
+    out: list[tuple[Label, TState]] = [(("start",), t)]
+    for _ in range(1000):
+        if expired(t, now) and not locked:
+            t = fail(spec, t, now, "lease", False)
+            out.append((("end",), t))
+        elif claimable(t, now):
+            points, t = run_attempt(spec, t, now, events)
+            out.extend(points)
+            out.append((("end",), t))
+        else:
+            return out
+    raise AssertionError("model did not settle")
+
+
+def settle(
+    spec: Spec, t: TState, now: int, events: dict[str, int], *, locked: bool = False
+) -> TState:
+    """run_until_idle: the task's state once nothing is claimable."""
+    return trace(spec, t, now, events, locked=locked)[-1][1]
+
+
+def reachable(
+    spec: Spec, t: TState, now: int, events: dict[str, int], mode: str, *, locked: bool = False
+) -> list[TState]:
+    """States a task may be left in by a worker stopped at any moment.
+
+    mode "release": graceful shutdown hands in-flight runs back (pending, same attempt);
+    "crash": in-flight runs stay running with their lease; "end": in-flight attempts
+    were allowed to finish."""
+    out = []
+    for label, s in trace(spec, t, now, events, locked=locked):
+        if label[0] in ("start", "end"):
+            out.append(s)
+        elif mode == "release":
+            out.append(released(s, now))
+        elif mode == "crash":
+            out.append(s)
+    return out
+
+
+def gate_state(
+    spec: Spec, t: TState, now: int, events: dict[str, int], info: tuple[UUID, int, int, str]
+) -> TState | None:
+    """The running state of the task blocked at `info`'s gate."""
+    _, attempt, step, phase = info
+    for label, s in trace(spec, t, now, events):
+        if label == ("gate", step, phase) and s.attempts == attempt:
+            return s
+    return None
+
+
+# -- observing the database -------------------------------------------------------------
+
+
+@attrs.frozen
+class Snapshot:
+    tasks: dict[UUID, dict[str, Any]]
+    runs: dict[UUID, list[dict[str, Any]]]
+    checkpoints: dict[UUID, dict[str, dict[str, Any]]]
+    waits: dict[UUID, dict[str, Any]]
+    ledger: dict[UUID, list[dict[str, Any]]]
+    now: datetime
+
+
+_REL = "CASE WHEN isfinite({c}) THEN extract(epoch FROM {c} - {{s}}.clock_now()) END::float8"
+SNAPSHOT = (
+    "SELECT {s}.clock_now() AS now,"
+    " (SELECT coalesce(json_agg(t), '[]') FROM (SELECT task_id, state, attempts,"
+    "   max_attempts, result, error, last_run_id FROM {s}.tasks) t) AS tasks,"
+    " (SELECT coalesce(json_agg(r ORDER BY r.attempt), '[]') FROM (SELECT run_id, task_id,"
+    "   attempt, state, worker_id, lease_expires_at IS NOT NULL AS leased,"
+    f"   {_REL.format(c='available_at')} AS available_rel,"
+    f"   {_REL.format(c='lease_expires_at')} AS lease_rel FROM {{s}}.runs) r) AS runs,"
+    " (SELECT coalesce(json_agg(c), '[]') FROM (SELECT task_id, name, value, run_id"
+    "   FROM {s}.checkpoints) c) AS checkpoints,"
+    " (SELECT coalesce(json_agg(w), '[]') FROM (SELECT task_id, run_id, event_name,"
+    f"   step_name, {_REL.format(c='timeout_at')} AS timeout_rel FROM {{s}}.waits) w) AS waits,"
+    " (SELECT coalesce(json_agg(l ORDER BY l.id), '[]') FROM (SELECT id, task_id, step,"
+    "   attempt, run_id FROM {s}.ledger) l) AS ledger"
+)
+_IDS = ("task_id", "run_id", "last_run_id")
+
+
+def take_snapshot(conn: psycopg.Connection[Any], query: sql.Composable) -> Snapshot:
+    """Everything the checks need, in one statement (one consistent snapshot)."""
+    row = conn.execute(query).fetchone()
+    assert row is not None
+
+    def rows(key: str) -> list[dict[str, Any]]:
+        out = row[key]
+        for r in out:
+            for k in _IDS:
+                if k in r:
+                    r[k] = UUID(r[k])
+        return out
+
+    by_task: dict[UUID, list[dict[str, Any]]] = {}
+    for r in rows("runs"):
+        by_task.setdefault(r["task_id"], []).append(r)
+    cps: dict[UUID, dict[str, dict[str, Any]]] = {}
+    for r in rows("checkpoints"):
+        cps.setdefault(r["task_id"], {})[r["name"]] = r
+    led: dict[UUID, list[dict[str, Any]]] = {}
+    for r in rows("ledger"):
+        led.setdefault(r["task_id"], []).append(r)
+    return Snapshot(
+        tasks={r["task_id"]: r for r in rows("tasks")},
+        runs=by_task,
+        checkpoints=cps,
+        waits={r["task_id"]: r for r in rows("waits")},
+        ledger=led,
+        now=row["now"],
+    )
+
+
+def virtual(now: int, rel: float | None) -> int | None:
+    """A database instant `rel` seconds from now, as a virtual time (None: infinity)."""
+    if rel is None:
+        return None
+    return now + math.floor(rel / QUANTUM + 0.5) * QUANTUM
+
+
+def error_kind(error: dict[str, Any] | None) -> str | None:
+    if error is None:
+        return None
+    kind = str(error.get("type"))
+    if kind == "LeaseExpired":
+        return "lease"
+    if kind.endswith(".BoomError"):
+        return "boom"
+    if kind.endswith(".NonRetryable"):
+        return "fatal"
+    return f"unexpected error {error!r}"
+
+
+def observe(spec: Spec, snap: Snapshot, task_id: UUID, now: int) -> TState:
+    """The model's view of what the database holds for one task."""
+    trow = snap.tasks[task_id]
+    runs = snap.runs.get(task_id, [])
+    attempt_of = {r["run_id"]: r["attempt"] for r in runs}
+    last = next((r for r in runs if r["run_id"] == trow["last_run_id"]), None)
+    cps = snap.checkpoints.get(task_id, {})
+    commits = tuple(row["attempt"] for row in sorted(snap.ledger.get(task_id, []), key=_step))
+    events: list[EventOutcome] = []
+    for name in spec.event_checkpoints():
+        value = cps[name]["value"] if name is not None and name in cps else None
+        if value is None:
+            events.append(None)
+        elif value == {"timeout": True}:
+            events.append(("t",))
+        elif set(value) == {"payload"}:
+            events.append(("p", value["payload"]))
+        else:
+            events.append((GONE, value))
+    wakes: list[int | None] = []
+    for i in range(spec.n):
+        row = cps.get(f"$sleep:z{i}")
+        if row is None:
+            wakes.append(None)
+        else:
+            wake_at = datetime.fromisoformat(row["value"]["wake_at"])
+            wakes.append(virtual(now, (wake_at - snap.now).total_seconds()))
+    pres = tuple(cps[f"p{i}"]["value"] if f"p{i}" in cps else None for i in range(spec.n))
+    wait = None
+    wrow = snap.waits.get(task_id)
+    if wrow is not None:
+        names = spec.event_checkpoints()
+        step = names.index(wrow["step_name"]) if wrow["step_name"] in names else -1
+        wait = (step, virtual(now, wrow["timeout_rel"]), attempt_of.get(wrow["run_id"], -1))
+    state = trow["state"]
+    available = lease = None
+    if last is not None and state in ("pending", "sleeping"):
+        available = virtual(now, last["available_rel"])
+    if last is not None and state == "running":
+        lease = virtual(now, last["lease_rel"])
+    return TState(
+        state=state,
+        attempts=trow["attempts"],
+        commits=commits,
+        events=tuple(events),
+        wakes=tuple(wakes),
+        pres=pres,
+        wait=wait,
+        available=available,
+        lease=lease,
+        error=error_kind(trow["error"]),
+    )
+
+
+def _step(row: dict[str, Any]) -> int:
+    return int(row["step"])
+
+
+LIVE = ("pending", "running", "sleeping")
+
+
+def check_database(specs_by_id: dict[UUID, Spec], snap: Snapshot) -> None:
+    """Invariants that hold whatever the model predicts."""
+    assert set(snap.tasks) == set(specs_by_id), "tasks appeared or vanished"
+    for task_id, trow in snap.tasks.items():
+        spec = specs_by_id[task_id]
+        where = f"task {task_id} ({spec})"
+        # attempts <= max_attempts
+        assert 1 <= trow["attempts"] <= trow["max_attempts"] == spec.max_attempts, where
+        # A committed step never runs again: one ledger row per (task, step), a prefix of
+        # the steps, each matching the checkpoint written in the same transaction.
+        rows = snap.ledger.get(task_id, [])
+        steps = [r["step"] for r in rows]
+        assert sorted(steps) == list(range(len(steps))), f"ledger {rows} of {where}"
+        cps = snap.checkpoints.get(task_id, {})
+        for r in rows:
+            cp = cps.get(f"s{r['step']}")
+            assert cp is not None, f"ledger row {r} without its checkpoint, {where}"
+            assert cp["run_id"] == r["run_id"], f"ledger {r} vs checkpoint {cp}, {where}"
+            assert cp["value"]["i"] == r["step"], where
+            assert cp["value"]["a"] == r["attempt"], where
+        known = {f"s{i}" for i in range(spec.n)} | {f"p{i}" for i in range(spec.n)}
+        known |= {f"$sleep:z{i}" for i in range(spec.n)} | set(spec.event_checkpoints())
+        assert set(cps) <= known, f"unexpected checkpoints {sorted(set(cps) - known)}, {where}"
+        step_cps = [name for name in cps if name.startswith("s")]
+        assert len(step_cps) == len(rows), f"checkpoints {sorted(cps)} vs ledger {rows}"
+        # Runs: one per attempt, 1..attempts; only the last may be live; at most one
+        # running, with an owner and a lease; the ledger's writers are the task's runs.
+        runs = snap.runs.get(task_id, [])
+        assert [r["attempt"] for r in runs] == list(range(1, trow["attempts"] + 1)), where
+        by_id = {r["run_id"]: r for r in runs}
+        for r in rows:
+            assert by_id[r["run_id"]]["attempt"] == r["attempt"], f"ledger {r}, {where}"
+        live = [r for r in runs if r["state"] in LIVE]
+        running = [r for r in runs if r["state"] == "running"]
+        assert len(running) <= 1, f"two running runs of one task: {running}"
+        assert len(live) <= 1, f"two live runs of one task: {live}"
+        for r in running:
+            assert r["worker_id"], r
+            assert r["leased"], r
+        for r in runs[:-1]:
+            assert r["state"] == "failed", f"earlier attempt not failed: {runs}"
+        last = runs[-1]
+        assert last["run_id"] == trow["last_run_id"], where
+        assert last["state"] == trow["state"], f"run {last} vs task {trow['state']}"
+
+
+# -- the trio side ----------------------------------------------------------------------
+
+
+class Portal:
+    """A trio loop in a helper thread, so synchronous rules can drive trio code while
+    connections and worker nurseries stay alive between rules."""
+
+    def __init__(self) -> None:
+        self._token: trio.lowlevel.TrioToken | None = None
+        self._thread: threading.Thread | None = None
+        self._error: BaseException | None = None
+        self._stop: trio.Event | None = None
+        self.nursery: trio.Nursery | None = None
+        self.leftover: list[str] = []
+
+    def __enter__(self) -> Portal:
+        ready = threading.Event()
+
+        def main() -> None:
+            try:
+                trio.run(self._main, ready)
+            except BaseException as ex:  # noqa: BLE001 - re-raised by the caller
+                self._error = ex
+                ready.set()
+
+        self._thread = threading.Thread(target=main, name="stateful-trio-portal")
+        self._thread.start()
+        if not ready.wait(30):
+            raise RuntimeError("the trio portal did not start")
+        if self._error is not None:
+            raise self._error
+        return self
+
+    async def _main(self, ready: threading.Event) -> None:
+        self._token = trio.lowlevel.current_trio_token()
+        self._stop = trio.Event()
+        async with trio.open_nursery() as nursery:
+            self.nursery = nursery
+            ready.set()
+            await self._stop.wait()
+            self.leftover = [t.name for t in nursery.child_tasks]
+            nursery.cancel_scope.cancel()
+
+    def run(self, fn: Callable[..., Awaitable[T]], *args: Any) -> T:
+        async def guarded() -> T:
+            with trio.fail_after(RULE_TIMEOUT):
+                return await fn(*args)
+
+        return trio.from_thread.run(guarded, trio_token=self._token)
+
+    def children(self) -> int:
+        async def count() -> int:
+            assert self.nursery is not None
+            return len(self.nursery.child_tasks)
+
+        return self.run(count)
+
+    def __exit__(self, *exc: object) -> None:
+        assert self._thread is not None
+        assert self._stop is not None
+        trio.from_thread.run_sync(self._stop.set, trio_token=self._token)
+        self._thread.join(30)
+        assert not self._thread.is_alive(), "the trio portal thread did not stop"
+        if self._error is not None:
+            raise self._error
+        assert not self.leftover, f"tasks left in the portal's nursery: {self.leftover}"
+
+
+@attrs.define
+class Resident:
+    """An async context manager held open in the portal's nursery across rules."""
+
+    value: Any
+    _stop: trio.Event
+    _done: trio.Event
+
+    @classmethod
+    async def open(cls, nursery: trio.Nursery, cm: Any) -> Resident:
+        stop, done = trio.Event(), trio.Event()
+
+        async def hold(task_status: trio.TaskStatus[Any] = trio.TASK_STATUS_IGNORED) -> None:
+            try:
+                async with cm as value:
+                    task_status.started(value)
+                    await stop.wait()
+            finally:
+                done.set()
+
+        value = await nursery.start(hold)
+        return cls(value, stop, done)
+
+    async def close(self) -> None:
+        self._stop.set()
+        await self._done.wait()
+
+
+@attrs.define
+class Zombie:
+    """A worker stalled mid-step by a gate, alive across rules (heartbeat loop and
+    listener running), asked to shut down so it claims nothing more."""
+
+    worker: dt.Worker
+    gate: Gate
+    scope: trio.CancelScope
+    done: trio.Event
+    errors: list[BaseException]
+    beats_started: int = 0
+    beats_done: int = 0  # the highest-numbered heartbeat that has finished
+
+    def count_beats(self) -> None:
+        """Count the worker's heartbeats (private hook), so a rule can wait for the one a
+        cancel notification triggers instead of racing it."""
+        beat = self.worker._beat
+
+        async def counted() -> None:
+            self.beats_started += 1
+            number = self.beats_started
+            try:
+                await beat()
+            finally:
+                self.beats_done = max(self.beats_done, number)
+
+        self.worker._beat = counted  # type: ignore[method-assign]
+
+
+def task_tree() -> str:
+    """Every trio task of the portal and where it waits (for hang reports)."""
+    lines: list[str] = []
+
+    def walk(task: trio.lowlevel.Task, depth: int) -> None:
+        frames = [f"{f.f_code.co_name}:{n}" for f, n in task.iter_await_frames()]
+        lines.append("  " * depth + f"{task.name}: " + " > ".join(frames[-8:]))
+        for nursery in task.child_nurseries:
+            for child in nursery.child_tasks:
+                walk(child, depth + 1)
+
+    walk(trio.lowlevel.current_root_task(), 0)
+    return "\n".join(lines)
+
+
+# -- the machine ------------------------------------------------------------------------
+
+
+def _guard(fn: Callable[..., T]) -> Callable[..., T]:
+    """Remember that a rule failed, so teardown only cleans up."""
+
+    def wrapper(self: StatefulMachine, *args: Any, **kwargs: Any) -> T:
+        try:
+            return fn(self, *args, **kwargs)
+        except BaseException:
+            self.broken = True
+            raise
+
+    wrapper.__name__ = fn.__name__
+    wrapper.__qualname__ = fn.__qualname__
+    wrapper.__doc__ = fn.__doc__
+    return wrapper
+
+
+class StatefulMachine(RuleBasedStateMachine):
+    def __init__(self, url: str, portal: Portal) -> None:
+        super().__init__()
+        self.url = url
+        self.portal = portal
+        self.schema = f"st_{uuid.uuid4().hex[:16]}"
+        self.now = 0  # virtual seconds advanced so far
+        self.events: dict[str, int] = {}
+        self.specs: dict[UUID, Spec] = {}
+        self.ids: list[UUID] = []
+        self.model: dict[UUID, TState] = {}
+        self.gate: Gate | None = None
+        self.zombie: Zombie | None = None
+        self.broken = False
+        self.workers = 0
+        self.respawns = 0
+        self.snap: Snapshot | None = None
+        self.snapshot_query = sql.SQL(SNAPSHOT).format(s=sql.Identifier(self.schema))
+        self.definition = _make_task(self)
+        self.resident: Resident | None = None
+        self.db: psycopg.Connection[Any] | None = None
+        try:
+            self.resident = portal.run(self._open_client)
+            self.db = psycopg.connect(url, row_factory=dict_row, autocommit=True)
+            self.db.execute(
+                sql.SQL(
+                    "CREATE TABLE {}.ledger (id bigserial PRIMARY KEY, task_id uuid NOT NULL,"
+                    " step integer NOT NULL, attempt integer NOT NULL, run_id uuid NOT NULL)"
+                ).format(sql.Identifier(self.schema))
+            )
+        except BaseException:
+            self._cleanup()
+            raise
+
+    # -- plumbing -------------------------------------------------------------------
+
+    @property
+    def client(self) -> dt.Durable:
+        assert self.resident is not None
+        client: dt.Durable = self.resident.value
+        return client
+
+    async def _open_client(self) -> Resident:
+        assert self.portal.nursery is not None
+        resident = await Resident.open(
+            self.portal.nursery, dt.Durable.connect(self.url, schema=self.schema, pool_size=4)
+        )
+        resident.value.register(self.definition)
+        return resident
+
+    def options(self, *, concurrency: int = 2, grace: float = 0.0) -> dt.WorkerOptions:
+        self.workers += 1
+        return dt.WorkerOptions(
+            concurrency=concurrency,
+            claim_timeout=LEASE,
+            poll_interval=0.05,
+            shutdown_grace=grace,
+            worker_id=f"w{self.workers}",
+        )
+
+    async def gate_point(self, ctx: dt.TaskContext, step: int, phase: str) -> None:
+        gate = self.gate
+        if gate is None or gate.phase != phase or gate.info is not None:
+            return
+        gate.info = (ctx.task_id, ctx.attempt, step, phase)
+        gate.hit.set()
+        try:
+            await gate.release.wait()
+        except trio.Cancelled:
+            gate.cancelled = True
+            # Diagnostics only (private): why the worker cancelled the stalled step.
+            gate.why = f"lost={ctx._run.lost!r} release_on_exit={ctx._run.release_on_exit}"
+            raise
+        finally:
+            gate.exited.set()
+
+    async def _idle(self, worker: dt.Worker) -> bool:
+        """Nothing claimable, nothing in flight, no claim or reap under way (like
+        run_until_idle; _claiming has no public spelling yet)."""
+        if worker.in_flight or worker._claiming:
+            return False
+        count = await self.client.store.claimable_count([self.client.queue], [TASK_NAME])
+        return count == 0 and not (worker.in_flight or worker._claiming)
+
+    def snapshot(self) -> Snapshot:
+        assert self.db is not None
+        self.snap = take_snapshot(self.db, self.snapshot_query)
+        return self.snap
+
+    def describe(self, task_id: UUID) -> str:
+        return (
+            f"task #{self.ids.index(task_id)} {task_id}\n  spec={self.specs[task_id]}\n"
+            f"  now={self.now} events={self.events}"
+        )
+
+    def expect_exact(self) -> None:
+        """Every task's database state is what the model says."""
+        snap = self.snapshot()
+        for task_id, spec in self.specs.items():
+            seen = observe(spec, snap, task_id, self.now)
+            want = self.model[task_id]
+            assert seen == want, (
+                f"{self.describe(task_id)}\n  model={want}\n  database={seen}"
+                f"\n  ledger={snap.ledger.get(task_id)}"
+            )
+            self.check_result(task_id, seen, snap)
+
+    def adopt(self, before: dict[UUID, TState], mode: str, gate: Gate | None) -> None:
+        """Every task's database state is one the model can reach from `before` (the
+        gated task exactly at its gate); the model takes what it sees."""
+        snap = self.snapshot()
+        for task_id, spec in self.specs.items():
+            seen = observe(spec, snap, task_id, self.now)
+            if gate is not None and gate.info is not None and gate.info[0] == task_id:
+                want = gate_state(spec, before[task_id], self.now, self.events, gate.info)
+                assert seen == want, (
+                    f"{self.describe(task_id)}\n  stopped at {gate.info}\n  model={want}"
+                    f"\n  database={seen}\n  from={before[task_id]}"
+                )
+            else:
+                locked = self.locked(task_id)
+                options = reachable(
+                    spec, before[task_id], self.now, self.events, mode, locked=locked
+                )
+                assert seen in options, (
+                    f"{self.describe(task_id)}\n  database={seen}\n  from={before[task_id]}\n"
+                    "  reachable (" + mode + "):\n    " + "\n    ".join(map(str, options))
+                )
+            self.model[task_id] = seen
+            self.check_result(task_id, seen, snap)
+
+    def check_result(self, task_id: UUID, seen: TState, snap: Snapshot) -> None:
+        result = snap.tasks[task_id]["result"]
+        if seen.state == "completed":
+            assert len(seen.commits) == self.specs[task_id].n, self.describe(task_id)
+            want = expected_result(self.specs[task_id], seen)
+            assert result == want, f"{self.describe(task_id)}\n  result={result} want={want}"
+        else:
+            assert result is None, f"{self.describe(task_id)} has a result {result}"
+
+    def pick(self, index: int) -> UUID:
+        return self.ids[index % len(self.ids)]
+
+    # -- rules ----------------------------------------------------------------------
+
+    def workable(self) -> bool:
+        """Whether a worker has anything to do now (claim, or reap an expired lease)."""
+        return any(
+            claimable(t, self.now) or (expired(t, self.now) and not self.locked(i))
+            for i, t in self.model.items()
+        )
+
+    def locked(self, task_id: UUID) -> bool:
+        """Whether the stalled worker holds this task's run row lock (stalled inside a
+        step's transaction): the reaper skips it, and cancelling it would wait."""
+        zombie = self.zombie
+        return (
+            zombie is not None
+            and zombie.gate.phase == "inside"
+            and zombie.gate.info is not None
+            and zombie.gate.info[0] == task_id
+            and not zombie.gate.cancelled
+        )
+
+    @initialize(batch=st.lists(specs(), min_size=2, max_size=5))
+    @_guard
+    def spawn_first(self, batch: list[Spec]) -> None:
+        for spec in batch:
+            self.do_spawn(spec)
+
+    @precondition(lambda self: len(self.ids) < MAX_TASKS)
+    @rule(spec=specs())
+    @_guard
+    def spawn(self, spec: Spec) -> None:
+        self.do_spawn(spec)
+
+    def do_spawn(self, spec: Spec) -> None:
+        async def go() -> dt.SpawnResult:
+            return await self.client.spawn(self.definition, spec.to_json(), options=spec.options())
+
+        spawned = self.portal.run(go)
+        self.ids.append(spawned.task_id)
+        self.specs[spawned.task_id] = spec
+        self.model[spawned.task_id] = new_task(spec, self.now)
+        self.expect_exact()
+
+    @rule(name=st.sampled_from(EVENTS), payload=st.integers(0, 9))
+    @_guard
+    def emit(self, name: str, payload: int) -> None:
+        self.do_emit(name, payload)
+
+    @rule(seconds=st.sampled_from((500, 1000, 2000, 5000)))
+    @_guard
+    def advance(self, seconds: int) -> None:
+        self.do_advance(seconds)
+
+    def do_emit(self, name: str, payload: int) -> None:
+        woken = self.portal.run(self.client.emit_event, name, payload)
+        self.events[name] = payload
+        expected = 0
+        for task_id, t in self.model.items():
+            spec = self.specs[task_id]
+            if t.wait is None or spec.steps[t.wait[0]].event != name:
+                continue
+            step, _, attempt = t.wait
+            evs = list(t.events)
+            if evs[step] is None:
+                evs[step] = ("p", payload)
+            new = attrs.evolve(t, events=tuple(evs), wait=None)
+            if t.state == "sleeping" and attempt == t.attempts:
+                expected += 1
+                new = attrs.evolve(new, state="pending", available=self.now)
+            self.model[task_id] = new
+        assert woken == expected, f"emit {name} woke {woken} runs, model says {expected}"
+        self.expect_exact()
+
+    @precondition(lambda self: self.ids)
+    @rule(index=st.integers(0, MAX_TASKS - 1))
+    @_guard
+    def cancel(self, index: int) -> None:
+        task_id = self.pick(index)
+        if self.locked(task_id):
+            # cancel_task would wait for the stalled transaction's row lock: forever here.
+            event("cancel: skipped, a stalled transaction holds the run's row lock")
+            return
+        before = self.model[task_id]
+        zombie = self.zombie
+        beats = zombie.beats_started if zombie is not None else 0
+        done = self.portal.run(self.client.cancel, task_id, "stateful cancel")
+        assert done == (not before.terminal), f"cancel returned {done} for {before}"
+        if done:
+            self.model[task_id] = cancelled(before)
+        if done and zombie is not None and zombie.gate.info is not None:
+            # The cancel notification makes the stalled worker heartbeat at once. If it no
+            # longer owns a live lease on its run (this task was cancelled, or the lease
+            # expired, or the run was reaped) it must stop that attempt through its cancel
+            # scope and write nothing more (invariants 2 and 7); a stalled transaction
+            # rolls back and lets go of the row lock.
+            stalled, attempt, _, _ = zombie.gate.info
+            t = self.model[stalled]
+            alive = t.state == "running" and t.attempts == attempt and (t.lease or 0) > self.now
+            if not alive:
+                self.portal.run(self._await_zombie_gone, zombie)
+                assert zombie.gate.cancelled, "the stalled step was not cancelled"
+                event(
+                    "cancel: stalled attempt cancelled"
+                    if stalled == task_id
+                    else "cancel: stalled worker found its lease lost"
+                )
+                self.zombie = None
+            else:
+                # It renews (or, stalled inside its transaction, reports the run held).
+                self.portal.run(self._await_beat, zombie, beats)
+                event(f"cancel: stalled worker ({zombie.gate.phase}) kept its live run")
+        self.expect_exact()
+
+    async def _await_beat(self, zombie: Zombie, beats: int) -> None:
+        with trio.move_on_after(10):
+            while zombie.beats_done <= beats and not zombie.done.is_set():
+                await trio.sleep(0.002)
+        if zombie.beats_done <= beats:
+            raise AssertionError(
+                "a cancel notification did not make the stalled worker heartbeat; its tasks:\n"
+                + task_tree()
+            )
+        if zombie.errors:
+            raise zombie.errors[0]
+
+    async def _await_zombie_gone(self, zombie: Zombie) -> None:
+        with trio.move_on_after(10):
+            await zombie.gate.exited.wait()
+            await zombie.done.wait()
+        if not zombie.done.is_set():
+            raise AssertionError(
+                "the stalled worker did not stop its lost run; its tasks:\n" + task_tree()
+            )
+        if zombie.errors:
+            raise zombie.errors[0]
+
+    def do_advance(self, seconds: int) -> None:
+        self.portal.run(advance_clock, self.client, seconds)
+        self.now += seconds
+        self.expect_exact()
+
+    # Preconditions only look at what is deterministic (how many tasks were spawned):
+    # the model adopts scheduling-dependent observations, and Hypothesis needs the same
+    # choices to lead to the same draws. Work with nothing to do returns at once.
+
+    @precondition(lambda self: self.ids)
+    @rule(concurrency=st.sampled_from((1, 2, 4)))
+    @_guard
+    def run_idle(self, concurrency: int) -> None:
+        """run_until_idle: everything due runs to a standstill (predicted exactly)."""
+        if self.ready("idle"):
+            self.do_run_idle(concurrency)
+
+    @precondition(lambda self: self.ids)
+    @rule(k=st.integers(1, 3), grace=st.sampled_from((0.0, 60.0)))
+    @_guard
+    def run_some(self, k: int, grace: float) -> None:
+        """A worker claims k runs (or finds nothing to do), then shuts down gracefully:
+        with no grace its in-flight runs are handed back, else they finish."""
+        if self.ready("some"):
+            self.do_run_some(k, grace)
+
+    @precondition(lambda self: self.ids)
+    @rule(phase=st.sampled_from(("before", "inside")))
+    @_guard
+    def crash(self, phase: str) -> None:
+        """A worker is killed (its nursery cancelled: no release, nothing more written)
+        the moment one step reaches the gate, before or inside its transaction."""
+        if self.ready("crash"):
+            self.do_crash(phase)
+
+    @precondition(lambda self: self.ids)
+    @rule(phase=st.sampled_from(("before", "inside")))
+    @_guard
+    def stall_or_unstall(self, phase: str) -> None:
+        """Stall a worker at a gate, before or inside a step's transaction: a zombie that
+        keeps its connections (and, inside, the run's row lock) across the next rules.
+        If there is one already, release it instead."""
+        if self.zombie is not None:
+            event("work: unstall")
+            self.do_unstall()
+        elif self.ready("stall"):
+            self.do_stall(phase)
+
+    def ready(self, mode: str) -> bool:
+        """Whether a worker has something to do, after a nudge if it had not."""
+        event(f"work: {mode}")
+        if not self.workable():
+            self.nudge()
+        if not self.workable():
+            event("work: nothing to do")
+            return False
+        return True
+
+    def nudge(self) -> None:
+        """Nothing is due: advance the clock to the next due run or lease expiry, or emit
+        an awaited event, or (everything ended) spawn one of the drawn specs again, so
+        that the worker has something to do (each shown as a note)."""
+        due = [
+            t.available if t.state != "running" else t.lease
+            for t in self.model.values()
+            if t.state in ("pending", "sleeping", "running")
+        ]
+        due = [d for d in due if d is not None]
+        if due:
+            seconds = max(500, math.ceil((min(due) - self.now) / 500) * 500)
+            note(f"nudge: advance the clock by {seconds}")
+            self.do_advance(seconds)
+            return
+        awaited = sorted(
+            str(self.specs[i].steps[t.wait[0]].event)
+            for i, t in self.model.items()
+            if t.state == "sleeping" and t.wait is not None
+        )
+        if awaited:
+            note(f"nudge: emit {awaited[0]}")
+            self.do_emit(awaited[0], len(self.ids) % 10)
+            return
+        if len(self.ids) < MAX_TASKS and all(t.terminal for t in self.model.values()):
+            self.respawns += 1
+            index = (len(self.ids) - self.respawns) % len(self.ids)
+            note(f"nudge: spawn the spec of task #{index} again")
+            self.do_spawn(self.specs[self.ids[index]])
+
+    def do_run_idle(self, concurrency: int = 4) -> None:
+        self.portal.run(run_until_idle, self.client, self.options(concurrency=concurrency))
+        for task_id, spec in self.specs.items():
+            self.model[task_id] = settle(
+                spec, self.model[task_id], self.now, self.events, locked=self.locked(task_id)
+            )
+        self.expect_exact()
+
+    def do_run_some(self, k: int, grace: float) -> None:
+        before = dict(self.model)
+        self.portal.run(self._run_some, k, grace)
+        self.adopt(before, "release" if grace == 0 else "end", None)
+
+    async def _run_some(self, k: int, grace: float) -> None:
+        worker = self.client.new_worker(self.options(grace=grace))
+        async with trio.open_nursery() as nursery:
+            await nursery.start(worker.run)
+            while worker.claimed_total < k and not await self._idle(worker):
+                await trio.sleep(0.002)
+            worker.shutdown()
+
+    def do_crash(self, phase: str) -> None:
+        before = dict(self.model)
+        gate = Gate(phase)
+        self.gate = gate
+        try:
+            self.portal.run(self._crash, gate)
+        finally:
+            self.gate = None
+        event(f"crash: stopped {gate.info[3]}" if gate.info else "crash: idle")
+        self.adopt(before, "crash", gate)
+
+    async def _crash(self, gate: Gate) -> None:
+        await reap_expired(self.client)  # so that an expired run can reach the gate
+        worker = self.client.new_worker(self.options())
+        async with trio.open_nursery() as nursery:
+            await nursery.start(worker.run)
+            while not gate.hit.is_set():
+                with trio.move_on_after(0.002):
+                    await gate.hit.wait()
+                if not gate.hit.is_set() and await self._idle(worker):
+                    break
+            nursery.cancel_scope.cancel()
+        if gate.info is not None:
+            assert gate.cancelled, "the crashed worker's step was not cancelled"
+
+    def do_stall(self, phase: str) -> None:
+        before = dict(self.model)
+        gate = Gate(phase)
+        self.gate = gate
+        try:
+            self.portal.run(self._stall, gate)
+        finally:
+            self.gate = None
+        event(f"stall: stalled {phase}" if self.zombie is not None else "stall: idle")
+        self.adopt(before, "end", gate)
+
+    async def _stall(self, gate: Gate) -> None:
+        await reap_expired(self.client)  # so that an expired run can reach the gate
+        worker = self.client.new_worker(self.options(grace=3600.0))
+        zombie = Zombie(worker, gate, trio.CancelScope(), trio.Event(), [])
+        zombie.count_beats()
+        self.zombie = zombie  # from here on, teardown can always crash it
+
+        async def run(task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+            try:
+                with zombie.scope:
+                    await worker.run(task_status=task_status)
+            except Exception as ex:  # noqa: BLE001 - re-raised by the next rule
+                zombie.errors.append(ex)
+            finally:
+                zombie.done.set()
+
+        assert self.portal.nursery is not None
+        await self.portal.nursery.start(run)
+        while not gate.hit.is_set() and not await self._idle(worker):
+            with trio.move_on_after(0.002):
+                await gate.hit.wait()
+        worker.shutdown()
+        # A claim in flight when the worker looked idle may still reach the gate.
+        async with trio.open_nursery() as race:
+
+            async def first(flag: trio.Event) -> None:
+                await flag.wait()
+                race.cancel_scope.cancel()
+
+            race.start_soon(first, gate.hit)
+            race.start_soon(first, zombie.done)
+        if not gate.hit.is_set():
+            self.zombie = None
+            if zombie.errors:
+                raise zombie.errors[0]
+            return
+        # Let the other slot's attempt finish, and a claim in flight start its runs (the
+        # worker has no public way to say so: _claiming is what run_until_idle reads).
+        while worker.in_flight > 1 or worker._claiming:
+            await trio.sleep(0.002)
+
+    def do_unstall(self) -> None:
+        """The stalled step goes on. If its worker still owns the run, the attempt
+        finishes; if the lease expired meanwhile, every write it tries is fenced, except
+        the transaction it was stalled in: that one already passed its fence and holds
+        the run's row lock, so nobody could take the run over, and it commits."""
+        zombie = self.zombie
+        assert zombie is not None
+        assert zombie.gate.info is not None
+        task_id, attempt, step, phase = zombie.gate.info
+        t = self.model[task_id]
+        owned = not zombie.gate.cancelled and t.state == "running" and t.attempts == attempt
+        if phase == "inside":
+            assert owned, (
+                f"a locked run changed hands: {t}\n  stalled at {zombie.gate.info}"
+                f" cancelled={zombie.gate.cancelled} ({zombie.gate.why}) errors={zombie.errors}"
+            )
+        spec = self.specs[task_id]
+        if owned and t.lease is not None and t.lease > self.now:
+            resume = (step, phase)
+            self.model[task_id] = run_attempt(spec, t, self.now, self.events, resume=resume)[1]
+            event(f"unstall {phase}: the attempt goes on")
+        elif owned and phase == "inside":
+            self.model[task_id] = attrs.evolve(t, commits=(*t.commits, attempt))
+            event("unstall inside: late commit, then fenced")
+        else:
+            event("unstall: fenced" if not zombie.gate.cancelled else "unstall: was cancelled")
+
+        async def release() -> None:
+            zombie.gate.release.set()
+            await zombie.done.wait()
+            if zombie.errors:
+                raise zombie.errors[0]
+
+        self.portal.run(release)
+        self.zombie = None
+        self.expect_exact()
+
+    # -- invariants and teardown ----------------------------------------------------
+
+    @invariant()
+    @_guard
+    def database_invariants(self) -> None:
+        snap = self.snap if self.snap is not None else self.snapshot()
+        check_database(self.specs, snap)
+        self.snap = None
+
+    def teardown(self) -> None:
+        try:
+            if not self.broken:
+                self.converge()
+        finally:
+            self._cleanup()
+
+    def converge(self) -> None:
+        """Emit every event, then advance the clock a lot and run until idle until nothing
+        changes: every task must end (invariant 8)."""
+        if self.zombie is not None:
+            self.do_unstall()
+        for name in EVENTS:
+            self.do_emit(name, 42)
+        previous: dict[UUID, TState] = {}
+        for _ in range(100):
+            if self.model == previous or all(t.terminal for t in self.model.values()):
+                break
+            previous = dict(self.model)
+            self.do_advance(10_000)
+            self.do_run_idle()
+        not_done = {self.describe(i): t for i, t in self.model.items() if not t.terminal}
+        for t in self.model.values():
+            event(f"end: {t.state} after {t.attempts} attempt(s)")
+        assert not not_done, f"tasks never ended: {not_done}"
+        check_database(self.specs, self.snapshot())
+
+    def _cleanup(self) -> None:
+        zombie, self.zombie = self.zombie, None
+        try:
+            if zombie is not None:
+
+                async def crash() -> None:
+                    zombie.scope.cancel()
+                    await zombie.done.wait()
+
+                self.portal.run(crash)
+            if self.resident is not None:
+                self.portal.run(self.resident.close)
+                self.resident = None
+            left = self.portal.children()
+            assert self.broken or left == 0, "a worker or client outlived its example"
+        finally:
+            if self.db is not None:
+                self.db.close()
+                self.db = None
+            with psycopg.connect(self.url, autocommit=True) as conn:
+                conn.execute(
+                    sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(self.schema))
+                )
+
+
+# -- the test -------------------------------------------------------------------------
+
+
+def with_app_name(url: str, name: str) -> str:
+    """`url` with application_name set, so this test's connections can be counted."""
+    if "://" not in url:
+        return f"{url} application_name={name}"
+    parts = urlsplit(url)
+    query = [(k, v) for k, v in parse_qsl(parts.query) if k != "application_name"]
+    query.append(("application_name", name))
+    return urlunsplit(parts._replace(query=urlencode(query)))
+
+
+def connections(url: str) -> int:
+    with psycopg.connect(url, autocommit=True) as conn:
+        row = conn.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE application_name = %s"
+            " AND pid <> pg_backend_pid()",
+            (APP_NAME,),
+        ).fetchone()
+        assert row is not None
+        return int(row[0])
+
+
+def wait_no_connections(url: str) -> int:
+    """Closed connections leave pg_stat_activity when their backend exits, a moment
+    after the client hangs up: poll briefly."""
+    count = connections(url)
+    for _ in range(200):
+        if count == 0:
+            break
+        threading.Event().wait(0.025)
+        count = connections(url)
+    return count
+
+
+@contextmanager
+def no_leaks(url: str) -> Iterator[None]:
+    def threads() -> set[threading.Thread]:
+        # trio keeps idle worker threads ("Trio thread N") cached for a few seconds
+        # after to_thread calls (query cancellation); they are not ours to join.
+        return {t for t in threading.enumerate() if not t.name.startswith("Trio thread")}
+
+    before = threads()
+    assert wait_no_connections(url) == 0
+    yield
+    assert threads() <= before, f"threads leaked: {threads() - before}"
+    assert wait_no_connections(url) == 0, "database connections leaked"
+
+
+def test_stateful_machine(pg_url: str) -> None:
+    url = with_app_name(pg_url, APP_NAME)
+    with no_leaks(url), Portal() as portal:
+        run_state_machine_as_test(
+            lambda: StatefulMachine(url, portal), settings=settings.get_profile(PROFILE)
+        )
