@@ -6,6 +6,7 @@ Nothing here imports durable_trio: the raw-SQL ceiling uses these helpers too.
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 import os
 import statistics
@@ -177,3 +178,18 @@ def python_for(venv: str) -> str:
 
 def this_python() -> str:
     return sys.executable
+
+
+def two_process_result(
+    n: int, concurrency: int, done: int, seconds: float, reports: Sequence[str]
+) -> dict[str, Any]:
+    """The JSON record of a two-worker-process throughput run (same shape for all systems)."""
+    return {
+        "n": n,
+        "processes": 2,
+        "concurrency_each": concurrency,
+        "completed_in_db": done,
+        "seconds": seconds,
+        "tasks_per_s": done / seconds,
+        "per_process": [json.loads(r) if r.startswith("{") else r for r in reports],
+    }

@@ -17,7 +17,7 @@ import trio
 from psycopg import sql
 
 import durable_trio as dt
-from _util import WorkerProcess, connect, rss_kib, summarize
+from _util import WorkerProcess, connect, rss_kib, summarize, two_process_result
 from durable_trio._db import connect as trio_connect
 
 QUEUE = "bench"
@@ -452,15 +452,7 @@ def run_two_processes(
         finally:
             for w in workers:
                 w.kill()
-        return {
-            "n": n,
-            "processes": 2,
-            "concurrency_each": concurrency,
-            "completed_in_db": done,
-            "seconds": seconds,
-            "tasks_per_s": done / seconds,
-            "per_process": [json.loads(r) if r.startswith("{") else r for r in reports],
-        }
+        return two_process_result(n, concurrency, done, seconds, reports)
     finally:
         drop_schema(url, schema)
 

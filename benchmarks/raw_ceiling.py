@@ -23,7 +23,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from _util import WorkerProcess, connect, summarize
+from _util import WorkerProcess, connect, summarize, two_process_result
 
 CHANNEL = "raw_bench"
 QUEUE = "bench"
@@ -363,15 +363,7 @@ def run_two_processes(
         finally:
             for w in workers:
                 w.kill()
-        return {
-            "n": n,
-            "processes": 2,
-            "concurrency_each": concurrency,
-            "completed_in_db": done,
-            "seconds": seconds,
-            "tasks_per_s": done / seconds,
-            "per_process": [json.loads(r) if r.startswith("{") else r for r in reports],
-        }
+        return two_process_result(n, concurrency, done, seconds, reports)
     finally:
         drop(url, schema)
 

@@ -43,6 +43,10 @@ def _fmt(value: float | None, digits: int = 0) -> str:
 
 
 def _table(header: list[str], rows: list[list[str]]) -> str:
+    # A run of only some scenarios can leave rows and header of different lengths: pad.
+    size = max(len(r) for r in [header, *rows])
+    header = [*header, *[""] * (size - len(header))]
+    rows = [[*row, *[""] * (size - len(row))] for row in rows]
     widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
     line = "  ".join(
         h.ljust(w) if i == 0 else h.rjust(w)
