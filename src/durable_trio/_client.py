@@ -31,7 +31,7 @@ from ._errors import (
     UnknownTask,
     WaitTimeout,
 )
-from ._store import Store
+from ._store import Store, interval
 from ._task import Task, TaskDefinition, as_definition
 from ._worker import Worker
 
@@ -209,11 +209,11 @@ class Durable:
             "retry": _serde.dumps(opts.retry.to_json()),
             "max_attempts": opts.max_attempts,
             "priority": opts.priority,
-            "delay": _interval(opts.delay),
+            "delay": interval(opts.delay),
             "start_at": opts.start_at,
             "idempotency_key": opts.idempotency_key,
-            "max_pending_delay": _interval(policy.max_pending_delay if policy else None),
-            "max_duration": _interval(policy.max_duration if policy else None),
+            "max_pending_delay": interval(policy.max_pending_delay if policy else None),
+            "max_duration": interval(policy.max_duration if policy else None),
             "parent": parent,
         }
         return [
@@ -407,12 +407,6 @@ class Durable:
 
 def _result(row: dict[str, Any]) -> SpawnResult:
     return SpawnResult(row["task_id"], row["run_id"], row["attempt"], row.get("created", True))
-
-
-def _interval(seconds: float | None) -> Any:
-    from datetime import timedelta
-
-    return None if seconds is None else timedelta(seconds=seconds)
 
 
 def _uuid(value: Any) -> UUID:
