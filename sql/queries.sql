@@ -21,8 +21,9 @@ SELECT * FROM @schema.claim_runs(%(queue)s, %(worker)s, %(names)s::text[], %(lim
 -- name: heartbeat
 SELECT * FROM @schema.heartbeat(%(worker)s, %(runs)s::uuid[], %(lease)s::interval)
 
--- name: set_checkpoint
-SELECT @schema.set_checkpoint(%(run_id)s, %(worker)s, %(name)s, %(value)s::jsonb) AS ok
+-- name: record_runs
+SELECT run_id FROM @schema.record_runs(%(worker)s, %(ck_runs)s::uuid[], %(ck_names)s::text[],
+    %(ck_values)s::text[], %(done_runs)s::uuid[], %(results)s::text[])
 
 -- name: lock_owned_run
 SELECT @schema.lock_owned_run(%(run_id)s, %(worker)s) AS task_id
@@ -33,9 +34,6 @@ VALUES (%(task_id)s, %(name)s, %(value)s::jsonb, %(run_id)s, @schema.clock_now()
 
 -- name: get_checkpoint
 SELECT value FROM @schema.checkpoints WHERE task_id = %(task_id)s AND name = %(name)s
-
--- name: complete_run
-SELECT @schema.complete_run(%(run_id)s, %(worker)s, %(result)s::jsonb) AS ok
 
 -- name: fail_run
 SELECT @schema.fail_run(%(run_id)s, %(worker)s, %(error)s::jsonb, %(retry)s,

@@ -48,7 +48,9 @@ CREATE TABLE @schema.tasks (
     created_at timestamptz NOT NULL,
     first_started_at timestamptz,
     finished_at timestamptz
-);
+-- Room on each page lets the state changes (and the result) be HOT updates: no index
+-- entries are written for them, since no indexed column changes.
+) WITH (fillfactor = 70);
 CREATE UNIQUE INDEX tasks_idempotency ON @schema.tasks (queue, idempotency_key)
     WHERE idempotency_key IS NOT NULL;
 CREATE INDEX tasks_parent ON @schema.tasks (parent_task_id)
@@ -81,7 +83,6 @@ CREATE INDEX runs_due ON @schema.runs (queue, available_at)
     WHERE state IN ('pending', 'sleeping');
 CREATE INDEX runs_leased ON @schema.runs (queue, lease_expires_at)
     WHERE state = 'running';
-CREATE INDEX runs_task ON @schema.runs (task_id);
 
 CREATE TABLE @schema.checkpoints (
     task_id uuid NOT NULL REFERENCES @schema.tasks ON DELETE CASCADE,
@@ -117,18 +118,21 @@ CREATE TABLE @schema.waits (
 CREATE INDEX waits_event ON @schema.waits (queue, event_name);
 
 
--- Fencing: lock the run iff this worker holds a live lease on it.
+-- Fencing: lock the run iff this worker holds a live lease on it. Callers that already
+-- read the clock pass it in (each clock_now() call is a query of its own).
 -- PL/pgSQL so its plan is cached per session (as a SQL function it was re-planned on
--- every call: ~0.2 ms of every checkpoint, completion and suspension).
-CREATE FUNCTION @schema.lock_owned_run(p_run uuid, p_worker text) RETURNS uuid
+-- every call: ~0.2 ms of every checkpoint, completion and suspension). NO KEY UPDATE is
+-- enough: it conflicts with every writer of the row, and spares the key lock.
+CREATE FUNCTION @schema.lock_owned_run(p_run uuid, p_worker text, p_now timestamptz DEFAULT NULL)
+RETURNS uuid
 LANGUAGE plpgsql AS $$
 DECLARE
     v_task uuid;
 BEGIN
     SELECT r.task_id INTO v_task FROM @schema.runs r
     WHERE r.run_id = p_run AND r.worker_id = p_worker AND r.state = 'running'
-      AND r.lease_expires_at > @schema.clock_now()
-    FOR UPDATE;
+      AND r.lease_expires_at > coalesce(p_now, @schema.clock_now())
+    FOR NO KEY UPDATE;
     RETURN v_task;
 END
 $$;
@@ -353,7 +357,11 @@ CREATE FUNCTION @schema.claim_runs(
 ) RETURNS TABLE (run_id uuid, task_id uuid, task_name text, attempt integer,
     params jsonb, headers jsonb, retry jsonb, max_attempts integer, checkpoints jsonb,
     lease_expires_at timestamptz, claimed_at timestamptz)
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql
+-- Left to choose, the plan cache re-plans these statements on every call (their array
+-- parameters make the generic plan look dear): ~0.12 ms of a ~0.2 ms claim.
+SET plan_cache_mode = force_generic_plan
+AS $$
 DECLARE
     v_now timestamptz := @schema.clock_now();
     v_runs uuid[];
@@ -463,40 +471,59 @@ END
 $$;
 
 
-CREATE FUNCTION @schema.set_checkpoint(
-    p_run uuid, p_worker text, p_name text, p_value jsonb
-) RETURNS boolean
-LANGUAGE plpgsql AS $$
-DECLARE
-    v_task uuid := @schema.lock_owned_run(p_run, p_worker);
-BEGIN
-    IF v_task IS NULL THEN
-        RETURN false;
-    END IF;
-    INSERT INTO @schema.checkpoints (task_id, name, value, run_id, created_at)
-    VALUES (v_task, p_name, p_value, p_run, @schema.clock_now())
-    ON CONFLICT (task_id, name) DO NOTHING;
-    RETURN true;
-END
-$$;
-
-
-CREATE FUNCTION @schema.complete_run(p_run uuid, p_worker text, p_result jsonb)
-RETURNS boolean
+-- Record outcomes for many runs of one worker in one transaction (the worker batches
+-- them: one round trip and one commit for every run that finished a step or the task
+-- meanwhile). Checkpoints are written first, in the order given, then completions. A run
+-- the worker no longer owns (lease expired, cancelled, reclaimed) gets nothing written;
+-- the answer lists the runs that were owned.
+CREATE FUNCTION @schema.record_runs(
+    p_worker text, p_ck_runs uuid[], p_ck_names text[], p_ck_values text[],
+    p_done_runs uuid[], p_results text[]
+) RETURNS TABLE (run_id uuid)
 LANGUAGE plpgsql AS $$
 DECLARE
     v_now timestamptz := @schema.clock_now();
-    v_task uuid := @schema.lock_owned_run(p_run, p_worker);
+    v_owned uuid[];
+    v_ended uuid[];
+    v_id uuid;
 BEGIN
-    IF v_task IS NULL THEN
-        RETURN false;
-    END IF;
-    UPDATE @schema.runs SET state = 'completed', finished_at = v_now, lease_expires_at = NULL
-    WHERE run_id = p_run;
-    UPDATE @schema.tasks SET state = 'completed', result = p_result, finished_at = v_now
-    WHERE task_id = v_task;
-    PERFORM @schema.announce_end(v_task);
-    RETURN true;
+    -- One statement (one executor start); the fence locks in run_id order, as cancel_task
+    -- does, so concurrent writers never deadlock.
+    WITH owned AS MATERIALIZED (
+        SELECT r.run_id, r.task_id FROM @schema.runs r
+        WHERE r.run_id = ANY (p_ck_runs || p_done_runs) AND r.worker_id = p_worker
+          AND r.state = 'running' AND r.lease_expires_at > v_now
+        ORDER BY r.run_id
+        FOR NO KEY UPDATE
+    ), saved AS (
+        INSERT INTO @schema.checkpoints (task_id, name, value, run_id, created_at)
+        SELECT o.task_id, c.name, c.value::jsonb, c.run_id, v_now
+        FROM unnest(p_ck_runs, p_ck_names, p_ck_values) WITH ORDINALITY
+            AS c(run_id, name, value, ord)
+        JOIN owned o ON o.run_id = c.run_id
+        ORDER BY c.ord
+        ON CONFLICT (task_id, name) DO NOTHING
+    ), done AS (
+        UPDATE @schema.runs r SET state = 'completed', finished_at = v_now,
+            lease_expires_at = NULL
+        FROM unnest(p_done_runs, p_results) AS d(run_id, result)
+        JOIN owned o ON o.run_id = d.run_id
+        WHERE r.run_id = d.run_id
+        RETURNING r.task_id, d.result
+    ), ended AS (
+        UPDATE @schema.tasks t SET state = 'completed', result = done.result::jsonb,
+            finished_at = v_now
+        FROM done WHERE t.task_id = done.task_id
+        RETURNING t.task_id, t.parent_task_id
+    )
+    SELECT (SELECT coalesce(array_agg(o.run_id), '{}') FROM owned o),
+        (SELECT array_agg(e.task_id ORDER BY e.task_id) FROM ended e
+         WHERE e.parent_task_id IS NOT NULL)
+    INTO v_owned, v_ended;
+    FOREACH v_id IN ARRAY coalesce(v_ended, '{}') LOOP
+        PERFORM @schema.announce_end(v_id);
+    END LOOP;
+    RETURN QUERY SELECT unnest(v_owned);
 END
 $$;
 
@@ -521,7 +548,7 @@ BEGIN
         WHERE r.run_id = p_run AND r.state = 'running' AND r.lease_expires_at <= v_now
         FOR UPDATE SKIP LOCKED;
     ELSE
-        v_task := @schema.lock_owned_run(p_run, p_worker);
+        v_task := @schema.lock_owned_run(p_run, p_worker, v_now);
     END IF;
     IF v_task IS NULL THEN
         RETURN NULL;
@@ -584,7 +611,7 @@ CREATE FUNCTION @schema.await_event(
 LANGUAGE plpgsql AS $$
 DECLARE
     v_now timestamptz := @schema.clock_now();
-    v_task uuid := @schema.lock_owned_run(p_run, p_worker);
+    v_task uuid := @schema.lock_owned_run(p_run, p_worker, v_now);
     v_payload jsonb;
     v_value jsonb;
     v_deadline timestamptz;

@@ -41,6 +41,7 @@ from ._task import TaskDefinition
 
 if TYPE_CHECKING:
     from ._worker import RunState
+    from ._writer import Write
 
 T = TypeVar("T")
 _UNSET: Any = object()
@@ -69,6 +70,7 @@ class TaskContext:
         self._run = run
         self._namer = names.CheckpointNamer()
         self._checkpoints: dict[str, Any] = run.checkpoints
+        self._unsettled: Write | None = None  # the last checkpoint handed to the writer
 
     # -- identity ---------------------------------------------------------------------
 
@@ -120,10 +122,11 @@ class TaskContext:
         rtype = _return_type(fn) if result_type is _UNSET else result_type
         if checkpoint in self._checkpoints:
             return typing.cast(T, self._stored(checkpoint, rtype))
+        await self.settle()  # a step's body never runs before earlier steps are durable
         value = fn(*args)
         if inspect.isawaitable(value):
             value = await value
-        return typing.cast(T, await self._record(checkpoint, value, rtype))
+        return typing.cast(T, self._record(checkpoint, value, rtype))
 
     async def transaction(
         self,
@@ -143,6 +146,7 @@ class TaskContext:
     async def _transaction(
         self, checkpoint: str, fn: Callable[..., Awaitable[Any]], args: Any, rtype: Any
     ) -> Any:
+        await self.settle()
         delay = 0.05
         while checkpoint not in self._checkpoints:
             try:
@@ -189,15 +193,27 @@ class TaskContext:
                 f"type ({ex}); give the step a new name or make the type accept it"
             ) from None
 
-    async def _record(self, checkpoint: str, value: Any, rtype: Any) -> Any:
+    def _record(self, checkpoint: str, value: Any, rtype: Any) -> Any:
+        """Hand the checkpoint to the worker's writer and go on; see `settle`."""
+        if self._run.lost is not None:  # shielded code still writing after the loss
+            raise LeaseLost(self._run.lost)
         text, replayed = _roundtrip(checkpoint, value, rtype)
-        ok = await self._run.call(
-            self._run.store.set_checkpoint, self.run_id, self._run.worker_id, checkpoint, text
-        )
-        if not ok:
-            await self._lost()
+        self._unsettled = self._run.writer.submit(self._run, checkpoint, text)
         self._checkpoints[checkpoint] = _serde.loads(text)
         return replayed
+
+    async def settle(self) -> None:
+        """Wait until every checkpoint recorded so far is durable. Called before anything
+        else durable happens for this run (the writer keeps one run's writes in order)."""
+        if self._run.lost is not None:
+            await self._lost()
+        write = self._unsettled
+        if write is None:
+            return
+        await write.done.wait()
+        if not write.owned:
+            await self._lost()
+        self._unsettled = None
 
     def _next_name(self, name: str, *, kind: str | None = None) -> str:
         try:
@@ -240,7 +256,7 @@ class TaskContext:
         checkpoint = self._namer.next(names.internal(kind, ""))
         if checkpoint in self._checkpoints:
             return _serde.structure(self._checkpoints[checkpoint], rtype)
-        return await self._record(checkpoint, make(), rtype)
+        return self._record(checkpoint, make(), rtype)
 
     # -- timers -----------------------------------------------------------------------
 
@@ -264,11 +280,12 @@ class TaskContext:
         stored = self._checkpoints.get(checkpoint)
         if stored is None:
             wake_at = wake_at_from(self._db_now())
-            await self._record(checkpoint, {"wake_at": wake_at}, dict[str, datetime])
+            self._record(checkpoint, {"wake_at": wake_at}, dict[str, datetime])
         else:
             wake_at = _serde.structure(stored, dict[str, datetime])["wake_at"]
         if self._db_now() >= wake_at:  # already due (a replay, or a zero sleep)
             return
+        await self.settle()
         ok = await self._run.call(
             self._run.store.suspend, self.run_id, self._run.worker_id, wake_at
         )
@@ -308,6 +325,7 @@ class TaskContext:
     ) -> dict[str, Any]:
         if checkpoint in self._checkpoints:
             return typing.cast(dict[str, Any], self._checkpoints[checkpoint])
+        await self.settle()
         outcome, payload = await self._run.call(
             self._run.store.await_event,
             self.run_id,

@@ -188,13 +188,31 @@ class Store:
         )
         return {row["run_id"]: (row["lease_expires_at"], row["renewed"]) for row in rows}
 
-    async def set_checkpoint(self, run_id: UUID, worker: str, name: str, value: str) -> bool:
-        return bool(
-            await self._value(
-                "set_checkpoint",
-                {"run_id": run_id, "worker": worker, "name": name, "value": value},
-            )
+    async def record(
+        self,
+        worker: str,
+        checkpoints: Sequence[tuple[UUID, str, str]],
+        completions: Sequence[tuple[UUID, str]],
+    ) -> set[UUID]:
+        """Write checkpoints (run_id, name, JSON) then completions (run_id, result JSON)
+        for runs `worker` owns, in one transaction. Returns the runs that were owned:
+        nothing was written for the others."""
+        rows = await self._all(
+            "record_runs",
+            {
+                "worker": worker,
+                "ck_runs": [c[0] for c in checkpoints],
+                "ck_names": [c[1] for c in checkpoints],
+                "ck_values": [c[2] for c in checkpoints],
+                "done_runs": [c[0] for c in completions],
+                "results": [c[1] for c in completions],
+            },
         )
+        return {row["run_id"] for row in rows}
+
+    async def set_checkpoint(self, run_id: UUID, worker: str, name: str, value: str) -> bool:
+        """One fenced checkpoint; False if `worker` no longer owns the run."""
+        return run_id in await self.record(worker, [(run_id, name, value)], [])
 
     @asynccontextmanager
     async def owned_transaction(
@@ -224,11 +242,8 @@ class Store:
         return None if row is None else row["value"]
 
     async def complete(self, run_id: UUID, worker: str, result: str) -> bool:
-        return bool(
-            await self._value(
-                "complete_run", {"run_id": run_id, "worker": worker, "result": result}
-            )
-        )
+        """One fenced completion; False if `worker` no longer owns the run."""
+        return run_id in await self.record(worker, [], [(run_id, result)])
 
     async def fail(
         self,

@@ -40,6 +40,7 @@ from ._errors import (
 )
 from ._store import Store
 from ._task import TaskDefinition
+from ._writer import Writer
 
 __all__ = ["RunState", "Worker", "reap_expired"]
 
@@ -67,6 +68,7 @@ class RunState:
     claimed_at: datetime
     definition: TaskDefinition[Any, Any]
     store: Store
+    writer: Writer
     worker_id: str
     claim_timeout: float
     prepare_spawn: Callable[..., dict[str, Any]]
@@ -76,6 +78,7 @@ class RunState:
     lost: str | None = None
     suspended: bool = False
     release_on_exit: bool = False
+    body_done: bool = False  # the task's code returned; its outcome may still be in writing
     finished: bool = False
 
     def lose(self, reason: str) -> None:
@@ -124,6 +127,10 @@ class Worker:
         self._registry = registry
         self._prepare_spawn = prepare_spawn
         self._runs: dict[UUID, RunState] = {}
+        # Runs whose task code is executing: the concurrency limit counts these. A run
+        # whose completion is being written no longer holds a slot, so the next claim
+        # overlaps that write (at most `concurrency` such runs more).
+        self._executing = 0
         self._wake = trio.Event()
         self._beat_now = trio.Event()
         self._drained = trio.Event()
@@ -131,6 +138,7 @@ class Worker:
         self._healthy = False
         self._last_reap = -1e9
         self._listener: Listener | None = None
+        self._writer: Writer | None = None
         self.claimed_total = 0
         # A claim or reap is in flight: the runs it takes (not in _runs yet) or frees (not
         # claimable yet) are invisible to anyone judging whether the worker is idle.
@@ -149,6 +157,11 @@ class Worker:
     def in_flight(self) -> int:
         """Runs currently executing on this worker."""
         return len(self._runs)
+
+    @property
+    def pending_writes(self) -> int:
+        """Checkpoints and completions queued for, or in, this worker's next batch."""
+        return self._writer.pending if self._writer is not None else 0
 
     @property
     def healthy(self) -> bool:
@@ -171,6 +184,7 @@ class Worker:
         try:
             self._control = Store(control_pool, self._schema)
             self._exec = Store(exec_pool, self._schema)
+            self._writer = Writer(self._exec, self.worker_id)
             async with trio.open_nursery() as control:
                 self._listener = Listener(
                     # Not `self._wake.set`: the claim loop replaces `_wake` every round, so a
@@ -182,6 +196,7 @@ class Worker:
                 )
                 await control.start(self._listener.run)
                 control.start_soon(self._heartbeat_loop)
+                control.start_soon(self._writer.run)
                 async with trio.open_nursery() as execs:
                     task_status.started(self)
                     await self._claim_loop(execs, names)
@@ -239,7 +254,8 @@ class Worker:
             await trio.sleep(3600)
 
     async def _claim_once(self, nursery: trio.Nursery, names: list[str]) -> tuple[int, int]:
-        free = self.options.concurrency - len(self._runs)
+        limit = self.options.concurrency
+        free = min(limit - self._executing, 2 * limit - len(self._runs))
         if free <= 0 or not names:
             return 0, 0
         asked = got = 0
@@ -275,6 +291,7 @@ class Worker:
             await self._wake.wait()
 
     def _start(self, nursery: trio.Nursery, row: dict[str, Any], queue: str) -> None:
+        assert self._writer is not None  # made by run() before the claim loop starts
         run = RunState(
             run_id=row["run_id"],
             task_id=row["task_id"],
@@ -289,12 +306,14 @@ class Worker:
             claimed_at=row["claimed_at"],
             definition=self._registry[row["task_name"]],
             store=self._exec,
+            writer=self._writer,
             worker_id=self.worker_id,
             claim_timeout=self.options.claim_timeout,
             prepare_spawn=self._prepare_spawn,
         )
         run.lease_deadline = run.claimed_mono + self.options.claim_timeout
         self._runs[run.run_id] = run
+        self._executing += 1
         nursery.start_soon(self._execute, run, name=f"durable_trio run {run.task_name}")
 
     async def _maybe_reap(self) -> None:
@@ -350,6 +369,7 @@ class Worker:
             )
             run.lose("internal error while recording the outcome")
         finally:
+            self._free_slot(run)
             run.finished = True
             del self._runs[run.run_id]
             self._wake.set()
@@ -377,13 +397,25 @@ class Worker:
                 raise
             if group.subgroup((Suspended, LeaseLost)) is not None:
                 return
+            await ctx.settle()
             await self._fail(run, group)
             return
         except BaseException as ex:  # noqa: BLE001 - every task error is recorded
+            await ctx.settle()
             await self._fail(run, ex)
             return
-        if not await run.call(self._exec.complete, run.run_id, self.worker_id, text):
+        # Written with the checkpoint of a last step that is still queued, if any.
+        completion = run.writer.submit(run, None, text)
+        self._free_slot(run)
+        await completion.done.wait()
+        if not completion.owned:
             run.lose("completion was fenced")
+
+    def _free_slot(self, run: RunState) -> None:
+        if not run.body_done:
+            run.body_done = True
+            self._executing -= 1
+            self._wake.set()
 
     async def _fail(self, run: RunState, ex: BaseException) -> None:
         # Misuse (InvalidInput, SerializationError) and replay divergence fail the same way

@@ -146,9 +146,8 @@ CALLS = [
     "next_due",
     "expired_runs",
     "heartbeat",
-    "set_checkpoint",
+    "record",
     "owned_transaction",
-    "complete",
     "fail",
 ]
 

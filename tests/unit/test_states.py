@@ -211,8 +211,16 @@ def test_sql_worker_writes_are_fenced_to_running_runs() -> None:
     assert _state_list(" ".join(re.findall(r"state = '\w+'", fence))) == {S.RUNNING.value}
     # complete / suspend / release / fail (worker side) all go through the fence, which
     # only admits the states from which those events are legal.
+    # record_runs (checkpoints and completions, batched) fences many runs in one statement
+    # with the same conditions as lock_owned_run.
+    batch = functions["record_runs"]
+    assert _state_list(" ".join(re.findall(r"state = '\w+'", batch.split("INSERT")[0]))) == {
+        S.RUNNING.value
+    }
+    for condition in ("r.worker_id = p_worker", "r.lease_expires_at > v_now", "FOR NO KEY UPDATE"):
+        assert condition in batch, condition
+    assert sources(E.COMPLETE) == {S.RUNNING}
     for name, event in [
-        ("complete_run", E.COMPLETE),
         ("suspend_run", E.SUSPEND),
         ("release_run", E.RELEASE),
         ("fail_run", E.FAIL),

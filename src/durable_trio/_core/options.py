@@ -153,7 +153,9 @@ def default_worker_id() -> str:
 class WorkerOptions:
     """How a worker claims and runs tasks.
 
-    - ``concurrency``: runs executing at once (default 8).
+    - ``concurrency``: runs whose task code executes at once (default 8). A run whose
+      code has returned frees its slot while its completion is being written, so a
+      worker may hold up to twice this many claimed runs for that moment.
     - ``claim_timeout``: the lease a claim takes; the heartbeat renews it every third of
       this. A worker that vanishes loses its runs this long after its last heartbeat.
     - ``batch_size``: most runs claimed in one statement (default: ``concurrency``).

@@ -1,0 +1,219 @@
+"""The worker's group commit (`_writer.Writer`): checkpoints and completions of many runs
+in one fenced statement, without loosening what a step promises."""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+import trio
+
+import durable_trio as dt
+from durable_trio._core.retry import RetryStrategy
+from durable_trio._worker import RunState
+from durable_trio._writer import Writer
+from durable_trio.testing import run_until_idle
+from support import query
+
+LEASE = 30.0
+
+
+@dt.task("writer_noop")
+async def noop(ctx: dt.TaskContext, p: int) -> int:
+    return p
+
+
+@dt.task("writer_one_step")
+async def one_step(ctx: dt.TaskContext, p: int) -> int:
+    return await ctx.step("double", lambda: p * 2)
+
+
+async def test_last_checkpoint_commits_with_the_completion(client: dt.Durable) -> None:
+    client.register(one_step)
+    spawned = await client.spawn(one_step, 21)
+    await run_until_idle(client)
+    [row] = await query(
+        client,
+        "SELECT c.created_at AS saved, t.finished_at AS done, t.result FROM {schema}.tasks t "
+        "JOIN {schema}.checkpoints c USING (task_id) WHERE t.task_id = %s",
+        spawned.task_id,
+    )
+    assert row["result"] == 42
+    # Both stamped with the same transaction's clock reading: one record_runs call.
+    assert row["saved"] == row["done"]
+
+
+SEEN: dict[str, list[str]] = {}
+
+
+@dt.task("writer_three_steps")
+async def three_steps(ctx: dt.TaskContext, p: None) -> list[str]:
+    async def durable_so_far(step: str) -> list[str]:
+        # Read from another connection: only committed checkpoints are visible there.
+        rows = await query(
+            CLIENT[0], "SELECT name FROM {schema}.checkpoints WHERE task_id = %s", ctx.task_id
+        )
+        SEEN[step] = sorted(r["name"] for r in rows)
+        return SEEN[step]
+
+    await ctx.step("a", durable_so_far, "a")
+    await ctx.step("b", durable_so_far, "b")
+    return await ctx.step("c", durable_so_far, "c")
+
+
+CLIENT: list[dt.Durable] = []
+
+
+async def test_a_step_body_runs_only_after_earlier_checkpoints_are_durable(
+    client: dt.Durable,
+) -> None:
+    CLIENT[:] = [client]
+    SEEN.clear()
+    client.register(three_steps)
+    spawned = await client.spawn(three_steps, None)
+    await run_until_idle(client)
+    assert SEEN == {"a": [], "b": ["a"], "c": ["a", "b"]}
+    assert await client.wait_result(three_steps, spawned.task_id, timeout=5) == ["a", "b"]
+
+
+def _run_state(row: dict[str, Any], client: dt.Durable, writer: Writer, worker: str) -> RunState:
+    return RunState(
+        run_id=row["run_id"],
+        task_id=row["task_id"],
+        attempt=row["attempt"],
+        queue=client.queue,
+        task_name=row["task_name"],
+        params=row["params"],
+        headers=row["headers"],
+        checkpoints=row["checkpoints"],
+        retry=RetryStrategy.from_json(row["retry"]),
+        max_attempts=row["max_attempts"],
+        claimed_at=row["claimed_at"],
+        definition=noop,
+        store=client.store,
+        writer=writer,
+        worker_id=worker,
+        claim_timeout=LEASE,
+        prepare_spawn=lambda *a, **k: {},
+        lease_deadline=time.monotonic() + LEASE,
+    )
+
+
+async def _claim(client: dt.Durable, worker: str, n: int) -> list[dict[str, Any]]:
+    return await client.store.claim(client.queue, worker, ["writer_noop"], n, LEASE)
+
+
+async def _results(client: dt.Durable) -> dict[Any, Any]:
+    rows = await query(client, "SELECT task_id, state, result FROM {schema}.tasks")
+    return {r["task_id"]: (r["state"], r["result"]) for r in rows}
+
+
+async def test_writes_queued_together_share_one_batch(client: dt.Durable) -> None:
+    client.register(noop)
+    await client.spawn_many(noop, [1, 2, 3])
+    writer = Writer(client.store, "A")
+    runs = [_run_state(row, client, writer, "A") for row in await _claim(client, "A", 3)]
+    writes = []
+    for n, run in enumerate(runs):
+        writes.append(writer.submit(run, "step", json.dumps(n)))
+        writes.append(writer.submit(run, None, json.dumps(n * 10)))
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(writer.run)
+        for write in writes:
+            await write.done.wait()
+        nursery.cancel_scope.cancel()
+    assert writer.batches == 1
+    assert all(w.owned for w in writes)
+    results = await _results(client)
+    assert sorted(results[run.task_id] for run in runs) == [
+        ("completed", 0),
+        ("completed", 10),
+        ("completed", 20),
+    ]
+    saved = await query(client, "SELECT value FROM {schema}.checkpoints ORDER BY value")
+    assert [r["value"] for r in saved] == [0, 1, 2]
+
+
+async def test_a_batch_is_fenced_run_by_run(client: dt.Durable) -> None:
+    client.register(noop)
+    await client.spawn_many(noop, [1, 2])
+    writer = Writer(client.store, "A")
+    mine = _run_state((await _claim(client, "A", 1))[0], client, writer, "A")
+    # Another worker's run, submitted under A's name: A may write nothing for it.
+    theirs = _run_state((await _claim(client, "B", 1))[0], client, writer, "A")
+    writes = [
+        writer.submit(theirs, "step", "1"),
+        writer.submit(mine, "step", "2"),
+        writer.submit(theirs, None, "3"),
+        writer.submit(mine, None, "4"),
+    ]
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(writer.run)
+        for write in writes:
+            await write.done.wait()
+        nursery.cancel_scope.cancel()
+    assert [w.owned for w in writes] == [False, True, False, True]
+    results = await _results(client)
+    assert results[mine.task_id] == ("completed", 4)
+    assert results[theirs.task_id] == ("running", None)
+    saved = await query(client, "SELECT task_id, value FROM {schema}.checkpoints")
+    assert [(r["task_id"], r["value"]) for r in saved] == [(mine.task_id, 2)]
+
+
+async def test_a_bad_write_does_not_sink_the_rest_of_its_batch(client: dt.Durable) -> None:
+    client.register(noop)
+    await client.spawn_many(noop, [1, 2])
+    writer = Writer(client.store, "A")
+    good, bad = (_run_state(row, client, writer, "A") for row in await _claim(client, "A", 2))
+    writes = [
+        writer.submit(bad, "step", "this is not JSON"),
+        writer.submit(good, "step", "5"),
+        writer.submit(good, None, "6"),
+        writer.submit(bad, None, "7"),
+    ]
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(writer.run)
+        for write in writes:
+            await write.done.wait()
+        nursery.cancel_scope.cancel()
+    assert [w.owned for w in writes] == [False, True, True, False]
+    assert bad.lost == "internal error while recording the outcome"
+    assert good.lost is None
+    results = await _results(client)
+    assert results[good.task_id] == ("completed", 6)
+    assert results[bad.task_id] == ("running", None)
+
+
+ACTIVE = {"now": 0, "most": 0, "held": 0}
+
+
+@dt.task("writer_counted")
+async def counted(ctx: dt.TaskContext, p: int) -> int:
+    ACTIVE["now"] += 1
+    ACTIVE["most"] = max(ACTIVE["most"], ACTIVE["now"])
+    ACTIVE["held"] = max(ACTIVE["held"], WORKERS[0].in_flight)
+    try:
+        await trio.lowlevel.checkpoint()
+        return await ctx.step("s", lambda: p)
+    finally:
+        ACTIVE["now"] -= 1
+
+
+WORKERS: list[dt.Worker] = []
+
+
+async def test_concurrency_limits_task_code_while_outcomes_are_written(
+    client: dt.Durable,
+) -> None:
+    ACTIVE.update(now=0, most=0, held=0)
+    client.register(counted)
+    await client.spawn_many(counted, list(range(30)))
+    async with client.worker(dt.WorkerOptions(concurrency=2)) as worker:
+        WORKERS[:] = [worker]
+        with trio.fail_after(30):
+            while any(state != "completed" for state, _ in (await _results(client)).values()):
+                await trio.sleep(0.01)
+    assert ACTIVE["most"] <= 2
+    assert ACTIVE["held"] <= 4
+    assert sorted(r for _, r in (await _results(client)).values()) == list(range(30))
