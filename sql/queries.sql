@@ -9,10 +9,9 @@ SELECT * FROM @schema.spawn_task(%(task_id)s, %(run_id)s, %(queue)s, %(task_name
 
 -- name: spawn_tasks
 SELECT * FROM @schema.spawn_tasks(%(task_id)s::uuid[], %(run_id)s::uuid[],
-    %(queue)s::text[], %(task_name)s::text[], %(params)s::text[], %(headers)s::text[],
-    %(retry)s::text[], %(max_attempts)s::integer[], %(priority)s::integer[],
-    %(delay)s::interval[], %(start_at)s::timestamptz[], %(idempotency_key)s::text[],
-    %(max_pending_delay)s::interval[], %(max_duration)s::interval[])
+    %(params)s::text[], %(queue)s, %(task_name)s, %(headers)s::jsonb, %(retry)s::jsonb,
+    %(max_attempts)s, %(priority)s, %(delay)s::interval, %(start_at)s::timestamptz,
+    %(idempotency_key)s, %(max_pending_delay)s::interval, %(max_duration)s::interval)
 
 -- name: claim_runs
 SELECT * FROM @schema.claim_runs(%(queue)s, %(worker)s, %(names)s::text[], %(limit)s,

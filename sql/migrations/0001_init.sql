@@ -293,58 +293,43 @@ END
 $$;
 
 
--- Spawn many tasks in one statement (spawn_many). Arrays are parallel, one element per
--- task. Rows whose idempotency key already exists write nothing and report the existing
--- task, as spawn_task does.
+-- Spawn many top-level tasks of one name with shared options in one statement
+-- (spawn_many). Only ids and params vary per task. With an idempotency key every row
+-- names the same task: the first row is spawned as spawn_task would (or the existing
+-- task is found) and every row reports that task.
 CREATE FUNCTION @schema.spawn_tasks(
-    p_tasks uuid[], p_runs uuid[], p_queues text[], p_names text[], p_params text[],
-    p_headers text[], p_retry text[], p_max_attempts integer[], p_priorities integer[],
-    p_delays interval[], p_start_ats timestamptz[], p_keys text[],
-    p_max_pending interval[], p_max_durations interval[]
+    p_tasks uuid[], p_runs uuid[], p_params text[], p_queue text, p_name text,
+    p_headers jsonb, p_retry jsonb, p_max_attempts integer, p_priority integer,
+    p_delay interval, p_start_at timestamptz, p_idempotency_key text,
+    p_max_pending_delay interval, p_max_duration interval
 ) RETURNS TABLE (task_id uuid, run_id uuid, attempt integer, created boolean)
 LANGUAGE plpgsql AS $$
 DECLARE
     v_now timestamptz := @schema.clock_now();
-    v_queue text;
+    v_first record;
 BEGIN
-    RETURN QUERY
-    WITH input AS (
-        SELECT u.ord, u.t, u.r, u.q, u.n, u.p, u.h, u.rt, u.ma, u.pr, u.k, u.mp, u.md,
-            coalesce(u.sa, v_now + coalesce(u.d, '0 seconds')) AS available_at
-        FROM unnest(p_tasks, p_runs, p_queues, p_names, p_params, p_headers, p_retry,
-            p_max_attempts, p_priorities, p_delays, p_start_ats, p_keys, p_max_pending,
-            p_max_durations) WITH ORDINALITY
-            AS u(t, r, q, n, p, h, rt, ma, pr, d, sa, k, mp, md, ord)
-    ), ins AS (
-        INSERT INTO @schema.tasks AS t (task_id, queue, task_name, params, headers, retry,
-            max_attempts, priority, max_pending_delay, max_duration, idempotency_key,
-            parent_task_id, root_task_id, state, attempts, last_run_id, created_at)
-        SELECT i.t, i.q, i.n, i.p::jsonb, i.h::jsonb, i.rt::jsonb, i.ma, i.pr, i.mp, i.md,
-            i.k, NULL, i.t, 'pending', 1, i.r, v_now
-        FROM input i ORDER BY i.ord
-        ON CONFLICT (queue, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
-        RETURNING t.task_id, t.queue, t.idempotency_key, t.last_run_id
-    ), runs_ins AS (
-        INSERT INTO @schema.runs (run_id, task_id, queue, task_name, priority, attempt,
-            state, available_at, created_at)
-        SELECT i.r, i.t, i.q, i.n, i.pr, 1, 'pending', i.available_at, v_now
-        FROM input i JOIN ins ON ins.task_id = i.t
-    )
-    -- A row that was not inserted matched a key: either an older task, or an earlier row
-    -- of this same batch (invisible to the table scan inside this statement).
-    SELECT coalesce(ins.task_id, twin.task_id, e.task_id),
-        coalesce(ins.last_run_id, twin.last_run_id, e.last_run_id),
-        coalesce(e.attempts, 1), ins.task_id IS NOT NULL
-    FROM input i
-    LEFT JOIN ins ON ins.task_id = i.t
-    LEFT JOIN ins twin ON ins.task_id IS NULL AND twin.queue = i.q
-        AND twin.idempotency_key = i.k
-    LEFT JOIN @schema.tasks e ON ins.task_id IS NULL AND twin.task_id IS NULL
-        AND e.queue = i.q AND e.idempotency_key = i.k
-    ORDER BY i.ord;
-    FOREACH v_queue IN ARRAY ARRAY(SELECT DISTINCT unnest(p_queues)) LOOP
-        PERFORM @schema.notify_queue(v_queue);
-    END LOOP;
+    IF p_idempotency_key IS NOT NULL THEN
+        SELECT * INTO v_first FROM @schema.spawn_task(p_tasks[1], p_runs[1], p_queue, p_name,
+            p_params[1]::jsonb, p_headers, p_retry, p_max_attempts, p_priority, p_delay,
+            p_start_at, p_idempotency_key, p_max_pending_delay, p_max_duration, NULL);
+        RETURN QUERY SELECT v_first.task_id, v_first.run_id, v_first.attempt,
+            v_first.created AND u.ord = 1
+        FROM unnest(p_tasks) WITH ORDINALITY AS u(t, ord) ORDER BY u.ord;
+        RETURN;
+    END IF;
+    INSERT INTO @schema.tasks (task_id, queue, task_name, params, headers, retry,
+        max_attempts, priority, max_pending_delay, max_duration, root_task_id, state,
+        attempts, last_run_id, created_at)
+    SELECT u.t, p_queue, p_name, u.p::jsonb, p_headers, p_retry, p_max_attempts,
+        p_priority, p_max_pending_delay, p_max_duration, u.t, 'pending', 1, u.r, v_now
+    FROM unnest(p_tasks, p_runs, p_params) AS u(t, r, p);
+    INSERT INTO @schema.runs (run_id, task_id, queue, task_name, priority, attempt, state,
+        available_at, created_at)
+    SELECT u.r, u.t, p_queue, p_name, p_priority, 1, 'pending',
+        coalesce(p_start_at, v_now + coalesce(p_delay, '0 seconds')), v_now
+    FROM unnest(p_tasks, p_runs) AS u(t, r);
+    PERFORM @schema.notify_queue(p_queue);
+    RETURN QUERY SELECT u.t, u.r, 1, true FROM unnest(p_tasks, p_runs) AS u(t, r);
 END
 $$;
 

@@ -269,7 +269,7 @@ class Durable:
         *,
         options: SpawnOptions | None = None,
     ) -> list[SpawnResult]:
-        """Spawn many tasks in one transaction (all or none), pipelined for speed."""
+        """Spawn many tasks of one kind with shared options in one statement (all or none)."""
         rows = self._prepare_spawns(task, params, options)
         if not rows:
             return []

@@ -156,10 +156,13 @@ class Store:
         return row
 
     async def spawn_many(self, rows: Sequence[dict[str, Any]]) -> list[Row]:
-        """Spawn many top-level tasks with one statement, all or none."""
-        columns = {key: [row[key] for row in rows] for key in rows[0] if key != "parent"}
+        """Spawn many top-level tasks with one statement, all or none. The rows differ
+        only in ids and params (one task name, one set of options)."""
+        params = {key: value for key, value in rows[0].items() if key != "parent"}
+        for key in ("task_id", "run_id", "params"):
+            params[key] = [row[key] for row in rows]
         async with self.pool.acquire() as conn, conn.transaction():
-            return await _fetchall(conn, self._q["spawn_tasks"], columns)
+            return await _fetchall(conn, self._q["spawn_tasks"], params)
 
     # -- worker side ------------------------------------------------------------------
 
