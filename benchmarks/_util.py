@@ -29,6 +29,12 @@ __all__ = [
 ]
 
 
+def backlog_target(pending: int) -> int:
+    """Completions to time in the backlog scenario: few enough that the backlog is still
+    ~its size at the end (the 10k case would otherwise run dry inside the window)."""
+    return min(8000, int(pending * 0.8))
+
+
 def summarize(samples: Sequence[float], *, keep: int = 2000) -> dict[str, Any]:
     """p50/p90/p99/mean/min/max of `samples` (seconds) in milliseconds, plus the samples."""
     if not samples:

@@ -17,7 +17,14 @@ import trio
 from psycopg import sql
 
 import durable_trio as dt
-from _util import WorkerProcess, connect, rss_kib, summarize, two_process_result
+from _util import (
+    WorkerProcess,
+    backlog_target,
+    connect,
+    rss_kib,
+    summarize,
+    two_process_result,
+)
 from durable_trio._db import connect as trio_connect
 
 QUEUE = "bench"
@@ -124,10 +131,13 @@ class Counter:
     async def __aexit__(self, *exc: object) -> None:
         await self._conn.close()
 
-    async def count(self, state: str = "completed", table: str = "tasks") -> int:
+    async def count(
+        self, state: str = "completed", table: str = "tasks", upto: int | None = None
+    ) -> int:
+        """Tasks in `state`; with `upto`, counting stops there (cheap beside a backlog)."""
+        text = "SELECT count(*) AS n FROM (SELECT 1 FROM {s}." + table
         cur = await self._conn.execute(
-            _q("SELECT count(*) AS n FROM {s}." + table + " WHERE state = %s", self.schema),
-            (state,),
+            _q(text + " WHERE state = %s LIMIT %s) x", self.schema), (state, upto)
         )
         row = await cur.fetchone()
         return int(row["n"])
@@ -360,7 +370,8 @@ async def preload_clones(client: dt.Durable, url: str, schema: str, n: int) -> f
 async def backlog(
     url: str, schema: str, pending: int, concurrency: int, window: float
 ) -> dict[str, Any]:
-    """Completions per second over `window` seconds while `pending` tasks wait."""
+    """Completions per second while `pending` tasks wait: timed until
+    `raw_ceiling.backlog_target` tasks are done or `window` seconds pass."""
     try:
         async with dt.Durable.connect(url, schema=schema, queue=QUEUE) as client:
             client.register(one_step)
@@ -374,10 +385,13 @@ async def backlog(
                         worker = client.new_worker(_options(concurrency))
                         await nursery.start(worker.run)
                         t0 = time.perf_counter()
-                        await trio.sleep(window)
+                        target = backlog_target(pending)
+                        done = 0
+                        while done < target and time.perf_counter() - t0 < window:
+                            await trio.sleep(0.02)
+                            done = await counter.count(upto=target)
                         seconds = time.perf_counter() - t0
                         crash.cancel()  # stop at once; in-flight runs are simply abandoned
-                done = await counter.count()
         return {
             "pending": pending,
             "completed_in_db": done,
