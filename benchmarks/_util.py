@@ -35,6 +35,44 @@ def backlog_target(pending: int) -> int:
     return min(8000, int(pending * 0.8))
 
 
+def database_clock(url: str) -> Any:
+    with connect(url) as conn:
+        row = conn.execute("SELECT clock_timestamp()").fetchone()
+        assert row is not None
+        return row[0]
+
+
+def backlog_rate(url: str, table: str, pending: int, started: Any, window: float) -> dict[str, Any]:
+    """The backlog scenario's result, read from the database after the window: the time
+    the `backlog_target`-th completion committed (its finished_at) since `started`, or
+    every completion over the whole window if fewer finished. Nothing polls the table
+    while the worker runs (a count beside 1M rows would cost a core)."""
+    target = backlog_target(pending)
+    with connect(url) as conn:
+        row = conn.execute(
+            f"SELECT count(*), (SELECT extract(epoch FROM finished_at - %s)::float8 FROM {table}"
+            " WHERE state = 'completed' ORDER BY finished_at OFFSET %s LIMIT 1)"
+            f" FROM {table} WHERE state = 'completed'",
+            (started, target - 1),
+        ).fetchone()
+    assert row is not None
+    done, seconds = int(row[0]), row[1]
+    if seconds is None:  # fewer than target finished inside the window
+        return {
+            "pending": pending,
+            "completed_in_db": done,
+            "seconds": window,
+            "tasks_per_s": done / window,
+        }
+    return {
+        "pending": pending,
+        "completed_in_db": done,
+        "timed": target,
+        "seconds": seconds,
+        "tasks_per_s": target / seconds,
+    }
+
+
 def summarize(samples: Sequence[float], *, keep: int = 2000) -> dict[str, Any]:
     """p50/p90/p99/mean/min/max of `samples` (seconds) in milliseconds, plus the samples."""
     if not samples:

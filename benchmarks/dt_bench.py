@@ -19,8 +19,9 @@ from psycopg import sql
 import durable_trio as dt
 from _util import (
     WorkerProcess,
-    backlog_target,
+    backlog_rate,
     connect,
+    database_clock,
     rss_kib,
     summarize,
     two_process_result,
@@ -131,13 +132,10 @@ class Counter:
     async def __aexit__(self, *exc: object) -> None:
         await self._conn.close()
 
-    async def count(
-        self, state: str = "completed", table: str = "tasks", upto: int | None = None
-    ) -> int:
-        """Tasks in `state`; with `upto`, counting stops there (cheap beside a backlog)."""
-        text = "SELECT count(*) AS n FROM (SELECT 1 FROM {s}." + table
+    async def count(self, state: str = "completed", table: str = "tasks") -> int:
         cur = await self._conn.execute(
-            _q(text + " WHERE state = %s LIMIT %s) x", self.schema), (state, upto)
+            _q("SELECT count(*) AS n FROM {s}." + table + " WHERE state = %s", self.schema),
+            (state,),
         )
         row = await cur.fetchone()
         return int(row["n"])
@@ -370,8 +368,7 @@ async def preload_clones(client: dt.Durable, url: str, schema: str, n: int) -> f
 async def backlog(
     url: str, schema: str, pending: int, concurrency: int, window: float
 ) -> dict[str, Any]:
-    """Completions per second while `pending` tasks wait: timed until
-    `raw_ceiling.backlog_target` tasks are done or `window` seconds pass."""
+    """Completions per second while `pending` tasks wait (see `_util.backlog_rate`)."""
     try:
         async with dt.Durable.connect(url, schema=schema, queue=QUEUE) as client:
             client.register(one_step)
@@ -379,26 +376,16 @@ async def backlog(
             with connect(url) as conn:
                 conn.execute(_q("VACUUM ANALYZE {s}.tasks", schema))
                 conn.execute(_q("VACUUM ANALYZE {s}.runs", schema))
-            async with Counter(url, schema) as counter:
-                with trio.CancelScope() as crash:
-                    async with trio.open_nursery() as nursery:
-                        worker = client.new_worker(_options(concurrency))
-                        await nursery.start(worker.run)
-                        t0 = time.perf_counter()
-                        target = backlog_target(pending)
-                        done = 0
-                        while done < target and time.perf_counter() - t0 < window:
-                            await trio.sleep(0.02)
-                            done = await counter.count(upto=target)
-                        seconds = time.perf_counter() - t0
-                        crash.cancel()  # stop at once; in-flight runs are simply abandoned
-        return {
-            "pending": pending,
-            "completed_in_db": done,
-            "seconds": seconds,
-            "tasks_per_s": done / seconds,
-            "preload_rows_per_s": preload_rate,
-        }
+                conn.execute("CHECKPOINT")  # the load's WAL, flushed before timing starts
+            with trio.CancelScope() as crash:
+                async with trio.open_nursery() as nursery:
+                    worker = client.new_worker(_options(concurrency))
+                    started = database_clock(url)
+                    await nursery.start(worker.run)
+                    await trio.sleep(window)
+                    crash.cancel()  # stop at once; in-flight runs are simply abandoned
+        result = backlog_rate(url, _q("{s}.tasks", schema).decode(), pending, started, window)
+        return {**result, "preload_rows_per_s": preload_rate}
     finally:
         drop_schema(url, schema)
 

@@ -23,7 +23,14 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from _util import WorkerProcess, backlog_target, connect, summarize, two_process_result
+from _util import (
+    WorkerProcess,
+    backlog_rate,
+    connect,
+    database_clock,
+    summarize,
+    two_process_result,
+)
 
 CHANNEL = "raw_bench"
 QUEUE = "bench"
@@ -107,11 +114,10 @@ def preload(url: str, schema: str, n: int, chunk: int = 20_000) -> None:
         conn.execute("SELECT pg_notify(%s, %s)", (CHANNEL, QUEUE))
 
 
-def completed(conn: psycopg.Connection[Any], schema: str, upto: int | None = None) -> int:
-    """Completed jobs; with `upto`, counting stops there (cheap beside a big backlog:
-    the first jobs finished are the first rows of the table)."""
-    text = "SELECT count(*) FROM (SELECT 1 FROM {s}.jobs WHERE state = 'completed' LIMIT %s) x"
-    row = conn.execute(q(text, schema), (upto,)).fetchone()
+def completed(conn: psycopg.Connection[Any], schema: str) -> int:
+    row = conn.execute(
+        q("SELECT count(*) FROM {s}.jobs WHERE state = 'completed'", schema)
+    ).fetchone()
     return int(row[0]) if row else 0
 
 
@@ -319,30 +325,19 @@ def insert_roundtrip(url: str, schema: str, samples: int) -> dict[str, Any]:
 
 
 def backlog(url: str, schema: str, pending: int, concurrency: int, window: float) -> dict[str, Any]:
-    """Completions per second with `pending` jobs waiting: timed until `backlog_target`
-    jobs are done or `window` seconds pass, whichever comes first."""
+    """Completions per second with `pending` jobs waiting (see `_util.backlog_rate`)."""
     setup(url, schema)
     try:
         preload(url, schema, pending)
         with connect(url) as conn:
             conn.execute(q("VACUUM ANALYZE {s}.jobs", schema))
+            conn.execute("CHECKPOINT")  # the load's WAL, flushed before timing starts
         worker = RawWorker(url, schema, concurrency)
-        target = backlog_target(pending)
-        t0 = time.perf_counter()
+        started = database_clock(url)
         worker.start()
-        with connect(url) as conn:
-            done = 0
-            while done < target and time.perf_counter() - t0 < window:
-                time.sleep(0.02)
-                done = completed(conn, schema, target)
-        seconds = time.perf_counter() - t0
+        time.sleep(window)
         worker.stop()
-        return {
-            "pending": pending,
-            "completed_in_db": done,
-            "seconds": seconds,
-            "tasks_per_s": done / seconds,
-        }
+        return backlog_rate(url, q("{s}.jobs", schema).decode(), pending, started, window)
     finally:
         drop(url, schema)
 

@@ -157,7 +157,9 @@ def other_table(results: dict[str, Any]) -> str:
                     [
                         f"claim+complete with {int(pending):,} pending ({system})",
                         f"{node['tasks_per_s']:,.0f} tasks/s",
-                        f"{node['completed_in_db']:,} done",
+                        f"first {node['timed']:,} of {node['completed_in_db']:,} done"
+                        if "timed" in node
+                        else f"{node['completed_in_db']:,} done",
                     ]
                 )
     node = results.get("rss", {}).get("durable_trio")
