@@ -21,8 +21,8 @@ SELECT * FROM @schema.claim_runs(%(queue)s, %(worker)s, %(names)s::text[], %(lim
 SELECT * FROM @schema.heartbeat(%(worker)s, %(runs)s::uuid[], %(lease)s::interval)
 
 -- name: record_runs
-SELECT run_id FROM @schema.record_runs(%(worker)s, %(ck_runs)s::uuid[], %(ck_names)s::text[],
-    %(ck_values)s::text[], %(done_runs)s::uuid[], %(results)s::text[])
+-- The runs still owned, i.e. written (see the function).
+SELECT @schema.record_runs(%(worker)s, %(writes)s::jsonb) AS owned
 
 -- name: lock_owned_run
 SELECT @schema.lock_owned_run(%(run_id)s, %(worker)s) AS task_id

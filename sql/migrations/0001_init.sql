@@ -469,10 +469,10 @@ $$;
 -- meanwhile). Checkpoints are written first, in the order given, then completions. A run
 -- the worker no longer owns (lease expired, cancelled, reclaimed) gets nothing written;
 -- the answer lists the runs that were owned.
-CREATE FUNCTION @schema.record_runs(
-    p_worker text, p_ck_runs uuid[], p_ck_names text[], p_ck_values text[],
-    p_done_runs uuid[], p_results text[]
-) RETURNS TABLE (run_id uuid)
+-- p_writes is a JSON array in write order: {"run_id", "name", "value"} for a checkpoint,
+-- {"run_id", "value"} (no name) for a completion with its result. One JSON value rather
+-- than parallel arrays: the client builds it with string joins, not per-element adapters.
+CREATE FUNCTION @schema.record_runs(p_worker text, p_writes jsonb) RETURNS uuid[]
 LANGUAGE plpgsql AS $$
 DECLARE
     v_now timestamptz := @schema.clock_now();
@@ -482,29 +482,32 @@ DECLARE
 BEGIN
     -- One statement (one executor start); the fence locks in run_id order, as cancel_task
     -- does, so concurrent writers never deadlock.
-    WITH owned AS MATERIALIZED (
+    WITH w AS MATERIALIZED (
+        -- "->" keeps a JSON null a jsonb null (jsonb_to_recordset would make it SQL NULL).
+        SELECT (e.item ->> 'run_id')::uuid AS run_id, e.item ->> 'name' AS name,
+            e.item -> 'value' AS value, e.ord
+        FROM jsonb_array_elements(p_writes) WITH ORDINALITY AS e(item, ord)
+    ), owned AS MATERIALIZED (
         SELECT r.run_id, r.task_id FROM @schema.runs r
-        WHERE r.run_id = ANY (p_ck_runs || p_done_runs) AND r.worker_id = p_worker
+        WHERE r.run_id IN (SELECT w.run_id FROM w) AND r.worker_id = p_worker
           AND r.state = 'running' AND r.lease_expires_at > v_now
         ORDER BY r.run_id
-        FOR NO KEY UPDATE
+        FOR NO KEY UPDATE OF r
     ), saved AS (
         INSERT INTO @schema.checkpoints (task_id, name, value, run_id, created_at)
-        SELECT o.task_id, c.name, c.value::jsonb, c.run_id, v_now
-        FROM unnest(p_ck_runs, p_ck_names, p_ck_values) WITH ORDINALITY
-            AS c(run_id, name, value, ord)
-        JOIN owned o ON o.run_id = c.run_id
-        ORDER BY c.ord
+        SELECT o.task_id, w.name, w.value, w.run_id, v_now
+        FROM w JOIN owned o ON o.run_id = w.run_id
+        WHERE w.name IS NOT NULL
+        ORDER BY w.ord
         ON CONFLICT (task_id, name) DO NOTHING
     ), done AS (
         UPDATE @schema.runs r SET state = 'completed', finished_at = v_now,
             lease_expires_at = NULL
-        FROM unnest(p_done_runs, p_results) AS d(run_id, result)
-        JOIN owned o ON o.run_id = d.run_id
-        WHERE r.run_id = d.run_id
-        RETURNING r.task_id, d.result
+        FROM w JOIN owned o ON o.run_id = w.run_id
+        WHERE w.name IS NULL AND r.run_id = w.run_id
+        RETURNING r.task_id, w.value AS result
     ), ended AS (
-        UPDATE @schema.tasks t SET state = 'completed', result = done.result::jsonb,
+        UPDATE @schema.tasks t SET state = 'completed', result = done.result,
             finished_at = v_now
         FROM done WHERE t.task_id = done.task_id
         RETURNING t.task_id, t.parent_task_id
@@ -516,7 +519,7 @@ BEGIN
     FOREACH v_id IN ARRAY coalesce(v_ended, '{}') LOOP
         PERFORM @schema.announce_end(v_id);
     END LOOP;
-    RETURN QUERY SELECT unnest(v_owned);
+    RETURN v_owned;
 END
 $$;
 

@@ -5,6 +5,7 @@ It speaks in plain rows and JSON text; what to do with them is decided elsewhere
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
@@ -200,18 +201,16 @@ class Store:
         """Write checkpoints (run_id, name, JSON) then completions (run_id, result JSON)
         for runs `worker` owns, in one transaction. Returns the runs that were owned:
         nothing was written for the others."""
-        rows = await self._all(
-            "record_runs",
-            {
-                "worker": worker,
-                "ck_runs": [c[0] for c in checkpoints],
-                "ck_names": [c[1] for c in checkpoints],
-                "ck_values": [c[2] for c in checkpoints],
-                "done_runs": [c[0] for c in completions],
-                "results": [c[1] for c in completions],
-            },
+        # The values are JSON texts already: spliced in, not re-encoded.
+        writes = [
+            f'{{"run_id":"{run_id}","name":{json.dumps(name)},"value":{value}}}'
+            for run_id, name, value in checkpoints
+        ]
+        writes += [f'{{"run_id":"{run_id}","value":{value}}}' for run_id, value in completions]
+        owned = await self._value(
+            "record_runs", {"worker": worker, "writes": "[" + ",".join(writes) + "]"}
         )
-        return {row["run_id"] for row in rows}
+        return set(owned)
 
     async def set_checkpoint(self, run_id: UUID, worker: str, name: str, value: str) -> bool:
         """One fenced checkpoint; False if `worker` no longer owns the run."""

@@ -217,3 +217,22 @@ async def test_concurrency_limits_task_code_while_outcomes_are_written(
     assert ACTIVE["most"] <= 2
     assert ACTIVE["held"] <= 4
     assert sorted(r for _, r in (await _results(client)).values()) == list(range(30))
+
+
+@dt.task("writer_nothing")
+async def nothing(ctx: dt.TaskContext, p: None) -> None:
+    await ctx.step("nothing", lambda: None)
+
+
+async def test_a_json_null_is_stored_as_json_null(client: dt.Durable) -> None:
+    client.register(nothing)
+    spawned = await client.spawn(nothing, None)
+    await run_until_idle(client)
+    [row] = await query(
+        client,
+        "SELECT t.state, t.result = 'null'::jsonb AS result_null, "
+        "c.value = 'null'::jsonb AS value_null FROM {schema}.tasks t "
+        "JOIN {schema}.checkpoints c USING (task_id) WHERE t.task_id = %s",
+        spawned.task_id,
+    )
+    assert row == {"state": "completed", "result_null": True, "value_null": True}

@@ -190,7 +190,7 @@ def test_sql_check_constraints_list_every_state() -> None:
 
 def test_sql_claim_guard_matches_sources_of_claim() -> None:
     body = _functions()["claim_runs"]
-    guard = re.search(r"q\.state IN \(([^)]*)\)", body)
+    guard = re.search(r"c\.state IN \(([^)]*)\)", body)
     assert guard is not None
     assert _state_list(guard.group(1)) == {s.value for s in sources(E.CLAIM)}
 
