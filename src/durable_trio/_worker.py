@@ -81,6 +81,42 @@ class RunState:
     body_done: bool = False  # the task's code returned; its outcome may still be in writing
     finished: bool = False
 
+    @classmethod
+    def from_claim(
+        cls,
+        row: dict[str, Any],
+        *,
+        queue: str,
+        definition: TaskDefinition[Any, Any],
+        store: Store,
+        writer: Writer,
+        worker_id: str,
+        claim_timeout: float,
+        prepare_spawn: Callable[..., dict[str, Any]],
+    ) -> RunState:
+        """A run as `Store.claim` returned it, leased for `claim_timeout` from now."""
+        run = cls(
+            run_id=row["run_id"],
+            task_id=row["task_id"],
+            attempt=row["attempt"],
+            queue=queue,
+            task_name=row["task_name"],
+            params=row["params"],
+            headers=row["headers"],
+            checkpoints=row["checkpoints"],
+            retry=RetryStrategy.from_json(row["retry"]),
+            max_attempts=row["max_attempts"],
+            claimed_at=row["claimed_at"],
+            definition=definition,
+            store=store,
+            writer=writer,
+            worker_id=worker_id,
+            claim_timeout=claim_timeout,
+            prepare_spawn=prepare_spawn,
+        )
+        run.lease_deadline = run.claimed_mono + claim_timeout
+        return run
+
     def lose(self, reason: str) -> None:
         """Stop this run now and write nothing more for it (invariant 2)."""
         if self.lost is None and not self.finished:
@@ -292,18 +328,9 @@ class Worker:
 
     def _start(self, nursery: trio.Nursery, row: dict[str, Any], queue: str) -> None:
         assert self._writer is not None  # made by run() before the claim loop starts
-        run = RunState(
-            run_id=row["run_id"],
-            task_id=row["task_id"],
-            attempt=row["attempt"],
+        run = RunState.from_claim(
+            row,
             queue=queue,
-            task_name=row["task_name"],
-            params=row["params"],
-            headers=row["headers"],
-            checkpoints=row["checkpoints"],
-            retry=RetryStrategy.from_json(row["retry"]),
-            max_attempts=row["max_attempts"],
-            claimed_at=row["claimed_at"],
             definition=self._registry[row["task_name"]],
             store=self._exec,
             writer=self._writer,
@@ -311,7 +338,6 @@ class Worker:
             claim_timeout=self.options.claim_timeout,
             prepare_spawn=self._prepare_spawn,
         )
-        run.lease_deadline = run.claimed_mono + self.options.claim_timeout
         self._runs[run.run_id] = run
         self._executing += 1
         nursery.start_soon(self._execute, run, name=f"durable_trio run {run.task_name}")

@@ -4,15 +4,13 @@ in one fenced statement, without loosening what a step promises."""
 from __future__ import annotations
 
 import json
-import time
 from typing import Any
 
 import trio
 
 import durable_trio as dt
-from durable_trio._core.retry import RetryStrategy
 from durable_trio._worker import RunState
-from durable_trio._writer import Writer
+from durable_trio._writer import Write, Writer
 from durable_trio.testing import run_until_idle
 from support import query
 
@@ -78,26 +76,25 @@ async def test_a_step_body_runs_only_after_earlier_checkpoints_are_durable(
 
 
 def _run_state(row: dict[str, Any], client: dt.Durable, writer: Writer, worker: str) -> RunState:
-    return RunState(
-        run_id=row["run_id"],
-        task_id=row["task_id"],
-        attempt=row["attempt"],
+    return RunState.from_claim(
+        row,
         queue=client.queue,
-        task_name=row["task_name"],
-        params=row["params"],
-        headers=row["headers"],
-        checkpoints=row["checkpoints"],
-        retry=RetryStrategy.from_json(row["retry"]),
-        max_attempts=row["max_attempts"],
-        claimed_at=row["claimed_at"],
         definition=noop,
         store=client.store,
         writer=writer,
         worker_id=worker,
         claim_timeout=LEASE,
         prepare_spawn=lambda *a, **k: {},
-        lease_deadline=time.monotonic() + LEASE,
     )
+
+
+async def _written(writer: Writer, writes: list[Write]) -> None:
+    """Run the writer until every write is done."""
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(writer.run)
+        for write in writes:
+            await write.done.wait()
+        nursery.cancel_scope.cancel()
 
 
 async def _claim(client: dt.Durable, worker: str, n: int) -> list[dict[str, Any]]:
@@ -114,15 +111,11 @@ async def test_writes_queued_together_share_one_batch(client: dt.Durable) -> Non
     await client.spawn_many(noop, [1, 2, 3])
     writer = Writer(client.store, "A")
     runs = [_run_state(row, client, writer, "A") for row in await _claim(client, "A", 3)]
-    writes = []
+    writes: list[Write] = []
     for n, run in enumerate(runs):
         writes.append(writer.submit(run, "step", json.dumps(n)))
         writes.append(writer.submit(run, None, json.dumps(n * 10)))
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(writer.run)
-        for write in writes:
-            await write.done.wait()
-        nursery.cancel_scope.cancel()
+    await _written(writer, writes)
     assert writer.batches == 1
     assert all(w.owned for w in writes)
     results = await _results(client)
@@ -148,11 +141,7 @@ async def test_a_batch_is_fenced_run_by_run(client: dt.Durable) -> None:
         writer.submit(theirs, None, "3"),
         writer.submit(mine, None, "4"),
     ]
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(writer.run)
-        for write in writes:
-            await write.done.wait()
-        nursery.cancel_scope.cancel()
+    await _written(writer, writes)
     assert [w.owned for w in writes] == [False, True, False, True]
     results = await _results(client)
     assert results[mine.task_id] == ("completed", 4)
@@ -172,11 +161,7 @@ async def test_a_bad_write_does_not_sink_the_rest_of_its_batch(client: dt.Durabl
         writer.submit(good, None, "6"),
         writer.submit(bad, None, "7"),
     ]
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(writer.run)
-        for write in writes:
-            await write.done.wait()
-        nursery.cancel_scope.cancel()
+    await _written(writer, writes)
     assert [w.owned for w in writes] == [False, True, True, False]
     assert bad.lost == "internal error while recording the outcome"
     assert good.lost is None
