@@ -470,8 +470,9 @@ $$;
 -- the worker no longer owns (lease expired, cancelled, reclaimed) gets nothing written;
 -- the answer lists the runs that were owned.
 -- p_writes is a JSON array in write order: {"run_id", "name", "value"} for a checkpoint,
--- {"run_id", "value"} (no name) for a completion with its result. One JSON value rather
--- than parallel arrays: the client builds it with string joins, not per-element adapters.
+-- {"run_id", "value"} (no name) for a completion with its result, each optionally with the
+-- "claimed_at" of the claim it was made under. One JSON value rather than parallel arrays:
+-- the client builds it with string joins, not per-element adapters.
 CREATE FUNCTION @schema.record_runs(p_worker text, p_writes jsonb) RETURNS uuid[]
 LANGUAGE plpgsql AS $$
 DECLARE
@@ -485,12 +486,18 @@ BEGIN
     WITH w AS MATERIALIZED (
         -- "->" keeps a JSON null a jsonb null (jsonb_to_recordset would make it SQL NULL).
         SELECT (e.item ->> 'run_id')::uuid AS run_id, e.item ->> 'name' AS name,
-            e.item -> 'value' AS value, e.ord
+            e.item -> 'value' AS value, (e.item ->> 'claimed_at')::timestamptz AS claimed_at,
+            e.ord
         FROM jsonb_array_elements(p_writes) WITH ORDINALITY AS e(item, ord)
     ), owned AS MATERIALIZED (
         SELECT r.run_id, r.task_id FROM @schema.runs r
         WHERE r.run_id IN (SELECT w.run_id FROM w) AND r.worker_id = p_worker
           AND r.state = 'running' AND r.lease_expires_at > v_now
+          -- Made under this claim: a run that slept and was claimed again by the same
+          -- worker must not take a late write queued by the earlier claim.
+          AND NOT EXISTS (SELECT 1 FROM w WHERE w.run_id = r.run_id
+                          AND w.claimed_at IS DISTINCT FROM r.claimed_at
+                          AND w.claimed_at IS NOT NULL)
         ORDER BY r.run_id
         FOR NO KEY UPDATE OF r
     ), saved AS (

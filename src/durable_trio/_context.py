@@ -197,6 +197,8 @@ class TaskContext:
         """Hand the checkpoint to the worker's writer and go on; see `settle`."""
         if self._run.lost is not None:  # shielded code still writing after the loss
             raise LeaseLost(self._run.lost)
+        if self._run.suspended:  # a sibling task in the task's nursery suspended the run
+            raise Suspended()
         text, replayed = _roundtrip(checkpoint, value, rtype)
         self._unsettled = self._run.writer.submit(self._run, checkpoint, text)
         self._checkpoints[checkpoint] = _serde.loads(text)
@@ -205,15 +207,18 @@ class TaskContext:
     async def settle(self) -> None:
         """Wait until every checkpoint recorded so far is durable. Called before anything
         else durable happens for this run (the writer keeps one run's writes in order)."""
-        if self._run.lost is not None:
-            await self._lost()
-        write = self._unsettled
-        if write is None:
-            return
-        await write.done.wait()
-        if not write.owned:
-            await self._lost()
-        self._unsettled = None
+        while True:
+            if self._run.lost is not None:
+                await self._lost()
+            write = self._unsettled
+            if write is None:
+                return
+            await write.done.wait()
+            if not write.owned:
+                await self._lost()
+            # Concurrent steps (a nursery inside the task) may have queued more meanwhile.
+            if self._unsettled is write:
+                self._unsettled = None
 
     def _next_name(self, name: str, *, kind: str | None = None) -> str:
         try:

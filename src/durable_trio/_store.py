@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from datetime import datetime, timedelta
 from functools import cache
@@ -197,16 +197,27 @@ class Store:
         worker: str,
         checkpoints: Sequence[tuple[UUID, str, str]],
         completions: Sequence[tuple[UUID, str]],
+        claims: Mapping[UUID, datetime] | None = None,
     ) -> set[UUID]:
         """Write checkpoints (run_id, name, JSON) then completions (run_id, result JSON)
-        for runs `worker` owns, in one transaction. Returns the runs that were owned:
-        nothing was written for the others."""
+        for runs `worker` owns, in one transaction; with `claims` (run_id -> claimed_at),
+        only under that very claim. Returns the runs that were owned: nothing was
+        written for the others."""
+        claims = claims or {}
+
+        def claim(run_id: UUID) -> str:
+            at = claims.get(run_id)
+            return "" if at is None else f',"claimed_at":"{at.isoformat()}"'
+
         # The values are JSON texts already: spliced in, not re-encoded.
         writes = [
-            f'{{"run_id":"{run_id}","name":{json.dumps(name)},"value":{value}}}'
+            f'{{"run_id":"{run_id}"{claim(run_id)},"name":{json.dumps(name)},"value":{value}}}'
             for run_id, name, value in checkpoints
         ]
-        writes += [f'{{"run_id":"{run_id}","value":{value}}}' for run_id, value in completions]
+        writes += [
+            f'{{"run_id":"{run_id}"{claim(run_id)},"value":{value}}}'
+            for run_id, value in completions
+        ]
         owned = await self._value(
             "record_runs", {"worker": worker, "writes": "[" + ",".join(writes) + "]"}
         )

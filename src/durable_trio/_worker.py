@@ -40,7 +40,7 @@ from ._errors import (
 )
 from ._store import Store
 from ._task import TaskDefinition
-from ._writer import Writer
+from ._writer import TRANSIENT, Write, Writer
 
 __all__ = ["RunState", "Worker", "reap_expired"]
 
@@ -80,6 +80,7 @@ class RunState:
     release_on_exit: bool = False
     body_done: bool = False  # the task's code returned; its outcome may still be in writing
     finished: bool = False
+    last_write: Write | None = None  # the latest checkpoint or completion queued for it
 
     @classmethod
     def from_claim(
@@ -135,7 +136,9 @@ class RunState:
                 raise LeaseLost(self.lost)
             try:
                 return await fn(*args, **kwargs)
-            except DatabaseUnavailable as ex:
+            except (DatabaseUnavailable, *TRANSIENT) as ex:
+                # Lost connections, and deadlocks or serialization failures (the
+                # transaction rolled back): all worth another try within the lease.
                 if time.monotonic() + delay >= self.lease_deadline:
                     self.lose(f"database unreachable until the lease ran out ({ex})")
                     continue
@@ -404,6 +407,9 @@ class Worker:
         if run.release_on_exit and run.lost is None and not run.suspended:
             # If the database is gone the lease simply expires instead.
             with trio.CancelScope(shield=True), trio.move_on_after(5), suppress(*RETRYABLE_IO):
+                # Checkpoints already queued are kept: written before the hand-back.
+                if run.last_write is not None:
+                    await run.last_write.done.wait()
                 await self._exec.release(run.run_id, self.worker_id)
 
     async def _run_task(self, run: RunState) -> None:
@@ -484,6 +490,8 @@ class Worker:
         with trio.move_on_after(self.options.shutdown_grace):
             await self._drained.wait()
         for run in list(self._runs.values()):
+            if run.body_done:
+                continue  # its code returned: only its completion's write is left to finish
             run.release_on_exit = True
             run.scope.cancel()
 

@@ -32,7 +32,7 @@ __all__ = ["Write", "Writer"]
 log = logging.getLogger("durable_trio.worker")
 
 # Retried as a whole: the transaction rolled back and may succeed when run again.
-_TRANSIENT = (psycopg.errors.DeadlockDetected, psycopg.errors.SerializationFailure)
+TRANSIENT = (psycopg.errors.DeadlockDetected, psycopg.errors.SerializationFailure)
 
 
 @attrs.define(eq=False)
@@ -49,10 +49,13 @@ class Write:
 class Writer:
     """Writes queued `Write`s in batches. Run `run()` in a nursery that outlives the runs."""
 
-    def __init__(self, store: Store, worker_id: str, *, max_batch: int = 500) -> None:
+    def __init__(
+        self, store: Store, worker_id: str, *, max_batch: int = 500, max_bytes: int = 8 << 20
+    ) -> None:
         self._store = store
         self._worker_id = worker_id
         self._max_batch = max_batch
+        self._max_bytes = max_bytes  # a jsonb value must stay far below its 255 MB limit
         self._queue: list[Write] = []
         self._wake = trio.Event()
         self._in_flight = 0
@@ -65,6 +68,7 @@ class Writer:
 
     def submit(self, run: RunState, name: str | None, value: str) -> Write:
         write = Write(run, name, value)
+        run.last_write = write
         self._queue.append(write)
         self._wake.set()
         return write
@@ -74,13 +78,24 @@ class Writer:
             if not self._queue:
                 self._wake = trio.Event()
                 await self._wake.wait()
-            batch = self._queue[: self._max_batch]
-            del self._queue[: self._max_batch]
+            batch = self._next_batch()
             self._in_flight = len(batch)
             try:
                 await self._write(batch)
             finally:
                 self._in_flight = 0
+
+    def _next_batch(self) -> list[Write]:
+        """The oldest writes, up to max_batch of them and max_bytes of values (one at least)."""
+        size = taken = 0
+        for write in self._queue[: self._max_batch]:
+            size += len(write.value)
+            if taken and size > self._max_bytes:
+                break
+            taken += 1
+        batch = self._queue[:taken]
+        del self._queue[:taken]
+        return batch
 
     async def _write(self, batch: list[Write]) -> None:
         try:
@@ -103,7 +118,7 @@ class Writer:
                 return set()
             try:
                 return await self._record(live)
-            except (DatabaseUnavailable, *_TRANSIENT) as ex:
+            except (DatabaseUnavailable, *TRANSIENT) as ex:
                 now = time.monotonic()
                 for write in live:
                     if now + delay >= write.run.lease_deadline:
@@ -125,4 +140,5 @@ class Writer:
     async def _record(self, writes: Sequence[Write]) -> set[UUID]:
         checkpoints = [(w.run.run_id, w.name, w.value) for w in writes if w.name is not None]
         completions = [(w.run.run_id, w.value) for w in writes if w.name is None]
-        return await self._store.record(self._worker_id, checkpoints, completions)
+        claims = {w.run.run_id: w.run.claimed_at for w in writes}
+        return await self._store.record(self._worker_id, checkpoints, completions, claims)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import pytest
 import trio
 
 import durable_trio as dt
@@ -221,3 +222,109 @@ async def test_a_json_null_is_stored_as_json_null(client: dt.Durable) -> None:
         spawned.task_id,
     )
     assert row == {"state": "completed", "result_null": True, "value_null": True}
+
+
+def slow_writer(monkeypatch: pytest.MonkeyPatch, delay: float) -> None:
+    """Every batch takes `delay` seconds longer: writes stay queued meanwhile."""
+    record = Writer._record
+
+    async def slow(self: Writer, writes: Any) -> Any:
+        await trio.sleep(delay)
+        return await record(self, writes)
+
+    monkeypatch.setattr(Writer, "_record", slow)
+
+
+STEPS_RUN: dict[str, int] = {}
+
+
+@dt.task("writer_siblings")
+async def siblings(ctx: dt.TaskContext, p: None) -> None:
+    async def slow_step() -> int:
+        STEPS_RUN["b"] = STEPS_RUN.get("b", 0) + 1
+        await trio.sleep(0.1)
+        return 2
+
+    async def sleeper() -> None:
+        await ctx.step("a", lambda: 1)
+        await ctx.sleep_for("nap", 3600)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(ctx.step, "b", slow_step)
+        await trio.sleep(0.01)
+        nursery.start_soon(sleeper)
+
+
+async def test_a_sibling_checkpoint_is_durable_before_the_task_suspends(
+    client: dt.Durable, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # "b" is queued while "a"'s sleep waits for the writer: the suspension must wait for
+    # "b" too, or the run would sleep without it and run "b" again when it wakes.
+    STEPS_RUN.clear()
+    slow_writer(monkeypatch, 0.2)
+    client.register(siblings)
+    spawned = await client.spawn(siblings, None)
+    async with client.worker(dt.WorkerOptions(poll_interval=0.05)) as worker:
+        with trio.fail_after(10):
+            while (await client.get_task(spawned.task_id)).state is not dt.TaskState.SLEEPING:
+                await trio.sleep(0.02)
+            while worker.pending_writes:
+                await trio.sleep(0.02)
+    rows = await query(
+        client, "SELECT name FROM {schema}.checkpoints WHERE task_id = %s", spawned.task_id
+    )
+    assert {"a", "b"} <= {r["name"] for r in rows}
+    assert STEPS_RUN == {"b": 1}
+
+
+@dt.task("writer_quick")
+async def quick(ctx: dt.TaskContext, p: int) -> int:
+    return p
+
+
+async def test_shutdown_lets_queued_completions_land(
+    client: dt.Durable, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    slow_writer(monkeypatch, 0.5)
+    client.register(quick)
+    spawned = await client.spawn(quick, 7)
+    async with client.worker(dt.WorkerOptions(shutdown_grace=0.05)) as worker:
+        with trio.fail_after(10):
+            while worker.pending_writes == 0:
+                await trio.sleep(0.005)
+    # Shut down while the completion was queued: it was written, not handed back.
+    info = await client.get_task(spawned.task_id)
+    assert (info.state, info.result, info.attempts) == (dt.TaskState.COMPLETED, 7, 1)
+
+
+async def test_a_write_counts_only_under_the_claim_it_was_made_in(client: dt.Durable) -> None:
+    client.register(noop)
+    await client.spawn(noop, 1)
+    writer = Writer(client.store, "A")
+    first = _run_state((await _claim(client, "A", 1))[0], client, writer, "A")
+    # Handed back and claimed again by the same worker: same run, a new claim.
+    assert await client.store.release(first.run_id, "A")
+    second = _run_state((await _claim(client, "A", 1))[0], client, writer, "A")
+    assert (second.run_id, second.worker_id) == (first.run_id, first.worker_id)
+    assert second.claimed_at != first.claimed_at
+    late = [writer.submit(first, "step", "1"), writer.submit(first, None, "1")]
+    await _written(writer, late)
+    assert [w.owned for w in late] == [False, False]
+    current = [writer.submit(second, "step", "2"), writer.submit(second, None, "2")]
+    await _written(writer, current)
+    assert [w.owned for w in current] == [True, True]
+    saved = await query(client, "SELECT value FROM {schema}.checkpoints")
+    assert [r["value"] for r in saved] == [2]
+
+
+async def test_batches_are_bounded_by_size(client: dt.Durable) -> None:
+    client.register(noop)
+    await client.spawn_many(noop, [1, 2, 3])
+    writer = Writer(client.store, "A", max_bytes=10)
+    runs = [_run_state(row, client, writer, "A") for row in await _claim(client, "A", 3)]
+    # 8 bytes each: two would pass 10, so one per batch; a write alone always goes.
+    writes = [writer.submit(run, None, '"' + "x" * 6 + '"') for run in runs]
+    writes.append(writer.submit(runs[0], "late", '"' + "y" * 20 + '"'))
+    await _written(writer, writes)
+    assert writer.batches == 4
+    assert [w.owned for w in writes] == [True, True, True, False]  # runs[0] had completed
