@@ -1240,6 +1240,12 @@ class StatefulMachine(RuleBasedStateMachine):
                     await gate.hit.wait()
                 if not gate.hit.is_set() and await self._idle(worker):
                     break
+            # Crash once queued writes have landed: whether a write queued a moment before
+            # the crash survives is timing, and Hypothesis needs each example to replay
+            # the same way (the model accepts either; tests/integration/test_writer.py
+            # covers what a queued write may and may not do).
+            while worker.pending_writes:
+                await trio.sleep(0.002)
             nursery.cancel_scope.cancel()
         if gate.info is not None:
             assert gate.cancelled, "the crashed worker's step was not cancelled"
