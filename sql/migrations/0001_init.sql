@@ -339,8 +339,10 @@ $$;
 -- picked rows are examined, so a claim costs O(p_limit) however long the queue is.
 CREATE FUNCTION @schema.claim_runs(
     p_queue text, p_worker text, p_names text[], p_limit integer, p_lease interval
+-- headers, retry and checkpoints come back as JSON text: the worker decodes them with a
+-- cache and a fast path for "{}" (they repeat, or are empty, for most runs).
 ) RETURNS TABLE (run_id uuid, task_id uuid, task_name text, attempt integer,
-    params jsonb, headers jsonb, retry jsonb, max_attempts integer, checkpoints jsonb,
+    params jsonb, headers text, retry text, max_attempts integer, checkpoints text,
     lease_expires_at timestamptz, claimed_at timestamptz)
 LANGUAGE plpgsql
 -- Left to choose, the plan cache re-plans these statements on every call (their array
@@ -413,10 +415,10 @@ BEGIN
         FROM claimed WHERE t.task_id = claimed.task_id
         RETURNING t.task_id, t.params, t.headers, t.retry, t.max_attempts
     )
-    SELECT c.run_id, c.task_id, c.task_name, c.attempt, s.params, s.headers, s.retry,
-        s.max_attempts,
+    SELECT c.run_id, c.task_id, c.task_name, c.attempt, s.params, s.headers::text,
+        s.retry::text, s.max_attempts,
         (SELECT coalesce(jsonb_object_agg(k.name, k.value), '{}'::jsonb)
-         FROM @schema.checkpoints k WHERE k.task_id = c.task_id),
+         FROM @schema.checkpoints k WHERE k.task_id = c.task_id)::text,
         c.lease_expires_at, v_now
     FROM claimed c JOIN started s USING (task_id);
 END

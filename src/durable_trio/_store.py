@@ -170,6 +170,7 @@ class Store:
     async def claim(
         self, queue: str, worker: str, names: Sequence[str], limit: int, lease: float
     ) -> list[Row]:
+        """Claimed runs; headers, retry and checkpoints as JSON text (see claim_runs)."""
         return await self._all(
             "claim_runs",
             {

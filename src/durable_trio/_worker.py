@@ -12,6 +12,8 @@ Lifetimes:
 
 from __future__ import annotations
 
+import functools
+import json
 import logging
 import random
 import time
@@ -103,9 +105,9 @@ class RunState:
             queue=queue,
             task_name=row["task_name"],
             params=row["params"],
-            headers=row["headers"],
-            checkpoints=row["checkpoints"],
-            retry=RetryStrategy.from_json(row["retry"]),
+            headers=_json_object(row["headers"]),
+            checkpoints=_json_object(row["checkpoints"]),
+            retry=_retry_strategy(row["retry"]),
             max_attempts=row["max_attempts"],
             claimed_at=row["claimed_at"],
             definition=definition,
@@ -494,6 +496,17 @@ class Worker:
                 continue  # its code returned: only its completion's write is left to finish
             run.release_on_exit = True
             run.scope.cancel()
+
+
+def _json_object(text: str) -> dict[str, Any]:
+    """A claimed run's JSON object column; most are empty. Always a fresh dict."""
+    return {} if text == "{}" else dict(json.loads(text))
+
+
+@functools.lru_cache(maxsize=256)
+def _retry_strategy(text: str) -> RetryStrategy:
+    """Runs of one kind of task share their strategy's JSON: parse each text once."""
+    return RetryStrategy.from_json(json.loads(text))
 
 
 def _printable(text: str, limit: int) -> str:

@@ -176,7 +176,7 @@ async def test_zombie_writes_are_fenced(client: dt.Durable) -> None:
     b_run: UUID = claimed_b[0]["run_id"]
     assert b_run != spawned.run_id
     assert claimed_b[0]["attempt"] == 2
-    assert claimed_b[0]["checkpoints"] == {"early": 1}
+    assert json.loads(claimed_b[0]["checkpoints"]) == {"early": 1}
 
     async def snapshot() -> tuple[Any, ...]:
         task = await query(
