@@ -29,6 +29,18 @@ __all__ = [
 ]
 
 
+def wait_count(url: str, query: bytes, n: int, timeout: float, poll: float = 0.01) -> int:
+    """Poll a ``count(*)`` query until it reaches `n` or `timeout` passes; the last count."""
+    deadline = time.monotonic() + timeout
+    with connect(url) as conn:
+        while True:
+            row = conn.execute(query).fetchone()
+            done = int(row[0]) if row else 0
+            if done >= n or time.monotonic() > deadline:
+                return done
+            time.sleep(poll)
+
+
 def backlog_target(pending: int) -> int:
     """Completions to time in the backlog scenario: few enough that the backlog is still
     ~its size at the end (the 10k case would otherwise run dry inside the window)."""

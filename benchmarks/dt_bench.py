@@ -25,6 +25,7 @@ from _util import (
     rss_kib,
     summarize,
     two_process_result,
+    wait_count,
 )
 from durable_trio._db import connect as trio_connect
 
@@ -436,19 +437,12 @@ def run_two_processes(
         try:
             for w in workers:
                 w.wait_ready()
-            with connect(url) as conn:
-                count = _q("SELECT count(*) FROM {s}.tasks WHERE state = 'completed'", schema)
-                t0 = time.perf_counter()
-                for w in workers:
-                    w.send("go")
-                deadline = time.monotonic() + timeout
-                while True:
-                    row = conn.execute(count).fetchone()
-                    done = int(row[0]) if row else 0
-                    if done >= n or time.monotonic() > deadline:
-                        break
-                    time.sleep(0.02)
-                seconds = time.perf_counter() - t0
+            count = _q("SELECT count(*) FROM {s}.tasks WHERE state = 'completed'", schema)
+            t0 = time.perf_counter()
+            for w in workers:
+                w.send("go")
+            done = wait_count(url, count, n, timeout, poll=0.02)
+            seconds = time.perf_counter() - t0
             reports = [w.stop() for w in workers]
         finally:
             for w in workers:

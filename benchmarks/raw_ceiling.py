@@ -30,6 +30,7 @@ from _util import (
     database_clock,
     summarize,
     two_process_result,
+    wait_count,
 )
 
 CHANNEL = "raw_bench"
@@ -216,14 +217,9 @@ class RawWorker:
                 self.errors.append(repr(ex))
 
 
-def wait_completed(url: str, schema: str, n: int, timeout: float, poll: float = 0.01) -> int:
-    deadline = time.monotonic() + timeout
-    with connect(url) as conn:
-        while True:
-            done = completed(conn, schema)
-            if done >= n or time.monotonic() > deadline:
-                return done
-            time.sleep(poll)
+def wait_completed(url: str, schema: str, n: int, timeout: float) -> int:
+    query = q("SELECT count(*) FROM {s}.jobs WHERE state = 'completed'", schema)
+    return wait_count(url, query, n, timeout)
 
 
 def drain(
