@@ -196,8 +196,19 @@ class Worker:
 
     @property
     def in_flight(self) -> int:
-        """Runs currently executing on this worker."""
+        """Runs this worker holds: executing, or whose outcome is still being written."""
         return len(self._runs)
+
+    @property
+    def claiming(self) -> bool:
+        """A claim or reap is under way: the runs it takes (not in `in_flight` yet) or frees
+        (not claimable yet) are invisible to anyone judging whether the queue is idle."""
+        return self._claiming
+
+    @property
+    def busy(self) -> bool:
+        """Holding runs, claiming, or with writes queued: not idle from the outside."""
+        return bool(self._runs) or self._claiming or self.pending_writes > 0
 
     @property
     def pending_writes(self) -> int:

@@ -67,10 +67,10 @@ async def run_until_idle(
                 await _reap(client.store, queues)
                 await trio.sleep(0.01)
                 # A claim in flight has taken runs that are not in_flight yet: wait for it.
-                if worker.in_flight or worker._claiming:
+                if worker.busy:
                     continue
                 idle = await client.store.claimable_count(queues, names) == 0
-                if idle and not (worker.in_flight or worker._claiming):
+                if idle and not worker.busy:
                     break
             worker.shutdown()
     return worker.claimed_total

@@ -909,11 +909,11 @@ class StatefulMachine(RuleBasedStateMachine):
 
     async def _idle(self, worker: dt.Worker) -> bool:
         """Nothing claimable, nothing in flight, no claim or reap under way (like
-        run_until_idle; _claiming has no public spelling yet)."""
-        if worker.in_flight or worker._claiming:
+        run_until_idle)."""
+        if worker.busy:
             return False
         count = await self.client.store.claimable_count([self.client.queue], [TASK_NAME])
-        return count == 0 and not (worker.in_flight or worker._claiming)
+        return count == 0 and not worker.busy
 
     def snapshot(self) -> Snapshot:
         assert self.db is not None
@@ -1297,9 +1297,8 @@ class StatefulMachine(RuleBasedStateMachine):
             if zombie.errors:
                 raise zombie.errors[0]
             return
-        # Let the other slot's attempt finish, and a claim in flight start its runs (the
-        # worker has no public way to say so: _claiming is what run_until_idle reads).
-        while worker.in_flight > 1 or worker._claiming:
+        # Let the other slot's attempt finish, and a claim in flight start its runs.
+        while worker.in_flight > 1 or worker.claiming:
             await trio.sleep(0.002)
         # The stalled step's own checkpoint may still be queued: let it land, so that
         # what the model adopts now is what the database keeps showing.
