@@ -29,7 +29,7 @@ __all__ = [
 ]
 
 
-def wait_count(url: str, query: bytes, n: int, timeout: float, poll: float = 0.01) -> int:
+def wait_count(url: str, query: str | bytes, n: int, timeout: float, poll: float = 0.02) -> int:
     """Poll a ``count(*)`` query until it reaches `n` or `timeout` passes; the last count."""
     deadline = time.monotonic() + timeout
     with connect(url) as conn:

@@ -441,7 +441,7 @@ def run_two_processes(
             t0 = time.perf_counter()
             for w in workers:
                 w.send("go")
-            done = wait_count(url, count, n, timeout, poll=0.02)
+            done = wait_count(url, count, n, timeout)
             seconds = time.perf_counter() - t0
             reports = [w.stop() for w in workers]
         finally:

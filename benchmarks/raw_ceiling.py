@@ -219,7 +219,7 @@ class RawWorker:
 
 def wait_completed(url: str, schema: str, n: int, timeout: float) -> int:
     query = q("SELECT count(*) FROM {s}.jobs WHERE state = 'completed'", schema)
-    return wait_count(url, query, n, timeout)
+    return wait_count(url, query, n, timeout, poll=0.01)
 
 
 def drain(

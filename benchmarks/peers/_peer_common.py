@@ -10,12 +10,18 @@ from __future__ import annotations
 
 import json
 import sys
-import time
 from dataclasses import dataclass
 from importlib import metadata
+from pathlib import Path
 from typing import Any
 
 import psycopg
+
+# The harness's own helpers (stdlib + psycopg only, like this module).
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from _util import wait_count
+
+__all__ = ["Args", "count", "parse_args", "report", "wait_count"]
 
 
 @dataclass
@@ -36,18 +42,6 @@ def count(url: str, query: str) -> int:
     with psycopg.connect(url, autocommit=True) as conn:
         row = conn.execute(query).fetchone()
         return int(row[0]) if row else 0
-
-
-def wait_count(url: str, query: str, n: int, timeout: float, poll: float = 0.02) -> int:
-    """Poll `query` (a count of completed jobs) until it reaches n or timeout passes."""
-    deadline = time.monotonic() + timeout
-    with psycopg.connect(url, autocommit=True) as conn:
-        while True:
-            row = conn.execute(query).fetchone()
-            done = int(row[0]) if row else 0
-            if done >= n or time.monotonic() > deadline:
-                return done
-            time.sleep(poll)
 
 
 def report(system: str, dist: str, args: Args, done: int, seconds: float, **extra: Any) -> None:
