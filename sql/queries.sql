@@ -55,7 +55,7 @@ SELECT @schema.release_run(%(run_id)s, %(worker)s) AS ok
 SELECT @schema.cancel_task(%(task_id)s, %(reason)s) AS cancelled
 
 -- name: expired_runs
-SELECT r.run_id, r.task_id, r.attempt, t.max_attempts, t.retry
+SELECT r.run_id, r.task_id, r.attempt, t.max_attempts, t.retry::text AS retry
 FROM @schema.runs r JOIN @schema.tasks t USING (task_id)
 WHERE r.queue = ANY (%(queues)s::text[]) AND r.state = 'running'
   AND r.lease_expires_at <= @schema.clock_now()

@@ -41,7 +41,6 @@ from ._task import TaskDefinition
 
 if TYPE_CHECKING:
     from ._worker import RunState
-    from ._writer import Write
 
 T = TypeVar("T")
 _UNSET: Any = object()
@@ -70,7 +69,6 @@ class TaskContext:
         self._run = run
         self._namer = names.CheckpointNamer()
         self._checkpoints: dict[str, Any] = run.checkpoints
-        self._unsettled: Write | None = None  # the last checkpoint handed to the writer
 
     # -- identity ---------------------------------------------------------------------
 
@@ -200,7 +198,7 @@ class TaskContext:
         if self._run.suspended:  # a sibling task in the task's nursery suspended the run
             raise Suspended()
         text, replayed = _roundtrip(checkpoint, value, rtype)
-        self._unsettled = self._run.writer.submit(self._run, checkpoint, text)
+        self._run.writer.submit(self._run, checkpoint, text)
         self._checkpoints[checkpoint] = _serde.loads(text)
         return replayed
 
@@ -210,15 +208,16 @@ class TaskContext:
         while True:
             if self._run.lost is not None:
                 await self._lost()
-            write = self._unsettled
+            write = self._run.last_write
             if write is None:
                 return
-            await write.done.wait()
+            if not write.done.is_set():
+                await write.done.wait()
             if not write.owned:
                 await self._lost()
             # Concurrent steps (a nursery inside the task) may have queued more meanwhile.
-            if self._unsettled is write:
-                self._unsettled = None
+            if self._run.last_write is write:
+                return
 
     def _next_name(self, name: str, *, kind: str | None = None) -> str:
         try:

@@ -516,7 +516,8 @@ def _json_object(text: str) -> dict[str, Any]:
 
 @functools.lru_cache(maxsize=256)
 def _retry_strategy(text: str) -> RetryStrategy:
-    """Runs of one kind of task share their strategy's JSON: parse each text once."""
+    """Runs of one kind of task share their strategy's JSON (claims and the reaper read
+    it as text): parse each text once."""
     return RetryStrategy.from_json(json.loads(text))
 
 
@@ -536,7 +537,7 @@ async def reap_expired(store: Store, queues: Sequence[str], limit: int = 100) ->
             attempt=row["attempt"],
             max_attempts=row["max_attempts"],
             retryable=True,
-            strategy=RetryStrategy.from_json(row["retry"]),
+            strategy=_retry_strategy(row["retry"]),
             rand=random.random(),
         )
         error = {
