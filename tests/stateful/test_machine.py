@@ -1219,14 +1219,19 @@ class StatefulMachine(RuleBasedStateMachine):
                 await trio.sleep(0.002)
             worker.shutdown()
 
-    def do_crash(self, phase: str) -> None:
-        before = dict(self.model)
+    def run_gated(self, phase: str, body: Callable[[Gate], Awaitable[None]]) -> Gate:
+        """Run `body` in the portal with a gate armed at `phase` for the task code."""
         gate = Gate(phase)
         self.gate = gate
         try:
-            self.portal.run(self._crash, gate)
+            self.portal.run(body, gate)
         finally:
             self.gate = None
+        return gate
+
+    def do_crash(self, phase: str) -> None:
+        before = dict(self.model)
+        gate = self.run_gated(phase, self._crash)
         event(f"crash: stopped {gate.info[3]}" if gate.info else "crash: idle")
         self.adopt(before, "crash", gate)
 
@@ -1252,12 +1257,7 @@ class StatefulMachine(RuleBasedStateMachine):
 
     def do_stall(self, phase: str) -> None:
         before = dict(self.model)
-        gate = Gate(phase)
-        self.gate = gate
-        try:
-            self.portal.run(self._stall, gate)
-        finally:
-            self.gate = None
+        gate = self.run_gated(phase, self._stall)
         event(f"stall: stalled {phase}" if self.zombie is not None else "stall: idle")
         self.adopt(before, "end", gate)
 
