@@ -79,8 +79,12 @@ CREATE TABLE @schema.runs (
 -- Only claimable rows are indexed, so finished work never sits in the claim path.
 CREATE INDEX runs_claim ON @schema.runs (queue, priority DESC, available_at, run_id)
     WHERE state IN ('pending', 'sleeping');
+-- For next_due. Untimed event waits (available_at 'infinity') are never due, and leaving
+-- them out keeps the claim off this index: a claim's "available_at <= now" cannot prove
+-- this predicate, so the only ordered path left to it is runs_claim. (Planned on a table
+-- without statistics yet, it had read every due run here and sorted them, per claim.)
 CREATE INDEX runs_due ON @schema.runs (queue, available_at)
-    WHERE state IN ('pending', 'sleeping');
+    WHERE state IN ('pending', 'sleeping') AND available_at < 'infinity';
 CREATE INDEX runs_leased ON @schema.runs (queue, lease_expires_at)
     WHERE state = 'running';
 
