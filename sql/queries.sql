@@ -24,6 +24,17 @@ SELECT * FROM @schema.heartbeat(%(worker)s, %(runs)s::uuid[], %(lease)s::interva
 -- The runs still owned, i.e. written (see the function).
 SELECT @schema.record_runs(%(worker)s, %(writes)s::jsonb) AS owned
 
+-- name: record_and_claim
+-- A worker's group commit and the claim of its free slots, in one round trip and one
+-- transaction: the writes first, then the claim (see claim_runs). Every row carries the
+-- runs the writes found owned; a row of NULL claim columns means nothing was claimed.
+WITH rec AS MATERIALIZED (
+    SELECT @schema.record_runs(%(worker)s, %(writes)s::jsonb) AS owned
+)
+SELECT rec.owned, c.*
+FROM rec LEFT JOIN LATERAL @schema.claim_runs(%(queue)s, %(worker)s, %(names)s::text[],
+    %(limit)s, %(lease)s::interval) AS c ON true
+
 -- name: lock_owned_run
 SELECT @schema.lock_owned_run(%(run_id)s, %(worker)s) AS task_id
 

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 from uuid import UUID
 
+import attrs
 import psycopg
 import trio
 from psycopg import sql
@@ -24,7 +25,7 @@ from ._core.names import validate_schema
 from ._db import CONNECTION_ERRORS, Pool, TrioConnection
 from ._errors import ConfigurationError, DatabaseUnavailable, LeaseLost
 
-__all__ = ["Store", "migrations", "sql_dir"]
+__all__ = ["ClaimArgs", "Store", "migrations", "sql_dir"]
 
 Row = dict[str, Any]
 _NAME = re.compile(r"^-- name: (\w+)\s*$", re.MULTILINE)
@@ -67,6 +68,26 @@ def render(text: str, schema: str) -> str:
 
 def interval(seconds: float | None) -> timedelta | None:
     return None if seconds is None else timedelta(seconds=seconds)
+
+
+@attrs.frozen
+class ClaimArgs:
+    """What to claim: up to `limit` runs of tasks `names` from `queue`, leased for
+    `lease` seconds."""
+
+    queue: str
+    names: Sequence[str]
+    limit: int
+    lease: float
+
+    def params(self, worker: str) -> dict[str, Any]:
+        return {
+            "queue": self.queue,
+            "worker": worker,
+            "names": list(self.names),
+            "limit": self.limit,
+            "lease": interval(self.lease),
+        }
 
 
 class Store:
@@ -171,16 +192,7 @@ class Store:
         self, queue: str, worker: str, names: Sequence[str], limit: int, lease: float
     ) -> list[Row]:
         """Claimed runs; headers, retry and checkpoints as JSON text (see claim_runs)."""
-        return await self._all(
-            "claim_runs",
-            {
-                "queue": queue,
-                "worker": worker,
-                "names": list(names),
-                "limit": limit,
-                "lease": interval(lease),
-            },
-        )
+        return await self._all("claim_runs", ClaimArgs(queue, names, limit, lease).params(worker))
 
     async def heartbeat(
         self, worker: str, runs: Sequence[UUID], lease: float
@@ -204,25 +216,27 @@ class Store:
         for runs `worker` owns, in one transaction; with `claims` (run_id -> claimed_at),
         only under that very claim. Returns the runs that were owned: nothing was
         written for the others."""
-        claims = claims or {}
-
-        def claim(run_id: UUID) -> str:
-            at = claims.get(run_id)
-            return "" if at is None else f',"claimed_at":"{at.isoformat()}"'
-
-        # The values are JSON texts already: spliced in, not re-encoded.
-        writes = [
-            f'{{"run_id":"{run_id}"{claim(run_id)},"name":{json.dumps(name)},"value":{value}}}'
-            for run_id, name, value in checkpoints
-        ]
-        writes += [
-            f'{{"run_id":"{run_id}"{claim(run_id)},"value":{value}}}'
-            for run_id, value in completions
-        ]
-        owned = await self._value(
-            "record_runs", {"worker": worker, "writes": "[" + ",".join(writes) + "]"}
-        )
+        writes = _writes_json(checkpoints, completions, claims or {})
+        owned = await self._value("record_runs", {"worker": worker, "writes": writes})
         return set(owned)
+
+    async def record_and_claim(
+        self,
+        worker: str,
+        checkpoints: Sequence[tuple[UUID, str, str]],
+        completions: Sequence[tuple[UUID, str]],
+        claims: Mapping[UUID, datetime],
+        claim: ClaimArgs,
+    ) -> tuple[set[UUID], list[Row]]:
+        """`record`, then `claim` in the same transaction and round trip: the owned runs,
+        and the claimed rows as `claim` returns them."""
+        params = claim.params(worker)
+        params["writes"] = _writes_json(checkpoints, completions, claims)
+        rows = await self._all("record_and_claim", params)
+        owned = set(rows[0].pop("owned"))
+        for row in rows[1:]:
+            del row["owned"]
+        return owned, [row for row in rows if row["run_id"] is not None]
 
     async def set_checkpoint(self, run_id: UUID, worker: str, name: str, value: str) -> bool:
         """One fenced checkpoint; False if `worker` no longer owns the run."""
@@ -367,6 +381,28 @@ async def _lost_connection(conn: TrioConnection) -> AsyncIterator[None]:
         if conn.healthy:
             raise
         raise DatabaseUnavailable(f"lost the database connection: {ex}") from ex
+
+
+def _writes_json(
+    checkpoints: Sequence[tuple[UUID, str, str]],
+    completions: Sequence[tuple[UUID, str]],
+    claims: Mapping[UUID, datetime],
+) -> str:
+    """record_runs' JSON array. The values are JSON texts already: spliced in, not
+    re-encoded."""
+
+    def claim(run_id: UUID) -> str:
+        at = claims.get(run_id)
+        return "" if at is None else f',"claimed_at":"{at.isoformat()}"'
+
+    writes = [
+        f'{{"run_id":"{run_id}"{claim(run_id)},"name":{json.dumps(name)},"value":{value}}}'
+        for run_id, name, value in checkpoints
+    ]
+    writes += [
+        f'{{"run_id":"{run_id}"{claim(run_id)},"value":{value}}}' for run_id, value in completions
+    ]
+    return "[" + ",".join(writes) + "]"
 
 
 async def _fetchone(conn: Any, query: str, params: dict[str, Any]) -> Row | None:

@@ -40,7 +40,7 @@ from ._errors import (
     NonRetryable,
     ReplayMismatch,
 )
-from ._store import Store
+from ._store import ClaimArgs, Store
 from ._task import TaskDefinition
 from ._writer import TRANSIENT, Write, Writer
 
@@ -172,9 +172,14 @@ class Worker:
         # whose completion is being written no longer holds a slot, so the next claim
         # overlaps that write (at most `concurrency` such runs more).
         self._executing = 0
+        # Slots promised to a claim riding along with the writer's next round trip.
+        self._reserved = 0
+        self._execs: trio.Nursery | None = None
+        self._names: list[str] = []
         self._wake = trio.Event()
         self._beat_now = trio.Event()
         self._drained = trio.Event()
+        self._reservations_done = trio.Event()
         self._stopping = False
         self._healthy = False
         self._last_reap = -1e9
@@ -227,7 +232,7 @@ class Worker:
 
     async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
         """Work the queues until `shutdown()`. Use in your own nursery with ``nursery.start``."""
-        names = sorted(self._registry)
+        names = self._names = sorted(self._registry)
         if not names:
             log.warning("worker %s has no registered tasks: it will claim nothing", self.worker_id)
         size = min(self.options.concurrency, 32)
@@ -236,7 +241,7 @@ class Worker:
         try:
             self._control = Store(control_pool, self._schema)
             self._exec = Store(exec_pool, self._schema)
-            self._writer = Writer(self._exec, self.worker_id)
+            self._writer = Writer(self._exec, self.worker_id, claimer=self)
             async with trio.open_nursery() as control:
                 self._listener = Listener(
                     # Not `self._wake.set`: the claim loop replaces `_wake` every round, so a
@@ -250,9 +255,11 @@ class Worker:
                 control.start_soon(self._heartbeat_loop)
                 control.start_soon(self._writer.run)
                 async with trio.open_nursery() as execs:
+                    self._execs = execs
                     task_status.started(self)
                     await self._claim_loop(execs, names)
                     await self._drain()
+                    self._execs = None
                 control.cancel_scope.cancel()
         finally:
             with trio.CancelScope(shield=True):
@@ -305,10 +312,18 @@ class Worker:
         while not self._stopping:
             await trio.sleep(3600)
 
-    async def _claim_once(self, nursery: trio.Nursery, names: list[str]) -> tuple[int, int]:
+    def _free_slots(self) -> int:
         limit = self.options.concurrency
-        free = min(limit - self._executing, 2 * limit - len(self._runs))
+        return min(limit - self._executing, 2 * limit - len(self._runs)) - self._reserved
+
+    async def _claim_once(self, nursery: trio.Nursery, names: list[str]) -> tuple[int, int]:
+        free = self._free_slots()
         if free <= 0 or not names:
+            return 0, 0
+        assert self._writer is not None  # made by run() before the claim loop starts
+        if self._writer.about_to_write:
+            # Its round trip starts now and claims for these slots: one round trip and one
+            # commit for a run's completion and the claim of the next. It wakes us after.
             return 0, 0
         asked = got = 0
         for queue in self._queues:
@@ -357,6 +372,30 @@ class Worker:
         self._runs[run.run_id] = run
         self._executing += 1
         nursery.start_soon(self._execute, run, name=f"durable_trio run {run.task_name}")
+
+    # -- claims riding along with the writer (see _writer.Claimer) ----------------------
+
+    def reserve_claim(self) -> ClaimArgs | None:
+        free = self._free_slots()
+        if free <= 0 or not self.claim_wanted():
+            return None
+        limit = min(free, self.options.effective_batch)
+        self._reserved += limit
+        return ClaimArgs(self._queues[0], self._names, limit, self.options.claim_timeout)
+
+    def claim_wanted(self) -> bool:
+        return not self._stopping and self._execs is not None and bool(self._names and self._queues)
+
+    def claimed(self, args: ClaimArgs, rows: list[dict[str, Any]]) -> None:
+        self._reserved -= args.limit
+        if rows:
+            # The exec nursery outlives every reservation: _drain waits for them.
+            assert self._execs is not None
+            for row in rows:
+                self._start(self._execs, row, args.queue)
+            self.claimed_total += len(rows)
+        self._wake.set()
+        self._reservations_done.set()
 
     async def _maybe_reap(self) -> None:
         now = time.monotonic()
@@ -497,6 +536,10 @@ class Worker:
 
     async def _drain(self) -> None:
         """Graceful stop: let runs finish within the grace period, then hand them back."""
+        # A claim made with the writer's round trip in flight still starts its runs here.
+        while self._reserved:
+            self._reservations_done = trio.Event()
+            await self._reservations_done.wait()
         if not self._runs:
             return
         self._drained = trio.Event()

@@ -7,6 +7,10 @@ for it (`Write.done`) before anything else durable happens for it: the next step
 a spawn, an emit, a sleep, a wait, a failure report. A task that returns right after its
 last step has that checkpoint written in the same transaction as its completion. Writes of
 one run keep their order: batches are written one at a time, first come first written.
+
+A writer given a `Claimer` (the worker) also claims runs for the worker's free slots in
+the same round trip and transaction as each batch, so a run's completion and the claim of
+the run that takes its slot cost one round trip and one commit between them.
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Protocol
 from uuid import UUID
 
 import attrs
@@ -22,12 +26,12 @@ import psycopg
 import trio
 
 from ._errors import DatabaseUnavailable
-from ._store import Store
+from ._store import ClaimArgs, Store
 
 if TYPE_CHECKING:
     from ._worker import RunState
 
-__all__ = ["Write", "Writer"]
+__all__ = ["Claimer", "Write", "Writer"]
 
 log = logging.getLogger("durable_trio.worker")
 
@@ -46,25 +50,53 @@ class Write:
     owned: bool = False  # set with `done`: written, because the worker still owned the run
 
 
+class Claimer(Protocol):
+    """The worker, as a writer claiming on its behalf sees it."""
+
+    def reserve_claim(self) -> ClaimArgs | None:
+        """What to claim for the free slots, reserved until `claimed`; None: nothing."""
+
+    def claim_wanted(self) -> bool:
+        """Whether a reserved claim should still be made (False once shutting down)."""
+
+    def claimed(self, args: ClaimArgs, rows: list[dict[str, Any]]) -> None:
+        """The rows claimed for a reservation (none if the claim was not made)."""
+
+
 class Writer:
     """Writes queued `Write`s in batches. Run `run()` in a nursery that outlives the runs."""
 
     def __init__(
-        self, store: Store, worker_id: str, *, max_batch: int = 500, max_bytes: int = 8 << 20
+        self,
+        store: Store,
+        worker_id: str,
+        *,
+        claimer: Claimer | None = None,
+        max_batch: int = 500,
+        max_bytes: int = 8 << 20,
     ) -> None:
         self._store = store
         self._worker_id = worker_id
+        self._claimer = claimer
         self._max_batch = max_batch
         self._max_bytes = max_bytes  # a jsonb value must stay far below its 255 MB limit
         self._queue: list[Write] = []
         self._wake = trio.Event()
         self._in_flight = 0
+        self._claim: ClaimArgs | None = None  # reserved for the batch in flight
         self.batches = 0
+        self.claims = 0  # runs claimed along with a batch
 
     @property
     def pending(self) -> int:
         """Writes queued or being written."""
         return len(self._queue) + self._in_flight
+
+    @property
+    def about_to_write(self) -> bool:
+        """Writes are queued and no batch is in flight: the next one starts at once (and
+        claims for the worker's free slots as it goes)."""
+        return bool(self._queue) and not self._in_flight
 
     def submit(self, run: RunState, name: str | None, value: str) -> Write:
         write = Write(run, name, value)
@@ -98,26 +130,45 @@ class Writer:
         return batch
 
     async def _write(self, batch: list[Write]) -> None:
+        self._claim = self._claimer.reserve_claim() if self._claimer is not None else None
+        rows: list[dict[str, Any]] = []
         try:
-            owned = await self._write_retrying(batch)
-        except Exception:
-            # A bug or an unexpected database error: write run by run, so one bad run
-            # cannot take down the others.
-            log.exception("worker %s: batched write failed; writing run by run", self._worker_id)
-            owned = await self._write_singly(batch)
+            try:
+                owned, rows = await self._write_retrying(batch)
+            except Exception:
+                # A bug or an unexpected database error: write run by run, so one bad
+                # run cannot take down the others.
+                log.exception(
+                    "worker %s: batched write failed; writing run by run", self._worker_id
+                )
+                self._settle_claim([])
+                owned = await self._write_singly(batch)
+        finally:
+            self._settle_claim(rows)
         self.batches += 1
         for write in batch:
             write.owned = write.run.run_id in owned
             write.done.set()
 
-    async def _write_retrying(self, batch: Sequence[Write]) -> set[UUID]:
+    def _settle_claim(self, rows: list[dict[str, Any]]) -> None:
+        """Hand the claimed rows to the worker, ending the reservation (if still open)."""
+        claim, self._claim = self._claim, None
+        if claim is not None and self._claimer is not None:
+            self.claims += len(rows)
+            self._claimer.claimed(claim, rows)
+
+    async def _write_retrying(
+        self, batch: Sequence[Write]
+    ) -> tuple[set[UUID], list[dict[str, Any]]]:
         delay = 0.05
         while True:
             live = [w for w in batch if w.run.lost is None]
-            if not live:
-                return set()
+            if self._claimer is not None and not self._claimer.claim_wanted():
+                self._settle_claim([])  # shutting down: the writes alone
+            if not live and self._claim is None:
+                return set(), []
             try:
-                return await self._record(live)
+                return await self._record(live, self._claim)
             except (DatabaseUnavailable, *TRANSIENT) as ex:
                 now = time.monotonic()
                 for write in live:
@@ -131,14 +182,21 @@ class Writer:
         runs = {w.run.run_id: w.run for w in batch}
         for run_id, run in runs.items():
             try:
-                owned |= await self._write_retrying([w for w in batch if w.run is run])
+                owned |= (await self._write_retrying([w for w in batch if w.run is run]))[0]
             except Exception:
                 log.exception("run %s: could not record its outcome; abandoning it", run_id)
                 run.lose("internal error while recording the outcome")
         return owned
 
-    async def _record(self, writes: Sequence[Write]) -> set[UUID]:
+    async def _record(
+        self, writes: Sequence[Write], claim: ClaimArgs | None
+    ) -> tuple[set[UUID], list[dict[str, Any]]]:
         checkpoints = [(w.run.run_id, w.name, w.value) for w in writes if w.name is not None]
         completions = [(w.run.run_id, w.value) for w in writes if w.name is None]
         claims = {w.run.run_id: w.run.claimed_at for w in writes}
-        return await self._store.record(self._worker_id, checkpoints, completions, claims)
+        if claim is None:
+            owned = await self._store.record(self._worker_id, checkpoints, completions, claims)
+            return owned, []
+        return await self._store.record_and_claim(
+            self._worker_id, checkpoints, completions, claims, claim
+        )

@@ -228,9 +228,9 @@ def slow_writer(monkeypatch: pytest.MonkeyPatch, delay: float) -> None:
     """Every batch takes `delay` seconds longer: writes stay queued meanwhile."""
     record = Writer._record
 
-    async def slow(self: Writer, writes: Any) -> Any:
+    async def slow(self: Writer, writes: Any, claim: Any) -> Any:
         await trio.sleep(delay)
-        return await record(self, writes)
+        return await record(self, writes, claim)
 
     monkeypatch.setattr(Writer, "_record", slow)
 
@@ -328,3 +328,43 @@ async def test_batches_are_bounded_by_size(client: dt.Durable) -> None:
     await _written(writer, writes)
     assert writer.batches == 4
     assert [w.owned for w in writes] == [True, True, True, False]  # runs[0] had completed
+
+
+async def test_a_completion_and_the_next_claim_share_one_round_trip(client: dt.Durable) -> None:
+    client.register(one_step)
+    n = 12
+    await client.spawn_many(one_step, list(range(n)))
+    done_sql = "SELECT result FROM {schema}.tasks WHERE state = 'completed'"
+    async with client.worker(dt.WorkerOptions(concurrency=1, poll_interval=0.05)) as worker:
+        with trio.fail_after(20):
+            while len(rows := await query(client, done_sql)) < n:
+                await trio.sleep(0.02)
+        assert worker._writer is not None
+        claimed_with_writes = worker._writer.claims
+    # The first run is claimed on its own; each of the others with the completion of the
+    # run before it, in the writer's one record_and_claim call.
+    assert claimed_with_writes == n - 1
+    assert sorted(r["result"] for r in rows) == [2 * i for i in range(n)]
+
+
+async def test_shutdown_waits_for_a_claim_made_with_the_writes(
+    client: dt.Durable, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    slow_writer(monkeypatch, 0.3)
+    client.register(quick)
+    await client.spawn_many(quick, [1, 2, 3])
+    async with client.worker(
+        dt.WorkerOptions(concurrency=1, shutdown_grace=0.05, poll_interval=0.05)
+    ) as worker:
+        assert worker._writer is not None
+        with trio.fail_after(10):
+            while worker._writer.pending == 0:
+                await trio.sleep(0.005)
+        # Leaving the block shuts the worker down while the writer's round trip, claiming
+        # the next run, is in flight: that run is started, then finished or handed back.
+    rows = await query(client, "SELECT state, attempt FROM {schema}.runs ORDER BY run_id")
+    assert {r["state"] for r in rows} <= {"completed", "pending"}
+    assert all(r["attempt"] == 1 for r in rows)
+    await run_until_idle(client)
+    done = await query(client, "SELECT result FROM {schema}.tasks WHERE state = 'completed'")
+    assert sorted(r["result"] for r in done) == [1, 2, 3]
