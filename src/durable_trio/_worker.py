@@ -321,19 +321,24 @@ class Worker:
         if free <= 0 or not names:
             return 0, 0
         assert self._writer is not None  # made by run() before the claim loop starts
-        if self._writer.about_to_write:
+        if self._claim_with_writes() and self._writer.about_to_write:
             # Its round trip starts now and claims for these slots: one round trip and one
             # commit for a run's completion and the claim of the next. It wakes us after.
             return 0, 0
         asked = got = 0
         for queue in self._queues:
-            limit = min(free - got, self.options.effective_batch)
+            limit = min(self._free_slots(), self.options.effective_batch)
             if limit <= 0:
                 break
             asked += limit
-            rows = await self._control.claim(
-                queue, self.worker_id, names, limit, self.options.claim_timeout
-            )
+            # Reserved while in flight, or the writer could claim the same slots meanwhile.
+            self._reserved += limit
+            try:
+                rows = await self._control.claim(
+                    queue, self.worker_id, names, limit, self.options.claim_timeout
+                )
+            finally:
+                self._reserved -= limit
             for row in rows:
                 self._start(nursery, row, queue)
             got += len(rows)
@@ -375,9 +380,17 @@ class Worker:
 
     # -- claims riding along with the writer (see _writer.Claimer) ----------------------
 
+    def _claim_with_writes(self) -> bool:
+        """Claim along with the writer's next batch? Only when the worker's one run is
+        finishing: nothing then overlaps the claim, and merging it with the completion
+        saves a round trip and a commit (c=1: ~1,150 -> ~1,300 tasks/s). With more runs
+        in hand, a claim and a write side by side on two connections go faster (merged
+        every time, c=64 fell from ~11k to ~6.5k tasks/s)."""
+        return self._executing == 0 and len(self._runs) <= 1
+
     def reserve_claim(self) -> ClaimArgs | None:
         free = self._free_slots()
-        if free <= 0 or not self.claim_wanted():
+        if free <= 0 or not self._claim_with_writes() or not self.claim_wanted():
             return None
         limit = min(free, self.options.effective_batch)
         self._reserved += limit

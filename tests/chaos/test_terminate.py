@@ -229,9 +229,11 @@ async def test_backends_killed_at_each_store_call(
     spawned = [await client.spawn(victim, {"n": n}, options=options) for n in range(3)]
     async with dt.Durable.connect(victim_url, schema=schema, migrate=False) as victim_client:
         victim_client.register(victim)
-        # One slot per task: while all three run, the writer has no slot to claim for and
-        # writes checkpoints alone ("record"); a completion frees one ("record_and_claim").
-        worker_options = dt.WorkerOptions(concurrency=3, claim_timeout=1.5, poll_interval=0.2)
+        # A worker whose one run finishes claims the next with the completion's write.
+        concurrency = 1 if call == "record_and_claim" else 4
+        worker_options = dt.WorkerOptions(
+            concurrency=concurrency, claim_timeout=1.5, poll_interval=0.2
+        )
         with trio.fail_after(60):
             async with victim_client.worker(worker_options) as worker:
                 results = [await client.wait_result(victim, s.task_id) for s in spawned]

@@ -10,6 +10,7 @@ import pytest
 import trio
 
 import durable_trio as dt
+from durable_trio._store import Store
 from durable_trio._worker import RunState
 from durable_trio._writer import Write, Writer
 from durable_trio.testing import run_until_idle
@@ -368,3 +369,50 @@ async def test_shutdown_waits_for_a_claim_made_with_the_writes(
     await run_until_idle(client)
     done = await query(client, "SELECT result FROM {schema}.tasks WHERE state = 'completed'")
     assert sorted(r["result"] for r in done) == [1, 2, 3]
+
+
+OPEN: list[trio.Event] = []
+
+
+@dt.task("writer_gated")
+async def gated(ctx: dt.TaskContext, p: int) -> int:
+    ACTIVE["now"] += 1
+    ACTIVE["most"] = max(ACTIVE["most"], ACTIVE["now"])
+    try:
+        if p == 0:
+            await OPEN[0].wait()
+        await trio.sleep(0.5)  # outlasts the slow claim: runs started beside it overlap
+        return p
+    finally:
+        ACTIVE["now"] -= 1
+
+
+async def test_the_claim_loop_and_the_writer_never_claim_the_same_slot(
+    client: dt.Durable, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ACTIVE.update(now=0, most=0, held=0)
+    OPEN[:] = [trio.Event()]
+    slow = trio.Event()
+    claim = Store.claim
+
+    async def slow_claim(self: Store, *args: Any) -> Any:
+        if slow.is_set():
+            await trio.sleep(0.3)
+        return await claim(self, *args)
+
+    monkeypatch.setattr(Store, "claim", slow_claim)
+    client.register(gated)
+    await client.spawn(gated, 0)
+    async with client.worker(dt.WorkerOptions(concurrency=2, poll_interval=0.05)):
+        with trio.fail_after(30):
+            while ACTIVE["now"] < 1:
+                await trio.sleep(0.01)
+            # The claim loop takes the one free slot, slowly; meanwhile the held run ends,
+            # and the writer, with the worker's last run finishing, claims with its write.
+            slow.set()
+            await client.spawn_many(gated, [1, 2, 3, 4])
+            await trio.sleep(0.1)
+            OPEN[0].set()
+            while any(state != "completed" for state, _ in (await _results(client)).values()):
+                await trio.sleep(0.01)
+    assert ACTIVE["most"] <= 2
