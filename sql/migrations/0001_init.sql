@@ -353,6 +353,13 @@ LANGUAGE plpgsql
 -- parameters make the generic plan look dear): ~0.12 ms of a ~0.2 ms claim. Generic plans
 -- cannot see how small p_limit is, hence the pick below is a statement of its own.
 SET plan_cache_mode = force_generic_plan
+-- Every statement below finds runs and tasks by id. Planned on small or unanalyzed
+-- tables (the estimate for "= ANY (array)" is 10 ids), the generic plans hashed or
+-- scanned those tables whole instead: 1,000 tasks cost ~0.2 ms a claim, growing until
+-- the next analyze. jit off: a plan left with no index path (the clock's one row)
+-- must not look costly enough to be compiled.
+SET enable_seqscan = off
+SET jit = off
 AS $$
 DECLARE
     v_now timestamptz := @schema.clock_now();

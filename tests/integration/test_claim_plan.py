@@ -44,3 +44,16 @@ async def test_claim_walks_the_claim_index_before_any_analyze(
     [pick] = [p for p in _claim_plans(pg_url, schema) if "array_agg(q.run_id)" in p]
     assert "Index Scan using runs_claim" in pick, pick
     assert "Sort" not in pick, pick
+
+
+async def test_claim_finds_runs_and_tasks_by_id(
+    client: dt.Durable, pg_url: str, schema: str
+) -> None:
+    # With 1,000 tasks and no statistics, the generic plans once read runs and tasks
+    # whole (a hash join on a sequential scan) to find the handful of claimed ids.
+    await client.spawn_many(noop, list(range(1000)))
+    plans = _claim_plans(pg_url, schema)
+    assert len(plans) >= 4  # the pick, the checks, the update, the call itself
+    for plan in plans:
+        assert "Seq Scan on runs" not in plan, plan
+        assert "Seq Scan on tasks" not in plan, plan
