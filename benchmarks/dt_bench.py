@@ -289,6 +289,33 @@ async def checkpoint_latency(url: str, schema: str, steps: int) -> dict[str, Any
         drop_schema(url, schema)
 
 
+async def insert_roundtrip_trio(url: str, schema: str, samples: int) -> dict[str, Any]:
+    """The raw checkpoint-shaped INSERT again, autocommit, but sent through the connection
+    class durable_trio itself uses (psycopg's async API driven by trio's I/O waits): the
+    part of a ctx.step round trip that is the async client rather than the fence."""
+    conn = await trio_connect(url)
+    try:
+        table = sql.SQL("{}.ckpt").format(sql.Identifier(schema))
+        await conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(schema)))
+        await conn.execute(
+            sql.SQL(
+                "CREATE TABLE {} (job_id bigint NOT NULL, name text NOT NULL, value jsonb NOT NULL,"
+                " created_at timestamptz NOT NULL DEFAULT clock_timestamp(),"
+                " PRIMARY KEY (job_id, name))"
+            ).format(table)
+        )
+        stmt = sql.SQL("INSERT INTO {} (job_id, name, value) VALUES (%s, %s, %s)").format(table)
+        times = []
+        for i in range(samples):
+            t0 = time.perf_counter()
+            await conn.execute(stmt, (1, f"step{i}", json.dumps(i)))
+            times.append(time.perf_counter() - t0)
+        return summarize(times)
+    finally:
+        await conn.close()
+        drop_schema(url, schema)
+
+
 async def spawn_rate(url: str, schema: str, n_single: int, n_batch: int) -> dict[str, Any]:
     """client.spawn one by one vs one client.spawn_many of n_batch."""
     try:

@@ -190,54 +190,70 @@ def _trio(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
     return trio.run(functools.partial(fn, *args, **kwargs))
 
 
-def plan(
-    url: str, systems: list[str], scenarios: list[str], sz: Sizes
-) -> list[tuple[str, tuple[str, ...], Callable[[], Any]]]:
+Unit = tuple[str, tuple[str, ...], Callable[[], Any]]
+
+
+def plan(url: str, systems: list[str], scenarios: list[str], sz: Sizes) -> list[Unit]:
     """(label, where the result goes, thunk) for every unit of work, in run order."""
-    units: list[tuple[str, tuple[str, ...], Callable[[], Any]]] = []
+    units: list[Unit] = []
     has_raw, has_dt = "raw" in systems, "durable_trio" in systems
+
+    def add(
+        label: str, path: tuple[str, ...], fn: Callable[..., Any], *args: Any, **kw: Any
+    ) -> None:
+        units.append((label, path, functools.partial(fn, url, *args, **kw)))
+
+    def add_trio(
+        label: str, path: tuple[str, ...], fn: Callable[..., Any], *args: Any, **kw: Any
+    ) -> None:
+        units.append((label, path, functools.partial(_trio, fn, url, *args, **kw)))
 
     def n_for(c: int) -> int:
         return sz.n_c1 if c == 1 else sz.n
 
     if "throughput" in scenarios:
         for c in sz.concurrency:
-            n, t = n_for(c), sz.run_timeout
+            n, t, key = n_for(c), sz.run_timeout, str(c)
             if has_raw:
-                units.append(
-                    (
-                        f"raw 1-step c={c}",
-                        ("throughput", "raw", str(c)),
-                        functools.partial(raw_ceiling.drain, url, "raw_tp", n, c, timeout=t),
-                    )
+                add(
+                    f"raw 1-step c={c}",
+                    ("throughput", "raw", key),
+                    raw_ceiling.drain,
+                    "raw_tp",
+                    n,
+                    c,
+                    timeout=t,
                 )
-                units.append(
-                    (
-                        f"raw 0-step c={c}",
-                        ("throughput", "raw_zero_step", str(c)),
-                        functools.partial(
-                            raw_ceiling.drain, url, "raw_tp", n, c, zero_step=True, timeout=t
-                        ),
-                    )
+                add(
+                    f"raw 0-step c={c}",
+                    ("throughput", "raw_zero_step", key),
+                    raw_ceiling.drain,
+                    "raw_tp",
+                    n,
+                    c,
+                    zero_step=True,
+                    timeout=t,
                 )
             if has_dt:
-                units.append(
-                    (
-                        f"durable_trio 1-step c={c}",
-                        ("throughput", "durable_trio", str(c)),
-                        functools.partial(
-                            _trio, dt_bench.drain, url, "dt_tp", "one_step", n, c, timeout=t
-                        ),
-                    )
+                add_trio(
+                    f"durable_trio 1-step c={c}",
+                    ("throughput", "durable_trio", key),
+                    dt_bench.drain,
+                    "dt_tp",
+                    "one_step",
+                    n,
+                    c,
+                    timeout=t,
                 )
-                units.append(
-                    (
-                        f"durable_trio 0-step c={c}",
-                        ("throughput", "durable_trio_zero_step", str(c)),
-                        functools.partial(
-                            _trio, dt_bench.drain, url, "dt_tp", "zero_step", n, c, timeout=t
-                        ),
-                    )
+                add_trio(
+                    f"durable_trio 0-step c={c}",
+                    ("throughput", "durable_trio_zero_step", key),
+                    dt_bench.drain,
+                    "dt_tp",
+                    "zero_step",
+                    n,
+                    c,
+                    timeout=t,
                 )
         for peer in PEERS:
             if peer not in systems:
@@ -253,159 +269,142 @@ def plan(
                     )
                 )
     if "two_process" in scenarios:
+        n, c = sz.two_proc_n, sz.two_proc_c
         if has_raw:
-            units.append(
-                (
-                    "raw 2 processes",
-                    ("two_process", "raw"),
-                    functools.partial(
-                        raw_ceiling.run_two_processes, url, "raw_2p", sz.two_proc_n, sz.two_proc_c
-                    ),
-                )
+            add(
+                "raw 2 processes",
+                ("two_process", "raw"),
+                raw_ceiling.run_two_processes,
+                "raw_2p",
+                n,
+                c,
             )
         if has_dt:
-            units.append(
-                (
-                    "durable_trio 2 processes",
-                    ("two_process", "durable_trio"),
-                    functools.partial(
-                        dt_bench.run_two_processes,
-                        url,
-                        "dt_2p",
-                        "one_step",
-                        sz.two_proc_n,
-                        sz.two_proc_c,
-                    ),
-                )
+            add(
+                "durable_trio 2 processes",
+                ("two_process", "durable_trio"),
+                dt_bench.run_two_processes,
+                "dt_2p",
+                "one_step",
+                n,
+                c,
             )
     if "spawn_latency" in scenarios:
         if has_raw:
-            units.append(
-                (
-                    "raw spawn->start",
-                    ("latency", "spawn_to_start", "raw"),
-                    functools.partial(
-                        raw_ceiling.spawn_latency, url, "raw_lat", sz.latency_samples
-                    ),
-                )
+            add(
+                "raw spawn->start",
+                ("latency", "spawn_to_start", "raw"),
+                raw_ceiling.spawn_latency,
+                "raw_lat",
+                sz.latency_samples,
             )
         if has_dt:
-            units.append(
-                (
-                    "durable_trio spawn->start",
-                    ("latency", "spawn_to_start", "durable_trio"),
-                    functools.partial(
-                        _trio, dt_bench.spawn_latency, url, "dt_lat", sz.latency_samples
-                    ),
-                )
+            add_trio(
+                "durable_trio spawn->start",
+                ("latency", "spawn_to_start", "durable_trio"),
+                dt_bench.spawn_latency,
+                "dt_lat",
+                sz.latency_samples,
             )
-            units.append(
-                (
-                    "durable_trio spawn->start (poll only)",
-                    ("latency", "spawn_to_start", "durable_trio_poll_only"),
-                    functools.partial(
-                        _trio, dt_bench.spawn_latency, url, "dt_lat", sz.poll_samples, notify=False
-                    ),
-                )
+            add_trio(
+                "durable_trio spawn->start (poll only)",
+                ("latency", "spawn_to_start", "durable_trio_poll_only"),
+                dt_bench.spawn_latency,
+                "dt_lat",
+                sz.poll_samples,
+                notify=False,
             )
     if "emit_latency" in scenarios and has_dt:
-        units.append(
-            (
-                "durable_trio emit->resume",
-                ("latency", "emit_to_resume", "durable_trio"),
-                functools.partial(_trio, dt_bench.emit_latency, url, "dt_emit", sz.emit_samples),
-            )
+        add_trio(
+            "durable_trio emit->resume",
+            ("latency", "emit_to_resume", "durable_trio"),
+            dt_bench.emit_latency,
+            "dt_emit",
+            sz.emit_samples,
         )
     if "checkpoint" in scenarios:
+        steps = sz.checkpoint_steps
         if has_raw or has_dt:
-            units.append(
-                (
-                    "raw INSERT round trip",
-                    ("latency", "checkpoint", "raw_insert"),
-                    functools.partial(
-                        raw_ceiling.insert_roundtrip, url, "raw_ins", sz.checkpoint_steps
-                    ),
-                )
+            add(
+                "raw INSERT round trip",
+                ("latency", "checkpoint", "raw_insert"),
+                raw_ceiling.insert_roundtrip,
+                "raw_ins",
+                steps,
             )
         if has_dt:
-            units.append(
-                (
-                    "durable_trio ctx.step round trip",
-                    ("latency", "checkpoint", "durable_trio_step"),
-                    functools.partial(
-                        _trio, dt_bench.checkpoint_latency, url, "dt_ckpt", sz.checkpoint_steps
-                    ),
-                )
+            add_trio(
+                "raw INSERT round trip, trio connection",
+                ("latency", "checkpoint", "raw_insert_trio"),
+                dt_bench.insert_roundtrip_trio,
+                "dt_ins",
+                steps,
+            )
+            add_trio(
+                "durable_trio ctx.step round trip",
+                ("latency", "checkpoint", "durable_trio_step"),
+                dt_bench.checkpoint_latency,
+                "dt_ckpt",
+                steps,
             )
     if "fanout" in scenarios and has_dt:
-        units.append(
-            (
-                f"durable_trio fan-out {sz.fanout}",
-                ("fanout", "durable_trio"),
-                functools.partial(_trio, dt_bench.fanout, url, "dt_fan", sz.fanout),
-            )
+        add_trio(
+            f"durable_trio fan-out {sz.fanout}",
+            ("fanout", "durable_trio"),
+            dt_bench.fanout,
+            "dt_fan",
+            sz.fanout,
         )
     if "spawn_rate" in scenarios:
+        one, batch = sz.spawn_single, sz.spawn_batch
         if has_raw:
-            units.append(
-                (
-                    "raw spawn rate",
-                    ("spawn_rate", "raw"),
-                    functools.partial(
-                        raw_ceiling.spawn_rate, url, "raw_sr", sz.spawn_single, sz.spawn_batch
-                    ),
-                )
+            add(
+                "raw spawn rate",
+                ("spawn_rate", "raw"),
+                raw_ceiling.spawn_rate,
+                "raw_sr",
+                one,
+                batch,
             )
         if has_dt:
-            units.append(
-                (
-                    "durable_trio spawn rate",
-                    ("spawn_rate", "durable_trio"),
-                    functools.partial(
-                        _trio, dt_bench.spawn_rate, url, "dt_sr", sz.spawn_single, sz.spawn_batch
-                    ),
-                )
+            add_trio(
+                "durable_trio spawn rate",
+                ("spawn_rate", "durable_trio"),
+                dt_bench.spawn_rate,
+                "dt_sr",
+                one,
+                batch,
             )
     if "backlog" in scenarios:
+        c, window = sz.backlog_c, sz.backlog_window
         for pending in sz.backlog:
             if has_raw:
-                units.append(
-                    (
-                        f"raw claim, {pending:,} pending",
-                        ("claim_backlog", "raw", str(pending)),
-                        functools.partial(
-                            raw_ceiling.backlog,
-                            url,
-                            "raw_bl",
-                            pending,
-                            sz.backlog_c,
-                            sz.backlog_window,
-                        ),
-                    )
+                add(
+                    f"raw claim, {pending:,} pending",
+                    ("claim_backlog", "raw", str(pending)),
+                    raw_ceiling.backlog,
+                    "raw_bl",
+                    pending,
+                    c,
+                    window,
                 )
             if has_dt:
-                units.append(
-                    (
-                        f"durable_trio claim, {pending:,} pending",
-                        ("claim_backlog", "durable_trio", str(pending)),
-                        functools.partial(
-                            _trio,
-                            dt_bench.backlog,
-                            url,
-                            "dt_bl",
-                            pending,
-                            sz.backlog_c,
-                            sz.backlog_window,
-                        ),
-                    )
+                add_trio(
+                    f"durable_trio claim, {pending:,} pending",
+                    ("claim_backlog", "durable_trio", str(pending)),
+                    dt_bench.backlog,
+                    "dt_bl",
+                    pending,
+                    c,
+                    window,
                 )
     if "rss" in scenarios and has_dt:
-        units.append(
-            (
-                f"durable_trio RSS, {sz.rss_tasks} in flight",
-                ("rss", "durable_trio"),
-                functools.partial(dt_bench.rss, url, "dt_rss", sz.rss_tasks),
-            )
+        add(
+            f"durable_trio RSS, {sz.rss_tasks} in flight",
+            ("rss", "durable_trio"),
+            dt_bench.rss,
+            "dt_rss",
+            sz.rss_tasks,
         )
     return units
 
