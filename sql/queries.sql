@@ -24,6 +24,11 @@ SELECT * FROM @schema.heartbeat(%(worker)s, %(runs)s::uuid[], %(lease)s::interva
 -- The runs still owned, i.e. written (see the function).
 SELECT @schema.record_runs(%(worker)s, %(writes)s::jsonb) AS owned
 
+-- name: record_checkpoint
+-- record_runs for a single checkpoint (see the function): whether the run was owned.
+SELECT @schema.record_checkpoint(%(worker)s, %(run_id)s, %(claimed_at)s::timestamptz,
+    %(name)s, %(value)s::jsonb) AS owned
+
 -- name: record_and_claim
 -- A worker's group commit and the claim of its free slots, in one round trip and one
 -- transaction: the writes first, then the claim (see claim_runs). Every row carries the

@@ -216,7 +216,13 @@ class Store:
         for runs `worker` owns, in one transaction; with `claims` (run_id -> claimed_at),
         only under that very claim. Returns the runs that were owned: nothing was
         written for the others."""
-        writes = _writes_json(checkpoints, completions, claims or {})
+        claims = claims or {}
+        if len(checkpoints) == 1 and not completions:
+            run_id, name, value = checkpoints[0]
+            params = {"worker": worker, "run_id": run_id, "claimed_at": claims.get(run_id)}
+            params |= {"name": name, "value": value}
+            return {run_id} if await self._value("record_checkpoint", params) else set()
+        writes = _writes_json(checkpoints, completions, claims)
         owned = await self._value("record_runs", {"worker": worker, "writes": writes})
         return set(owned)
 

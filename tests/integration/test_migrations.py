@@ -44,6 +44,7 @@ EXPECTED_FUNCTIONS = {
     "heartbeat",
     "lock_owned_run",
     "notify_queue",
+    "record_checkpoint",
     "record_runs",
     "release_run",
     "spawn_task",
