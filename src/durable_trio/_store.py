@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from datetime import datetime, timedelta
 from functools import cache
@@ -182,7 +182,7 @@ class Store:
         only in ids and params (one task name, one set of options)."""
         params = {key: value for key, value in rows[0].items() if key != "parent"}
         for key in ("task_id", "run_id", "params"):
-            params[key] = [row[key] for row in rows]
+            params[key] = _array_literal(str(row[key]) for row in rows)
         async with self.pool.acquire() as conn, conn.transaction():
             return await _fetchall(conn, self._q["spawn_tasks"], params)
 
@@ -387,6 +387,14 @@ async def _lost_connection(conn: TrioConnection) -> AsyncIterator[None]:
         if conn.healthy:
             raise
         raise DatabaseUnavailable(f"lost the database connection: {ex}") from ex
+
+
+def _array_literal(items: Iterable[str]) -> str:
+    """A PostgreSQL array literal of text elements, for a ``%s::type[]`` parameter:
+    psycopg's list adapter inspects and quotes element by element in Python, which was a
+    fifth of spawn_many's client time at 20,000 tasks."""
+    quoted = [item.replace("\\", "\\\\").replace('"', '\\"') for item in items]
+    return '{"' + '","'.join(quoted) + '"}' if quoted else "{}"
 
 
 def _writes_json(

@@ -254,6 +254,16 @@ async def test_spawn_many_is_all_or_nothing(client: dt.Durable) -> None:
     ]
 
 
+async def test_spawn_many_stores_every_params_text_exactly(client: dt.Durable) -> None:
+    """Characters that mean something in an array literal or in JSON text."""
+    client.register(greet)
+    names = ['say "hi"', "back\\slash\\", "{a,b}", "NULL", "", " , ", "é ✓ 🦀", '\\"{}']
+    results = await client.spawn_many(greet, [Greeting(n) for n in names])
+    stored = [(await client.get_task(r.task_id)).params for r in results]
+    assert stored == [{"name": n} for n in names]
+    assert await client.spawn_many(greet, []) == []
+
+
 async def test_spawn_many_with_one_idempotency_key(client: dt.Durable) -> None:
     client.register(greet)
     options = dt.SpawnOptions(idempotency_key="batch")
