@@ -29,6 +29,22 @@ SELECT @schema.record_runs(%(worker)s, %(writes)s::jsonb) AS owned
 SELECT @schema.record_checkpoint(%(worker)s, %(run_id)s, %(claimed_at)s::timestamptz,
     %(name)s, %(value)s::jsonb) AS owned
 
+-- name: finish_run
+-- record_runs for one run's completion after at most one checkpoint (see the function).
+SELECT @schema.finish_run(%(worker)s, %(run_id)s, %(claimed_at)s::timestamptz, %(name)s,
+    %(value)s::jsonb, %(result)s::jsonb) AS owned
+
+-- name: finish_and_claim
+-- record_and_claim for the writes finish_run takes: the same row shape.
+WITH rec AS MATERIALIZED (
+    SELECT CASE WHEN @schema.finish_run(%(worker)s, %(run_id)s, %(claimed_at)s::timestamptz,
+            %(name)s, %(value)s::jsonb, %(result)s::jsonb)
+        THEN ARRAY[%(run_id)s::uuid] ELSE '{}'::uuid[] END AS owned
+)
+SELECT rec.owned, c.*
+FROM rec LEFT JOIN LATERAL @schema.claim_runs(%(queue)s, %(worker)s, %(names)s::text[],
+    %(limit)s, %(lease)s::interval) AS c ON true
+
 -- name: record_and_claim
 -- A worker's group commit and the claim of its free slots, in one round trip and one
 -- transaction: the writes first, then the claim (see claim_runs). Every row carries the

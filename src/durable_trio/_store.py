@@ -217,6 +217,10 @@ class Store:
         only under that very claim. Returns the runs that were owned: nothing was
         written for the others."""
         claims = claims or {}
+        finish = _lone_finish(checkpoints, completions)
+        if finish is not None:
+            owned = await self._value("finish_run", _finish_params(worker, finish, claims))
+            return {finish[0]} if owned else set()
         if len(checkpoints) == 1 and not completions:
             run_id, name, value = checkpoints[0]
             params = {"worker": worker, "run_id": run_id, "claimed_at": claims.get(run_id)}
@@ -237,8 +241,13 @@ class Store:
         """`record`, then `claim` in the same transaction and round trip: the owned runs,
         and the claimed rows as `claim` returns them."""
         params = claim.params(worker)
-        params["writes"] = _writes_json(checkpoints, completions, claims)
-        rows = await self._all("record_and_claim", params)
+        finish = _lone_finish(checkpoints, completions)
+        if finish is not None:
+            params |= _finish_params(worker, finish, claims)
+            rows = await self._all("finish_and_claim", params)
+        else:
+            params["writes"] = _writes_json(checkpoints, completions, claims)
+            rows = await self._all("record_and_claim", params)
         owned = set(rows[0].pop("owned"))
         for row in rows[1:]:
             del row["owned"]
@@ -387,6 +396,35 @@ async def _lost_connection(conn: TrioConnection) -> AsyncIterator[None]:
         if conn.healthy:
             raise
         raise DatabaseUnavailable(f"lost the database connection: {ex}") from ex
+
+
+_Finish = tuple[UUID, str | None, str | None, str]
+
+
+def _lone_finish(
+    checkpoints: Sequence[tuple[UUID, str, str]], completions: Sequence[tuple[UUID, str]]
+) -> _Finish | None:
+    """(run, checkpoint name, checkpoint value, result) when the writes are one run's
+    completion after at most one checkpoint of that run: what finish_run takes."""
+    if len(completions) != 1 or len(checkpoints) > 1:
+        return None
+    run_id, result = completions[0]
+    if not checkpoints:
+        return run_id, None, None, result
+    checkpoint_run, name, value = checkpoints[0]
+    return (run_id, name, value, result) if checkpoint_run == run_id else None
+
+
+def _finish_params(worker: str, finish: _Finish, claims: Mapping[UUID, datetime]) -> dict[str, Any]:
+    run_id, name, value, result = finish
+    return {
+        "worker": worker,
+        "run_id": run_id,
+        "claimed_at": claims.get(run_id),
+        "name": name,
+        "value": value,
+        "result": result,
+    }
 
 
 def _array_literal(items: Iterable[str]) -> str:

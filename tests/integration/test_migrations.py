@@ -41,6 +41,7 @@ EXPECTED_FUNCTIONS = {
     "clock_now",
     "emit_event",
     "fail_run",
+    "finish_run",
     "heartbeat",
     "lock_owned_run",
     "notify_queue",

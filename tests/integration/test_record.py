@@ -106,3 +106,114 @@ async def test_a_run_no_longer_running_writes_nothing(client: dt.Durable, record
     assert await client.store.release(run["run_id"], WORKER)
     assert await record(WORKER, run, "a", "1") == set()
     assert await stored(client, run) == {}
+
+
+# -- a run's last write: its completion, after at most one checkpoint -----------------------
+#
+# `Store.record` sends one run's completion (with or without one checkpoint of that run)
+# through `finish_run`, and a batch through `record_runs`; `record_and_claim` likewise
+# picks `finish_and_claim` or its batch query. Same fence, same effects.
+
+Finish = Callable[..., Awaitable[set[UUID]]]
+
+
+@pytest.fixture(params=["finish_run", "record_runs"])
+def finish(request: pytest.FixtureRequest, client: dt.Durable) -> Finish:
+    """Complete `run` with `result` as `worker`, after checkpoint `name` if given."""
+
+    async def call(
+        worker: str, run: dict[str, Any], result: str, name: str | None = None, **kw: Any
+    ) -> set[UUID]:
+        run_id = run["run_id"]
+        checkpoints = [] if name is None else [(run_id, name, "7")]
+        completions = [(run_id, result)]
+        if request.param == "record_runs":
+            completions.append((UUID(int=1), "null"))  # a second run: a batch
+        claims = {run_id: kw.get("claimed_at", run["claimed_at"])}
+        return await client.store.record(worker, checkpoints, completions, claims)
+
+    return call
+
+
+async def task_row(client: dt.Durable, run: dict[str, Any]) -> dict[str, Any]:
+    (row,) = await query(
+        client,
+        "SELECT t.state, t.result, r.state AS run_state, r.lease_expires_at IS NULL AS freed"
+        " FROM {schema}.tasks t JOIN {schema}.runs r ON r.run_id = t.last_run_id"
+        " WHERE t.task_id = %s",
+        run["task_id"],
+    )
+    return row
+
+
+async def test_owned_run_finishes_with_its_checkpoint(client: dt.Durable, finish: Finish) -> None:
+    run = await claimed(client)
+    assert await finish(WORKER, run, json.dumps({"ok": True}), "last") == {run["run_id"]}
+    assert await task_row(client, run) == {
+        "state": "completed",
+        "result": {"ok": True},
+        "run_state": "completed",
+        "freed": True,
+    }
+    assert await stored(client, run) == {"last": (7, run["run_id"])}
+
+
+async def test_owned_run_finishes_without_a_checkpoint(client: dt.Durable, finish: Finish) -> None:
+    run = await claimed(client)
+    assert await finish(WORKER, run, "null") == {run["run_id"]}
+    assert (await task_row(client, run))["state"] == "completed"
+    assert (await task_row(client, run))["result"] is None
+    assert await stored(client, run) == {}
+
+
+@pytest.mark.parametrize("case", ["intruder", "earlier claim", "expired", "released"])
+async def test_a_fenced_finish_writes_nothing(
+    client: dt.Durable, finish: Finish, case: str
+) -> None:
+    run = await claimed(client)
+    worker, kw = WORKER, {}
+    if case == "intruder":
+        worker = "intruder"
+    elif case == "earlier claim":
+        kw["claimed_at"] = run["claimed_at"] - timedelta(seconds=1)
+    elif case == "expired":
+        await advance_clock(client, LEASE + 1)
+    else:
+        assert await client.store.release(run["run_id"], WORKER)
+    before = await task_row(client, run)
+    assert await finish(worker, run, "1", "last", **kw) == set()
+    assert await task_row(client, run) == before
+    assert before["state"] != "completed"
+    assert await stored(client, run) == {}
+
+
+@dt.task("kid")
+async def kid(ctx: dt.TaskContext, x: int) -> int:
+    return await ctx.step("double", lambda: x * 2)
+
+
+@dt.task("mum")
+async def mum(ctx: dt.TaskContext, x: int) -> int:
+    handle = await ctx.spawn("kid", kid, x)
+    return await ctx.join("kid", handle) + 1
+
+
+async def test_a_child_finishing_alone_wakes_its_parent(
+    client: dt.Durable, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """At concurrency 1 the child's last checkpoint and completion go out with the next
+    claim (finish_and_claim) and must tell the joining parent, as record_runs does."""
+    used: list[str] = []
+    all_rows = type(client.store)._all
+
+    async def spy(self: Any, name: str, params: dict[str, Any], conn: Any = None) -> Any:
+        used.append(name)
+        return await all_rows(self, name, params, conn)
+
+    monkeypatch.setattr(type(client.store), "_all", spy)
+    client.register(mum)
+    client.register(kid)
+    spawned = await client.spawn(mum, 20)
+    async with client.worker(dt.WorkerOptions(concurrency=1)):
+        assert await client.wait_result(mum, spawned.task_id, timeout=30) == 41
+    assert "finish_and_claim" in used
