@@ -25,20 +25,20 @@ SELECT * FROM @schema.heartbeat(%(worker)s, %(runs)s::uuid[], %(lease)s::interva
 SELECT @schema.record_runs(%(worker)s, %(writes)s::jsonb) AS owned
 
 -- name: record_checkpoint
--- record_runs for a single checkpoint (see the function): whether the run was owned.
-SELECT @schema.record_checkpoint(%(worker)s, %(run_id)s, %(claimed_at)s::timestamptz,
-    %(name)s, %(value)s::jsonb) AS owned
+-- record_runs for a single checkpoint (see record_one): whether the run was owned.
+SELECT @schema.record_one(%(worker)s, %(run_id)s, %(claimed_at)s::timestamptz, %(name)s,
+    %(value)s::jsonb, false, NULL) AS owned
 
 -- name: finish_run
--- record_runs for one run's completion after at most one checkpoint (see the function).
-SELECT @schema.finish_run(%(worker)s, %(run_id)s, %(claimed_at)s::timestamptz, %(name)s,
-    %(value)s::jsonb, %(result)s::jsonb) AS owned
+-- record_runs for one run's completion after at most one checkpoint (see record_one).
+SELECT @schema.record_one(%(worker)s, %(run_id)s, %(claimed_at)s::timestamptz, %(name)s,
+    %(value)s::jsonb, true, %(result)s::jsonb) AS owned
 
 -- name: finish_and_claim
 -- record_and_claim for the writes finish_run takes: the same row shape.
 WITH rec AS MATERIALIZED (
-    SELECT CASE WHEN @schema.finish_run(%(worker)s, %(run_id)s, %(claimed_at)s::timestamptz,
-            %(name)s, %(value)s::jsonb, %(result)s::jsonb)
+    SELECT CASE WHEN @schema.record_one(%(worker)s, %(run_id)s, %(claimed_at)s::timestamptz,
+            %(name)s, %(value)s::jsonb, true, %(result)s::jsonb)
         THEN ARRAY[%(run_id)s::uuid] ELSE '{}'::uuid[] END AS owned
 )
 SELECT rec.owned, c.*

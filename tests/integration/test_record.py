@@ -1,10 +1,11 @@
 """The fenced checkpoint write, both ways the writer sends it.
 
-`Store.record` sends a lone checkpoint through `record_checkpoint` (scalar parameters,
-the fast path) and anything else through `record_runs` (a JSON batch). Both must fence
-the same way: a write lands only while the worker holds a live lease on the run, under
-the claim it was queued under; a fenced write changes nothing; a name already stored
-keeps its first value. Each case runs through both paths.
+`Store.record` sends a lone checkpoint through the query `record_checkpoint` (the SQL
+function `record_one`: scalar parameters, the fast path) and anything else through
+`record_runs` (a JSON batch). Both must fence the same way: a write lands only while the
+worker holds a live lease on the run, under the claim it was queued under; a fenced write
+changes nothing; a name already stored keeps its first value. Each case runs through both
+paths.
 """
 
 from __future__ import annotations
