@@ -19,6 +19,7 @@ from uuid import UUID
 import pytest
 
 import durable_trio as dt
+from durable_trio._store import ClaimArgs
 from durable_trio.testing import advance_clock
 from support import query
 
@@ -73,6 +74,13 @@ async def test_owned_run_gets_its_checkpoint(client: dt.Durable, record: Record)
         "a": ({"x": [1, 2]}, run["run_id"]),
         "b": (None, run["run_id"]),
     }
+    (row,) = await query(
+        client,
+        "SELECT jsonb_typeof(value) AS kind FROM {schema}.checkpoints"
+        " WHERE task_id = %s AND name = 'b'",
+        run["task_id"],
+    )
+    assert row["kind"] == "null"  # a JSON null, not SQL NULL
 
 
 async def test_a_stored_name_keeps_its_first_value(client: dt.Durable, record: Record) -> None:
@@ -118,9 +126,11 @@ async def test_a_run_no_longer_running_writes_nothing(client: dt.Durable, record
 Finish = Callable[..., Awaitable[set[UUID]]]
 
 
-@pytest.fixture(params=["finish_run", "record_runs"])
+@pytest.fixture(params=["finish_run", "record_runs", "finish_and_claim", "record_and_claim"])
 def finish(request: pytest.FixtureRequest, client: dt.Durable) -> Finish:
-    """Complete `run` with `result` as `worker`, after checkpoint `name` if given."""
+    """Complete `run` with `result` as `worker`, after checkpoint `name` if given; through
+    `Store.record` or, for the *_and_claim params, `Store.record_and_claim` (claiming a
+    task name nobody spawned, so only the writes can change anything)."""
 
     async def call(
         worker: str, run: dict[str, Any], result: str, name: str | None = None, **kw: Any
@@ -128,9 +138,16 @@ def finish(request: pytest.FixtureRequest, client: dt.Durable) -> Finish:
         run_id = run["run_id"]
         checkpoints = [] if name is None else [(run_id, name, "7")]
         completions = [(run_id, result)]
-        if request.param == "record_runs":
+        if request.param.startswith("record_"):
             completions.append((UUID(int=1), "null"))  # a second run: a batch
-        claims = {run_id: kw.get("claimed_at", run["claimed_at"])}
+        claims = {} if kw.get("no_claim") else {run_id: kw.get("claimed_at", run["claimed_at"])}
+        if request.param.endswith("_and_claim"):
+            nothing = ClaimArgs(client.queue, ["nobody"], 1, LEASE)
+            owned, rows = await client.store.record_and_claim(
+                worker, checkpoints, completions, claims, nothing
+            )
+            assert rows == []
+            return owned
         return await client.store.record(worker, checkpoints, completions, claims)
 
     return call
@@ -161,10 +178,25 @@ async def test_owned_run_finishes_with_its_checkpoint(client: dt.Durable, finish
 
 async def test_owned_run_finishes_without_a_checkpoint(client: dt.Durable, finish: Finish) -> None:
     run = await claimed(client)
-    assert await finish(WORKER, run, "null") == {run["run_id"]}
+    assert await finish(WORKER, run, "null", no_claim=True) == {run["run_id"]}
     assert (await task_row(client, run))["state"] == "completed"
-    assert (await task_row(client, run))["result"] is None
+    (row,) = await query(
+        client,
+        "SELECT jsonb_typeof(result) AS kind FROM {schema}.tasks WHERE task_id = %s",
+        run["task_id"],
+    )
+    assert row["kind"] == "null"  # a JSON null, not SQL NULL
     assert await stored(client, run) == {}
+
+
+async def test_a_finish_keeps_a_checkpoint_already_stored(
+    client: dt.Durable, finish: Finish, record: Record
+) -> None:
+    run = await claimed(client)
+    assert await record(WORKER, run, "last", "1") == {run["run_id"]}
+    assert await finish(WORKER, run, "2", "last") == {run["run_id"]}
+    assert await stored(client, run) == {"last": (1, run["run_id"])}
+    assert (await task_row(client, run))["result"] == 2
 
 
 @pytest.mark.parametrize("case", ["intruder", "earlier claim", "expired", "released"])
