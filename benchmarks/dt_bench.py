@@ -17,6 +17,7 @@ import trio
 from psycopg import sql
 
 import durable_trio as dt
+import raw_ceiling
 from _util import (
     WorkerProcess,
     backlog_rate,
@@ -290,21 +291,13 @@ async def checkpoint_latency(url: str, schema: str, steps: int) -> dict[str, Any
 
 
 async def insert_roundtrip_trio(url: str, schema: str, samples: int) -> dict[str, Any]:
-    """The raw checkpoint-shaped INSERT again, autocommit, but sent through the connection
-    class durable_trio itself uses (psycopg's async API driven by trio's I/O waits): the
-    part of a ctx.step round trip that is the async client rather than the fence."""
+    """raw_ceiling.insert_roundtrip's INSERT, on the same table, but sent through the
+    connection class durable_trio itself uses (psycopg's async API driven by trio's I/O
+    waits): the part of a ctx.step round trip that is the async client, not the fence."""
+    raw_ceiling.setup(url, schema)
     conn = await trio_connect(url)
     try:
-        table = sql.SQL("{}.ckpt").format(sql.Identifier(schema))
-        await conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(schema)))
-        await conn.execute(
-            sql.SQL(
-                "CREATE TABLE {} (job_id bigint NOT NULL, name text NOT NULL, value jsonb NOT NULL,"
-                " created_at timestamptz NOT NULL DEFAULT clock_timestamp(),"
-                " PRIMARY KEY (job_id, name))"
-            ).format(table)
-        )
-        stmt = sql.SQL("INSERT INTO {} (job_id, name, value) VALUES (%s, %s, %s)").format(table)
+        stmt = raw_ceiling.q(raw_ceiling.INSERT_CHECKPOINT, schema)
         times = []
         for i in range(samples):
             t0 = time.perf_counter()
@@ -313,7 +306,7 @@ async def insert_roundtrip_trio(url: str, schema: str, samples: int) -> dict[str
         return summarize(times)
     finally:
         await conn.close()
-        drop_schema(url, schema)
+        raw_ceiling.drop(url, schema)
 
 
 async def spawn_rate(url: str, schema: str, n_single: int, n_batch: int) -> dict[str, Any]:

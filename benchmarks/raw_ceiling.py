@@ -75,6 +75,8 @@ WHERE id IN (
 RETURNING id, params
 """
 CHECKPOINT = "INSERT INTO {s}.checkpoints (job_id, name, value) VALUES (%s, 'work', %s)"
+# The checkpoint INSERT alone, as the checkpoint-latency scenarios time it.
+INSERT_CHECKPOINT = "INSERT INTO {s}.checkpoints (job_id, name, value) VALUES (%s, %s, %s)"
 COMPLETE = """
 UPDATE {s}.jobs SET state = 'completed', finished_at = clock_timestamp(), result = %s
 WHERE id = %s AND worker = %s AND state = 'running'
@@ -308,7 +310,7 @@ def insert_roundtrip(url: str, schema: str, samples: int) -> dict[str, Any]:
     """One raw checkpoint-shaped INSERT, autocommit (a commit and WAL flush each)."""
     setup(url, schema)
     try:
-        stmt = q("INSERT INTO {s}.checkpoints (job_id, name, value) VALUES (%s, %s, %s)", schema)
+        stmt = q(INSERT_CHECKPOINT, schema)
         times = []
         with connect(url) as conn:
             for i in range(samples):
