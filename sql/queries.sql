@@ -24,21 +24,17 @@ SELECT * FROM @schema.heartbeat(%(worker)s, %(runs)s::uuid[], %(lease)s::interva
 -- The runs still owned, i.e. written (see the function).
 SELECT @schema.record_runs(%(worker)s, %(writes)s::jsonb) AS owned
 
--- name: record_checkpoint
--- record_runs for a single checkpoint (see record_one): whether the run was owned.
+-- name: record_one
+-- record_runs for one run's checkpoint, or its completion after at most one checkpoint
+-- (see the function): whether the run was owned.
 SELECT @schema.record_one(%(worker)s, %(run_id)s, %(claimed_at)s::timestamptz, %(name)s,
-    %(value)s::jsonb, false, NULL) AS owned
+    %(value)s::jsonb, %(complete)s, %(result)s::jsonb) AS owned
 
--- name: finish_run
--- record_runs for one run's completion after at most one checkpoint (see record_one).
-SELECT @schema.record_one(%(worker)s, %(run_id)s, %(claimed_at)s::timestamptz, %(name)s,
-    %(value)s::jsonb, true, %(result)s::jsonb) AS owned
-
--- name: finish_and_claim
--- record_and_claim for the writes finish_run takes: the same row shape.
+-- name: record_one_and_claim
+-- record_and_claim for the writes record_one takes: the same row shape.
 WITH rec AS MATERIALIZED (
     SELECT CASE WHEN @schema.record_one(%(worker)s, %(run_id)s, %(claimed_at)s::timestamptz,
-            %(name)s, %(value)s::jsonb, true, %(result)s::jsonb)
+            %(name)s, %(value)s::jsonb, %(complete)s, %(result)s::jsonb)
         THEN ARRAY[%(run_id)s::uuid] ELSE '{}'::uuid[] END AS owned
 )
 SELECT rec.owned, c.*

@@ -217,15 +217,9 @@ class Store:
         only under that very claim. Returns the runs that were owned: nothing was
         written for the others."""
         claims = claims or {}
-        finish = _lone_finish(checkpoints, completions)
-        if finish is not None:
-            owned = await self._value("finish_run", _finish_params(worker, finish, claims))
-            return {finish[0]} if owned else set()
-        if len(checkpoints) == 1 and not completions:
-            run_id, name, value = checkpoints[0]
-            params = {"worker": worker, "run_id": run_id, "claimed_at": claims.get(run_id)}
-            params |= {"name": name, "value": value}
-            return {run_id} if await self._value("record_checkpoint", params) else set()
+        one = _lone_write(worker, checkpoints, completions, claims)
+        if one is not None:
+            return {one["run_id"]} if await self._value("record_one", one) else set()
         writes = _writes_json(checkpoints, completions, claims)
         owned = await self._value("record_runs", {"worker": worker, "writes": writes})
         return set(owned)
@@ -241,10 +235,9 @@ class Store:
         """`record`, then `claim` in the same transaction and round trip: the owned runs,
         and the claimed rows as `claim` returns them."""
         params = claim.params(worker)
-        finish = _lone_finish(checkpoints, completions)
-        if finish is not None:
-            params |= _finish_params(worker, finish, claims)
-            rows = await self._all("finish_and_claim", params)
+        one = _lone_write(worker, checkpoints, completions, claims)
+        if one is not None:
+            rows = await self._all("record_one_and_claim", params | one)
         else:
             params["writes"] = _writes_json(checkpoints, completions, claims)
             rows = await self._all("record_and_claim", params)
@@ -398,31 +391,29 @@ async def _lost_connection(conn: TrioConnection) -> AsyncIterator[None]:
         raise DatabaseUnavailable(f"lost the database connection: {ex}") from ex
 
 
-_Finish = tuple[UUID, str | None, str | None, str]
-
-
-def _lone_finish(
-    checkpoints: Sequence[tuple[UUID, str, str]], completions: Sequence[tuple[UUID, str]]
-) -> _Finish | None:
-    """(run, checkpoint name, checkpoint value, result) when the writes are one run's
-    completion after at most one checkpoint of that run: what finish_run takes."""
-    if len(completions) != 1 or len(checkpoints) > 1:
+def _lone_write(
+    worker: str,
+    checkpoints: Sequence[tuple[UUID, str, str]],
+    completions: Sequence[tuple[UUID, str]],
+    claims: Mapping[UUID, datetime],
+) -> dict[str, Any] | None:
+    """record_one's parameters when the writes are what it takes (one run: a checkpoint,
+    or its completion after at most one checkpoint), else None: a batch for record_runs."""
+    if len(checkpoints) > 1 or len(completions) > 1 or not (checkpoints or completions):
         return None
-    run_id, result = completions[0]
-    if not checkpoints:
-        return run_id, None, None, result
-    checkpoint_run, name, value = checkpoints[0]
-    return (run_id, name, value, result) if checkpoint_run == run_id else None
-
-
-def _finish_params(worker: str, finish: _Finish, claims: Mapping[UUID, datetime]) -> dict[str, Any]:
-    run_id, name, value, result = finish
+    run_id, result = completions[0] if completions else (checkpoints[0][0], None)
+    name, value = (None, None)
+    if checkpoints:
+        checkpoint_run, name, value = checkpoints[0]
+        if checkpoint_run != run_id:
+            return None
     return {
         "worker": worker,
         "run_id": run_id,
         "claimed_at": claims.get(run_id),
         "name": name,
         "value": value,
+        "complete": bool(completions),
         "result": result,
     }
 

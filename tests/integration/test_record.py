@@ -1,12 +1,12 @@
-"""The fenced checkpoint write, both ways the writer sends it.
+"""The fenced writes of one run, every way the writer sends them.
 
-`Store.record` sends a lone checkpoint through the query `record_checkpoint` (the SQL
-function `record_one`: scalar parameters, the fast path) and anything else through
-`record_runs` (a JSON batch). Both must fence the same way: a write lands only while the
-worker holds a live lease on the run, under the claim it was queued under; a fenced write
-changes nothing; a name already stored keeps its first value. Each case runs through both
-paths.
-"""
+`Store.record` sends one run's checkpoint, or its completion after at most one
+checkpoint, through the query `record_one` (the SQL function `record_one`: scalar
+parameters, the fast path) and anything else through `record_runs` (a JSON batch);
+`Store.record_and_claim` likewise picks `record_one_and_claim` or `record_and_claim`. All
+four must fence the same way: a write lands only while the worker holds a live lease on
+the run, under the claim it was queued under; a fenced write changes nothing; a name
+already stored keeps its first value. Each case runs through every path."""
 
 from __future__ import annotations
 
@@ -26,29 +26,52 @@ from support import query
 LEASE = 30.0
 WORKER = "w1"
 
+Write = Callable[..., Awaitable[set[UUID]]]
+PATHS = ["record_one", "record_runs", "record_one_and_claim", "record_and_claim"]
+
+
+def writer(path: str, client: dt.Durable) -> Write:
+    """Write `checkpoints` then `completions` of `run` as `worker` through `path`; the
+    runs found owned. The batch paths add a completion of a run nobody has (fenced out
+    whatever happens, so only `run`'s writes can land); the claiming paths claim a task
+    name nobody spawned."""
+
+    async def write(
+        worker: str,
+        run: dict[str, Any],
+        checkpoints: list[tuple[UUID, str, str]],
+        completions: list[tuple[UUID, str]],
+        **kw: Any,
+    ) -> set[UUID]:
+        if path in ("record_runs", "record_and_claim"):
+            completions = [*completions, (UUID(int=1), "null")]
+        claims = (
+            {} if kw.get("no_claim") else {run["run_id"]: kw.get("claimed_at", run["claimed_at"])}
+        )
+        if not path.endswith("_and_claim"):
+            return await client.store.record(worker, checkpoints, completions, claims)
+        nothing = ClaimArgs(client.queue, ["nobody"], 1, LEASE)
+        owned, rows = await client.store.record_and_claim(
+            worker, checkpoints, completions, claims, nothing
+        )
+        assert rows == []
+        return owned
+
+    return write
+
+
 Record = Callable[..., Awaitable[set[UUID]]]
 
 
-@pytest.fixture(params=["record_checkpoint", "record_runs"])
+@pytest.fixture(params=PATHS)
 def record(request: pytest.FixtureRequest, client: dt.Durable) -> Record:
     """Write one checkpoint for `run` as `worker`; the runs found owned."""
+    write = writer(request.param, client)
 
-    def claims(run: dict[str, Any], kw: dict[str, Any]) -> dict[UUID, Any]:
-        if kw.get("no_claim"):
-            return {}
-        return {run["run_id"]: kw.get("claimed_at", run["claimed_at"])}
+    async def call(worker: str, run: dict[str, Any], name: str, value: str, **kw: Any) -> Any:
+        return await write(worker, run, [(run["run_id"], name, value)], [], **kw)
 
-    async def fast(worker: str, run: dict[str, Any], name: str, value: str, **kw: Any) -> Any:
-        checkpoint = (run["run_id"], name, value)
-        return await client.store.record(worker, [checkpoint], [], claims(run, kw))
-
-    async def batch(worker: str, run: dict[str, Any], name: str, value: str, **kw: Any) -> Any:
-        # A completion of an unknown run makes it a batch (record_runs); that write is
-        # fenced out whatever happens, so only the checkpoint can land.
-        checkpoint, ghost = (run["run_id"], name, value), (UUID(int=1), "null")
-        return await client.store.record(worker, [checkpoint], [ghost], claims(run, kw))
-
-    return fast if request.param == "record_checkpoint" else batch
+    return call
 
 
 async def claimed(client: dt.Durable) -> dict[str, Any]:
@@ -118,37 +141,21 @@ async def test_a_run_no_longer_running_writes_nothing(client: dt.Durable, record
 
 
 # -- a run's last write: its completion, after at most one checkpoint -----------------------
-#
-# `Store.record` sends one run's completion (with or without one checkpoint of that run)
-# through `finish_run`, and a batch through `record_runs`; `record_and_claim` likewise
-# picks `finish_and_claim` or its batch query. Same fence, same effects.
 
 Finish = Callable[..., Awaitable[set[UUID]]]
 
 
-@pytest.fixture(params=["finish_run", "record_runs", "finish_and_claim", "record_and_claim"])
+@pytest.fixture(params=PATHS)
 def finish(request: pytest.FixtureRequest, client: dt.Durable) -> Finish:
-    """Complete `run` with `result` as `worker`, after checkpoint `name` if given; through
-    `Store.record` or, for the *_and_claim params, `Store.record_and_claim` (claiming a
-    task name nobody spawned, so only the writes can change anything)."""
+    """Complete `run` with `result` as `worker`, after checkpoint `name` if given."""
+    write = writer(request.param, client)
 
     async def call(
         worker: str, run: dict[str, Any], result: str, name: str | None = None, **kw: Any
     ) -> set[UUID]:
         run_id = run["run_id"]
         checkpoints = [] if name is None else [(run_id, name, "7")]
-        completions = [(run_id, result)]
-        if request.param.startswith("record_"):
-            completions.append((UUID(int=1), "null"))  # a second run: a batch
-        claims = {} if kw.get("no_claim") else {run_id: kw.get("claimed_at", run["claimed_at"])}
-        if request.param.endswith("_and_claim"):
-            nothing = ClaimArgs(client.queue, ["nobody"], 1, LEASE)
-            owned, rows = await client.store.record_and_claim(
-                worker, checkpoints, completions, claims, nothing
-            )
-            assert rows == []
-            return owned
-        return await client.store.record(worker, checkpoints, completions, claims)
+        return await write(worker, run, checkpoints, [(run_id, result)], **kw)
 
     return call
 
@@ -235,7 +242,7 @@ async def test_a_child_finishing_alone_wakes_its_parent(
     client: dt.Durable, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """At concurrency 1 the child's last checkpoint and completion go out with the next
-    claim (finish_and_claim) and must tell the joining parent, as record_runs does."""
+    claim (record_one_and_claim) and must tell the joining parent, as record_runs does."""
     used: list[str] = []
     all_rows = type(client.store)._all
 
@@ -249,4 +256,4 @@ async def test_a_child_finishing_alone_wakes_its_parent(
     spawned = await client.spawn(mum, 20)
     async with client.worker(dt.WorkerOptions(concurrency=1)):
         assert await client.wait_result(mum, spawned.task_id, timeout=30) == 41
-    assert "finish_and_claim" in used
+    assert "record_one_and_claim" in used
