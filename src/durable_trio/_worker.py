@@ -320,10 +320,7 @@ class Worker:
         free = self._free_slots()
         if free <= 0 or not names:
             return 0, 0
-        assert self._writer is not None  # made by run() before the claim loop starts
-        if self._claim_with_writes() and self._writer.about_to_write:
-            # Its round trip starts now and claims for these slots: one round trip and one
-            # commit for a run's completion and the claim of the next. It wakes us after.
+        if self._writer_claims_next():
             return 0, 0
         asked = got = 0
         for queue in self._queues:
@@ -388,6 +385,13 @@ class Worker:
         every time, c=64 fell from ~11k to ~6.5k tasks/s)."""
         return self._executing == 0 and len(self._runs) <= 1
 
+    def _writer_claims_next(self) -> bool:
+        """The writer's round trip starts now and claims for the free slots: one round
+        trip and one commit for a run's completion and the claim of the next. It wakes the
+        claim loop after (`claimed`), so there is nothing for the loop to do until then."""
+        assert self._writer is not None  # made by run() before the claim loop starts
+        return self._claim_with_writes() and self._writer.about_to_write
+
     def reserve_claim(self) -> ClaimArgs | None:
         free = self._free_slots()
         if free <= 0 or not self._claim_with_writes() or not self.claim_wanted():
@@ -407,7 +411,8 @@ class Worker:
             for row in rows:
                 self._start(self._execs, row, args.queue)
             self.claimed_total += len(rows)
-        self._wake.set()
+        if self._free_slots() > 0:  # a short claim: the loop looks elsewhere, or idles
+            self._wake.set()
         self._reservations_done.set()
 
     async def _maybe_reap(self) -> None:
@@ -465,8 +470,12 @@ class Worker:
         finally:
             self._free_slot(run)
             run.finished = True
+            before = self._free_slots()
             del self._runs[run.run_id]
-            self._wake.set()
+            # Finished runs count against the runs in hand (2 x concurrency): wake the
+            # claim loop only if this one's leaving freed a slot that is not claimed for.
+            if self._free_slots() > before and not self._writer_claims_next():
+                self._wake.set()
             if not self._runs:
                 self._drained.set()
         if run.release_on_exit and run.lost is None and not run.suspended:
@@ -512,7 +521,8 @@ class Worker:
         if not run.body_done:
             run.body_done = True
             self._executing -= 1
-            self._wake.set()
+            if not self._writer_claims_next():
+                self._wake.set()
 
     async def _fail(self, run: RunState, ex: BaseException) -> None:
         # Misuse (InvalidInput, SerializationError) and replay divergence fail the same way
