@@ -90,6 +90,10 @@ WHERE r.queue = ANY (%(queues)s::text[]) AND r.state = 'running'
 ORDER BY r.lease_expires_at
 LIMIT %(limit)s
 
+-- name: enforce_deadlines
+-- Cancel tasks past a CancellationPolicy deadline (see the function): how many.
+SELECT @schema.enforce_deadlines(%(limit)s) AS cancelled
+
 -- name: next_due
 -- One index probe (runs_due) per queue: "queue = ANY (...)" with min() made the planner
 -- scan every pending run (~0.3 s with 1M pending, on each idle wake of each worker).

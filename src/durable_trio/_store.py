@@ -341,6 +341,12 @@ class Store:
     async def expired_runs(self, queues: Sequence[str], limit: int) -> list[Row]:
         return await self._all("expired_runs", {"queues": _array_literal(queues), "limit": limit})
 
+    async def enforce_deadlines(self, limit: int) -> int:
+        """Cancel up to `limit` tasks past their max_pending_delay or max_duration that
+        no claim or heartbeat would catch (suspended, or pending under a name no worker
+        runs); return how many."""
+        return int(await self._value("enforce_deadlines", {"limit": limit}))
+
     async def next_due(self, queues: Sequence[str], names: Sequence[str]) -> float | None:
         seconds: float | None = await self._value(
             "next_due", {"queues": _array_literal(queues), "names": _array_literal(names)}

@@ -596,7 +596,10 @@ def _printable(text: str, limit: int) -> str:
 
 async def reap_expired(store: Store, queues: Sequence[str], limit: int = 100) -> int:
     """Fail runs whose worker vanished (lease expired), scheduling their next attempt as
-    the task's retry strategy says. Returns how many runs were reaped."""
+    the task's retry strategy says, and cancel tasks past a CancellationPolicy deadline
+    that no claim or heartbeat would notice (in any queue). Returns how many runs were
+    reaped (deadlines not counted)."""
+    await store.enforce_deadlines(limit)
     reaped = 0
     for row in await store.expired_runs(queues, limit):
         decision = decide_failure(

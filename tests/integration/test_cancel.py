@@ -10,7 +10,7 @@ import pytest
 import trio
 
 import durable_trio as dt
-from durable_trio.testing import advance_clock, run_until_idle
+from durable_trio.testing import advance_clock, reap_expired, run_until_idle
 from support import fetch
 
 
@@ -251,3 +251,122 @@ async def test_max_duration_cancels_a_task_that_runs_too_long(client: dt.Durable
     assert seen == ["cancelled"]
     await assert_cancelled(client, spawned.task_id, "max_duration exceeded")
     assert await checkpoint_names(client, spawned.task_id) == []
+
+
+# -- deadlines of tasks no claim or heartbeat would look at -----------------------------
+
+
+@dt.task("listener")
+async def listener(ctx: dt.TaskContext, p: None) -> Any:
+    return await ctx.await_event("never-sent")
+
+
+@dt.task("forever_child")
+async def forever_child(ctx: dt.TaskContext, p: None) -> Any:
+    return await ctx.await_event("never-sent")
+
+
+@dt.task("joiner")
+async def joiner(ctx: dt.TaskContext, p: None) -> Any:
+    handle = await ctx.spawn("kid", forever_child, None)
+    return await ctx.join("kid", handle)
+
+
+async def deadline_rows(client: dt.Durable, task_id: UUID) -> list[str]:
+    rows = await fetch(
+        client, "SELECT kind FROM @s.deadlines WHERE task_id = %s ORDER BY kind", task_id
+    )
+    return [r["kind"] for r in rows]
+
+
+async def test_max_duration_cancels_a_task_waiting_for_an_event_without_timeout(
+    client: dt.Durable,
+) -> None:
+    client.register(listener)
+    policy = dt.SpawnOptions(cancellation=dt.CancellationPolicy(max_duration=3600))
+    spawned = await client.spawn(listener, None, options=policy)
+    await run_until_idle(client)
+    assert (await client.get_task(spawned.task_id)).state is dt.TaskState.SLEEPING
+    await advance_clock(client, 3599)
+    await reap_expired(client)
+    assert (await client.get_task(spawned.task_id)).state is dt.TaskState.SLEEPING
+    await advance_clock(client, 2)
+    await reap_expired(client)  # what every worker does on its reaping cadence
+    await assert_cancelled(client, spawned.task_id, "max_duration exceeded")
+    assert await deadline_rows(client, spawned.task_id) == []
+
+
+async def test_max_duration_cancels_a_parent_joining_a_child_that_never_ends(
+    client: dt.Durable,
+) -> None:
+    client.register(joiner, forever_child)
+    policy = dt.SpawnOptions(cancellation=dt.CancellationPolicy(max_duration=600))
+    spawned = await client.spawn(joiner, None, options=policy)
+    await run_until_idle(client)
+    (kid,) = await fetch(
+        client, "SELECT task_id FROM @s.tasks WHERE parent_task_id = %s", spawned.task_id
+    )
+    await advance_clock(client, 601)
+    await run_until_idle(client)  # its worker sweeps deadlines too
+    await assert_cancelled(client, spawned.task_id, "max_duration exceeded")
+    await assert_cancelled(client, kid["task_id"], f"parent {spawned.task_id} ended")
+
+
+async def test_max_pending_delay_cancels_a_task_no_worker_can_run(client: dt.Durable) -> None:
+    # Spawned, but registered with no worker: no claim ever looks at it.
+    policy = dt.SpawnOptions(cancellation=dt.CancellationPolicy(max_pending_delay=60))
+    spawned = await client.spawn(listener, None, options=policy)
+    assert await deadline_rows(client, spawned.task_id) == ["max_pending_delay"]
+    await advance_clock(client, 59)
+    await reap_expired(client)
+    assert (await client.get_task(spawned.task_id)).state is dt.TaskState.PENDING
+    await advance_clock(client, 2)
+    await reap_expired(client)
+    await assert_cancelled(client, spawned.task_id, "max_pending_delay exceeded")
+
+
+async def test_max_pending_delay_counts_from_when_a_delayed_spawn_is_due(
+    client: dt.Durable,
+) -> None:
+    policy = dt.SpawnOptions(
+        delay=600, cancellation=dt.CancellationPolicy(max_pending_delay=60)
+    )
+    spawned = await client.spawn(listener, None, options=policy)
+    await advance_clock(client, 100)  # past created + 60, but not yet due to start
+    await reap_expired(client)
+    assert (await client.get_task(spawned.task_id)).state is dt.TaskState.PENDING
+    assert await deadline_rows(client, spawned.task_id) == ["max_pending_delay"]
+    await advance_clock(client, 559)  # 659 s: due at 600, 59 s waiting
+    await reap_expired(client)
+    assert (await client.get_task(spawned.task_id)).state is dt.TaskState.PENDING
+    await advance_clock(client, 2)
+    await reap_expired(client)
+    await assert_cancelled(client, spawned.task_id, "max_pending_delay exceeded")
+
+
+async def test_deadlines_of_tasks_that_ended_in_time_are_forgotten(client: dt.Durable) -> None:
+    client.register(napper)
+    policy = dt.SpawnOptions(
+        cancellation=dt.CancellationPolicy(max_pending_delay=60, max_duration=100)
+    )
+    spawned = await client.spawn(napper, 10.0, options=policy)
+    assert await deadline_rows(client, spawned.task_id) == ["max_pending_delay"]
+    await run_until_idle(client)
+    assert await deadline_rows(client, spawned.task_id) == [
+        "max_duration",
+        "max_pending_delay",
+    ]
+    await advance_clock(client, 11)
+    await run_until_idle(client)
+    assert await client.wait_result(napper, spawned.task_id, timeout=10) == "woke"
+    await advance_clock(client, 200)
+    await reap_expired(client)
+    assert await deadline_rows(client, spawned.task_id) == []
+    assert (await client.get_task(spawned.task_id)).state is dt.TaskState.COMPLETED
+
+
+async def test_tasks_without_a_policy_have_no_deadline_rows(client: dt.Durable) -> None:
+    client.register(napper)
+    spawned = await client.spawn(napper, 10.0)
+    await run_until_idle(client)
+    assert await deadline_rows(client, spawned.task_id) == []

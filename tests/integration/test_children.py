@@ -279,6 +279,10 @@ async def test_cancelled_parent_cancels_every_descendant(client: dt.Durable) -> 
     info = await client.get_task(root)
     assert info.state is dt.TaskState.CANCELLED
     assert info.cancel_reason == "stop it all"
+    # Each descendant names its own parent, not the task the cancellation started from.
+    for task_id in descendants:
+        parent = (await client.get_task(task_id)).parent_task_id
+        assert (await client.get_task(task_id)).cancel_reason == f"parent {parent} ended"
     await assert_all_cancelled(client, descendants)
     with pytest.raises(dt.TaskCancelled):
         await client.wait_result(top, root, timeout=10)

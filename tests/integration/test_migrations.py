@@ -13,12 +13,23 @@ from psycopg import sql
 import durable_trio as dt
 from durable_trio._store import migrations
 
-EXPECTED_TABLES = {"checkpoints", "clock", "events", "migrations", "runs", "tasks", "waits"}
+EXPECTED_TABLES = {
+    "checkpoints",
+    "clock",
+    "deadlines",
+    "events",
+    "migrations",
+    "runs",
+    "tasks",
+    "waits",
+}
 
 # (table, index) including primary keys and unique constraints.
 EXPECTED_INDEXES = {
     ("checkpoints", "checkpoints_pkey"),
     ("clock", "clock_pkey"),
+    ("deadlines", "deadlines_due"),
+    ("deadlines", "deadlines_pkey"),
     ("events", "events_pkey"),
     ("migrations", "migrations_pkey"),
     ("runs", "runs_claim"),
@@ -40,9 +51,12 @@ EXPECTED_FUNCTIONS = {
     "claim_runs",
     "clock_now",
     "emit_event",
+    "enforce_deadlines",
     "fail_run",
     "heartbeat",
     "lock_owned_run",
+    "note_duration_deadline",
+    "note_pending_deadline",
     "notify_queue",
     "record_one",
     "record_runs",
