@@ -2,10 +2,14 @@
 
 Rules (docs/serialization.md says the same for users):
 - attrs classes, dataclasses, primitives, lists, dicts with str keys, tuples, Optional,
-  enums, UUID, datetime (normalised to UTC; naive means UTC), date, timedelta (seconds),
+  enums, UUID, datetime (timezone-aware, normalised to UTC), date, timedelta (seconds),
   Decimal (as a string) and bytes (base85) round-trip exactly.
+- A naive datetime is refused when written: its meaning would depend on the time zone of
+  whichever machine ran the code. (Stored text without an offset is read as UTC.)
 - Unknown keys in stored data are an error, not silently dropped.
-- A value with no declared type (``Any``) must already be plain JSON.
+- A value with no declared type (``Any``) must already be plain JSON: dict keys must be
+  strings (JSON would turn 1 into "1", and {1: .., "1": ..} into one key) and sets are
+  refused (they would come back as lists).
 - Every value is round-tripped once when written, so a step returns the same value on the
   first run as on a replay, and a type that cannot round-trip fails when it is written.
 """
@@ -35,9 +39,19 @@ def _utc(value: datetime) -> datetime:
     return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
+def _aware_iso(value: datetime) -> str:
+    if value.tzinfo is None or value.utcoffset() is None:
+        raise SerializationError(
+            f"naive datetime {value!r} has no time zone, so it would mean different instants "
+            "on different machines: make it aware, e.g. datetime.now(UTC) or "
+            "value.replace(tzinfo=UTC)"
+        )
+    return value.astimezone(UTC).isoformat()
+
+
 _converter.register_unstructure_hook(UUID, str)
 _converter.register_structure_hook(UUID, lambda v, _: UUID(v) if not isinstance(v, UUID) else v)
-_converter.register_unstructure_hook(datetime, lambda v: _utc(v).isoformat())
+_converter.register_unstructure_hook(datetime, _aware_iso)
 _converter.register_structure_hook(datetime, lambda v, _: _utc(datetime.fromisoformat(v)))
 
 
@@ -170,8 +184,28 @@ def roundtrip(value: Any, type_: Any = Any) -> tuple[str, Any]:
 
 
 def _check_plain(data: Any) -> Any:
+    _check_keys(data)
     dumps(data)
     return data
+
+
+def _check_keys(data: Any) -> None:
+    """Every dict key in plain data is a str: json.dumps would quietly stringify others."""
+    pending = [data]
+    while pending:
+        item = pending.pop()
+        if isinstance(item, dict):
+            for key, value in item.items():
+                if not isinstance(key, str):
+                    raise SerializationError(
+                        f"dict key {key!r} ({type(key).__name__}) under an Any type would "
+                        f"come back as the string {json.dumps(str(key))}: use str keys, or "
+                        "declare the type (e.g. dict[int, str] in an attrs class)"
+                    )
+                if isinstance(value, (dict, list, tuple)):
+                    pending.append(value)
+        elif isinstance(item, (list, tuple)):
+            pending.extend(v for v in item if isinstance(v, (dict, list, tuple)))
 
 
 def _type_name(type_: Any) -> str:

@@ -76,7 +76,7 @@ offsets = st.builds(
 datetimes = st.datetimes(
     min_value=datetime(2, 1, 1),
     max_value=datetime(9998, 12, 31),
-    timezones=st.one_of(st.none(), offsets),
+    timezones=offsets,  # naive datetimes are refused (test_naive_datetime_is_refused)
 )
 # Float seconds are exact to the microsecond for spans up to ~142 years (2**52 us).
 spans = st.timedeltas(min_value=timedelta(days=-52_000), max_value=timedelta(days=52_000))
@@ -148,12 +148,24 @@ def test_any_field_holds_plain_json(value: Any) -> None:
     assert roundtrip(Holder(value), Holder)[1] == Holder(value)
 
 
-def test_naive_datetime_becomes_utc() -> None:
+@pytest.mark.parametrize("type_", [Timed, Any])
+def test_naive_datetime_is_refused(type_: Any) -> None:
     naive = datetime(2024, 5, 6, 7, 8, 9, 123456)
-    text, replayed = roundtrip(Timed(naive), Timed)
+    with pytest.raises(SerializationError, match=r"naive datetime .*\.replace\(tzinfo=UTC\)"):
+        roundtrip(Timed(naive) if type_ is Timed else {"at": naive}, type_)
+    aware = naive.replace(tzinfo=UTC)
+    text, replayed = roundtrip(Timed(aware), Timed)
     assert json.loads(text) == {"at": "2024-05-06T07:08:09.123456+00:00"}
-    assert replayed.at == naive.replace(tzinfo=UTC)
-    assert replayed.at.tzinfo is UTC
+    assert replayed.at == aware
+
+
+@pytest.mark.parametrize(
+    "value",
+    [{1: "a"}, {"n": [{"ok": 1}, {None: 2}]}, [({2.5: 1},)], {"x": {True: 1}}],
+)
+def test_non_string_dict_keys_are_refused_under_any(value: Any) -> None:
+    with pytest.raises(SerializationError, match=r"dict key .* use str keys"):
+        roundtrip(value)
 
 
 def test_aware_datetime_is_normalised_to_utc() -> None:
