@@ -20,6 +20,12 @@ SELECT * FROM @schema.claim_runs(%(queue)s, %(worker)s, %(names)s::text[], %(lim
 -- name: heartbeat
 SELECT * FROM @schema.heartbeat(%(worker)s, %(runs)s::uuid[], %(lease)s::interval)
 
+-- name: lost_runs
+-- Why runs a heartbeat did not renew were lost: their task's state and cancel reason.
+SELECT r.run_id, t.state, t.cancel_reason
+FROM @schema.runs r JOIN @schema.tasks t USING (task_id)
+WHERE r.run_id = ANY (%(runs)s::uuid[])
+
 -- name: record_runs
 -- The runs still owned, i.e. written (see the function).
 SELECT @schema.record_runs(%(worker)s, %(writes)s::jsonb) AS owned

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import AsyncIterator, Iterable, Iterator
-from contextlib import asynccontextmanager, contextmanager
+from contextlib import asynccontextmanager, contextmanager, suppress
 from datetime import datetime
 from typing import Any, TypeVar
 from uuid import UUID
@@ -20,7 +20,7 @@ from ._core.ids import uuid7
 from ._core.names import validate_name, validate_queue, validate_schema
 from ._core.options import SpawnOptions, WorkerOptions
 from ._core.states import TaskState
-from ._db import Pool, TrioConnection, connect, redact_url
+from ._db import CONNECTION_LOST, Pool, TrioConnection, connect, redact_url
 from ._errors import (
     ConfigurationError,
     InvalidInput,
@@ -244,7 +244,7 @@ class Durable:
         if isinstance(task, str):
             raise InvalidInput("spawn() takes a task definition; use spawn_by_name() for names")
         row = self._prepare_spawn(task, params, options)
-        return _result(await self._store.spawn(row, connection))
+        return _result(await self._store.spawn(row, _caller_connection(connection)))
 
     async def spawn_by_name(
         self,
@@ -260,7 +260,7 @@ class Durable:
         worker without the code leaves the task for one that has it.
         """
         row = self._prepare_spawn(name, params, options)
-        return _result(await self._store.spawn(row, connection))
+        return _result(await self._store.spawn(row, _caller_connection(connection)))
 
     async def spawn_many(
         self,
@@ -269,7 +269,15 @@ class Durable:
         *,
         options: SpawnOptions | None = None,
     ) -> list[SpawnResult]:
-        """Spawn many tasks of one kind with shared options in one statement (all or none)."""
+        """Spawn many tasks of one kind with shared options in one statement (all or none).
+        The options are shared, so they cannot carry an idempotency key (one key would make
+        every task after the first a duplicate of it)."""
+        if options is not None and getattr(options, "idempotency_key", None) is not None:
+            raise InvalidInput(
+                "spawn_many shares its options between every task, so an idempotency_key "
+                "would make all but the first a duplicate: spawn them one by one with a key "
+                "each, or drop the key"
+            )
         rows = self._prepare_spawns(task, params, options)
         if not rows:
             return []
@@ -358,7 +366,7 @@ class Durable:
         target = _checked(validate_queue, self.queue if queue is None else queue)
         with _about("event payload"):
             text = _serde.dumps(_serde.unstructure(payload))
-        return await self._store.emit_event(target, event, text, connection)
+        return await self._store.emit_event(target, event, text, _caller_connection(connection))
 
     async def cancel(self, task_id: UUID, reason: str = "cancelled by client") -> bool:
         """Cancel a task and all its unfinished descendants. Pending and sleeping tasks stop
@@ -392,6 +400,9 @@ class Durable:
     async def worker(self, options: WorkerOptions | None = None) -> AsyncIterator[Worker]:
         """Run a worker for the duration of the block; leaving it shuts down gracefully."""
         worker = self.new_worker(options)
+        # Checked here too, so the error is not wrapped in the nursery's ExceptionGroup.
+        with suppress(*CONNECTION_LOST):
+            await self._store.check_schema()
         async with trio.open_nursery() as nursery:
             await nursery.start(worker.run)
             try:
@@ -407,6 +418,16 @@ class Durable:
 
 def _result(row: dict[str, Any]) -> SpawnResult:
     return SpawnResult(row["task_id"], row["run_id"], row["attempt"], row.get("created", True))
+
+
+def _caller_connection(conn: Any) -> Any:
+    """The `connection=` of a spawn or emit, checked before anything is prepared for it."""
+    if conn is None or isinstance(conn, (psycopg.AsyncConnection, psycopg.Connection)):
+        return conn
+    raise InvalidInput(
+        "connection must be a connection from Durable.connection() or a psycopg.Connection "
+        f"(to join its open transaction), got {type(conn).__name__}"
+    )
 
 
 def _uuid(value: Any) -> UUID:

@@ -135,8 +135,10 @@ class TaskContext:
     ) -> T:
         """Run ``await fn(conn, *args)`` inside the same database transaction that stores
         its checkpoint: exactly-once for writes made through `conn` (a psycopg
-        connection of this library's kind). The transaction also holds this run's lease
-        lock, so a worker that lost the run can commit nothing."""
+        connection of this library's kind, whose rows are dicts: ``row["id"]``, not
+        ``row[0]``; pass ``row_factory=psycopg.rows.tuple_row`` to ``conn.cursor()`` for
+        tuples). The transaction also holds this run's lease lock, so a worker that lost
+        the run can commit nothing."""
         checkpoint = self._next_name(name)
         rtype = _return_type(fn) if result_type is _UNSET else result_type
         return typing.cast(T, await self._transaction(checkpoint, fn, args, rtype))
@@ -322,7 +324,10 @@ class TaskContext:
         stored = await self._wait_for(self.queue, name, checkpoint, seconds)
         if "timeout" in stored:
             raise EventTimeout(name)
-        return _serde.structure(stored.get("payload"), type)
+        try:
+            return _serde.structure(stored.get("payload"), type)
+        except SerializationError as ex:
+            raise SerializationError(f"payload of event {name!r}: {ex}") from None
 
     async def _wait_for(
         self, queue: str, event: str, checkpoint: str, timeout: float | None

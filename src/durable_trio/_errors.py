@@ -71,7 +71,7 @@ class UnknownTask(DurableError):
 
 
 class TaskNotFound(DurableError):
-    """No task with this id exists in this client's schema and queue."""
+    """No task with this id exists in this client's schema (in any queue)."""
 
     def __init__(self, task_id: UUID) -> None:
         super().__init__(f"no task with id {task_id}")

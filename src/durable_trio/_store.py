@@ -101,16 +101,22 @@ class Store:
     # -- plumbing ---------------------------------------------------------------------
 
     async def _one(self, name: str, params: dict[str, Any], conn: Any = None) -> Row | None:
-        if conn is not None:
-            return await _fetchone(conn, self._q[name], params)
-        async with self.pool.acquire() as pooled, _lost_connection(pooled):
-            return await _fetchone(pooled, self._q[name], params)
+        try:
+            if conn is not None:
+                return await _fetchone(conn, self._q[name], params)
+            async with self.pool.acquire() as pooled, _lost_connection(pooled):
+                return await _fetchone(pooled, self._q[name], params)
+        except _SCHEMA_ERRORS as ex:
+            raise _schema_error(self.schema, ex) from None
 
     async def _all(self, name: str, params: dict[str, Any], conn: Any = None) -> list[Row]:
-        if conn is not None:
-            return await _fetchall(conn, self._q[name], params)
-        async with self.pool.acquire() as pooled, _lost_connection(pooled):
-            return await _fetchall(pooled, self._q[name], params)
+        try:
+            if conn is not None:
+                return await _fetchall(conn, self._q[name], params)
+            async with self.pool.acquire() as pooled, _lost_connection(pooled):
+                return await _fetchall(pooled, self._q[name], params)
+        except _SCHEMA_ERRORS as ex:
+            raise _schema_error(self.schema, ex) from None
 
     async def _value(self, name: str, params: dict[str, Any], conn: Any = None) -> Any:
         row = await self._one(name, params, conn)
@@ -165,10 +171,17 @@ class Store:
                         sql.Identifier(self.schema)
                     )
                 )
-            except psycopg.errors.UndefinedTable:
+            except (psycopg.errors.UndefinedTable, psycopg.errors.InvalidSchemaName):
                 return None
             row = await cur.fetchone()
             return None if row is None else row["v"]
+
+    async def check_schema(self) -> None:
+        """ConfigurationError unless the schema has every migration this library has."""
+        version = await self.schema_version()
+        latest = migrations()[-1][0]
+        if version is None or version < latest:
+            raise ConfigurationError(_schema_missing(self.schema, version, latest))
 
     # -- spawning ---------------------------------------------------------------------
 
@@ -184,7 +197,7 @@ class Store:
         for key in ("task_id", "run_id", "params"):
             params[key] = _array_literal(str(row[key]) for row in rows)
         async with self.pool.acquire() as conn, conn.transaction():
-            return await _fetchall(conn, self._q["spawn_tasks"], params)
+            return await self._all("spawn_tasks", params, conn)
 
     # -- worker side ------------------------------------------------------------------
 
@@ -204,6 +217,11 @@ class Store:
             "heartbeat", {"worker": worker, "runs": list(runs), "lease": interval(lease)}
         )
         return {row["run_id"]: (row["lease_expires_at"], row["renewed"]) for row in rows}
+
+    async def lost_runs(self, runs: Sequence[UUID]) -> dict[UUID, tuple[str, str | None]]:
+        """run_id -> (its task's state, cancel reason), for runs a heartbeat lost."""
+        rows = await self._all("lost_runs", {"runs": list(runs)})
+        return {row["run_id"]: (row["state"], row["cancel_reason"]) for row in rows}
 
     async def record(
         self,
@@ -456,6 +474,31 @@ def _writes_json(
         f'{{"run_id":"{run_id}"{claim(run_id)},"value":{value}}}' for run_id, value in completions
     ]
     return "[" + ",".join(writes) + "]"
+
+
+def _schema_missing(schema: str, version: int | None, latest: int) -> str:
+    found = "does not exist" if version is None else f"is at version {version}"
+    return (
+        f"durable_trio schema {schema!r} {found}; this library needs version {latest}: "
+        "connect once with migrate=True (the default) as a role that may change the schema, "
+        "or call Durable.migrate()"
+    )
+
+
+# A query on a schema that was never migrated, or is older than this library.
+_SCHEMA_ERRORS = (
+    psycopg.errors.InvalidSchemaName,
+    psycopg.errors.UndefinedTable,
+    psycopg.errors.UndefinedFunction,
+)
+
+
+def _schema_error(schema: str, ex: psycopg.Error) -> ConfigurationError:
+    return ConfigurationError(
+        f"durable_trio schema {schema!r} is missing or older than this library "
+        f"({ex.diag.message_primary}): connect once with migrate=True (the default) as a "
+        "role that may change the schema, or call Durable.migrate()"
+    )
 
 
 async def _fetchone(conn: Any, query: str, params: dict[str, Any]) -> Row | None:

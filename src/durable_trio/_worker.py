@@ -31,7 +31,7 @@ from . import _serde
 from ._context import Suspended, TaskContext
 from ._core.ids import uuid7
 from ._core.options import WorkerOptions
-from ._core.retry import RetryStrategy, decide_failure
+from ._core.retry import FailureDecision, RetryStrategy, decide_failure
 from ._db import CONNECTION_LOST, Listener, Pool
 from ._errors import (
     DatabaseUnavailable,
@@ -120,12 +120,22 @@ class RunState:
         run.lease_deadline = run.claimed_mono + claim_timeout
         return run
 
-    def lose(self, reason: str) -> None:
-        """Stop this run now and write nothing more for it (invariant 2)."""
-        if self.lost is None and not self.finished:
-            log.warning("run %s of task %s abandoned: %s", self.run_id, self.task_id, reason)
+    def lose(self, reason: str, *, quiet: bool = False) -> bool:
+        """Stop this run now and write nothing more for it (invariant 2). Returns whether
+        this call lost it (False if it was lost or finished already). `quiet`: the caller
+        logs it (see `log_loss`)."""
+        lost_now = self.lost is None and not self.finished
+        if lost_now:
             self.lost = reason
+            if not quiet:
+                self.log_loss()
         self.scope.cancel()
+        return lost_now
+
+    def log_loss(self, *, cancelled: bool = False) -> None:
+        """A task cancelled on purpose is logged at INFO; any other loss is a warning."""
+        level = logging.INFO if cancelled else logging.WARNING
+        log.log(level, "run %s of task %s abandoned: %s", self.run_id, self.task_id, self.lost)
 
     async def call(self, fn: Callable[..., Awaitable[T]], *args: Any, **kwargs: Any) -> T:
         """Call a store method, retrying while the database is unreachable, but only while
@@ -201,7 +211,8 @@ class Worker:
 
     @property
     def in_flight(self) -> int:
-        """Runs this worker holds: executing, or whose outcome is still being written."""
+        """How many runs this worker holds: executing, or whose outcome is still being
+        written."""
         return len(self._runs)
 
     @property
@@ -242,6 +253,8 @@ class Worker:
             self._control = Store(control_pool, self._schema)
             self._exec = Store(exec_pool, self._schema)
             self._writer = Writer(self._exec, self.worker_id, claimer=self)
+            with suppress(*RETRYABLE_IO):  # unreachable: the claim loop retries and says so
+                await self._control.check_schema()
             async with trio.open_nursery() as control:
                 self._listener = Listener(
                     # Not `self._wake.set`: the claim loop replaces `_wake` every round, so a
@@ -446,12 +459,30 @@ class Worker:
                 if time.monotonic() >= run.lease_deadline:
                     run.lose("lease ran out while the database was unreachable")
             return
+        lost = []
         for run in runs:
             if run.run_id in renewed:
                 if renewed[run.run_id][1]:  # a busy run is held but keeps its old lease
                     run.lease_deadline = sent + self.options.claim_timeout
             elif not run.finished and not run.suspended:
-                run.lose("lease lost or task cancelled")
+                lost.append(run)
+        if lost:
+            await self._lose_all(lost)
+
+    async def _lose_all(self, runs: list[RunState]) -> None:
+        """Abandon runs a heartbeat did not renew (at once), then log why, as far as the
+        database says: a deliberate cancel is not a warning."""
+        lost = [run for run in runs if run.lose("lease lost", quiet=True)]
+        why: dict[UUID, tuple[str, str | None]] = {}
+        with suppress(*RETRYABLE_IO), trio.move_on_after(5):
+            why = await self._control.lost_runs([r.run_id for r in lost])
+        for run in lost:
+            state, reason = why.get(run.run_id, (None, None))
+            if state == "cancelled":
+                run.lost = f"task cancelled: {reason}"
+            elif state is not None:
+                run.lost = "lease lost (expired, or the run was taken over)"
+            run.log_loss(cancelled=state == "cancelled")
 
     # -- executing --------------------------------------------------------------------
 
@@ -544,7 +575,7 @@ class Worker:
             "retryable": retryable,
             "attempt": run.attempt,
         }
-        log.info("task %s attempt %d failed: %r", run.task_id, run.attempt, ex)
+        _log_failure(run, ex, decision)
         state = await run.call(
             self._exec.fail,
             run.run_id,
@@ -592,6 +623,16 @@ def _printable(text: str, limit: int) -> str:
     if len(text) > limit:
         text = text[: limit // 2] + "\n...\n" + text[-limit // 2 :]
     return text.replace("\x00", "\\0").encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def _log_failure(run: RunState, ex: BaseException, decision: FailureDecision) -> None:
+    """An attempt's error, with its traceback: what the task's owner needs to see without
+    querying the database. WARNING while a retry follows, ERROR when the task failed."""
+    what = f"task {run.task_name!r} {run.task_id} attempt {run.attempt}/{run.max_attempts}"
+    if decision.retry:
+        log.warning("%s failed; retrying in %.3g s: %r", what, decision.delay, ex, exc_info=ex)
+    else:
+        log.error("%s failed; no attempts left or not retryable: %r", what, ex, exc_info=ex)
 
 
 async def reap_expired(store: Store, queues: Sequence[str], limit: int = 100) -> int:

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 from uuid import UUID
 
@@ -128,8 +129,12 @@ class Blocked:
 
 
 async def cancel_running(
-    client: dt.Durable, options: dt.WorkerOptions, monkeypatch: pytest.MonkeyPatch | None
+    client: dt.Durable,
+    options: dt.WorkerOptions,
+    monkeypatch: pytest.MonkeyPatch | None,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
+    caplog.set_level(logging.INFO, logger="durable_trio.worker")
     b = Blocked()
     client.register(b.task, napper)
     spawned = await client.spawn(b.task, None)
@@ -153,21 +158,28 @@ async def cancel_running(
     await assert_cancelled(client, spawned.task_id, "stop")
     assert await checkpoint_names(client, spawned.task_id) == ["first"]
     assert await run_states(client, spawned.task_id) == ["cancelled"]
+    # A deliberate cancel is news, not a warning.
+    abandoned = [r for r in caplog.records if "abandoned" in r.getMessage()]
+    assert [(r.levelname, r.getMessage().split(": ", 1)[1]) for r in abandoned] == [
+        ("INFO", "task cancelled: stop")
+    ]
 
 
-async def test_cancel_running_task_through_notify(client: dt.Durable) -> None:
+async def test_cancel_running_task_through_notify(
+    client: dt.Durable, caplog: pytest.LogCaptureFixture
+) -> None:
     """The heartbeat is 200 s away: only the cancel NOTIFY can stop the step in time."""
     await cancel_running(
-        client, dt.WorkerOptions(claim_timeout=600, poll_interval=30), monkeypatch=None
+        client, dt.WorkerOptions(claim_timeout=600, poll_interval=30), None, caplog
     )
 
 
 async def test_cancel_running_task_within_one_heartbeat(
-    client: dt.Durable, monkeypatch: pytest.MonkeyPatch
+    client: dt.Durable, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     """Notifications ignored: the next heartbeat (every 0.5 s) notices the cancel."""
     await cancel_running(
-        client, dt.WorkerOptions(claim_timeout=1.5, poll_interval=0.05), monkeypatch
+        client, dt.WorkerOptions(claim_timeout=1.5, poll_interval=0.05), monkeypatch, caplog
     )
 
 
@@ -328,9 +340,7 @@ async def test_max_pending_delay_cancels_a_task_no_worker_can_run(client: dt.Dur
 async def test_max_pending_delay_counts_from_when_a_delayed_spawn_is_due(
     client: dt.Durable,
 ) -> None:
-    policy = dt.SpawnOptions(
-        delay=600, cancellation=dt.CancellationPolicy(max_pending_delay=60)
-    )
+    policy = dt.SpawnOptions(delay=600, cancellation=dt.CancellationPolicy(max_pending_delay=60))
     spawned = await client.spawn(listener, None, options=policy)
     await advance_clock(client, 100)  # past created + 60, but not yet due to start
     await reap_expired(client)

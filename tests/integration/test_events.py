@@ -8,6 +8,7 @@ from typing import Any
 from uuid import UUID
 
 import attrs
+import pytest
 import trio
 
 import durable_trio as dt
@@ -387,3 +388,14 @@ async def test_race_await_holds_the_lock_then_emit_wakes_it(client: dt.Durable) 
         client, "SELECT count(*) AS n FROM @s.runs WHERE task_id = %s", spawned.task_id
     )
     assert row["n"] == 1
+
+
+async def test_a_payload_that_does_not_fit_the_type_names_the_event(client: dt.Durable) -> None:
+    client.register(typed_waiter)
+    spawned = await client.spawn(typed_waiter, "packed:bad")
+    await run_until_idle(client)
+    await client.emit_event("packed:bad", {"nope": 1})
+    await run_until_idle(client)
+    with pytest.raises(dt.TaskFailed) as caught:
+        await client.wait_result(typed_waiter, spawned.task_id, timeout=10)
+    assert "payload of event 'packed:bad': stored value" in str(caught.value)

@@ -338,3 +338,27 @@ async def test_worker_context_manager_runs_tasks(client: dt.Durable) -> None:
         async with client.worker(dt.WorkerOptions(concurrency=2, poll_interval=0.05)):
             result = await client.wait_result(receipt, spawned.task_id, timeout=10)
     assert result == Receipt(UUID(int=9), 8, ["line 4"])
+
+
+@dt.task("grumpy", options=dt.SpawnOptions(max_attempts=2, retry=dt.RetryStrategy.none()))
+async def grumpy(ctx: dt.TaskContext, p: None) -> None:
+    raise ValueError(f"grumpy on attempt {ctx.attempt}")
+
+
+async def test_failed_attempts_are_logged_with_their_traceback(
+    client: dt.Durable, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Visible without querying the database: WARNING while a retry follows, then ERROR.
+    client.register(grumpy)
+    spawned = await client.spawn(grumpy, None)
+    with caplog.at_level("WARNING", logger="durable_trio.worker"):
+        await run_until_idle(client)
+    failures = [r for r in caplog.records if "failed" in r.getMessage()]
+    assert [r.levelname for r in failures] == ["WARNING", "ERROR"]
+    first, last = (r.getMessage() for r in failures)
+    assert f"task 'grumpy' {spawned.task_id} attempt 1/2 failed; retrying in 0 s" in first
+    assert "grumpy on attempt 1" in first
+    assert "attempt 2/2 failed; no attempts left" in last
+    assert all(r.exc_info and r.exc_info[0] is ValueError for r in failures)
+    with pytest.raises(dt.TaskFailed):
+        await client.wait_result(grumpy, spawned.task_id, timeout=10)

@@ -11,7 +11,9 @@ import trio
 from psycopg import sql
 
 import durable_trio as dt
+from durable_trio._core.ids import uuid7
 from durable_trio._store import migrations
+from support import fetch
 
 EXPECTED_TABLES = {
     "checkpoints",
@@ -220,3 +222,30 @@ async def test_migrated_schema_works_for_two_schemas_side_by_side(
                 await client.get_task(b.task_id)
     finally:
         await trio.to_thread.run_sync(_drop_schema, pg_url, other_schema)
+
+
+async def test_an_unmigrated_schema_is_a_configuration_error(pg_url: str, schema: str) -> None:
+    @dt.task("lonely")
+    async def lonely(ctx: dt.TaskContext, p: None) -> None:
+        return None
+
+    async with dt.Durable.connect(pg_url, schema=schema, migrate=False) as client:
+        client.register(lonely)
+        with pytest.raises(dt.ConfigurationError, match=r"missing or older.*migrate=True"):
+            await client.spawn(lonely, None)
+        with pytest.raises(dt.ConfigurationError, match=r"does not exist.*migrate=True"):
+            async with client.worker():
+                pass  # pragma: no cover
+        with pytest.raises(dt.ConfigurationError, match="missing or older"):
+            await client.get_task(uuid7())
+    assert not await trio.to_thread.run_sync(_schema_exists, pg_url, schema)
+
+
+async def test_a_schema_older_than_the_library_is_a_configuration_error(
+    client: dt.Durable, pg_url: str
+) -> None:
+    latest = max(v for v, _, _ in migrations())
+    await fetch(client, "DELETE FROM @s.migrations WHERE version = %s", latest)
+    with pytest.raises(dt.ConfigurationError, match=f"version {latest - 1}.*version {latest}"):
+        async with client.worker():
+            pass  # pragma: no cover

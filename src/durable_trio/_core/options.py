@@ -70,6 +70,11 @@ class CancellationPolicy:
     ``max_pending_delay``: cancel if no attempt has started this long after the task
     became due. ``max_duration``: cancel if the task is still not finished this long
     after its first attempt started (sleeps included).
+
+    Enforced whatever the task is doing: when a worker would claim it, at each heartbeat
+    of a running attempt, and otherwise (suspended in a sleep, an event wait or a join;
+    pending under a name no worker registers) by the sweep every worker makes each
+    ``poll_interval``. Cancelling a task cancels its unfinished descendants too.
     """
 
     max_pending_delay: float | None = attrs.field(default=None, converter=_pending_delay)
