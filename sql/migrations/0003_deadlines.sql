@@ -19,11 +19,14 @@ CREATE TABLE @schema.deadlines (
 );
 CREATE INDEX deadlines_due ON @schema.deadlines (due_at);
 
-CREATE FUNCTION @schema.note_pending_deadline() RETURNS trigger
+-- The trigger's argument is the kind of deadline to note.
+CREATE FUNCTION @schema.note_deadline() RETURNS trigger
 LANGUAGE plpgsql AS $$
 BEGIN
     INSERT INTO @schema.deadlines (task_id, kind, due_at)
-    VALUES (NEW.task_id, 'max_pending_delay', NEW.created_at + NEW.max_pending_delay)
+    VALUES (NEW.task_id, TG_ARGV[0], CASE TG_ARGV[0]
+        WHEN 'max_pending_delay' THEN NEW.created_at + NEW.max_pending_delay
+        ELSE NEW.first_started_at + NEW.max_duration END)
     ON CONFLICT DO NOTHING;
     RETURN NULL;
 END
@@ -31,22 +34,12 @@ $$;
 
 CREATE TRIGGER tasks_pending_deadline AFTER INSERT ON @schema.tasks
 FOR EACH ROW WHEN (NEW.max_pending_delay IS NOT NULL)
-EXECUTE FUNCTION @schema.note_pending_deadline();
-
-CREATE FUNCTION @schema.note_duration_deadline() RETURNS trigger
-LANGUAGE plpgsql AS $$
-BEGIN
-    INSERT INTO @schema.deadlines (task_id, kind, due_at)
-    VALUES (NEW.task_id, 'max_duration', NEW.first_started_at + NEW.max_duration)
-    ON CONFLICT DO NOTHING;
-    RETURN NULL;
-END
-$$;
+EXECUTE FUNCTION @schema.note_deadline('max_pending_delay');
 
 CREATE TRIGGER tasks_duration_deadline AFTER UPDATE OF first_started_at ON @schema.tasks
 FOR EACH ROW WHEN (OLD.first_started_at IS NULL AND NEW.first_started_at IS NOT NULL
     AND NEW.max_duration IS NOT NULL)
-EXECUTE FUNCTION @schema.note_duration_deadline();
+EXECUTE FUNCTION @schema.note_deadline('max_duration');
 
 -- Tasks that already exist when this migration runs.
 INSERT INTO @schema.deadlines (task_id, kind, due_at)

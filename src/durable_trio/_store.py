@@ -101,20 +101,19 @@ class Store:
     # -- plumbing ---------------------------------------------------------------------
 
     async def _one(self, name: str, params: dict[str, Any], conn: Any = None) -> Row | None:
-        try:
-            if conn is not None:
-                return await _fetchone(conn, self._q[name], params)
-            async with self.pool.acquire() as pooled, _lost_connection(pooled):
-                return await _fetchone(pooled, self._q[name], params)
-        except _SCHEMA_ERRORS as ex:
-            raise _schema_error(self.schema, ex) from None
+        row: Row | None = await self._fetch(name, params, conn, many=False)
+        return row
 
     async def _all(self, name: str, params: dict[str, Any], conn: Any = None) -> list[Row]:
+        rows: list[Row] = await self._fetch(name, params, conn, many=True)
+        return rows
+
+    async def _fetch(self, name: str, params: dict[str, Any], conn: Any, *, many: bool) -> Any:
         try:
             if conn is not None:
-                return await _fetchall(conn, self._q[name], params)
+                return await _fetch(conn, self._q[name], params, many)
             async with self.pool.acquire() as pooled, _lost_connection(pooled):
-                return await _fetchall(pooled, self._q[name], params)
+                return await _fetch(pooled, self._q[name], params, many)
         except _SCHEMA_ERRORS as ex:
             raise _schema_error(self.schema, ex) from None
 
@@ -501,23 +500,14 @@ def _schema_error(schema: str, ex: psycopg.Error) -> ConfigurationError:
     )
 
 
-async def _fetchone(conn: Any, query: str, params: dict[str, Any]) -> Row | None:
+async def _fetch(conn: Any, query: str, params: dict[str, Any], many: bool) -> Any:
+    """Dict rows: all of them, or the first (None if there is none)."""
     if isinstance(conn, psycopg.Connection):
         # A caller's blocking connection (transactional spawn/emit): keep the loop free.
-        return await trio.to_thread.run_sync(_sync_fetch, conn, query, params, False)
+        return await trio.to_thread.run_sync(_sync_fetch, conn, query, params, many)
     async with conn.cursor(row_factory=psycopg.rows.dict_row) as cur:
         await cur.execute(query, params)
-        row: Row | None = await cur.fetchone()
-        return row
-
-
-async def _fetchall(conn: Any, query: str, params: dict[str, Any]) -> list[Row]:
-    if isinstance(conn, psycopg.Connection):
-        return await trio.to_thread.run_sync(_sync_fetch, conn, query, params, True)
-    async with conn.cursor(row_factory=psycopg.rows.dict_row) as cur:
-        await cur.execute(query, params)
-        rows: list[Row] = await cur.fetchall()
-        return rows
+        return await cur.fetchall() if many else await cur.fetchone()
 
 
 def _sync_fetch(
