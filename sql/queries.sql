@@ -21,8 +21,8 @@ SELECT * FROM @schema.claim_runs(%(queue)s, %(worker)s, %(names)s::text[], %(lim
 SELECT * FROM @schema.heartbeat(%(worker)s, %(runs)s::uuid[], %(lease)s::interval)
 
 -- name: lost_runs
--- Why runs a heartbeat did not renew were lost: their task's state and cancel reason.
-SELECT r.run_id, t.state, t.cancel_reason
+-- Why runs a heartbeat did not renew were lost: each run's state, its task's cancel reason.
+SELECT r.run_id, r.state, t.cancel_reason
 FROM @schema.runs r JOIN @schema.tasks t USING (task_id)
 WHERE r.run_id = ANY (%(runs)s::uuid[])
 

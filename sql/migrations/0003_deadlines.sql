@@ -52,44 +52,74 @@ WHERE max_duration IS NOT NULL AND first_started_at IS NOT NULL
   AND state NOT IN ('completed', 'failed', 'cancelled');
 
 -- Cancel up to p_limit tasks whose deadline has passed, as claim_runs and heartbeat do
--- (same reasons), and forget deadlines that no longer apply: the task ended, or started
--- before its pending delay ran out. A deadline found early (the pending delay of a spawn
--- made available later than created) is re-timed instead. Workers racing here skip each
--- other's rows. Returns how many tasks were cancelled.
+-- (same reasons). First, in one statement, forget every due deadline that no longer
+-- applies (the task ended, or started before its pending delay ran out): a worker doing
+-- thousands of tasks with a policy leaves that many rows falling due. A deadline found
+-- early (the pending delay of a spawn made available later than created) is re-timed.
+-- Each task is judged again under its runs' locks (a claim may be starting it), and each
+-- cancellation is a subtransaction: a deadlock or a lock held past lock_timeout (say by
+-- a long ctx.transaction) skips that task until the next sweep instead of failing the
+-- sweep. Workers racing here skip each other's rows. Returns how many were cancelled.
 CREATE FUNCTION @schema.enforce_deadlines(p_limit integer) RETURNS integer
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql
+SET lock_timeout = '1s'
+AS $$
 DECLARE
     v_now timestamptz := @schema.clock_now();
     v_cancelled integer := 0;
     d record;
-    t record;
-    v_due timestamptz;
 BEGIN
+    DELETE FROM @schema.deadlines x
+    WHERE (x.task_id, x.kind) IN (
+        SELECT dl.task_id, dl.kind FROM @schema.deadlines dl
+        JOIN @schema.tasks t ON t.task_id = dl.task_id
+        WHERE dl.due_at <= v_now
+          AND (t.state IN ('completed', 'failed', 'cancelled')
+               OR (dl.kind = 'max_pending_delay' AND t.first_started_at IS NOT NULL))
+        FOR UPDATE OF dl SKIP LOCKED);
     FOR d IN
         SELECT dl.task_id, dl.kind FROM @schema.deadlines dl WHERE dl.due_at <= v_now
         ORDER BY dl.due_at LIMIT p_limit FOR UPDATE SKIP LOCKED
     LOOP
-        SELECT tk.state, tk.first_started_at, tk.max_pending_delay, tk.max_duration,
-            (SELECT r.available_at FROM @schema.runs r
-             WHERE r.task_id = tk.task_id AND r.attempt = 1) AS available_at
-        INTO t FROM @schema.tasks tk WHERE tk.task_id = d.task_id;
-        IF t.state IN ('completed', 'failed', 'cancelled')
-            OR (d.kind = 'max_pending_delay' AND t.first_started_at IS NOT NULL) THEN
-            DELETE FROM @schema.deadlines WHERE task_id = d.task_id AND kind = d.kind;
-            CONTINUE;
-        END IF;
-        v_due := CASE d.kind WHEN 'max_pending_delay' THEN t.available_at + t.max_pending_delay
-                             ELSE t.first_started_at + t.max_duration END;
-        IF v_due >= v_now THEN  -- claim_runs and heartbeat cancel only once it is passed
-            UPDATE @schema.deadlines SET due_at = v_due
-            WHERE task_id = d.task_id AND kind = d.kind;
-            CONTINUE;
-        END IF;
-        v_cancelled := v_cancelled
-            + least(@schema.cancel_task(d.task_id, d.kind || ' exceeded'), 1);
-        DELETE FROM @schema.deadlines WHERE task_id = d.task_id AND kind = d.kind;
+        BEGIN
+            v_cancelled := v_cancelled + @schema.enforce_deadline(d.task_id, d.kind, v_now);
+        EXCEPTION WHEN deadlock_detected OR lock_not_available THEN
+            NULL;  -- the row stays due: the next sweep tries again
+        END;
     END LOOP;
     RETURN v_cancelled;
+END
+$$;
+
+-- One due deadline row, locked by the caller: cancel its task (1), or re-time or drop the
+-- row (0). The task's runs are locked first (the order every function uses), so a claim
+-- in progress has either committed its start, which is then seen, or waits for this.
+CREATE FUNCTION @schema.enforce_deadline(p_task uuid, p_kind text, p_now timestamptz)
+RETURNS integer
+LANGUAGE plpgsql AS $$
+DECLARE
+    t record;
+    v_due timestamptz;
+BEGIN
+    PERFORM 1 FROM @schema.runs WHERE task_id = p_task
+        AND state IN ('pending', 'running', 'sleeping') ORDER BY run_id FOR UPDATE;
+    SELECT tk.state, tk.first_started_at, tk.max_pending_delay, tk.max_duration,
+        (SELECT r.available_at FROM @schema.runs r
+         WHERE r.task_id = tk.task_id AND r.attempt = 1) AS available_at
+    INTO t FROM @schema.tasks tk WHERE tk.task_id = p_task;
+    v_due := CASE p_kind WHEN 'max_pending_delay' THEN t.available_at + t.max_pending_delay
+                         ELSE t.first_started_at + t.max_duration END;
+    IF t.state IN ('completed', 'failed', 'cancelled')
+        OR (p_kind = 'max_pending_delay' AND t.first_started_at IS NOT NULL) THEN
+        DELETE FROM @schema.deadlines WHERE task_id = p_task AND kind = p_kind;
+        RETURN 0;
+    END IF;
+    IF v_due >= p_now THEN  -- claim_runs and heartbeat cancel only once it is passed
+        UPDATE @schema.deadlines SET due_at = v_due WHERE task_id = p_task AND kind = p_kind;
+        RETURN 0;
+    END IF;
+    DELETE FROM @schema.deadlines WHERE task_id = p_task AND kind = p_kind;
+    RETURN least(@schema.cancel_task(p_task, p_kind || ' exceeded'), 1);
 END
 $$;
 

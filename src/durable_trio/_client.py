@@ -272,13 +272,13 @@ class Durable:
         """Spawn many tasks of one kind with shared options in one statement (all or none).
         The options are shared, so they cannot carry an idempotency key (one key would make
         every task after the first a duplicate of it)."""
-        if options is not None and getattr(options, "idempotency_key", None) is not None:
+        rows = self._prepare_spawns(task, params, options)
+        if rows and rows[0]["idempotency_key"] is not None:  # given, or the task's default
             raise InvalidInput(
                 "spawn_many shares its options between every task, so an idempotency_key "
                 "would make all but the first a duplicate: spawn them one by one with a key "
                 "each, or drop the key"
             )
-        rows = self._prepare_spawns(task, params, options)
         if not rows:
             return []
         return [_result(row) for row in await self._store.spawn_many(rows)]
@@ -421,8 +421,9 @@ def _result(row: dict[str, Any]) -> SpawnResult:
 
 
 def _caller_connection(conn: Any) -> Any:
-    """The `connection=` of a spawn or emit, checked before anything is prepared for it."""
-    if conn is None or isinstance(conn, (psycopg.AsyncConnection, psycopg.Connection)):
+    """The `connection=` of a spawn or emit, checked before anything is written with it.
+    An asyncio psycopg connection cannot be driven by trio: refused too."""
+    if conn is None or isinstance(conn, (TrioConnection, psycopg.Connection)):
         return conn
     raise InvalidInput(
         "connection must be a connection from Durable.connection() or a psycopg.Connection "

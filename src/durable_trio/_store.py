@@ -115,6 +115,9 @@ class Store:
             async with self.pool.acquire() as pooled, _lost_connection(pooled):
                 return await _fetch(pooled, self._q[name], params, many)
         except _SCHEMA_ERRORS as ex:
+            version = await self.schema_version()
+            if version is not None and version >= migrations()[-1][0]:
+                raise  # the schema is complete: some other mistake, reported as it is
             raise _schema_error(self.schema, ex) from None
 
     async def _value(self, name: str, params: dict[str, Any], conn: Any = None) -> Any:
@@ -218,7 +221,8 @@ class Store:
         return {row["run_id"]: (row["lease_expires_at"], row["renewed"]) for row in rows}
 
     async def lost_runs(self, runs: Sequence[UUID]) -> dict[UUID, tuple[str, str | None]]:
-        """run_id -> (its task's state, cancel reason), for runs a heartbeat lost."""
+        """run_id -> (the run's state, its task's cancel reason), for runs a heartbeat
+        lost."""
         rows = await self._all("lost_runs", {"runs": list(runs)})
         return {row["run_id"]: (row["state"], row["cancel_reason"]) for row in rows}
 

@@ -25,6 +25,7 @@ from typing import Any, TypeVar
 from uuid import UUID
 
 import attrs
+import psycopg
 import trio
 
 from . import _serde
@@ -34,6 +35,7 @@ from ._core.options import WorkerOptions
 from ._core.retry import FailureDecision, RetryStrategy, decide_failure
 from ._db import CONNECTION_LOST, Listener, Pool
 from ._errors import (
+    ConfigurationError,
     DatabaseUnavailable,
     InvalidInput,
     LeaseLost,
@@ -195,6 +197,7 @@ class Worker:
         self._last_reap = -1e9
         self._listener: Listener | None = None
         self._writer: Writer | None = None
+        self._control_nursery: trio.Nursery | None = None
         self.claimed_total = 0
         # A claim or reap is in flight: the runs it takes (not in _runs yet) or frees (not
         # claimable yet) are invisible to anyone judging whether the worker is idle.
@@ -256,6 +259,7 @@ class Worker:
             with suppress(*RETRYABLE_IO):  # unreachable: the claim loop retries and says so
                 await self._control.check_schema()
             async with trio.open_nursery() as control:
+                self._control_nursery = control
                 self._listener = Listener(
                     # Not `self._wake.set`: the claim loop replaces `_wake` every round, so a
                     # bound method would wake a stale event and a reconnect would go unseen.
@@ -466,23 +470,29 @@ class Worker:
                     run.lease_deadline = sent + self.options.claim_timeout
             elif not run.finished and not run.suspended:
                 lost.append(run)
-        if lost:
-            await self._lose_all(lost)
+        self._lose_all(lost)
 
-    async def _lose_all(self, runs: list[RunState]) -> None:
-        """Abandon runs a heartbeat did not renew (at once), then log why, as far as the
-        database says: a deliberate cancel is not a warning."""
+    def _lose_all(self, runs: list[RunState]) -> None:
+        """Abandon runs a heartbeat did not renew, at once; why (a deliberate cancel is
+        not a warning) is asked in the background, so the heartbeat loop never waits."""
         lost = [run for run in runs if run.lose("lease lost", quiet=True)]
-        why: dict[UUID, tuple[str, str | None]] = {}
-        with suppress(*RETRYABLE_IO), trio.move_on_after(5):
-            why = await self._control.lost_runs([r.run_id for r in lost])
-        for run in lost:
-            state, reason = why.get(run.run_id, (None, None))
-            if state == "cancelled":
-                run.lost = f"task cancelled: {reason}"
-            elif state is not None:
-                run.lost = "lease lost (expired, or the run was taken over)"
-            run.log_loss(cancelled=state == "cancelled")
+        if lost:
+            assert self._control_nursery is not None  # heartbeats run inside it
+            self._control_nursery.start_soon(self._log_losses, lost)
+
+    async def _log_losses(self, lost: list[RunState]) -> None:
+        states: dict[UUID, tuple[str, str | None]] = {}
+        try:
+            with suppress(*RETRYABLE_IO, psycopg.Error), trio.move_on_after(5):
+                states = await self._control.lost_runs([r.run_id for r in lost])
+        finally:  # logged even when the worker stops meanwhile
+            for run in lost:
+                state, reason = states.get(run.run_id, (None, None))
+                if state == "cancelled":  # the run itself, not only its task
+                    run.lost = f"task cancelled: {reason}"
+                elif state is not None:
+                    run.lost = "lease lost (expired, or the run was taken over)"
+                run.log_loss(cancelled=state == "cancelled")
 
     # -- executing --------------------------------------------------------------------
 
@@ -635,12 +645,24 @@ def _log_failure(run: RunState, ex: BaseException, decision: FailureDecision) ->
         log.error("%s failed; no attempts left or not retryable: %r", what, ex, exc_info=ex)
 
 
+async def _enforce_deadlines(store: Store, limit: int) -> None:
+    """The deadline sweep must not take the claim loop down: a database error other than
+    a lost connection (say, grants not re-run after an upgrade) is logged and the sweep
+    tried again on the next pass."""
+    try:
+        await store.enforce_deadlines(limit)
+    except RETRYABLE_IO:
+        raise
+    except (psycopg.Error, ConfigurationError) as ex:
+        log.warning("deadline sweep failed (%s); trying again on the next pass", ex)
+
+
 async def reap_expired(store: Store, queues: Sequence[str], limit: int = 100) -> int:
     """Fail runs whose worker vanished (lease expired), scheduling their next attempt as
     the task's retry strategy says, and cancel tasks past a CancellationPolicy deadline
     that no claim or heartbeat would notice (in any queue). Returns how many runs were
     reaped (deadlines not counted)."""
-    await store.enforce_deadlines(limit)
+    await _enforce_deadlines(store, limit)
     reaped = 0
     for row in await store.expired_runs(queues, limit):
         decision = decide_failure(

@@ -384,3 +384,30 @@ async def test_tasks_without_a_policy_have_no_deadline_rows(client: dt.Durable) 
     spawned = await client.spawn(napper, 10.0)
     await run_until_idle(client)
     assert await deadline_rows(client, spawned.task_id) == []
+
+
+async def test_one_sweep_forgets_every_stale_deadline(client: dt.Durable) -> None:
+    # More stale rows than one sweep cancels at most (100): all go in one statement.
+    client.register(napper)
+    policy = dt.SpawnOptions(cancellation=dt.CancellationPolicy(max_pending_delay=60))
+    spawned = await client.spawn_many(napper, [0.0] * 150, options=policy)
+    assert await run_until_idle(client) == 150
+    rows = await fetch(client, "SELECT count(*) AS n FROM @s.deadlines")
+    assert rows[0]["n"] == 150  # started in time: stale once due
+    await advance_clock(client, 61)
+    await reap_expired(client)
+    rows = await fetch(client, "SELECT count(*) AS n FROM @s.deadlines")
+    assert rows[0]["n"] == 0
+    for s in spawned[:3]:
+        assert (await client.get_task(s.task_id)).state is dt.TaskState.COMPLETED
+
+
+async def test_a_failing_deadline_sweep_does_not_stop_reaping(
+    client: dt.Durable, caplog: pytest.LogCaptureFixture
+) -> None:
+    # E.g. grants not re-run after an upgrade: logged, and the sweep retried next time.
+    await fetch(client, "DROP FUNCTION @s.enforce_deadlines(integer)")
+    with caplog.at_level(logging.WARNING, logger="durable_trio.worker"):
+        assert await reap_expired(client) == 0
+    assert "deadline sweep failed" in caplog.text
+    assert "enforce_deadlines" in caplog.text

@@ -53,6 +53,7 @@ EXPECTED_FUNCTIONS = {
     "claim_runs",
     "clock_now",
     "emit_event",
+    "enforce_deadline",
     "enforce_deadlines",
     "fail_run",
     "heartbeat",

@@ -264,6 +264,20 @@ async def test_spawn_many_stores_every_params_text_exactly(client: dt.Durable) -
     assert await client.spawn_many(greet, []) == []
 
 
+@dt.task("keyed", options=dt.SpawnOptions(idempotency_key="once"))
+async def keyed(ctx: dt.TaskContext, p: None) -> None:
+    return None
+
+
+async def test_spawn_many_refuses_an_idempotency_key_from_the_task_defaults(
+    client: dt.Durable,
+) -> None:
+    client.register(keyed)
+    with pytest.raises(dt.InvalidInput, match="idempotency_key"):
+        await client.spawn_many(keyed, [None, None])
+    assert await counts(client) == (0, 0)
+
+
 async def test_spawn_many_refuses_a_shared_idempotency_key(client: dt.Durable) -> None:
     # One key for the whole batch would keep the first task and drop the rest.
     client.register(greet)

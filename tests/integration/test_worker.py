@@ -307,3 +307,26 @@ async def test_start_at_and_priority_combined(client: dt.Durable) -> None:
     await advance_clock(client, 20)
     assert await run_until_idle(client, opts) == 1
     assert STATE["order"] == ["plain", "at", "urgent-later"]
+
+
+@dt.task("quick")
+async def quick(ctx: dt.TaskContext, n: int) -> int:
+    return await ctx.step("double", lambda: 2 * n)
+
+
+@pytest.mark.parametrize("concurrency", [1, 4])
+async def test_a_worker_keeps_claiming_from_every_queue_without_polling(
+    client: dt.Durable, concurrency: int
+) -> None:
+    # Work only in the second queue, polling every 10 minutes: each finished run must
+    # wake the claim loop (the writer's own claims look at the first queue only).
+    client.register(quick)
+    options = dt.SpawnOptions(queue="second")
+    spawned = await client.spawn_many(quick, range(20), options=options)
+    worker_options = dt.WorkerOptions(
+        concurrency=concurrency, queues=["first", "second"], poll_interval=600
+    )
+    async with client.worker(worker_options):
+        with trio.fail_after(30):  # a safety net far below the poll interval
+            results = [await client.wait_result(quick, s.task_id) for s in spawned]
+    assert results == [2 * n for n in range(20)]
