@@ -114,6 +114,7 @@ def unstructure(value: Any, type_: Any = Any) -> Any:
     """Turn `value` (declared as `type_`) into plain JSON data, or raise SerializationError."""
     try:
         if type_ is Any or type_ is None:
+            _check_keys(value)  # before cattrs turns UUID, enum or datetime keys into str
             return _check_plain(_converter.unstructure(value))
         if attrs.has(type_) and not isinstance(value, type_):
             raise SerializationError(
@@ -184,7 +185,6 @@ def roundtrip(value: Any, type_: Any = Any) -> tuple[str, Any]:
 
 
 def _check_plain(data: Any) -> Any:
-    _check_keys(data)
     dumps(data)
     return data
 
@@ -199,8 +199,8 @@ def _check_keys(data: Any) -> None:
                 if not isinstance(key, str):
                     raise SerializationError(
                         f"dict key {key!r} ({type(key).__name__}) under an Any type would "
-                        f"come back as the string {json.dumps(str(key))}: use str keys, or "
-                        "declare the type (e.g. dict[int, str] in an attrs class)"
+                        "come back as a string (JSON object keys are strings): use str keys, "
+                        "or declare the type (e.g. dict[int, str] in an attrs class)"
                     )
                 if isinstance(value, (dict, list, tuple)):
                     pending.append(value)

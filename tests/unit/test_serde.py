@@ -161,7 +161,14 @@ def test_naive_datetime_is_refused(type_: Any) -> None:
 
 @pytest.mark.parametrize(
     "value",
-    [{1: "a"}, {"n": [{"ok": 1}, {None: 2}]}, [({2.5: 1},)], {"x": {True: 1}}],
+    [
+        {1: "a"},
+        {"n": [{"ok": 1}, {None: 2}]},
+        [({2.5: 1},)],
+        {"x": {True: 1}},
+        {UUID(int=1): "u"},
+        {"c": {Color.RED: 1}},
+    ],
 )
 def test_non_string_dict_keys_are_refused_under_any(value: Any) -> None:
     with pytest.raises(SerializationError, match=r"dict key .* use str keys"):
