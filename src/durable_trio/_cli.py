@@ -13,12 +13,23 @@ import trio
 
 from ._client import URL_ENV, Durable
 from ._ephemeral import EphemeralPostgres, PostgresUnavailable
+from ._errors import DurableError
+
+
+def _quickstart_path() -> Path:
+    """Inside an installed wheel (packaged there), or at the top of a source checkout."""
+    here = Path(__file__).resolve().parent
+    for path in (
+        here / "examples" / "quickstart.py",
+        here.parents[1] / "examples" / "quickstart.py",
+    ):
+        if path.exists():
+            return path
+    raise SystemExit(f"examples/quickstart.py is neither in the package nor next to it ({here})")
 
 
 def _load_quickstart() -> ModuleType:
-    path = Path(__file__).resolve().parents[2] / "examples" / "quickstart.py"
-    if not path.exists():
-        raise SystemExit(f"examples/quickstart.py not found next to the package ({path})")
+    path = _quickstart_path()
     spec = importlib.util.spec_from_file_location("durable_trio_quickstart", path)
     if spec is None or spec.loader is None:
         raise SystemExit(f"cannot load {path}")
@@ -60,13 +71,17 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("quickstart", help="run the quickstart workflow (throwaway Postgres if needed)")
     mig = sub.add_parser("migrate", help="create or upgrade the schema")
     mig.add_argument("--url", default=None, help=f"database URL (default: ${URL_ENV})")
-    mig.add_argument("--schema", default="durable")
+    mig.add_argument("--schema", default="durable", help="schema name (default: durable)")
     sub.add_parser("postgres", help="start a throwaway PostgreSQL and print its URL")
     args = parser.parse_args(argv)
-    if args.command == "quickstart":
-        return quickstart()
-    if args.command == "migrate":
-        return migrate(args.url, args.schema)
+    try:
+        if args.command == "quickstart":
+            return quickstart()
+        if args.command == "migrate":
+            return migrate(args.url, args.schema)
+    except DurableError as ex:  # a bad URL, schema name, role...: one line, no traceback
+        print(f"error: {type(ex).__name__}: {ex}", file=sys.stderr)
+        return 2
     from ._ephemeral import main as postgres_main
 
     return postgres_main([])

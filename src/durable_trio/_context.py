@@ -30,6 +30,7 @@ from ._core.options import SpawnOptions, extend_seconds
 from ._errors import (
     ChildCancelled,
     ChildFailed,
+    ConfigurationError,
     DatabaseUnavailable,
     EventTimeout,
     InvalidInput,
@@ -37,7 +38,7 @@ from ._errors import (
     ReplayMismatch,
     SerializationError,
 )
-from ._task import TaskDefinition
+from ._task import Task, TaskDefinition, as_definition
 
 if TYPE_CHECKING:
     from ._worker import RunState
@@ -69,6 +70,8 @@ class TaskContext:
         self._run = run
         self._namer = names.CheckpointNamer()
         self._checkpoints: dict[str, Any] = run.checkpoints
+        # The trio task that first used each name: see `_checkpoint_name`.
+        self._name_users: dict[str, trio.lowlevel.Task] = {}
 
     # -- identity ---------------------------------------------------------------------
 
@@ -113,8 +116,11 @@ class TaskContext:
         On a replay the stored result is returned and `fn` is not called. `fn` may be sync
         or async; a sync function runs on the event loop, so wrap blocking calls with
         `trio.to_thread.run_sync` (see docs). The result type comes from `fn`'s return
-        annotation unless `result_type` is given. Reusing a name within one run is fine:
-        later uses are stored as ``name#2``, ``name#3``...
+        annotation unless `result_type` is given (pass it when `fn` is a wrapper such as
+        ``trio.to_thread.run_sync``). Reusing a name within one trio task is fine: later
+        uses are stored as ``name#2``, ``name#3``... Steps running concurrently (a
+        nursery inside the task) need names of their own: a name used by a second trio
+        task of the run raises `InvalidInput`, as its replay order would not be fixed.
         """
         checkpoint = self._next_name(name)
         rtype = _return_type(fn) if result_type is _UNSET else result_type
@@ -226,7 +232,23 @@ class TaskContext:
             names.validate_name(name, what="step name")
         except ValueError as ex:
             raise InvalidInput(str(ex)) from None
-        return self._namer.next(names.internal(kind, name) if kind else name)
+        return self._checkpoint_name(names.internal(kind, name) if kind else name, name)
+
+    def _checkpoint_name(self, base: str, shown: str) -> str:
+        """The next checkpoint name for `base`. Repeats are numbered in call order, which
+        is only the same on replay within one trio task: trio does not run the tasks of a
+        nursery in a fixed order, so two of them reusing a name could get each other's
+        values when the run is replayed. A name used by a second trio task is refused."""
+        task = trio.lowlevel.current_task()
+        first = self._name_users.setdefault(base, task)
+        if first is not task:
+            raise InvalidInput(
+                f"{shown!r} was already used by another trio task of this run (a nursery "
+                "inside the task?): uses from two trio tasks can be replayed in another "
+                "order and get each other's values. Give each trio task its own names "
+                f'(e.g. f"{shown}-{{i}}"), or call it in one task and pass the value on'
+            )
+        return self._namer.next(base)
 
     async def _lost(self) -> typing.NoReturn:
         self._run.lose("a write was fenced: this worker no longer owns the run")
@@ -259,7 +281,7 @@ class TaskContext:
         return typing.cast(UUID, await self._helper("uuid7", make_uuid7, UUID))
 
     async def _helper(self, kind: str, make: Callable[[], Any], rtype: Any) -> Any:
-        checkpoint = self._namer.next(names.internal(kind, ""))
+        checkpoint = self._checkpoint_name(names.internal(kind, ""), f"ctx.{kind}()")
         if checkpoint in self._checkpoints:
             return _serde.structure(self._checkpoints[checkpoint], rtype)
         return self._record(checkpoint, make(), rtype)
@@ -376,7 +398,7 @@ class TaskContext:
     async def spawn(
         self,
         name: str,
-        task: TaskDefinition[Any, T] | str,
+        task: TaskDefinition[Any, T] | type[Task[Any, T]] | str,
         params: Any,
         options: SpawnOptions | None = None,
     ) -> TaskHandle:
@@ -387,6 +409,11 @@ class TaskContext:
         when this task fails or is cancelled.
         """
         checkpoint = self._next_name(name, kind="spawn")
+        if not isinstance(task, str):
+            try:
+                task = as_definition(task)  # a Task subclass too, as client.spawn takes
+            except ConfigurationError as ex:
+                raise InvalidInput(str(ex)) from None
         task_name = task if isinstance(task, str) else task.name
         output_type = Any if isinstance(task, str) else task.output_type
         stored = self._checkpoints.get(checkpoint)

@@ -16,8 +16,10 @@ Rules (docs/serialization.md says the same for users):
 
 from __future__ import annotations
 
+import collections.abc
 import json
 import re
+import typing
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
@@ -108,6 +110,41 @@ _strict(int, (int,))
 _strict(float, (int, float))
 _strict(str, (str,))
 _strict(bool, (bool,))
+
+
+def _int_keyed(type_: Any) -> bool:
+    origin = typing.get_origin(type_)
+    args = typing.get_args(type_)
+    return origin in _MAPPINGS and len(args) == 2 and args[0] is int
+
+
+_MAPPINGS = (dict, collections.abc.Mapping, collections.abc.MutableMapping)
+
+
+def _int_keyed_hook(type_: Any) -> Any:
+    """JSON object keys are strings: a declared ``dict[int, V]`` reads "42" back as 42
+    (only the canonical form, so the strict int rule still holds for values)."""
+    value_type = typing.get_args(type_)[1]
+
+    def hook(data: Any, _: Any) -> dict[int, Any]:
+        if not isinstance(data, dict):
+            raise TypeError(f"expected an object, got {type(data).__name__} {data!r}")
+        out = {}
+        for key, value in data.items():
+            if isinstance(key, str) and _INT_KEY.fullmatch(key):
+                number = int(key)
+            elif isinstance(key, int) and not isinstance(key, bool):
+                number = key
+            else:
+                raise TypeError(f"expected an int key, got {key!r}")
+            out[number] = _converter.structure(value, value_type)
+        return out
+
+    return hook
+
+
+_INT_KEY = re.compile(r"-?(?:0|[1-9][0-9]*)")
+_converter.register_structure_hook_factory(_int_keyed, _int_keyed_hook)
 
 
 def unstructure(value: Any, type_: Any = Any) -> Any:

@@ -51,7 +51,8 @@ def task(
     """Decorate ``async def fn(ctx, params: Params) -> Output`` as a durable task.
 
     The name defaults to the function's name; it is what is stored in the database, so
-    keep it stable across deploys. ``options`` are the defaults for every spawn.
+    keep it stable across deploys. ``options`` are the defaults for every spawn
+    (options given to a spawn replace them as a whole).
     """
 
     def wrap(fn: Callable[[TaskContext, P], Awaitable[R]]) -> TaskDefinition[P, R]:

@@ -177,6 +177,7 @@ class Worker:
         self._url = url
         self._schema = schema
         self._queues = list(options.queues or queues)
+        self._queue_turn = 0  # which queue a claim tries first: see _queue_order
         self._registry = registry
         self._prepare_spawn = prepare_spawn
         self._runs: dict[UUID, RunState] = {}
@@ -340,7 +341,7 @@ class Worker:
         if self._writer_claims_next():
             return 0, 0
         asked = got = 0
-        for queue in self._queues:
+        for queue in self._queue_order():
             limit = min(self._free_slots(), self.options.effective_batch)
             if limit <= 0:
                 break
@@ -402,6 +403,15 @@ class Worker:
         every time, c=64 fell from ~11k to ~6.5k tasks/s)."""
         return self._executing == 0 and len(self._runs) <= 1
 
+    def _queue_order(self) -> list[str]:
+        """The worker's queues, starting one further along at each claim, so that a busy
+        first queue cannot starve the others (priority orders runs within a queue)."""
+        if not self._queues:
+            return []
+        turn = self._queue_turn % len(self._queues)
+        self._queue_turn = turn + 1
+        return self._queues[turn:] + self._queues[:turn]
+
     def _writer_claims_next(self) -> bool:
         """The writer's round trip starts now and claims for the free slots: one round
         trip and one commit for a run's completion and the claim of the next. It wakes the
@@ -415,7 +425,8 @@ class Worker:
             return None
         limit = min(free, self.options.effective_batch)
         self._reserved += limit
-        return ClaimArgs(self._queues[0], self._names, limit, self.options.claim_timeout)
+        queue = self._queue_order()[0]
+        return ClaimArgs(queue, self._names, limit, self.options.claim_timeout)
 
     def claim_wanted(self) -> bool:
         return not self._stopping and self._execs is not None and bool(self._names and self._queues)
@@ -568,9 +579,16 @@ class Worker:
     async def _fail(self, run: RunState, ex: BaseException) -> None:
         # Misuse (InvalidInput, SerializationError) and replay divergence fail the same way
         # on every attempt: retrying them only delays the failure.
-        retryable = not isinstance(
-            ex, (NonRetryable, InvalidInput, ReplayMismatch, *run.definition.non_retryable)
+        final: tuple[type[BaseException], ...] = (
+            NonRetryable,
+            InvalidInput,
+            ReplayMismatch,
+            *run.definition.non_retryable,
         )
+        if isinstance(ex, BaseExceptionGroup):  # from a nursery inside the task: any one
+            retryable = ex.subgroup(final) is None
+        else:
+            retryable = not isinstance(ex, final)
         decision = decide_failure(
             attempt=run.attempt,
             max_attempts=run.max_attempts,
@@ -580,7 +598,7 @@ class Worker:
         )
         error = {
             "type": f"{type(ex).__module__}.{type(ex).__qualname__}",
-            "message": _printable(str(ex), 10_000),
+            "message": _printable(_message(ex), 10_000),
             "traceback": _printable("".join(traceback.format_exception(ex)), 20_000),
             "retryable": retryable,
             "attempt": run.attempt,
@@ -633,6 +651,14 @@ def _printable(text: str, limit: int) -> str:
     if len(text) > limit:
         text = text[: limit // 2] + "\n...\n" + text[-limit // 2 :]
     return text.replace("\x00", "\\0").encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def _message(ex: BaseException) -> str:
+    """An error's message; for a group (from a nursery in the task), each one's too."""
+    if not isinstance(ex, BaseExceptionGroup):
+        return str(ex)
+    inner = "; ".join(f"{type(e).__name__}: {_message(e)}" for e in ex.exceptions)
+    return f"{ex.message}: {inner}"
 
 
 def _log_failure(run: RunState, ex: BaseException, decision: FailureDecision) -> None:

@@ -330,3 +330,25 @@ async def test_a_worker_keeps_claiming_from_every_queue_without_polling(
         with trio.fail_after(30):  # a safety net far below the poll interval
             results = [await client.wait_result(quick, s.task_id) for s in spawned]
     assert results == [2 * n for n in range(20)]
+
+
+ORDER: list[str] = []
+
+
+@dt.task("noted")
+async def noted(ctx: dt.TaskContext, label: str) -> None:
+    ORDER.append(label)
+
+
+async def test_a_busy_first_queue_does_not_starve_the_next(client: dt.Durable) -> None:
+    # Each claim starts one queue further along, the writer's claims included.
+    ORDER.clear()
+    client.register(noted)
+    await client.spawn_many(
+        noted, [f"first-{i}" for i in range(30)], options=dt.SpawnOptions(queue="first")
+    )
+    await client.spawn(noted, "second", options=dt.SpawnOptions(queue="second"))
+    options = dt.WorkerOptions(concurrency=1, queues=["first", "second"], poll_interval=0.05)
+    await run_until_idle(client, options)
+    assert len(ORDER) == 31
+    assert ORDER.index("second") < 3, ORDER

@@ -443,3 +443,18 @@ def test_long_whole_second_timedeltas_round_trip() -> None:
     span = timedelta(days=999_999_999)
     assert roundtrip(span, timedelta)[1] == span
     assert roundtrip(-span, timedelta)[1] == -span
+
+
+@attrs.frozen
+class IntKeyed:
+    m: dict[int, str]
+
+
+def test_int_keyed_dicts_round_trip_when_declared() -> None:
+    # JSON keys are strings; the declared type reads the canonical form back as int.
+    text, replayed = roundtrip(IntKeyed({1: "a", -3: "b", 0: "c"}), IntKeyed)
+    assert json.loads(text) == {"m": {"1": "a", "-3": "b", "0": "c"}}
+    assert replayed == IntKeyed({1: "a", -3: "b", 0: "c"})
+    for bad in ("01", "1.0", "x", "", "+1"):
+        with pytest.raises(SerializationError, match="expected an int key"):
+            structure({"m": {bad: "a"}}, IntKeyed)
