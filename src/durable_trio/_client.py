@@ -56,7 +56,8 @@ class SpawnResult:
 @attrs.frozen
 class TaskInfo:
     """A snapshot of one task. ``result`` and ``error`` are stored JSON; use
-    `Durable.wait_result` for a typed result."""
+    `Durable.wait_result` for a typed result. ``error`` is the latest failed attempt's
+    error: a task that succeeded on a retry keeps it (with ``state`` COMPLETED)."""
 
     task_id: UUID
     queue: str

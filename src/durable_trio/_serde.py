@@ -176,7 +176,7 @@ def structure(data: Any, type_: Any = Any) -> Any:
         why = _explain(ex)  # may quote the stored value: keep messages bounded
         why = why if len(why) <= 600 else why[:597] + "..."
         raise SerializationError(
-            f"stored value {_short(data)} does not match {_type_name(type_)}: {why}"
+            f"value {_short(data)} does not match {_type_name(type_)}: {why}"
         ) from None
 
 

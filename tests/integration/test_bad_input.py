@@ -629,6 +629,18 @@ CLIENT_CASES = [
         )
         for label, name in HOSTILE_QUEUES.items()
     ],
+    case(
+        "worker-options-no-queues",
+        lambda env: dt.WorkerOptions(queues=[]),
+        dt.InvalidInput,
+        "queues must name at least one queue",
+    ),
+    case(
+        "worker-options-repeated-queue",
+        lambda env: dt.WorkerOptions(queues=["a", "b", "a"]),
+        dt.InvalidInput,
+        "queues lists 'a' more than once",
+    ),
     *[
         case(
             f"queue-{label}-worker-options",

@@ -398,4 +398,4 @@ async def test_a_payload_that_does_not_fit_the_type_names_the_event(client: dt.D
     await run_until_idle(client)
     with pytest.raises(dt.TaskFailed) as caught:
         await client.wait_result(typed_waiter, spawned.task_id, timeout=10)
-    assert "payload of event 'packed:bad': stored value" in str(caught.value)
+    assert "payload of event 'packed:bad': value" in str(caught.value)

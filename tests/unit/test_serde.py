@@ -285,7 +285,7 @@ def test_wrong_types_raise_serialization_error(data: Any, type_: Any) -> None:
     with pytest.raises(SerializationError) as info:
         structure(data, type_)
     message = str(info.value)
-    assert message.startswith(f"stored value {data!r} does not match")
+    assert message.startswith(f"value {data!r} does not match")
     # SerializationError is an InvalidInput (and so a ValueError).
     assert isinstance(info.value, InvalidInput)
     assert isinstance(info.value, ValueError)

@@ -48,7 +48,13 @@ def _queues(value: Iterable[str] | None) -> tuple[str, ...] | None:
         return None
     if isinstance(value, str):
         raise InvalidInput(f"queues must be a list of queue names, got the string {value!r}")
-    return tuple(validate_queue(q) for q in value)
+    queues = tuple(validate_queue(q) for q in value)
+    if not queues:
+        raise InvalidInput("queues must name at least one queue (or be None: the client's)")
+    repeated = sorted({q for q in queues if queues.count(q) > 1})
+    if repeated:
+        raise InvalidInput(f"queues lists {', '.join(map(repr, repeated))} more than once")
+    return queues
 
 
 def _headers(value: Mapping[str, Any] | None) -> dict[str, Any]:
