@@ -347,7 +347,7 @@ class Durable:
                     raise TaskCancelled(task_id, info.cancel_reason)
                 await trio.sleep(delay)
                 delay = min(delay * 1.5, 0.1)
-        raise WaitTimeout(f"task {task_id} did not finish within {timeout} seconds")
+        raise WaitTimeout(f"task {task_id} did not finish within {limit:g} seconds")
 
     # -- events and cancellation ------------------------------------------------------
 

@@ -72,10 +72,14 @@ def task(
 
 
 class Task(Generic[P, R]):
-    """Class-style task: subclass, set ``name`` and implement ``async run(params, ctx)``.
+    """Class-style task: subclass, set ``name`` and implement ``async run(params, ctx)``
+    (note the order: params first, unlike a ``@task`` function's ``(ctx, params)``).
 
-    ``MyTask.definition()`` (or passing the class to `Durable.register`) gives the
-    `TaskDefinition`; the instance is created once per registration.
+    Optional class attributes, as for ``@task``: ``options`` (default `SpawnOptions` for
+    every spawn; options given to a spawn replace them) and ``non_retryable`` (exception
+    types that fail the task at once). ``MyTask.definition()`` (or passing the class to
+    `Durable.register`) gives the `TaskDefinition`; the instance is created once per
+    registration.
     """
 
     name: ClassVar[str]

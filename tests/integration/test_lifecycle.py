@@ -362,3 +362,10 @@ async def test_failed_attempts_are_logged_with_their_traceback(
     assert all(r.exc_info and r.exc_info[0] is ValueError for r in failures)
     with pytest.raises(dt.TaskFailed):
         await client.wait_result(grumpy, spawned.task_id, timeout=10)
+
+
+async def test_wait_timeout_names_the_limit_in_seconds(client: dt.Durable) -> None:
+    client.register(grumpy)
+    spawned = await client.spawn(grumpy, None)  # no worker: it never finishes
+    with pytest.raises(dt.WaitTimeout, match=r"did not finish within 0\.05 seconds"):
+        await client.wait_result(grumpy, spawned.task_id, timeout=timedelta(milliseconds=50))
