@@ -51,6 +51,15 @@ SELECT task_id, 'max_duration', first_started_at + max_duration FROM @schema.tas
 WHERE max_duration IS NOT NULL AND first_started_at IS NOT NULL
   AND state NOT IN ('completed', 'failed', 'cancelled');
 
+-- A deadline no longer applies once its task ended, or (a pending delay) started. SQL,
+-- immutable: inlined into the sweep's statements.
+CREATE FUNCTION @schema.deadline_void(p_kind text, p_state text, p_started timestamptz)
+RETURNS boolean
+LANGUAGE sql IMMUTABLE AS $$
+    SELECT p_state IN ('completed', 'failed', 'cancelled')
+        OR (p_kind = 'max_pending_delay' AND p_started IS NOT NULL)
+$$;
+
 -- Cancel up to p_limit tasks whose deadline has passed, as claim_runs and heartbeat do
 -- (same reasons). First, in one statement, forget every due deadline that no longer
 -- applies (the task ended, or started before its pending delay ran out): a worker doing
@@ -74,8 +83,7 @@ BEGIN
         SELECT dl.task_id, dl.kind FROM @schema.deadlines dl
         JOIN @schema.tasks t ON t.task_id = dl.task_id
         WHERE dl.due_at <= v_now
-          AND (t.state IN ('completed', 'failed', 'cancelled')
-               OR (dl.kind = 'max_pending_delay' AND t.first_started_at IS NOT NULL))
+          AND @schema.deadline_void(dl.kind, t.state, t.first_started_at)
         FOR UPDATE OF dl SKIP LOCKED);
     FOR d IN
         SELECT dl.task_id, dl.kind FROM @schema.deadlines dl WHERE dl.due_at <= v_now
@@ -109,8 +117,7 @@ BEGIN
     INTO t FROM @schema.tasks tk WHERE tk.task_id = p_task;
     v_due := CASE p_kind WHEN 'max_pending_delay' THEN t.available_at + t.max_pending_delay
                          ELSE t.first_started_at + t.max_duration END;
-    IF t.state IN ('completed', 'failed', 'cancelled')
-        OR (p_kind = 'max_pending_delay' AND t.first_started_at IS NOT NULL) THEN
+    IF @schema.deadline_void(p_kind, t.state, t.first_started_at) THEN
         DELETE FROM @schema.deadlines WHERE task_id = p_task AND kind = p_kind;
         RETURN 0;
     END IF;

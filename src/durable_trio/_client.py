@@ -274,14 +274,14 @@ class Durable:
         The options are shared, so they cannot carry an idempotency key (one key would make
         every task after the first a duplicate of it)."""
         rows = self._prepare_spawns(task, params, options)
-        if rows and rows[0]["idempotency_key"] is not None:  # given, or the task's default
+        if not rows:
+            return []
+        if rows[0]["idempotency_key"] is not None:  # given, or the task's default
             raise InvalidInput(
                 "spawn_many shares its options between every task, so an idempotency_key "
                 "would make all but the first a duplicate: spawn them one by one with a key "
                 "each, or drop the key"
             )
-        if not rows:
-            return []
         return [_result(row) for row in await self._store.spawn_many(rows)]
 
     @asynccontextmanager

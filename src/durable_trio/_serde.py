@@ -112,13 +112,13 @@ _strict(str, (str,))
 _strict(bool, (bool,))
 
 
+_MAPPINGS = (dict, collections.abc.Mapping, collections.abc.MutableMapping)
+
+
 def _int_keyed(type_: Any) -> bool:
     origin = typing.get_origin(type_)
     args = typing.get_args(type_)
     return origin in _MAPPINGS and len(args) == 2 and args[0] is int
-
-
-_MAPPINGS = (dict, collections.abc.Mapping, collections.abc.MutableMapping)
 
 
 def _int_keyed_hook(type_: Any) -> Any:

@@ -115,10 +115,12 @@ class Store:
             async with self.pool.acquire() as pooled, _lost_connection(pooled):
                 return await _fetch(pooled, self._q[name], params, many)
         except _SCHEMA_ERRORS as ex:
-            version = await self.schema_version()
-            if version is not None and version >= migrations()[-1][0]:
+            if _is_current(await self.schema_version()):
                 raise  # the schema is complete: some other mistake, reported as it is
-            raise _schema_error(self.schema, ex) from None
+            raise ConfigurationError(
+                f"durable_trio schema {self.schema!r} is missing or older than this library "
+                f"({ex.diag.message_primary}): {_MIGRATE_HINT}"
+            ) from None
 
     async def _value(self, name: str, params: dict[str, Any], conn: Any = None) -> Any:
         row = await self._one(name, params, conn)
@@ -181,9 +183,12 @@ class Store:
     async def check_schema(self) -> None:
         """ConfigurationError unless the schema has every migration this library has."""
         version = await self.schema_version()
-        latest = migrations()[-1][0]
-        if version is None or version < latest:
-            raise ConfigurationError(_schema_missing(self.schema, version, latest))
+        if not _is_current(version):
+            found = "does not exist" if version is None else f"is at version {version}"
+            raise ConfigurationError(
+                f"durable_trio schema {self.schema!r} {found}; this library needs version "
+                f"{_latest_version()}: {_MIGRATE_HINT}"
+            )
 
     # -- spawning ---------------------------------------------------------------------
 
@@ -479,14 +484,10 @@ def _writes_json(
     return "[" + ",".join(writes) + "]"
 
 
-def _schema_missing(schema: str, version: int | None, latest: int) -> str:
-    found = "does not exist" if version is None else f"is at version {version}"
-    return (
-        f"durable_trio schema {schema!r} {found}; this library needs version {latest}: "
-        "connect once with migrate=True (the default) as a role that may change the schema, "
-        "or call Durable.migrate()"
-    )
-
+_MIGRATE_HINT = (
+    "connect once with migrate=True (the default) as a role that may change the schema, "
+    "or call Durable.migrate()"
+)
 
 # A query on a schema that was never migrated, or is older than this library.
 _SCHEMA_ERRORS = (
@@ -496,12 +497,13 @@ _SCHEMA_ERRORS = (
 )
 
 
-def _schema_error(schema: str, ex: psycopg.Error) -> ConfigurationError:
-    return ConfigurationError(
-        f"durable_trio schema {schema!r} is missing or older than this library "
-        f"({ex.diag.message_primary}): connect once with migrate=True (the default) as a "
-        "role that may change the schema, or call Durable.migrate()"
-    )
+def _latest_version() -> int:
+    return migrations()[-1][0]
+
+
+def _is_current(version: int | None) -> bool:
+    """A schema at this version has every migration this library has."""
+    return version is not None and version >= _latest_version()
 
 
 async def _fetch(conn: Any, query: str, params: dict[str, Any], many: bool) -> Any:

@@ -52,6 +52,7 @@ EXPECTED_FUNCTIONS = {
     "cancel_task",
     "claim_runs",
     "clock_now",
+    "deadline_void",
     "emit_event",
     "enforce_deadline",
     "enforce_deadlines",
