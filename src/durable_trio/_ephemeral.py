@@ -355,7 +355,7 @@ class EphemeralPostgres:
 
     Use it as a context manager, or call :meth:`start` and :meth:`stop`.
     ``tcp=True`` listens on ``127.0.0.1`` and a free port instead of on a
-    unix socket only.  ``fast=True`` turns off ``fsync``,
+    unix socket only (``port=N``: that port).  ``fast=True`` turns off ``fsync``,
     ``synchronous_commit`` and ``full_page_writes`` (never for crash tests).
     ``settings`` adds or overrides ``postgresql.conf`` settings.
     ``use_template=False`` runs ``initdb`` instead of copying the cached
@@ -366,12 +366,16 @@ class EphemeralPostgres:
         self,
         *,
         tcp: bool = False,
+        port: int | None = None,
         fast: bool = False,
         settings: Mapping[str, str | int] | None = None,
         use_template: bool = True,
         timeout: float = 60.0,
     ) -> None:
-        self.tcp = tcp
+        if port is not None and (isinstance(port, bool) or not 1 <= port <= 65535):
+            raise ValueError(f"port must be from 1 to 65535, got {port!r}")
+        self.tcp = tcp or port is not None
+        self.requested_port = port
         self.fast = fast
         self.settings = dict(settings or {})
         self.use_template = use_template
@@ -511,9 +515,9 @@ class EphemeralPostgres:
         _chown_tree(self.data_dir, self._user)
 
     def _start_server(self) -> None:
-        attempts = _TCP_ATTEMPTS if self.tcp else 1
+        attempts = _TCP_ATTEMPTS if self.tcp and self.requested_port is None else 1
         for attempt in range(attempts):
-            port = _free_tcp_port() if self.tcp else _SOCKET_PORT
+            port = self.requested_port or (_free_tcp_port() if self.tcp else _SOCKET_PORT)
             self._write_conf(port)
             done = self._pg_ctl(self.root, "start")
             if done.returncode == 0:
