@@ -329,6 +329,15 @@ class Store:
     async def cancel(self, task_id: UUID, reason: str) -> int:
         return int(await self._value("cancel_task", {"task_id": task_id, "reason": reason}))
 
+    async def cleanup(
+        self, finished_before: datetime | None, events_before: datetime | None, batch: int
+    ) -> Row:
+        """One retention batch, in its own transaction (short locks)."""
+        params = {"finished_before": finished_before, "events_before": events_before}
+        row = await self._one("cleanup", {**params, "batch": batch})
+        assert row is not None
+        return row
+
     async def get_task(self, task_id: UUID) -> Row | None:
         return await self._one("get_task", {"task_id": task_id})
 
