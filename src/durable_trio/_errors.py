@@ -17,6 +17,7 @@ __all__ = [
     "EventTimeout",
     "InvalidInput",
     "LeaseLost",
+    "NeverIdle",
     "NonRetryable",
     "ReplayMismatch",
     "SerializationError",
@@ -158,4 +159,13 @@ class WorkerFailed(DurableError):
     The block was cancelled when it happened. The runs the worker held are retried once
     their leases expire, so no work is lost: log it and start a worker again. (An
     exception raised by the block itself is re-raised as it is, never as this.)
+    """
+
+
+class NeverIdle(DurableError):
+    """`durable_trio.testing.run_until_idle(skip_time=True)` jumped the clock
+    ``max_jumps`` times and work still came due: a task probably sleeps in a loop forever.
+
+    Bound the simulated time with ``max_skip=`` (work due later is left asleep), raise
+    ``max_jumps``, or step with `run_once` and `advance_clock` yourself.
     """
