@@ -48,8 +48,8 @@ __all__ = [
     "run_until_idle",
 ]
 
-# Workers of the testing helpers: several runs at once, and a short poll when one is needed.
-_OPTIONS = WorkerOptions(concurrency=8, poll_interval=0.05)
+# The worker of run_once and run_until_idle unless options are given: 8 runs per pass.
+_OPTIONS = WorkerOptions(concurrency=8)
 
 
 async def advance_clock(client: Durable, by: Duration) -> timedelta:
