@@ -146,3 +146,18 @@ SELECT r.run_id, r.state, r.error,
             WHERE n.task_id = r.task_id AND n.attempt = r.attempt + 1) AS retried
 FROM @schema.runs r
 WHERE r.run_id = ANY (%(runs)s::uuid[])
+
+-- name: register_worker
+SELECT @schema.register_worker(%(worker)s, %(host)s, %(pid)s, %(queues)s::text[],
+    %(names)s::text[], %(concurrency)s, %(ttl)s::interval)
+
+-- name: unregister_worker
+DELETE FROM @schema.workers WHERE worker_id = %(worker)s RETURNING worker_id
+
+-- name: workers
+SELECT worker_id, host, pid, queues, task_names, concurrency, started_at, last_seen_at,
+    expires_at
+FROM @schema.workers WHERE expires_at > @schema.clock_now() ORDER BY started_at, worker_id
+
+-- name: unserved_tasks
+SELECT * FROM @schema.unserved_tasks(%(threshold)s::interval)

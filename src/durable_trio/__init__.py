@@ -35,6 +35,8 @@ from ._errors import TaskNotFound as TaskNotFound
 from ._errors import UnknownTask as UnknownTask
 from ._errors import WaitTimeout as WaitTimeout
 from ._errors import WorkerFailed as WorkerFailed
+from ._fleet import UnservedTasks as UnservedTasks
+from ._fleet import WorkerInfo as WorkerInfo
 from ._retention import CleanupResult as CleanupResult
 from ._task import Task as Task
 from ._task import TaskDefinition as TaskDefinition

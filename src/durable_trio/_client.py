@@ -32,6 +32,7 @@ from ._errors import (
     WaitTimeout,
     WorkerFailed,
 )
+from ._fleet import UnservedTasks, WorkerInfo
 from ._retention import CleanupResult, check_batch, cutoff
 from ._store import Store, interval
 from ._task import Task, TaskDefinition, as_definition
@@ -414,6 +415,18 @@ class Durable:
                 return total
 
     # -- workers ----------------------------------------------------------------------
+
+    async def workers(self) -> list[WorkerInfo]:
+        """The live workers of this schema, oldest first."""
+        return [WorkerInfo(**row) for row in await self._store.workers()]
+
+    async def unserved_tasks(
+        self, threshold: timedelta | float = timedelta(minutes=5)
+    ) -> list[UnservedTasks]:
+        """Task names with runs due for longer than `threshold` that no live worker of
+        their queue has registered (oldest first)."""
+        seconds = to_seconds(threshold, what="threshold")
+        return [UnservedTasks(**row) for row in await self._store.unserved_tasks(seconds)]
 
     def new_worker(self, options: WorkerOptions | None = None) -> Worker:
         """A worker for this client's registered tasks; run it with

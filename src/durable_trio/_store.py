@@ -334,6 +334,29 @@ class Store:
     async def cancel(self, task_id: UUID, reason: str) -> int:
         return int(await self._value("cancel_task", {"task_id": task_id, "reason": reason}))
 
+    async def register_worker(
+        self,
+        worker: str,
+        host: str,
+        pid: int,
+        queues: Sequence[str],
+        names: Sequence[str],
+        concurrency: int,
+        ttl: float,
+    ) -> None:
+        params = {"worker": worker, "host": host, "pid": pid, "concurrency": concurrency}
+        lists = {"queues": list(queues), "names": list(names), "ttl": interval(ttl)}
+        await self._all("register_worker", {**params, **lists})
+
+    async def unregister_worker(self, worker: str) -> None:
+        await self._all("unregister_worker", {"worker": worker})
+
+    async def workers(self) -> list[Row]:
+        return await self._all("workers", {})
+
+    async def unserved_tasks(self, threshold: float) -> list[Row]:
+        return await self._all("unserved_tasks", {"threshold": interval(threshold)})
+
     async def cleanup(
         self, finished_before: datetime | None, events_before: datetime | None, batch: int
     ) -> Row:
