@@ -15,7 +15,9 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import os
 import random
+import socket
 import time
 import traceback
 from collections.abc import Awaitable, Callable, Sequence
@@ -31,7 +33,7 @@ import trio
 from . import _serde
 from ._context import Suspended, TaskContext
 from ._core.ids import uuid7
-from ._core.options import WorkerOptions
+from ._core.options import UNSERVED_AFTER, UNSERVED_EVERY, WorkerOptions, registry_ttl
 from ._core.report import PassReport, RunOutcome, RunReport, outcome_of
 from ._core.retry import FailureDecision, RetryStrategy, decide_failure
 from ._db import CONNECTION_LOST, Listener, Pool
@@ -197,6 +199,7 @@ class Worker:
         self._stopping = False
         self._healthy = False
         self._last_reap = -1e9
+        self._last_unserved = -1e9
         self._listener: Listener | None = None
         self._writer: Writer | None = None
         self._control_nursery: trio.Nursery | None = None
@@ -254,9 +257,9 @@ class Worker:
         size = min(self.options.concurrency, 32)
         control_pool = Pool(self._url, max_size=2)
         exec_pool = Pool(self._url, max_size=size)
+        self._control = Store(control_pool, self._schema)
+        self._exec = Store(exec_pool, self._schema)
         try:
-            self._control = Store(control_pool, self._schema)
-            self._exec = Store(exec_pool, self._schema)
             self._writer = Writer(self._exec, self.worker_id, claimer=self)
             with suppress(*RETRYABLE_IO):  # unreachable: the claim loop retries and says so
                 await self._control.check_schema()
@@ -282,6 +285,7 @@ class Worker:
                 control.cancel_scope.cancel()
         finally:
             with trio.CancelScope(shield=True):
+                await self._leave_registry()
                 await exec_pool.aclose()
                 await control_pool.aclose()
 
@@ -450,6 +454,41 @@ class Worker:
             return
         self._last_reap = now
         await reap_expired(self._control, self._queues)
+        await self._announce(now)
+
+    async def _announce(self, now: float) -> None:
+        """Refresh this worker's row in the registry; now and then, warn of due runs that
+        no live worker serves. Neither may stop the worker: a failure is logged."""
+        try:
+            await self._control.register_worker(
+                self.worker_id,
+                socket.gethostname(),
+                os.getpid(),
+                self._queues,
+                self._names,
+                self.options.concurrency,
+                ttl=registry_ttl(self.options.claim_timeout, self.options.poll_interval),
+            )
+            if now - self._last_unserved >= UNSERVED_EVERY:
+                self._last_unserved = now
+                for gap in await self._control.unserved_tasks(UNSERVED_AFTER):
+                    log.warning(
+                        "%d run(s) of task %r on queue %r are due since %s and no live "
+                        "worker has registered that name: is it misspelt, or not deployed?",
+                        gap["runs"],
+                        gap["task_name"],
+                        gap["queue"],
+                        gap["oldest_due"].isoformat(timespec="seconds"),
+                    )
+        except RETRYABLE_IO:
+            raise
+        except Exception:
+            log.exception("worker %s: the registry pass failed", self.worker_id)
+
+    async def _leave_registry(self) -> None:
+        """Remove this worker's row, giving up quickly when the database is gone."""
+        with trio.move_on_after(1.0), suppress(Exception):
+            await self._control.unregister_worker(self.worker_id)
 
     # -- heartbeats -------------------------------------------------------------------
 

@@ -272,3 +272,64 @@ def test_postgres_prints_a_url_that_works_and_stops_on_sigint() -> None:
         proc.send_signal(signal.SIGINT)
         proc.communicate(timeout=60)
     assert proc.returncode == 0
+
+
+def test_workers_lists_a_running_worker(pg_url: str, migrated: str, app_dir: Path) -> None:
+    env = {**os.environ, "DURABLE_DATABASE_URL": pg_url}
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "durable_trio",
+            "--schema",
+            migrated,
+            "worker",
+            "cli_app:tasks",
+            "--worker-id",
+            "cli-worker-1",
+        ],
+        cwd=app_dir,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            listed = cli(pg_url, migrated, "workers", "--json")
+            assert listed.returncode == 0, listed.stderr
+            found = json.loads(listed.stdout)
+            if found or time.monotonic() > deadline:
+                break
+            time.sleep(0.1)
+        [entry] = found
+        assert entry["worker_id"] == "cli-worker-1"
+        assert entry["task_names"] == ["hello", "slow"]
+        assert entry["queues"] == ["default"]
+        table = cli(pg_url, migrated, "workers")
+        assert "cli-worker-1" in table.stdout
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.communicate(timeout=60)
+    # A worker that stops removes itself.
+    assert json.loads(cli(pg_url, migrated, "workers", "--json").stdout) == []
+
+
+def test_cleanup_removes_old_finished_tasks(pg_url: str, migrated: str) -> None:
+    task_id = json.loads(cli(pg_url, migrated, "spawn", "hello", "--json").stdout)["task_id"]
+    assert cli(pg_url, migrated, "cancel", task_id).returncode == 0
+    kept = cli(pg_url, migrated, "cleanup", "--finished-before", "1d", "--json")
+    assert kept.returncode == 0, kept.stderr
+    assert json.loads(kept.stdout) == {"tasks": 0, "runs": 0, "checkpoints": 0, "events": 0}
+    removed = cli(pg_url, migrated, "cleanup", "--finished-before", "2999-01-01T00:00:00Z")
+    assert removed.returncode == 0, removed.stderr
+    assert removed.stdout.strip() == "removed 1 task(s), 1 run(s), 0 checkpoint(s), 0 event(s)"
+    for bad, message in [
+        ([], "give --finished-before and/or --events-before"),
+        (["--finished-before", "soon"], "must be an age like 30d"),
+        (["--events-before", "2030-01-01T00:00:00"], "needs a UTC offset"),
+    ]:
+        done = cli(pg_url, migrated, "cleanup", *bad)
+        assert done.returncode == 2
+        assert message in done.stderr

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import logging
 from datetime import timedelta
+
+import pytest
+import trio
 
 import durable_trio as dt
 from durable_trio.testing import advance_clock
@@ -64,3 +68,30 @@ async def test_due_runs_of_a_name_no_live_worker_has_are_unserved(client: dt.Dur
     assert [u.task_name for u in await client.unserved_tasks(threshold=60)] == ["flakey"]
     await register(client, "w3", ["flakey"], ttl=3600)
     assert await client.unserved_tasks(threshold=60) == []
+
+
+@dt.task("known")
+async def known(ctx: dt.TaskContext, params: None) -> None:
+    return None
+
+
+async def test_a_worker_registers_itself_warns_of_unserved_work_and_leaves(
+    client: dt.Durable, caplog: pytest.LogCaptureFixture
+) -> None:
+    client.register(known)
+    await client.spawn_by_name("flakey", None)
+    await advance_clock(client, timedelta(minutes=10))
+    options = dt.WorkerOptions(worker_id="fleet-w", poll_interval=0.05)
+    with caplog.at_level(logging.WARNING, logger="durable_trio.worker"):
+        async with client.worker(options):
+            with trio.fail_after(30):
+                while not await client.workers():
+                    await trio.sleep(0.01)
+                while "flakey" not in caplog.text:
+                    await trio.sleep(0.01)
+            [me] = await client.workers()
+            assert (me.worker_id, me.task_names, me.queues) == ("fleet-w", ["known"], ["default"])
+    assert await client.workers() == []
+    [record] = [r for r in caplog.records if "flakey" in r.getMessage()]
+    assert "no live worker has registered that name" in record.getMessage()
+    assert record.levelno == logging.WARNING
