@@ -154,24 +154,69 @@ WHERE (%(after)s::uuid IS NULL OR t.task_id > %(after)s::uuid)
   AND (%(parent)s::uuid IS NULL OR t.parent_task_id = %(parent)s::uuid)
   AND (%(created_after)s::timestamptz IS NULL OR t.created_at >= %(created_after)s)
   AND (%(created_before)s::timestamptz IS NULL OR t.created_at < %(created_before)s)
+  -- Where a creation range starts in task_id order, read off tasks_created (the range's
+  -- entries only; OFFSET 0 keeps the walk in task_id order out of this subquery): without
+  -- it the walk in task_id order read every older task first.
+  AND (%(created_after)s::timestamptz IS NULL OR t.task_id >= (
+      SELECT x.task_id FROM (
+          SELECT x.task_id FROM @schema.tasks x
+          WHERE x.created_at >= %(created_after)s
+            AND (%(created_before)s::timestamptz IS NULL OR x.created_at < %(created_before)s)
+          OFFSET 0) x
+      ORDER BY x.task_id LIMIT 1))
 ORDER BY t.task_id
 LIMIT %(limit)s
 
--- name: list_tasks_by_run
--- Driven by runs, for the states a task shares with its last run that runs index:
--- failed and cancelled (runs_ended_task, in task_id order), pending, sleeping and
--- running (the claim and lease indexes: the live backlog, sorted).
-SELECT t.task_id, t.queue, t.task_name, t.state, t.attempts, t.max_attempts, t.priority,
-    t.parent_task_id, t.cancel_reason, t.created_at, t.first_started_at, t.finished_at
+-- name: list_tasks_ended
+-- Failed or cancelled tasks, found through their last run (a task shares its state with
+-- it): runs_ended_task is walked in task_id order and the walk stops at a page.
+-- OFFSET 0 keeps the task lookup a per-run probe: flattened into a join, the planner
+-- scanned every task for the rare failed ones (50 ms at 200k tasks, not 1 ms).
+SELECT t.*
 FROM @schema.runs r
-JOIN @schema.tasks t ON t.task_id = r.task_id AND t.last_run_id = r.run_id
-WHERE r.state = %(state)s::text AND t.state = %(state)s::text
+CROSS JOIN LATERAL (
+    SELECT t.task_id, t.queue, t.task_name, t.state, t.attempts, t.max_attempts,
+        t.priority, t.parent_task_id, t.cancel_reason, t.created_at, t.first_started_at,
+        t.finished_at
+    FROM @schema.tasks t
+    WHERE t.task_id = r.task_id AND t.last_run_id = r.run_id AND t.state = %(state)s::text
+      AND (%(parent)s::uuid IS NULL OR t.parent_task_id = %(parent)s::uuid)
+      AND (%(created_after)s::timestamptz IS NULL OR t.created_at >= %(created_after)s)
+      AND (%(created_before)s::timestamptz IS NULL OR t.created_at < %(created_before)s)
+    OFFSET 0
+) t
+WHERE r.state = %(state)s::text
   AND (%(after)s::uuid IS NULL OR r.task_id > %(after)s::uuid)
   AND (%(queue)s::text IS NULL OR r.queue = %(queue)s::text)
   AND (%(name)s::text IS NULL OR r.task_name = %(name)s::text)
-  AND (%(parent)s::uuid IS NULL OR t.parent_task_id = %(parent)s::uuid)
-  AND (%(created_after)s::timestamptz IS NULL OR t.created_at >= %(created_after)s)
-  AND (%(created_before)s::timestamptz IS NULL OR t.created_at < %(created_before)s)
+ORDER BY r.task_id
+LIMIT %(limit)s
+
+-- name: list_tasks_live
+-- Pending, sleeping or running tasks, through their last run: the live runs are read off
+-- the claim and lease indexes and sorted (O(backlog)), then only a page of them is looked
+-- up. Walked in task_id order instead, the planner read the finished runs before the
+-- live ones, which are the newest.
+WITH live AS MATERIALIZED (
+    SELECT r.task_id, r.run_id FROM @schema.runs r
+    WHERE r.state = %(state)s::text
+      AND (%(after)s::uuid IS NULL OR r.task_id > %(after)s::uuid)
+      AND (%(queue)s::text IS NULL OR r.queue = %(queue)s::text)
+      AND (%(name)s::text IS NULL OR r.task_name = %(name)s::text)
+)
+SELECT t.*
+FROM (SELECT * FROM live ORDER BY live.task_id) r
+CROSS JOIN LATERAL (
+    SELECT t.task_id, t.queue, t.task_name, t.state, t.attempts, t.max_attempts,
+        t.priority, t.parent_task_id, t.cancel_reason, t.created_at, t.first_started_at,
+        t.finished_at
+    FROM @schema.tasks t
+    WHERE t.task_id = r.task_id AND t.last_run_id = r.run_id AND t.state = %(state)s::text
+      AND (%(parent)s::uuid IS NULL OR t.parent_task_id = %(parent)s::uuid)
+      AND (%(created_after)s::timestamptz IS NULL OR t.created_at >= %(created_after)s)
+      AND (%(created_before)s::timestamptz IS NULL OR t.created_at < %(created_before)s)
+    OFFSET 0
+) t
 ORDER BY r.task_id
 LIMIT %(limit)s
 

@@ -9,8 +9,9 @@
 -- completion write an entry into each index of the table); a spawn pays the inserts.
 CREATE INDEX tasks_queue_list ON @schema.tasks (queue, task_id);
 CREATE INDEX tasks_name_list ON @schema.tasks (task_name, task_id);
--- created_after / created_before: the range is read here, then sorted by task_id.
-CREATE INDEX tasks_created ON @schema.tasks (created_at);
+-- created_after: where the range starts in task_id order (the least id in it, read off
+-- this index's entries for the range).
+CREATE INDEX tasks_created ON @schema.tasks (created_at, task_id);
 -- A parent's children in task_id order (list_tasks(parent=...)); still serves the
 -- lookups by parent alone that cancellation makes.
 DROP INDEX @schema.tasks_parent;

@@ -426,9 +426,8 @@ class Durable:
         wanted = inspection.page_limit(limit)
         params = {**filters, "after": None if after is None else _uuid(after, "after")}
         params["limit"] = wanted + 1  # one more tells whether another page follows
-        chosen = filters["state"]
-        by_run = chosen is not None and TaskState(chosen) in inspection.BY_RUN_STATES
-        rows = await self._store.list_tasks(params, by_run=by_run)
+        chosen = None if state is None else TaskState(filters["state"])
+        rows = await self._store.list_tasks(inspection.list_query(chosen), params)
         items = [_summary(row) for row in rows[:wanted]]
         more = len(rows) > wanted
         return TaskPage(items, items[-1].task_id if more else None)

@@ -465,11 +465,11 @@ class Store:
 
     # -- inspection and control (Durable.list_tasks, get_task, steps, ...) -------------
 
-    async def list_tasks(self, params: dict[str, Any], *, by_run: bool) -> list[Row]:
-        """One page of task summaries (see list_tasks / list_tasks_by_run)."""
-        name = "list_tasks_by_run" if by_run else "list_tasks"
+    async def list_tasks(self, query: str, params: dict[str, Any]) -> list[Row]:
+        """One page of task summaries by `query`: list_tasks, list_tasks_ended or
+        list_tasks_live (see each)."""
         async with self._read_snapshot() as read:
-            return await read(name, params)
+            return await read(query, params)
 
     async def task_details(self, task_id: UUID, children: int) -> Row | None:
         """A task's row with its runs, wait, first `children` children and the database's

@@ -13,18 +13,21 @@ from .states import TaskState
 MAX_PAGE = 1000
 CHILD_EVENT_PREFIX = f"{RESERVED_PREFIX}task:"
 
-# States list_tasks finds through the task's last run (the runs table indexes them); a
-# completed task is found through the tasks table, where it is the common case.
-BY_RUN_STATES = frozenset(
-    {
-        TaskState.PENDING,
-        TaskState.RUNNING,
-        TaskState.SLEEPING,
-        TaskState.FAILED,
-        TaskState.CANCELLED,
-    }
-)
-RETRYABLE_STATES = frozenset({TaskState.FAILED, TaskState.CANCELLED})
+# How list_tasks finds tasks in a state: failed and cancelled ones through their last
+# run (an index of ended runs, in task_id order), live ones through the live runs (the
+# claim and lease indexes); a completed task through the tasks table, where it is the
+# common case.
+ENDED_STATES = frozenset({TaskState.FAILED, TaskState.CANCELLED})
+LIVE_STATES = frozenset({TaskState.PENDING, TaskState.RUNNING, TaskState.SLEEPING})
+
+
+def list_query(state: TaskState | None) -> str:
+    """The named statement list_tasks runs for a state filter."""
+    if state in ENDED_STATES:
+        return "list_tasks_ended"
+    if state in LIVE_STATES:
+        return "list_tasks_live"
+    return "list_tasks"
 
 
 def page_limit(limit: object) -> int:
