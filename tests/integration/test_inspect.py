@@ -9,6 +9,7 @@ from typing import Any
 from uuid import UUID, uuid4
 
 import pytest
+import trio
 
 import durable_trio as dt
 from durable_trio.testing import advance_clock, database_now, run_until_idle
@@ -369,3 +370,42 @@ async def test_queue_stats_refuses_bad_input(client: dt.Durable) -> None:
         await client.queue_stats("No")
     with pytest.raises(dt.InvalidInput, match="window"):
         await client.queue_stats(window=-1)
+
+
+async def test_a_running_task_in_lists_stats_and_details(client: dt.Durable) -> None:
+    release = trio.Event()
+
+    @dt.task("busy")
+    async def busy(ctx: dt.TaskContext, x: int) -> int:
+        await release.wait()
+        return x
+
+    @dt.task("napper")
+    async def napper(ctx: dt.TaskContext, x: int) -> int:
+        await ctx.sleep_for("nap", 1000)
+        return x
+
+    client.register(busy, napper)
+    naps = sorted([(await client.spawn(napper, i)).task_id for i in range(3)])
+    await run_until_idle(client)
+    spawned = await client.spawn(busy, 1)
+    async with client.worker(dt.WorkerOptions(poll_interval=0.05)):
+        with trio.fail_after(10):
+            while (await client.get_task(spawned.task_id)).state is not dt.TaskState.RUNNING:
+                await trio.sleep(0.01)
+        running = await client.list_tasks(state="running")
+        assert [t.task_id for t in running.items] == [spawned.task_id]
+        assert (await client.list_tasks(state="running", name="napper")).items == []
+        stats = await client.queue_stats()
+        assert (stats.running, stats.sleeping, stats.pending) == (1, 3, 0)
+        run = (await client.get_task(spawned.task_id)).runs[-1]
+        assert run.worker_id is not None
+        assert run.lease_expires_at is not None
+        assert run.claimed_at is not None
+        release.set()
+        assert await client.wait_result(busy, spawned.task_id, timeout=10) == 1
+    assert await all_pages(client, state="sleeping", name="napper", limit=2) == [
+        naps[0:2],
+        naps[2:3],
+    ]
+    assert await all_pages(client, state="sleeping", name="busy") == [[]]
