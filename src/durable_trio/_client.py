@@ -25,7 +25,6 @@ from ._db import CONNECTION_LOST, Pool, TrioConnection, connect, redact_url
 from ._errors import (
     ConfigurationError,
     InvalidInput,
-    RetryRefused,
     SerializationError,
     TaskCancelled,
     TaskFailed,
@@ -43,6 +42,7 @@ from ._inspect import (
     WaitingFor,
 )
 from ._inspect import queue_stats as _queue_stats
+from ._inspect import retry_result as _retry_result
 from ._inspect import run_info as _run_info
 from ._inspect import step_info as _step_info
 from ._inspect import summary as _summary
@@ -417,10 +417,10 @@ class Durable:
         or its value. ``created_after <= created_at < created_before`` (aware
         datetimes, the database's clock). `parent` lists a task's children. `limit` is
         1 to 1000. Pages are in task_id order (UUIDv7: creation order to the millisecond,
-        then random within one); pass the page's
-        ``next_after`` as `after` for the next one, until it is None. The cursor is a
-        plain task id, so a page may also start after any task you hold; tasks created
-        while you page appear on later pages. Bad input raises `InvalidInput`.
+        then random within one); pass the page's ``next_after`` as `after` for the next
+        one, until it is None. The cursor is a plain task id, so a page may also start
+        after any task you hold; tasks created while you page appear on later pages.
+        Bad input raises `InvalidInput`.
         """
         filters = _list_filters(queue, state, name, created_after, created_before, parent)
         wanted = inspection.page_limit(limit)
@@ -481,30 +481,7 @@ class Durable:
         if not isinstance(from_scratch, bool):
             raise InvalidInput(f"from_scratch must be True or False, got {from_scratch!r}")
         row = await self._store.retry_task(task_id, uuid7(), limit, from_scratch)
-        outcome = row["outcome"]
-        if outcome == "missing":
-            raise TaskNotFound(task_id)
-        if outcome == "refused":
-            raise RetryRefused(
-                task_id,
-                row["state"],
-                f"task {task_id} is {row['state']}: only a failed or cancelled task can be "
-                "retried (cancel it first to start it over)",
-            )
-        if outcome == "parent":
-            raise RetryRefused(
-                task_id,
-                row["state"],
-                f"the parent of task {task_id} is {row['state']}, so the child would be "
-                "cancelled again: retry the parent, which retries the children cancelled "
-                "with it",
-            )
-        if outcome == "max_attempts":
-            raise InvalidInput(
-                f"max_attempts must be more than the {row['attempt']} attempts task "
-                f"{task_id} has made, got {max_attempts}"
-            )
-        return RetryResult(task_id, row["run_id"], row["attempt"], row["revived"])
+        return _retry_result(task_id, row, max_attempts)
 
     # -- events and cancellation ------------------------------------------------------
 

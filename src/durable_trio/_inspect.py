@@ -15,6 +15,7 @@ import attrs
 
 from ._core import inspection
 from ._core.states import TaskState
+from ._errors import InvalidInput, RetryRefused, TaskNotFound
 
 __all__ = [
     "ChildSummary",
@@ -289,3 +290,30 @@ def queue_stats(
         failed_attempts=sum(s.failed_attempts for s in by_name),
         by_name=by_name,
     )
+
+
+def retry_result(task_id: UUID, row: Row, max_attempts: int | None) -> RetryResult:
+    """What retry_task did, or the error for why it wrote nothing."""
+    outcome, state = row["outcome"], row["state"]
+    if outcome == "missing":
+        raise TaskNotFound(task_id)
+    if outcome == "refused":
+        raise RetryRefused(
+            task_id,
+            state,
+            f"task {task_id} is {state}: only a failed or cancelled task can be retried "
+            "(cancel it first to start it over)",
+        )
+    if outcome == "parent":
+        raise RetryRefused(
+            task_id,
+            state,
+            f"the parent of task {task_id} is {state}, so the child would be cancelled "
+            "again: retry the parent, which retries the children cancelled with it",
+        )
+    if outcome == "max_attempts":
+        raise InvalidInput(
+            f"max_attempts must be more than the {row['attempt']} attempts task {task_id} "
+            f"has made, got {max_attempts}"
+        )
+    return RetryResult(task_id, row["run_id"], row["attempt"], row["revived"])
