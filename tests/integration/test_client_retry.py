@@ -260,3 +260,19 @@ async def test_a_retried_child_is_joined_anew_by_a_parent_that_has_not_joined(
 async def summary(client: dt.Durable, task_id: UUID) -> dt.TaskSummary:
     (found,) = [t for t in (await client.list_tasks()).items if t.task_id == task_id]
     return found
+
+
+async def test_a_retried_task_gets_its_max_duration_again(client: dt.Durable) -> None:
+    calls: list[str] = []
+    broken = [True]
+    fragile = make_fragile(calls, broken)
+    client.register(fragile)
+    policy = dt.CancellationPolicy(max_duration=60)
+    options = dt.SpawnOptions(max_attempts=1, cancellation=policy)
+    spawned = await client.spawn(fragile, 2, options=options)
+    await run_until_idle(client)
+    await advance_clock(client, 600)  # long past the first start's max_duration
+    broken[0] = False
+    await client.retry(spawned.task_id)
+    await run_until_idle(client)
+    assert await client.wait_result(fragile, spawned.task_id, timeout=10) == 21

@@ -86,8 +86,14 @@ async def test_pages_follow_each_other_with_filters(client: dt.Durable) -> None:
 
 async def test_state_filters_pages_of_failed_and_pending(client: dt.Durable) -> None:
     client.register(noop, boom)
-    # Sorted: ids made in the same millisecond are in random order.
-    failing = sorted([(await client.spawn(boom, i, options=ONCE)).task_id for i in range(5)])
+    # Sorted: ids made in the same millisecond are in random order. Some fail twice (two
+    # failed runs, listed once); one fails once, then waits (not listed as failed).
+    twice = dt.SpawnOptions(max_attempts=2, retry=dt.RetryStrategy.fixed(0))
+    failing = sorted(
+        [(await client.spawn(boom, i, options=ONCE if i % 2 else twice)).task_id for i in range(5)]
+    )
+    client.register(flaky_waiter)
+    await client.spawn(flaky_waiter, 1, options=twice)
     done = sorted([(await client.spawn(noop, i)).task_id for i in range(3)])
     await run_until_idle(client)
     waiting = sorted([(await client.spawn(noop, i)).task_id for i in range(4)])
@@ -329,8 +335,9 @@ async def test_queue_stats_counts_backlog_lag_and_failures(client: dt.Durable) -
     client.register(napper, boom)
     for i in range(2):
         await client.spawn(napper, i)
-    await client.spawn(boom, 1, options=ONCE)
-    await run_until_idle(client)  # two sleeping, one failed
+    twice = dt.SpawnOptions(max_attempts=2, retry=dt.RetryStrategy.fixed(0))
+    await client.spawn(boom, 1, options=twice)
+    await run_until_idle(client)  # two sleeping, one failed (after two attempts)
     await client.spawn(noop, 1)
     await client.spawn(noop, 2, options=dt.SpawnOptions(delay=50))
     await client.spawn(noop, 3, options=dt.SpawnOptions(queue="other_q"))
@@ -342,7 +349,7 @@ async def test_queue_stats_counts_backlog_lag_and_failures(client: dt.Durable) -
     assert (stats.pending, stats.sleeping, stats.running, stats.due_now) == (2, 2, 0, 1)
     assert stats.oldest_due_age is not None
     assert timedelta(seconds=10) <= stats.oldest_due_age < timedelta(seconds=60)
-    assert (stats.failed, stats.cancelled, stats.failed_attempts) == (1, 1, 1)
+    assert (stats.failed, stats.cancelled, stats.failed_attempts) == (1, 1, 2)
     assert stats.counts[dt.TaskState.SLEEPING] == 2
     by_name = {s.task_name: s for s in stats.by_name}
     assert set(by_name) == {"napper", "boom", "noop"}
