@@ -28,6 +28,7 @@ from ._errors import LeaseLost as LeaseLost
 from ._errors import NeverIdle as NeverIdle
 from ._errors import NonRetryable as NonRetryable
 from ._errors import ReplayMismatch as ReplayMismatch
+from ._errors import RetryRefused as RetryRefused
 from ._errors import SerializationError as SerializationError
 from ._errors import TaskCancelled as TaskCancelled
 from ._errors import TaskFailed as TaskFailed
@@ -37,6 +38,19 @@ from ._errors import WaitTimeout as WaitTimeout
 from ._errors import WorkerFailed as WorkerFailed
 from ._fleet import UnservedTasks as UnservedTasks
 from ._fleet import WorkerInfo as WorkerInfo
+from ._inspect import ChildSummary as ChildSummary
+from ._inspect import NameStats as NameStats
+from ._inspect import QueueStats as QueueStats
+from ._inspect import RetryResult as RetryResult
+from ._inspect import RunError as RunError
+from ._inspect import RunInfo as RunInfo
+from ._inspect import StepInfo as StepInfo
+from ._inspect import TaskPage as TaskPage
+from ._inspect import TaskSummary as TaskSummary
+from ._inspect import WaitingFor as WaitingFor
+from ._inspect import WaitingForChild as WaitingForChild
+from ._inspect import WaitingForEvent as WaitingForEvent
+from ._inspect import WaitingForTime as WaitingForTime
 from ._retention import CleanupResult as CleanupResult
 from ._task import Task as Task
 from ._task import TaskDefinition as TaskDefinition

@@ -6,7 +6,7 @@ It speaks in plain rows and JSON text; what to do with them is decided elsewhere
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from datetime import datetime, timedelta
 from typing import Any
@@ -25,6 +25,7 @@ from ._schema import migrations, query_texts, render, sql_dir
 __all__ = ["ClaimArgs", "Store", "migrations", "sql_dir"]
 
 Row = dict[str, Any]
+Reader = Callable[[str, dict[str, Any]], Awaitable[list[Row]]]
 
 
 def interval(seconds: float | None) -> timedelta | None:
@@ -371,6 +372,88 @@ class Store:
 
     async def task_states(self, task_ids: Sequence[UUID]) -> list[Row]:
         return await self._all("task_states", {"task_ids": list(task_ids)})
+
+    # -- inspection and control (Durable.list_tasks, get_task, steps, ...) -------------
+
+    async def list_tasks(self, query: str, params: dict[str, Any]) -> list[Row]:
+        """One page of task summaries by `query`: list_tasks, list_tasks_ended or
+        list_tasks_live (see each)."""
+        async with self._read_snapshot() as read:
+            return await read(query, params)
+
+    async def task_details(self, task_id: UUID, children: int) -> Row | None:
+        """A task's row with its runs, wait, first `children` children and the database's
+        time, read in one snapshot; None if there is no such task."""
+        params = {"task_id": task_id, "limit": children}
+        async with self._read_snapshot() as read:
+            rows = await read("get_task", params)
+            if not rows:
+                return None
+            return {
+                "task": rows[0],
+                "runs": await read("task_runs", params),
+                "wait": next(iter(await read("task_wait", params)), None),
+                "children": await read("task_children", params),
+                "now": (await read("now", {}))[0]["now"],
+            }
+
+    async def task_steps(self, task_id: UUID) -> list[Row] | None:
+        """A task's checkpoints in the order they were written; None if no such task."""
+        async with self._read_snapshot() as read:
+            rows = await read("task_steps", {"task_id": task_id})
+        if not rows:
+            return None
+        return [row for row in rows if row["name"] is not None]
+
+    async def queue_stats(
+        self, queue: str | None, window: timedelta
+    ) -> tuple[datetime, list[Row], list[Row]]:
+        """(now, live counts, ended counts) per queue and task name, in one snapshot."""
+        params = {"queue": queue, "window": window}
+        async with self._read_snapshot() as read:
+            now = (await read("now", {}))[0]["now"]
+            return now, await read("queue_live", params), await read("queue_ended", params)
+
+    async def retry_task(
+        self, task_id: UUID, run_id: UUID, max_attempts: int | None, from_scratch: bool
+    ) -> Row:
+        """retry_task's one row (see the function): what it did, or why it refused."""
+        row = await self._one(
+            "retry_task",
+            {
+                "task_id": task_id,
+                "run_id": run_id,
+                "max_attempts": max_attempts,
+                "from_scratch": from_scratch,
+            },
+        )
+        assert row is not None
+        return row
+
+    @asynccontextmanager
+    async def _read_snapshot(self) -> AsyncIterator[Reader]:
+        """A reader of named statements inside one read-only repeatable-read transaction.
+        The statements run unprepared: each is planned with its own values, so the
+        optional filters written "(x IS NULL OR ...)" fold away and the indexes of the
+        filters given are used."""
+
+        async def read(name: str, params: dict[str, Any]) -> list[Row]:
+            async with conn.cursor(row_factory=psycopg.rows.dict_row) as cur:
+                await cur.execute(self._q[name], params, prepare=False)
+                rows: list[Row] = await cur.fetchall()
+                return rows
+
+        try:
+            async with self.pool.acquire() as conn, _lost_connection(conn), conn.transaction():
+                await conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+                yield read
+        except _SCHEMA_ERRORS as ex:
+            if await self.is_current():
+                raise
+            raise ConfigurationError(
+                f"durable_trio schema {self.schema!r} is missing or older than this library "
+                f"({ex.diag.message_primary}): {_MIGRATE_HINT}"
+            ) from None
 
     async def now(self) -> datetime:
         value: datetime = await self._value("now", {})

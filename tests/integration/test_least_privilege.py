@@ -111,6 +111,11 @@ async def test_least_privilege_role_runs_tasks(
             joined = await app.spawn(ship, Order("bag", 2), connection=conn)
             await conn.commit()
         assert (await app.get_task(joined.task_id)).state is dt.TaskState.PENDING
+        # Inspection and control.
+        assert len((await app.list_tasks(limit=10)).items) == 3
+        assert [s.checkpoint for s in await app.steps(spawned.task_id)] != []
+        assert (await app.queue_stats()).cancelled == 1
+        assert (await app.retry(late.task_id)).attempt == 2
 
     # What the admin sees agrees.
     info = await client.get_task(spawned.task_id)

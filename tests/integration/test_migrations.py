@@ -40,12 +40,17 @@ EXPECTED_INDEXES = {
     ("migrations", "migrations_pkey"),
     ("runs", "runs_claim"),
     ("runs", "runs_due"),
+    ("runs", "runs_ended_at"),
+    ("runs", "runs_ended_task"),
     ("runs", "runs_leased"),
     ("runs", "runs_pkey"),
     ("runs", "runs_task_id_attempt_key"),
+    ("tasks", "tasks_created"),
     ("tasks", "tasks_idempotency"),
+    ("tasks", "tasks_name_list"),
     ("tasks", "tasks_parent"),
     ("tasks", "tasks_pkey"),
+    ("tasks", "tasks_queue_list"),
     ("waits", "waits_event"),
     ("waits", "waits_pkey"),
     ("workers", "workers_pkey"),
@@ -55,7 +60,15 @@ EXPECTED_INDEXES = {
 EXPECTED_FUNCTIONS = {name for name, _, _ in functions()}
 
 # Indexes that must stay partial (finished rows out of the claim path).
-PARTIAL_INDEXES = {"runs_claim", "runs_due", "runs_leased", "tasks_idempotency", "tasks_parent"}
+PARTIAL_INDEXES = {
+    "runs_claim",
+    "runs_due",
+    "runs_ended_at",
+    "runs_ended_task",
+    "runs_leased",
+    "tasks_idempotency",
+    "tasks_parent",
+}
 
 
 def _catalog(url: str, schema: str) -> dict[str, Any]:
