@@ -24,12 +24,14 @@ from ._errors import InvalidInput as InvalidInput
 from ._errors import LeaseLost as LeaseLost
 from ._errors import NonRetryable as NonRetryable
 from ._errors import ReplayMismatch as ReplayMismatch
+from ._errors import ScheduleNotFound as ScheduleNotFound
 from ._errors import SerializationError as SerializationError
 from ._errors import TaskCancelled as TaskCancelled
 from ._errors import TaskFailed as TaskFailed
 from ._errors import TaskNotFound as TaskNotFound
 from ._errors import UnknownTask as UnknownTask
 from ._errors import WaitTimeout as WaitTimeout
+from ._schedules import ScheduleInfo as ScheduleInfo
 from ._task import Task as Task
 from ._task import TaskDefinition as TaskDefinition
 from ._task import task as task

@@ -19,6 +19,7 @@ __all__ = [
     "LeaseLost",
     "NonRetryable",
     "ReplayMismatch",
+    "ScheduleNotFound",
     "SerializationError",
     "TaskCancelled",
     "TaskFailed",
@@ -76,6 +77,15 @@ class TaskNotFound(DurableError):
     def __init__(self, task_id: UUID) -> None:
         super().__init__(f"no task with id {task_id}")
         self.task_id = task_id
+
+
+class ScheduleNotFound(DurableError):
+    """No schedule with this id exists in this client's schema; `Durable.schedules`
+    lists those that do."""
+
+    def __init__(self, schedule_id: str) -> None:
+        super().__init__(f"no schedule with id {schedule_id!r}")
+        self.schedule_id = schedule_id
 
 
 class TaskFailed(DurableError):

@@ -22,10 +22,11 @@ import trio
 from ._client import Durable
 from ._core.durations import Duration, to_seconds
 from ._core.options import WorkerOptions
+from ._schedules import fire_due_schedules
 from ._worker import Worker
 from ._worker import reap_expired as _reap
 
-__all__ = ["advance_clock", "database_now", "reap_expired", "run_until_idle"]
+__all__ = ["advance_clock", "database_now", "fire_schedules", "reap_expired", "run_until_idle"]
 
 
 async def advance_clock(client: Durable, by: Duration) -> timedelta:
@@ -42,6 +43,12 @@ async def reap_expired(client: Durable, worker: Worker | None = None) -> int:
     """Fail runs whose lease has expired now (what every worker's claim loop does
     periodically); return how many. `worker` is accepted for compatibility and unused."""
     return await _reap(client.store, [client.queue])
+
+
+async def fire_schedules(client: Durable) -> int:
+    """Spawn the due slots of every schedule now (what each worker's periodic pass does);
+    return how many tasks were created. Advance the clock past a slot first."""
+    return await fire_due_schedules(client.store)
 
 
 async def run_until_idle(
