@@ -97,7 +97,9 @@ async def put_schedule(
     row = prepare_spawn(task, params, options)
     for field, why in _REFUSED.items():
         if row[field] is not None:
-            raise InvalidInput(f"a schedule's options cannot set {field}: {why}")
+            raise InvalidInput(
+                f"a schedule's options (given, or the task's defaults) cannot set {field}: {why}"
+            )
     first = rule.next_after(await store.now())
     await store.put_schedule(
         {
