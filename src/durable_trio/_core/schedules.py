@@ -133,7 +133,7 @@ class Cron:
         return self._forwards(found[0], moment, 1)[-1] if found else None
 
     def slots_between(self, first: datetime, last: datetime, limit: int) -> list[datetime]:
-        """The newest `limit` slots from `first` (itself a slot) to `last` (both
+        """The newest `limit` slots from `first` (counted as a slot) to `last` (both
         included), oldest first."""
         # Every slot from `first` on is wanted, unless there are far more than `limit`.
         found = self._backwards(last, first, limit + _FOLD_SLOTS)
@@ -186,6 +186,7 @@ def plan_firing(cron: Cron, *, due_at: datetime, now: datetime, missed: MissedPo
 
     The schedule then waits for the first slot after `now`.
     """
+    due_at = due_at.astimezone(UTC)
     following = cron.next_after(now)
     if due_at > now:
         return Firing((), due_at)
@@ -198,10 +199,7 @@ def plan_firing(cron: Cron, *, due_at: datetime, now: datetime, missed: MissedPo
     elif missed == "latest":
         slots = (latest,)
     else:
-        found = cron.slots_between(due_at, now, MAX_CATCH_UP)
-        if due_at not in found and len(found) < MAX_CATCH_UP:
-            found.insert(0, due_at.astimezone(UTC))
-        slots = tuple(found) or (latest,)
+        slots = tuple(cron.slots_between(due_at, now, MAX_CATCH_UP))
     return Firing(slots, following)
 
 

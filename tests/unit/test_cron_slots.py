@@ -212,3 +212,20 @@ def test_not_yet_due_fires_nothing() -> None:
 def test_slot_key_is_the_utc_instant() -> None:
     paris = at("2030-06-01 07:00").astimezone(Cron.parse("@daily", "Europe/Paris").zone)
     assert slot_key("report", paris) == "schedule:report:2030-06-01T07:00:00+00:00"
+
+
+def test_a_due_time_off_the_rule_still_counts() -> None:
+    # The stored next slot was computed under other rules (say another tz database).
+    due, now = at("2030-01-01 10:30"), at("2030-01-01 12:10")
+    every = plan_firing(HOURLY, due_at=due, now=now, missed="all")
+    assert every.slots == (due, at("2030-01-01 11:00"), at("2030-01-01 12:00"))
+    alone = plan_firing(HOURLY, due_at=due, now=at("2030-01-01 10:40"), missed="latest")
+    assert alone.slots == (due,)
+
+
+def test_slots_are_in_utc_whatever_zone_the_due_time_is_in() -> None:
+    paris = Cron.parse("@hourly", "Europe/Paris").zone
+    due = at("2030-01-01 10:00").astimezone(paris)
+    firing = plan_firing(HOURLY, due_at=due, now=at("2030-01-01 10:00:02"), missed="latest")
+    assert firing.slots == (at("2030-01-01 10:00"),)
+    assert firing.slots[0].tzinfo is UTC
