@@ -40,8 +40,9 @@ async def database_now(client: Durable) -> Any:
 
 
 async def reap_expired(client: Durable, worker: Worker | None = None) -> int:
-    """Fail runs whose lease has expired now (what every worker's claim loop does
-    periodically); return how many. `worker` is accepted for compatibility and unused."""
+    """Fail runs whose lease has expired now, enforce cancellation deadlines and spawn
+    due schedule slots (what every worker's claim loop does periodically); return how
+    many runs were reaped. `worker` is accepted for compatibility and unused."""
     return await _reap(client.store, [client.queue])
 
 
