@@ -311,3 +311,69 @@ GROUP BY r.queue, r.task_name
 -- name: retry_task
 SELECT * FROM @schema.retry_task(%(task_id)s, %(run_id)s, %(max_attempts)s,
     %(from_scratch)s)
+-- ---------------------------------------------------------------------------------------
+-- Schedules (sql/migrations/0005_schedules.sql, sql/functions/fire_schedule.sql).
+
+-- name: put_schedule
+-- Create or replace a schedule. Its first slot (next_fire_at, the caller's first slot
+-- after now) applies to a new schedule, and to one whose cron or timezone changed;
+-- otherwise the slot it was waiting for stays, so re-declaring a schedule at each deploy neither skips nor repeats
+-- a slot. Paused stays paused. Returns whether the row is new.
+INSERT INTO @schema.schedules AS s (schedule_id, queue, task_name, params, headers, retry,
+    max_attempts, priority, max_pending_delay, max_duration, cron, timezone, missed,
+    next_fire_at, created_at, updated_at)
+VALUES (%(schedule_id)s, %(queue)s, %(task_name)s, %(params)s::jsonb, %(headers)s::jsonb,
+    %(retry)s::jsonb, %(max_attempts)s, %(priority)s, %(max_pending_delay)s::interval,
+    %(max_duration)s::interval, %(cron)s, %(timezone)s, %(missed)s,
+    %(next_fire_at)s::timestamptz, @schema.clock_now(), @schema.clock_now())
+ON CONFLICT (schedule_id) DO UPDATE SET queue = EXCLUDED.queue,
+    task_name = EXCLUDED.task_name, params = EXCLUDED.params, headers = EXCLUDED.headers,
+    retry = EXCLUDED.retry, max_attempts = EXCLUDED.max_attempts,
+    priority = EXCLUDED.priority, max_pending_delay = EXCLUDED.max_pending_delay,
+    max_duration = EXCLUDED.max_duration, cron = EXCLUDED.cron,
+    timezone = EXCLUDED.timezone, missed = EXCLUDED.missed,
+    next_fire_at = CASE WHEN s.cron = EXCLUDED.cron AND s.timezone = EXCLUDED.timezone
+        THEN s.next_fire_at ELSE EXCLUDED.next_fire_at END,
+    updated_at = EXCLUDED.updated_at
+RETURNING (xmax = 0) AS created
+
+-- name: delete_schedule
+DELETE FROM @schema.schedules WHERE schedule_id = %(schedule_id)s RETURNING schedule_id
+
+-- name: list_schedules
+SELECT schedule_id, queue, task_name, params, headers, cron, timezone, missed, paused,
+    next_fire_at, last_fired_at, last_task_id, created_at, updated_at
+FROM @schema.schedules ORDER BY schedule_id
+
+-- name: get_schedule
+SELECT schedule_id, queue, task_name, params, headers, cron, timezone, missed, paused,
+    next_fire_at, last_fired_at, last_task_id, created_at, updated_at
+FROM @schema.schedules WHERE schedule_id = %(schedule_id)s
+
+-- name: pause_schedule
+-- Whether it was running (a paused schedule is left as it is).
+UPDATE @schema.schedules SET paused = true, updated_at = @schema.clock_now()
+WHERE schedule_id = %(schedule_id)s AND NOT paused RETURNING schedule_id
+
+-- name: resume_schedule
+-- Resume from the first slot after now (next_fire_at), computed by the caller for this
+-- cron and timezone: nothing is written if the schedule changed meanwhile (the caller reads again).
+UPDATE @schema.schedules SET paused = false, next_fire_at = %(next_fire_at)s::timestamptz,
+    updated_at = @schema.clock_now()
+WHERE schedule_id = %(schedule_id)s AND paused AND cron = %(cron)s
+  AND timezone = %(timezone)s
+RETURNING schedule_id
+
+-- name: due_schedules
+-- The schedules a worker's pass fires now, with the database's time.
+SELECT schedule_id, cron, timezone, missed, next_fire_at, @schema.clock_now() AS now
+FROM @schema.schedules
+WHERE NOT paused AND next_fire_at <= @schema.clock_now()
+ORDER BY next_fire_at
+LIMIT %(limit)s
+
+-- name: fire_schedule
+-- See the function: how many tasks were created, NULL if another worker fired it first.
+SELECT @schema.fire_schedule(%(schedule_id)s, %(due)s::timestamptz, %(keys)s::text[],
+    %(slots)s::text[], %(tasks)s::uuid[], %(runs)s::uuid[],
+    %(next_fire_at)s::timestamptz) AS created

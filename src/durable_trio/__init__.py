@@ -29,6 +29,7 @@ from ._errors import NeverIdle as NeverIdle
 from ._errors import NonRetryable as NonRetryable
 from ._errors import ReplayMismatch as ReplayMismatch
 from ._errors import RetryRefused as RetryRefused
+from ._errors import ScheduleNotFound as ScheduleNotFound
 from ._errors import SerializationError as SerializationError
 from ._errors import TaskCancelled as TaskCancelled
 from ._errors import TaskFailed as TaskFailed
@@ -52,6 +53,7 @@ from ._inspect import WaitingForChild as WaitingForChild
 from ._inspect import WaitingForEvent as WaitingForEvent
 from ._inspect import WaitingForTime as WaitingForTime
 from ._retention import CleanupResult as CleanupResult
+from ._schedules import ScheduleInfo as ScheduleInfo
 from ._task import Task as Task
 from ._task import TaskDefinition as TaskDefinition
 from ._task import task as task

@@ -14,12 +14,13 @@ import attrs
 import psycopg
 import trio
 
-from . import _serde
+from . import _schedules, _serde
 from ._core import inspection
 from ._core.durations import Duration, to_seconds
 from ._core.ids import uuid7
 from ._core.names import validate_name, validate_queue, validate_schema
 from ._core.options import SpawnOptions, WorkerOptions
+from ._core.schedules import MissedPolicy
 from ._core.states import TaskState
 from ._db import CONNECTION_LOST, Pool, TrioConnection, connect, redact_url
 from ._errors import (
@@ -50,6 +51,7 @@ from ._inspect import step_info as _step_info
 from ._inspect import summary as _summary
 from ._inspect import waiting_for as _waiting_for
 from ._retention import CleanupResult, check_batch, cutoff
+from ._schedules import ScheduleInfo
 from ._store import Store, interval
 from ._task import Task, TaskDefinition, as_definition
 from ._worker import Worker
@@ -547,6 +549,69 @@ class Durable:
             total += removed
             if not removed.full(batch):
                 return total
+
+    # -- schedules --------------------------------------------------------------------
+
+    async def schedule(
+        self,
+        schedule_id: str,
+        task: TaskDefinition[Any, Any] | type[Task[Any, Any]] | str,
+        params: Any,
+        *,
+        cron: str,
+        timezone: str = "UTC",
+        options: SpawnOptions | None = None,
+        missed: MissedPolicy = "latest",
+    ) -> ScheduleInfo:
+        """Create or replace the schedule `schedule_id`: spawn `task` with `params` at
+        every slot of `cron` (five fields, or @hourly, @daily...) read in `timezone` (an
+        IANA name). Workers of this schema spawn each slot's task exactly once, on the
+        queue of `options` (or this client's), whichever of them finds it due first.
+
+        `missed` says what happens to slots that passed while no worker ran: "skip"
+        (spawn none; a slot found at most a minute late still runs), "latest" (spawn the
+        latest one) or "all" (spawn each, at most the newest 100). `task` is a task
+        definition, or a name with plain-JSON params (as `spawn_by_name`). Replacing a
+        schedule keeps its next slot unless the cron or timezone changed, and keeps it
+        paused if it was. Bad input raises `InvalidInput` and writes nothing.
+        """
+        return await _schedules.put_schedule(
+            self._store,
+            self._prepare_spawn,
+            schedule_id,
+            task,
+            params,
+            cron=cron,
+            timezone=timezone,
+            options=options,
+            missed=missed,
+        )
+
+    async def unschedule(self, schedule_id: str) -> bool:
+        """Delete a schedule; False if there was none. Tasks it spawned are not touched."""
+        return await _schedules.delete_schedule(self._store, schedule_id)
+
+    async def schedules(self) -> list[ScheduleInfo]:
+        """Every schedule of this schema (all queues), by id."""
+        return await _schedules.list_schedules(self._store)
+
+    async def get_schedule(self, schedule_id: str) -> ScheduleInfo:
+        """One schedule; `ScheduleNotFound` if there is none."""
+        return await _schedules.get_schedule(self._store, schedule_id)
+
+    async def pause_schedule(self, schedule_id: str) -> bool:
+        """Stop spawning for this schedule until `resume_schedule`; False if it was paused
+        already. `ScheduleNotFound` if there is none."""
+        return await _schedules.pause_schedule(self._store, schedule_id)
+
+    async def resume_schedule(self, schedule_id: str) -> bool:
+        """Spawn again from the first slot after now (slots that passed while paused are
+        not spawned); False if it was not paused. `ScheduleNotFound` if there is none."""
+        return await _schedules.resume_schedule(self._store, schedule_id)
+
+    # The short names read well beside schedule()/unschedule(); both spellings are kept.
+    pause = pause_schedule
+    resume = resume_schedule
 
     # -- workers ----------------------------------------------------------------------
 

@@ -21,6 +21,7 @@ __all__ = [
     "NonRetryable",
     "ReplayMismatch",
     "RetryRefused",
+    "ScheduleNotFound",
     "SerializationError",
     "TaskCancelled",
     "TaskFailed",
@@ -91,6 +92,15 @@ class RetryRefused(DurableError):
         super().__init__(message)
         self.task_id = task_id
         self.state = state
+
+
+class ScheduleNotFound(DurableError):
+    """No schedule with this id exists in this client's schema; `Durable.schedules`
+    lists those that do."""
+
+    def __init__(self, schedule_id: str) -> None:
+        super().__init__(f"no schedule with id {schedule_id!r}")
+        self.schedule_id = schedule_id
 
 
 class TaskFailed(DurableError):

@@ -463,6 +463,67 @@ class Store:
         value: timedelta = await self._value("advance_clock", {"by": interval(seconds)})
         return value
 
+    # -- schedules --------------------------------------------------------------------
+
+    async def put_schedule(self, row: dict[str, Any]) -> bool:
+        """Create or replace a schedule (see the query); whether it is new."""
+        return bool(await self._value("put_schedule", row))
+
+    async def delete_schedule(self, schedule_id: str) -> bool:
+        return await self._one("delete_schedule", {"schedule_id": schedule_id}) is not None
+
+    async def list_schedules(self) -> list[Row]:
+        return await self._all("list_schedules", {})
+
+    async def get_schedule(self, schedule_id: str) -> Row | None:
+        return await self._one("get_schedule", {"schedule_id": schedule_id})
+
+    async def pause_schedule(self, schedule_id: str) -> bool:
+        """Whether this call paused it (False: paused already, or no such schedule)."""
+        return await self._one("pause_schedule", {"schedule_id": schedule_id}) is not None
+
+    async def resume_schedule(
+        self, schedule_id: str, cron: str, timezone: str, next_fire_at: datetime
+    ) -> bool:
+        """Whether this call resumed it: False if it is not paused, or its cron or timezone
+        are no longer `cron` and `timezone`."""
+        params = {
+            "schedule_id": schedule_id,
+            "cron": cron,
+            "timezone": timezone,
+            "next_fire_at": next_fire_at,
+        }
+        return await self._one("resume_schedule", params) is not None
+
+    async def due_schedules(self, limit: int) -> list[Row]:
+        """Schedules due now (not paused), each with the database's `now`."""
+        return await self._all("due_schedules", {"limit": limit})
+
+    async def fire_schedule(
+        self,
+        schedule_id: str,
+        due: datetime,
+        slots: Sequence[tuple[str, str, UUID, UUID]],
+        next_fire_at: datetime,
+    ) -> int | None:
+        """Spawn `slots` (idempotency key, slot as ISO text, task id, run id) of a
+        schedule due at `due` and move it to `next_fire_at`, in one transaction; how many
+        tasks were created, or None if the schedule was not due at `due` any more (fired by another
+        worker, changed, paused or deleted): then nothing was written."""
+        created: int | None = await self._value(
+            "fire_schedule",
+            {
+                "schedule_id": schedule_id,
+                "due": due,
+                "keys": _array_literal(slot[0] for slot in slots),
+                "slots": _array_literal(slot[1] for slot in slots),
+                "tasks": [slot[2] for slot in slots],
+                "runs": [slot[3] for slot in slots],
+                "next_fire_at": next_fire_at,
+            },
+        )
+        return created
+
 
 @asynccontextmanager
 async def _lost_connection(conn: TrioConnection) -> AsyncIterator[None]:

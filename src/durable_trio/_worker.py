@@ -45,6 +45,7 @@ from ._errors import (
     NonRetryable,
     ReplayMismatch,
 )
+from ._schedules import schedule_pass
 from ._store import ClaimArgs, Store
 from ._task import TaskDefinition
 from ._writer import TRANSIENT, Write, Writer
@@ -801,10 +802,12 @@ async def _enforce_deadlines(store: Store, limit: int) -> None:
 
 async def reap_expired(store: Store, queues: Sequence[str], limit: int = 100) -> int:
     """Fail runs whose worker vanished (lease expired), scheduling their next attempt as
-    the task's retry strategy says, and cancel tasks past a CancellationPolicy deadline
-    that no claim or heartbeat would notice (in any queue). Returns how many runs were
+    the task's retry strategy says, cancel tasks past a CancellationPolicy deadline
+    that no claim or heartbeat would notice (in any queue), and spawn the due slots of
+    cron schedules (any queue). Returns how many runs were
     reaped (deadlines not counted)."""
     await _enforce_deadlines(store, limit)
+    await schedule_pass(store)
     reaped = 0
     for row in await store.expired_runs(queues, limit):
         decision = decide_failure(
