@@ -69,7 +69,7 @@ def cli_errors() -> Iterator[Outcome]:
     except (dt.DatabaseUnavailable, dt.ConfigurationError) as ex:
         _say(f"{type(ex).__name__}: {ex}")
         outcome.code = UNAVAILABLE
-    except dt.TaskNotFound as ex:
+    except (dt.TaskNotFound, dt.ScheduleNotFound, dt.RetryRefused) as ex:
         _say(str(ex))
         outcome.code = NOTHING
     except dt.DurableError as ex:
