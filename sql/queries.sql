@@ -128,7 +128,10 @@ WHERE task_id = ANY (%(task_ids)s::uuid[])
 SELECT @schema.clock_now() AS now
 
 -- name: advance_clock
-UPDATE @schema.clock SET offset_by = offset_by + %(by)s::interval RETURNING offset_by
+-- No row when the offset would pass %(max)s (MAX_DURATION): the clock stays in range.
+UPDATE @schema.clock SET offset_by = offset_by + %(by)s::interval
+WHERE offset_by + %(by)s::interval <= %(max)s::interval
+RETURNING offset_by
 
 -- name: claimable_count
 SELECT count(*) AS n FROM @schema.runs

@@ -139,9 +139,11 @@ class Durable:
     # -- registry ---------------------------------------------------------------------
 
     def register(self, *tasks: TaskDefinition[Any, Any] | type[Task[Any, Any]]) -> None:
-        """Make tasks runnable by this client's workers. Names must be unique."""
+        """Make tasks runnable by this client's workers. Names must be unique and valid
+        (`InvalidInput` otherwise, as for `spawn_by_name`)."""
         for obj in tasks:
             definition = as_definition(obj)
+            validate_name(definition.name, what="task name")  # even if set around attrs
             existing = self._registry.get(definition.name)
             if existing is not None and existing.fn is not definition.fn:
                 raise ConfigurationError(f"a task named {definition.name!r} is already registered")
@@ -340,7 +342,8 @@ class Durable:
                         "pass its own task (or None for its plain JSON result)"
                     )
                 if info.state is TaskState.COMPLETED:
-                    return _serde.structure(info.result, output_type)
+                    with _about(f"result of task {info.task_name!r} {task_id}"):
+                        return _serde.structure(info.result, output_type)
                 if info.state is TaskState.FAILED:
                     raise TaskFailed(task_id, info.error)
                 if info.state is TaskState.CANCELLED:
@@ -365,7 +368,7 @@ class Durable:
         With `connection`, the emit joins the caller's open transaction."""
         event = _checked(validate_name, name, what="event name")
         target = _checked(validate_queue, self.queue if queue is None else queue)
-        with _about("event payload"):
+        with _about(f"payload of event {event!r}"):
             text = _serde.dumps(_serde.unstructure(payload))
         return await self._store.emit_event(target, event, text, _caller_connection(connection))
 
