@@ -57,7 +57,15 @@ class SpawnResult:
 class TaskInfo:
     """A snapshot of one task. ``result`` and ``error`` are stored JSON; use
     `Durable.wait_result` for a typed result. ``error`` is the latest failed attempt's
-    error: a task that succeeded on a retry keeps it (with ``state`` COMPLETED)."""
+    error: a task that succeeded on a retry keeps it (with ``state`` COMPLETED).
+
+    ``attempts`` is the number of the task's latest attempt: 1 from the spawn on, one more
+    each time a failed attempt (an error, or a lease that expired) is followed by a retry,
+    counted when the retry is scheduled, before it starts. A run handed back by a worker
+    shutting down, or resumed after a sleep or a wait, is the same attempt.
+    ``next_attempt_at`` is when that scheduled retry is due while it waits (state
+    PENDING, attempts > 1, not yet claimed); None otherwise.
+    """
 
     task_id: UUID
     queue: str
@@ -77,6 +85,7 @@ class TaskInfo:
     created_at: datetime
     first_started_at: datetime | None
     finished_at: datetime | None
+    next_attempt_at: datetime | None = None
 
     @property
     def terminal(self) -> bool:
