@@ -6,13 +6,9 @@ It speaks in plain rows and JSON text; what to do with them is decided elsewhere
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from datetime import datetime, timedelta
-from functools import cache
-from importlib import resources
-from pathlib import Path
 from typing import Any
 from uuid import UUID
 
@@ -25,46 +21,20 @@ from ._core.durations import MAX_DURATION
 from ._core.names import validate_schema
 from ._db import CONNECTION_ERRORS, Pool, TrioConnection
 from ._errors import ConfigurationError, DatabaseUnavailable, InvalidInput, LeaseLost
+from ._schema import (
+    function_digests,
+    functions,
+    latest_version,
+    migrations,
+    query_texts,
+    render,
+    sql_dir,
+)
 
 __all__ = ["ClaimArgs", "Store", "migrations", "sql_dir"]
 
 Row = dict[str, Any]
-_NAME = re.compile(r"^-- name: (\w+)\s*$", re.MULTILINE)
-_MIGRATION = re.compile(r"^(\d{4})_(\w+)\.sql$")
 MIGRATE_LOCK = 0x6475726162_6C65  # "durable" in hex, for pg_advisory_xact_lock
-
-
-def sql_dir() -> Path:
-    """sql/ inside an installed wheel, or at the top of a source checkout."""
-    packaged = Path(str(resources.files("durable_trio"))) / "sql"
-    if packaged.is_dir():
-        return packaged
-    return Path(__file__).resolve().parents[2] / "sql"
-
-
-@cache
-def migrations() -> tuple[tuple[int, str, str], ...]:
-    """(version, name, text) for every file in sql/migrations, in order."""
-    found = []
-    for path in sorted((sql_dir() / "migrations").iterdir()):
-        match = _MIGRATION.match(path.name)
-        if match:
-            found.append((int(match[1]), match[2], path.read_text()))
-    return tuple(found)
-
-
-@cache
-def _query_texts() -> dict[str, str]:
-    text = (sql_dir() / "queries.sql").read_text()
-    parts = _NAME.split(text)
-    return {parts[i]: parts[i + 1].strip() for i in range(1, len(parts), 2)}
-
-
-def render(text: str, schema: str) -> str:
-    """Put the schema into a SQL text: quoted as an identifier, or as a string literal."""
-    ident = sql.Identifier(schema).as_string(None)
-    literal = sql.Literal(schema).as_string(None)
-    return text.replace("@schema_literal", literal).replace("@schema", ident)
 
 
 def interval(seconds: float | None) -> timedelta | None:
@@ -97,7 +67,7 @@ class Store:
     def __init__(self, pool: Pool, schema: str) -> None:
         self.pool = pool
         self.schema = validate_schema(schema)
-        self._q = {name: render(text, schema) for name, text in _query_texts().items()}
+        self._q = {name: render(text, schema) for name, text in query_texts().items()}
 
     # -- plumbing ---------------------------------------------------------------------
 
@@ -116,7 +86,7 @@ class Store:
             async with self.pool.acquire() as pooled, _lost_connection(pooled):
                 return await _fetch(pooled, self._q[name], params, many)
         except _SCHEMA_ERRORS as ex:
-            if _is_current(await self.schema_version()):
+            if await self.is_current():
                 raise  # the schema is complete: some other mistake, reported as it is
             raise ConfigurationError(
                 f"durable_trio schema {self.schema!r} is missing or older than this library "
@@ -153,6 +123,15 @@ class Store:
                     " name text NOT NULL, applied_at timestamptz NOT NULL DEFAULT now())"
                 ).format(schema)
             )
+            await conn.execute(
+                sql.SQL(
+                    "CREATE TABLE IF NOT EXISTS {}.functions (name text PRIMARY KEY,"
+                    " digest text NOT NULL, installed_at timestamptz NOT NULL DEFAULT now())"
+                ).format(schema)
+            )
+            # Functions first: a migration's trigger may name one. Function bodies resolve
+            # tables when called, so a function may use tables a later migration creates.
+            await self._install_functions(conn, schema)
             cur = await conn.execute(sql.SQL("SELECT version FROM {}.migrations").format(schema))
             done = {row["version"] for row in await cur.fetchall()}
             for version, name, text in migrations():
@@ -168,6 +147,58 @@ class Store:
                 applied.append(version)
         return applied
 
+    async def _install_functions(self, conn: TrioConnection, schema: sql.Identifier) -> None:
+        """(Re-)create each function whose file changed; drop those whose file is gone."""
+        cur = await conn.execute(sql.SQL("SELECT name, digest FROM {}.functions").format(schema))
+        stored = {row["name"]: row["digest"] for row in await cur.fetchall()}
+        for name, text, digest in functions():
+            if stored.get(name) == digest:
+                continue
+            await self._create_function(conn, name, render(text, self.schema))
+            await conn.execute(
+                sql.SQL(
+                    "INSERT INTO {}.functions (name, digest) VALUES (%s, %s) ON CONFLICT (name)"
+                    " DO UPDATE SET digest = EXCLUDED.digest, installed_at = now()"
+                ).format(schema),
+                (name, digest),
+            )
+        for name in stored.keys() - function_digests().keys():
+            await self._drop_function(conn, name)
+            await conn.execute(
+                sql.SQL("DELETE FROM {}.functions WHERE name = %s").format(schema), (name,)
+            )
+
+    async def _create_function(self, conn: TrioConnection, name: str, text: str) -> None:
+        """CREATE OR REPLACE keeps the function (and the triggers using it) in place; a
+        changed return type or parameter list cannot be replaced, so the old one goes."""
+        before = await self._function_oids(conn, name)
+        try:
+            async with conn.transaction():
+                await conn.execute(text.encode())
+        except psycopg.errors.InvalidFunctionDefinition:
+            await self._drop_function(conn, name)
+            await conn.execute(text.encode())
+            return
+        if (await self._function_oids(conn, name)) - before:  # a new parameter list
+            await self._drop_function(conn, name, only=before)
+
+    async def _function_oids(self, conn: TrioConnection, name: str) -> set[int]:
+        cur = await conn.execute(
+            "SELECT p.oid FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace"
+            " WHERE n.nspname = %s AND p.proname = %s",
+            (self.schema, name),
+        )
+        return {row["oid"] for row in await cur.fetchall()}
+
+    async def _drop_function(
+        self, conn: TrioConnection, name: str, *, only: set[int] | None = None
+    ) -> None:
+        for oid in only if only is not None else await self._function_oids(conn, name):
+            cur = await conn.execute("SELECT %s::oid::regprocedure::text AS sig", (oid,))
+            row = await cur.fetchone()
+            assert row is not None
+            await conn.execute(sql.SQL("DROP FUNCTION {}").format(sql.SQL(row["sig"])))
+
     async def schema_version(self) -> int | None:
         async with self.pool.acquire() as conn:
             try:
@@ -181,14 +212,40 @@ class Store:
             row = await cur.fetchone()
             return None if row is None else row["v"]
 
+    async def _stale_functions(self) -> list[str]:
+        """Functions whose installed definition is not this library's (or is missing)."""
+        async with self.pool.acquire() as conn:
+            try:
+                cur = await conn.execute(
+                    sql.SQL("SELECT name, digest FROM {}.functions").format(
+                        sql.Identifier(self.schema)
+                    )
+                )
+            except (psycopg.errors.UndefinedTable, psycopg.errors.InvalidSchemaName):
+                return sorted(function_digests())
+            stored = {row["name"]: row["digest"] for row in await cur.fetchall()}
+        return sorted(n for n, d in function_digests().items() if stored.get(n) != d)
+
+    async def is_current(self) -> bool:
+        """Whether the schema has every migration and function definition of this library."""
+        version = await self.schema_version()
+        return _is_current(version) and not await self._stale_functions()
+
     async def check_schema(self) -> None:
-        """ConfigurationError unless the schema has every migration this library has."""
+        """ConfigurationError unless the schema has every migration and function definition
+        this library has."""
         version = await self.schema_version()
         if not _is_current(version):
             found = "does not exist" if version is None else f"is at version {version}"
             raise ConfigurationError(
                 f"durable_trio schema {self.schema!r} {found}; this library needs version "
-                f"{_latest_version()}: {_MIGRATE_HINT}"
+                f"{latest_version()}: {_MIGRATE_HINT}"
+            )
+        stale = await self._stale_functions()
+        if stale:
+            raise ConfigurationError(
+                f"durable_trio schema {self.schema!r} has other definitions of "
+                f"{', '.join(stale)} than this library: {_MIGRATE_HINT}"
             )
 
     # -- spawning ---------------------------------------------------------------------
@@ -505,13 +562,9 @@ _SCHEMA_ERRORS = (
 )
 
 
-def _latest_version() -> int:
-    return migrations()[-1][0]
-
-
 def _is_current(version: int | None) -> bool:
     """A schema at this version has every migration this library has."""
-    return version is not None and version >= _latest_version()
+    return version is not None and version >= latest_version()
 
 
 async def _fetch(conn: Any, query: str, params: dict[str, Any], many: bool) -> Any:

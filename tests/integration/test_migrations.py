@@ -3,6 +3,7 @@ expect (any new table, index or function must be added to the lists below on pur
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -12,11 +13,12 @@ from psycopg import sql
 
 import durable_trio as dt
 from durable_trio._core.ids import uuid7
-from durable_trio._store import migrations
+from durable_trio._schema import functions, migrations, render, sql_dir
 from support import fetch
 
 EXPECTED_TABLES = {
     "checkpoints",
+    "functions",
     "clock",
     "deadlines",
     "events",
@@ -33,6 +35,7 @@ EXPECTED_INDEXES = {
     ("deadlines", "deadlines_due"),
     ("deadlines", "deadlines_pkey"),
     ("events", "events_pkey"),
+    ("functions", "functions_pkey"),
     ("migrations", "migrations_pkey"),
     ("runs", "runs_claim"),
     ("runs", "runs_due"),
@@ -46,28 +49,8 @@ EXPECTED_INDEXES = {
     ("waits", "waits_pkey"),
 }
 
-EXPECTED_FUNCTIONS = {
-    "announce_end",
-    "await_event",
-    "cancel_task",
-    "claim_runs",
-    "clock_now",
-    "deadline_void",
-    "emit_event",
-    "enforce_deadline",
-    "enforce_deadlines",
-    "fail_run",
-    "heartbeat",
-    "lock_owned_run",
-    "note_deadline",
-    "notify_queue",
-    "record_one",
-    "record_runs",
-    "release_run",
-    "spawn_task",
-    "spawn_tasks",
-    "suspend_run",
-}
+# sql/functions/ declares them: one file per function, and nothing else (no overloads).
+EXPECTED_FUNCTIONS = {name for name, _, _ in functions()}
 
 # Indexes that must stay partial (finished rows out of the claim path).
 PARTIAL_INDEXES = {"runs_claim", "runs_due", "runs_leased", "tasks_idempotency", "tasks_parent"}
@@ -250,3 +233,157 @@ async def test_a_schema_older_than_the_library_is_a_configuration_error(
     with pytest.raises(dt.ConfigurationError, match=f"version {latest - 1}.*version {latest}"):
         async with client.worker():
             pass  # pragma: no cover
+
+
+# -- function definitions: one file each, re-created when the file changes ------------------
+
+
+def _definitions(url: str, schema: str) -> dict[str, str]:
+    """pg_get_functiondef of every function in `schema`, with the schema name masked."""
+    with psycopg.connect(url, autocommit=True) as conn:
+        rows = conn.execute(
+            "SELECT p.proname, pg_get_functiondef(p.oid) FROM pg_proc p"
+            " JOIN pg_namespace n ON n.oid = p.pronamespace WHERE n.nspname = %s",
+            (schema,),
+        ).fetchall()
+    return {name: text.replace(schema, "<schema>") for name, text in rows}
+
+
+def _file_definitions(url: str) -> dict[str, str]:
+    """What each file in sql/functions defines, created alone in a scratch schema."""
+    scratch = f"defs_{uuid7().hex[:12]}"
+    try:
+        with psycopg.connect(url, autocommit=True) as conn:
+            conn.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(scratch)))
+            for _, text, _ in functions():
+                conn.execute(render(text, scratch).encode())
+        return _definitions(url, scratch)
+    finally:
+        _drop_schema(url, scratch)
+
+
+async def test_the_database_functions_are_the_files(client: dt.Durable, pg_url: str) -> None:
+    installed = await trio.to_thread.run_sync(_definitions, pg_url, client.schema)
+    expected = await trio.to_thread.run_sync(_file_definitions, pg_url)
+    assert sorted(installed) == sorted(expected)
+    for name, definition in expected.items():
+        assert installed[name] == definition, name
+
+
+def test_every_function_file_defines_its_own_name_only() -> None:
+    files = sorted(p.stem for p in (sql_dir() / "functions").glob("*.sql"))
+    assert files == sorted(EXPECTED_FUNCTIONS)
+    # Migrations hold tables, indexes, triggers and data; a function lives in its file.
+    for version, name, text in migrations():
+        assert "CREATE FUNCTION" not in text.upper().replace("OR REPLACE ", ""), (version, name)
+
+
+async def test_a_function_changed_in_the_database_is_put_back_by_migrate(
+    client: dt.Durable, pg_url: str
+) -> None:
+    await fetch(
+        client,
+        "CREATE OR REPLACE FUNCTION @s.notify_queue(p_queue text) RETURNS void"
+        " LANGUAGE sql AS $$ SELECT NULL::void $$",
+    )
+    # An unchanged file is not re-applied: the digest is what migrate compares.
+    await client.migrate()
+    changed = await trio.to_thread.run_sync(_definitions, pg_url, client.schema)
+    assert "SELECT NULL::void" in changed["notify_queue"]
+    # A file whose text differs from the installed digest is re-created.
+    await fetch(client, "UPDATE @s.functions SET digest = 'old' WHERE name = 'notify_queue'")
+    with pytest.raises(dt.ConfigurationError, match=r"other definitions of notify_queue"):
+        await client.store.check_schema()
+    assert await client.migrate() == []
+    await client.store.check_schema()
+    expected = await trio.to_thread.run_sync(_file_definitions, pg_url)
+    again = await trio.to_thread.run_sync(_definitions, pg_url, client.schema)
+    assert again["notify_queue"] == expected["notify_queue"]
+
+
+async def test_a_new_parameter_list_or_return_type_replaces_the_old_function(
+    client: dt.Durable, pg_url: str
+) -> None:
+    await fetch(client, "DROP FUNCTION @s.notify_queue(text)")
+    # An older definition with other parameters, and one with another return type.
+    await fetch(
+        client,
+        "CREATE FUNCTION @s.notify_queue(p_queue text, p_extra int) RETURNS void"
+        " LANGUAGE sql AS $$ SELECT NULL::void $$",
+    )
+    await fetch(client, "DROP FUNCTION @s.event_lock_key(text, text)")
+    await fetch(
+        client,
+        "CREATE FUNCTION @s.event_lock_key(p_queue text, p_event text) RETURNS integer"
+        " LANGUAGE sql AS $$ SELECT 1 $$",
+    )
+    await fetch(client, "UPDATE @s.functions SET digest = 'old'")
+    await client.migrate()
+    found = await trio.to_thread.run_sync(_catalog, pg_url, client.schema)
+    assert sorted(found["functions"]) == sorted(EXPECTED_FUNCTIONS)
+    installed = await trio.to_thread.run_sync(_definitions, pg_url, client.schema)
+    expected = await trio.to_thread.run_sync(_file_definitions, pg_url)
+    assert installed == expected
+
+
+async def test_a_function_whose_file_is_gone_is_dropped(client: dt.Durable, pg_url: str) -> None:
+    await fetch(
+        client,
+        "CREATE FUNCTION @s.retired() RETURNS integer LANGUAGE sql AS $$ SELECT 1 $$",
+    )
+    await fetch(client, "INSERT INTO @s.functions (name, digest) VALUES ('retired', 'x')")
+    await client.migrate()
+    found = await trio.to_thread.run_sync(_catalog, pg_url, client.schema)
+    assert "retired" not in found["functions"]
+    rows = await fetch(client, "SELECT name FROM @s.functions WHERE name = 'retired'")
+    assert rows == []
+
+
+def _build_version_3(url: str, schema: str) -> None:
+    """A schema as durable_trio 0.1.0 at schema version 3 left it (functions inside the
+    migrations, no functions table), with a task pending in it."""
+    fixtures = Path(__file__).resolve().parents[1] / "fixtures" / "schema_v3"
+    with psycopg.connect(url, autocommit=True) as conn, conn.transaction():
+        conn.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(schema)))
+        conn.execute(
+            sql.SQL(
+                "CREATE TABLE {}.migrations (version integer PRIMARY KEY,"
+                " name text NOT NULL, applied_at timestamptz NOT NULL DEFAULT now())"
+            ).format(sql.Identifier(schema))
+        )
+        for path in sorted(fixtures.glob("*.sql")):
+            conn.execute(render(path.read_text(), schema).encode())
+            version, name = path.stem.split("_", 1)
+            conn.execute(
+                sql.SQL("INSERT INTO {}.migrations VALUES (%s, %s)").format(sql.Identifier(schema)),
+                (int(version), name),
+            )
+        conn.execute(
+            sql.SQL(
+                "SELECT * FROM {}.spawn_task(%s, %s, 'default', 'upgrade', 'null', '{{}}',"
+                ' \'{{"kind": "none"}}\', 1, 0, NULL, NULL, NULL, NULL, NULL, NULL)'
+            ).format(sql.Identifier(schema)),
+            (uuid7(), uuid7()),
+        )
+
+
+async def test_a_version_3_schema_upgrades_and_keeps_its_work(pg_url: str, schema: str) -> None:
+    await trio.to_thread.run_sync(_build_version_3, pg_url, schema)
+
+    @dt.task("upgrade")
+    async def upgrade(ctx: dt.TaskContext, params: None) -> str:
+        return await ctx.step("s", lambda: "done")
+
+    async with dt.Durable.connect(pg_url, schema=schema, migrate=False) as client:
+        with pytest.raises(dt.ConfigurationError, match="other definitions of"):
+            await client.store.check_schema()
+        await client.migrate()
+        await client.store.check_schema()
+        installed = await trio.to_thread.run_sync(_definitions, pg_url, schema)
+        assert installed == await trio.to_thread.run_sync(_file_definitions, pg_url)
+        client.register(upgrade)
+        [old] = await fetch(client, "SELECT task_id FROM @s.tasks")
+        fresh = await client.spawn(upgrade, None)
+        async with client.worker():
+            for task_id in (old["task_id"], fresh.task_id):
+                assert await client.wait_result(upgrade, task_id, timeout=30) == "done"

@@ -160,12 +160,12 @@ def test_enum_values_are_the_stored_strings() -> None:
 
 # -- the SQL guards list the same states as the table -------------------------------------
 
-MIGRATIONS = Path(__file__).resolve().parents[2] / "sql" / "migrations"
+SQL = Path(__file__).resolve().parents[2] / "sql"
 
 
 def _sql() -> str:
-    files = sorted(MIGRATIONS.glob("*.sql"))
-    assert files, f"no migrations found in {MIGRATIONS}"
+    files = sorted(SQL.glob("migrations/*.sql")) + sorted(SQL.glob("functions/*.sql"))
+    assert files, f"no SQL files found in {SQL}"
     return "\n".join(f.read_text() for f in files)
 
 
@@ -208,17 +208,18 @@ def test_sql_cancel_guards_match_sources_of_cancel() -> None:
 def test_sql_worker_writes_are_fenced_to_running_runs() -> None:
     functions = _functions()
     fence = functions["lock_owned_run"]
-    assert _state_list(" ".join(re.findall(r"state = '\w+'", fence))) == {S.RUNNING.value}
+    lease = functions["holds_lease"]  # the one statement of the fence, inlined by callers
+    assert _state_list(" ".join(re.findall(r"state = '\w+'", lease))) == {S.RUNNING.value}
     # complete / suspend / release / fail (worker side) all go through the fence, which
     # only admits the states from which those events are legal.
     # record_runs (checkpoints and completions, batched) fences many runs in one statement
     # with the same conditions as lock_owned_run.
     batch = functions["record_runs"]
-    assert _state_list(" ".join(re.findall(r"state = '\w+'", batch.split("INSERT")[0]))) == {
-        S.RUNNING.value
-    }
-    for condition in ("r.worker_id = p_worker", "r.lease_expires_at > v_now", "FOR NO KEY UPDATE"):
+    for condition in ("holds_lease(r.worker_id, r.state, r.lease_expires_at", "FOR NO KEY UPDATE"):
         assert condition in batch, condition
+    assert "holds_lease(" in fence
+    for condition in ("p_owner = p_worker", "p_state = 'running'", "p_lease_expires_at > p_now"):
+        assert condition in lease, condition
     assert sources(E.COMPLETE) == {S.RUNNING}
     for name, event in [
         ("suspend_run", E.SUSPEND),
