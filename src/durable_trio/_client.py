@@ -79,7 +79,15 @@ class SpawnResult:
 class TaskInfo:
     """A snapshot of one task. ``result`` and ``error`` are stored JSON; use
     `Durable.wait_result` for a typed result. ``error`` is the latest failed attempt's
-    error: a task that succeeded on a retry keeps it (with ``state`` COMPLETED)."""
+    error: a task that succeeded on a retry keeps it (with ``state`` COMPLETED).
+
+    ``attempts`` is the number of the task's latest attempt: 1 from the spawn on, one more
+    each time a failed attempt (an error, or a lease that expired) is followed by a retry,
+    counted when the retry is scheduled, before it starts. A run handed back by a worker
+    shutting down, or resumed after a sleep or a wait, is the same attempt.
+    ``next_attempt_at`` is when that scheduled retry is due while it waits (state
+    PENDING, attempts > 1, not yet claimed); None otherwise.
+    """
 
     task_id: UUID
     queue: str
@@ -107,6 +115,7 @@ class TaskInfo:
     #: ``list_tasks(parent=task_id)`` pages through all of them.
     children: list[ChildSummary] = attrs.field(factory=list)
     child_count: int = 0
+    next_attempt_at: datetime | None = None
 
     @property
     def terminal(self) -> bool:
@@ -169,9 +178,11 @@ class Durable:
     # -- registry ---------------------------------------------------------------------
 
     def register(self, *tasks: TaskDefinition[Any, Any] | type[Task[Any, Any]]) -> None:
-        """Make tasks runnable by this client's workers. Names must be unique."""
+        """Make tasks runnable by this client's workers. Names must be unique and valid
+        (`InvalidInput` otherwise, as for `spawn_by_name`)."""
         for obj in tasks:
             definition = as_definition(obj)
+            validate_name(definition.name, what="task name")  # even if set around attrs
             existing = self._registry.get(definition.name)
             if existing is not None and existing.fn is not definition.fn:
                 raise ConfigurationError(f"a task named {definition.name!r} is already registered")
@@ -393,7 +404,8 @@ class Durable:
                         "pass its own task (or None for its plain JSON result)"
                     )
                 if info.state is TaskState.COMPLETED:
-                    return _serde.structure(info.result, output_type)
+                    with _about(f"result of task {info.task_name!r} {task_id}"):
+                        return _serde.structure(info.result, output_type)
                 if info.state is TaskState.FAILED:
                     raise TaskFailed(task_id, info.error)
                 if info.state is TaskState.CANCELLED:
@@ -504,7 +516,7 @@ class Durable:
         With `connection`, the emit joins the caller's open transaction."""
         event = _checked(validate_name, name, what="event name")
         target = _checked(validate_queue, self.queue if queue is None else queue)
-        with _about("event payload"):
+        with _about(f"payload of event {event!r}"):
             text = _serde.dumps(_serde.unstructure(payload))
         return await self._store.emit_event(target, event, text, _caller_connection(connection))
 

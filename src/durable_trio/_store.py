@@ -17,9 +17,10 @@ import psycopg
 import trio
 
 from . import _sql
+from ._core.durations import MAX_DURATION
 from ._core.names import validate_schema
 from ._db import CONNECTION_ERRORS, Pool, TrioConnection
-from ._errors import ConfigurationError, DatabaseUnavailable, LeaseLost
+from ._errors import ConfigurationError, DatabaseUnavailable, InvalidInput, LeaseLost
 from ._schema import migrations, query_texts, render, sql_dir
 
 __all__ = ["ClaimArgs", "Store", "migrations", "sql_dir"]
@@ -460,7 +461,14 @@ class Store:
         return value
 
     async def advance_clock(self, seconds: float) -> timedelta:
-        value: timedelta = await self._value("advance_clock", {"by": interval(seconds)})
+        """Move the clock forward; `InvalidInput` if its offset would pass MAX_DURATION."""
+        row = await self._one("advance_clock", {"by": interval(seconds), "max": MAX_DURATION})
+        if row is None:
+            raise InvalidInput(
+                f"advance_clock by {seconds:g} seconds would move the clock more than "
+                f"{MAX_DURATION.days} days (MAX_DURATION) ahead of real time"
+            )
+        value: timedelta = row["offset_by"]
         return value
 
     # -- schedules --------------------------------------------------------------------
