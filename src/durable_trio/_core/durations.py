@@ -72,3 +72,8 @@ def check_instant(value: object, *, what: str, now: datetime) -> datetime:
             f"{what} must be at most {_MAX_TEXT} from now ({now:%Y-%m-%d}), got {value!r}"
         )
     return value
+
+
+def interval(seconds: float | None) -> timedelta | None:
+    """Seconds as the timedelta a SQL ``interval`` parameter takes (None stays None)."""
+    return None if seconds is None else timedelta(seconds=seconds)
