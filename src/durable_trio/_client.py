@@ -11,6 +11,7 @@ from typing import Any, NoReturn, TypeVar
 from uuid import UUID
 
 import psycopg
+import sniffio
 import trio
 
 from . import _schedules
@@ -81,6 +82,7 @@ class Durable:
         pass False when running under a role that may not change the schema.
         Raises `DatabaseUnavailable` (password redacted) if the database is unreachable.
         """
+        _require_trio()
         resolved = url or os.environ.get(URL_ENV)
         if not resolved:
             raise ConfigurationError(
@@ -548,3 +550,19 @@ def _caller_connection(conn: Any) -> Any:
         "connection must be a connection from Durable.connection() or a psycopg.Connection "
         f"(to join its open transaction), got {type(conn).__name__}"
     )
+
+
+def _require_trio() -> None:
+    """This client runs under trio; say which one to use elsewhere (trio's own error,
+    "must be called from async context", names no way out)."""
+    try:
+        library = sniffio.current_async_library()
+    except sniffio.AsyncLibraryNotFoundError:
+        library = None
+    if library != "trio":
+        where = "asyncio" if library == "asyncio" else (library or "code that is not async")
+        raise ConfigurationError(
+            f"durable_trio.Durable is the trio client and this is {where}: use "
+            "durable_trio.aio.Durable under asyncio, durable_trio.sync.Durable in blocking "
+            "code (workers stay trio: run `durable-trio worker` or trio.run)"
+        )

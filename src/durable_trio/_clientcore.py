@@ -12,7 +12,7 @@ from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from datetime import datetime, timedelta
 from functools import cache
-from typing import Any
+from typing import Any, TypeVar
 from uuid import UUID
 
 import attrs
@@ -54,6 +54,8 @@ from ._sql import MIGRATE_HINT, Op, Row, Statement, array_literal, is_current
 from ._task import Task, TaskDefinition, as_definition
 
 __all__ = ["ClientCore", "SpawnResult", "TaskInfo", "queries"]
+
+T = TypeVar("T")
 
 _DEFAULT_OPTIONS = SpawnOptions()
 MAX_CHILDREN_SHOWN = 100
@@ -135,7 +137,7 @@ def named(schema: str, name: str, params: Any = None, *, prepare: bool | None = 
     return Statement(queries(schema)[name], params, prepare=prepare)
 
 
-def snapshot(op: Op[Any]) -> Op[Any]:
+def snapshot(op: Op[T]) -> Op[T]:
     """Run `op` in one read-only repeatable-read transaction, so the parts of one answer
     agree (on an autocommit connection: the pools' connections)."""
     yield Statement("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY")
@@ -148,7 +150,7 @@ def snapshot(op: Op[Any]) -> Op[Any]:
     return value
 
 
-def guarded(schema: str, op: Op[Any]) -> Op[Any]:
+def guarded(schema: str, op: Op[T]) -> Op[T]:
     """`op`, where a missing table or function of a schema that is missing or older than
     this library becomes a ConfigurationError saying to migrate."""
     try:
@@ -175,10 +177,10 @@ class ClientCore:
         self.schema = validate_schema(schema)
         self.registry: dict[str, TaskDefinition[Any, Any]] = {}
 
-    def op(self, op: Op[Any]) -> Op[Any]:
+    def op(self, op: Op[T]) -> Op[T]:
         return guarded(self.schema, op)
 
-    def read(self, op: Op[Any]) -> Op[Any]:
+    def read(self, op: Op[T]) -> Op[T]:
         return guarded(self.schema, snapshot(op))
 
     # -- registry ---------------------------------------------------------------------

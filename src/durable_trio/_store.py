@@ -104,16 +104,6 @@ class Store:
 
     async def migrate(self) -> list[int]:
         """Apply missing migrations in one transaction; safe when processes race."""
-        try:
-            return await self._migrate()
-        except psycopg.errors.InsufficientPrivilege as ex:
-            raise ConfigurationError(
-                f"this role may not change schema {self.schema!r} ({ex.diag.message_primary}): "
-                "run migrate() once as the schema owner, then connect with migrate=False "
-                "(docs/security.md lists the grants a worker needs)"
-            ) from None
-
-    async def _migrate(self) -> list[int]:
         async with self.pool.acquire() as conn, conn.transaction():
             return await _sql.run_async(conn, _sql.migrate(self.schema))
 
