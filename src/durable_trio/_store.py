@@ -124,7 +124,7 @@ class Store:
 
     # -- spawning ---------------------------------------------------------------------
 
-    async def spawn(self, row: dict[str, Any], conn: Any = None) -> SpawnResult:
+    async def spawn(self, row: dict[str, Any], conn: Any = None) -> SpawnResult[Any]:
         """A prepared spawn row (ClientCore.spawn_row) inserted, on `conn` if given."""
         return await self.run(guarded(self.schema, insert(self.schema, row)), conn)
 

@@ -22,7 +22,7 @@ import time
 from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
 from datetime import datetime, timedelta
-from typing import Any, TypeVar
+from typing import Any, TypeVar, overload
 from uuid import UUID
 
 import psycopg
@@ -145,12 +145,12 @@ class Durable:
 
     async def spawn(
         self,
-        task: TaskDefinition[Any, Any] | type[Task[Any, Any]],
+        task: TaskDefinition[Any, R] | type[Task[Any, R]],
         params: Any,
         *,
         options: SpawnOptions | None = None,
         connection: psycopg.AsyncConnection[Any] | None = None,
-    ) -> SpawnResult:
+    ) -> SpawnResult[R]:
         return await self._op(self._core.spawn(task, params, options), connection)
 
     async def spawn_by_name(
@@ -160,12 +160,12 @@ class Durable:
         *,
         options: SpawnOptions | None = None,
         connection: psycopg.AsyncConnection[Any] | None = None,
-    ) -> SpawnResult:
+    ) -> SpawnResult[Any]:
         return await self._op(self._core.spawn_by_name(name, params, options), connection)
 
     async def spawn_many(
         self, task: TaskRef | str, params: Iterable[Any], *, options: SpawnOptions | None = None
-    ) -> list[SpawnResult]:
+    ) -> list[SpawnResult[Any]]:
         return await self._op(self._core.spawn_many(task, params, options))
 
     async def emit_event(
@@ -225,14 +225,32 @@ class Durable:
     ) -> RetryResult:
         return await self._op(self._core.retry(task_id, max_attempts, from_scratch))
 
+    @overload
+    async def wait_result(self, task: SpawnResult[R], /, *, timeout: float | None = None) -> R: ...
+
+    @overload
     async def wait_result(
         self,
-        task: TaskDefinition[Any, R] | type[Task[Any, R]] | str | None,
-        task_id: UUID,
+        task: TaskDefinition[Any, R] | type[Task[Any, R]],
+        task_id: UUID | str,
+        *,
+        timeout: float | None = None,
+    ) -> R: ...
+
+    @overload
+    async def wait_result(
+        self, task: str | None, task_id: UUID | str, *, timeout: float | None = None
+    ) -> Any: ...
+
+    async def wait_result(
+        self,
+        task: TaskDefinition[Any, Any] | type[Task[Any, Any]] | SpawnResult[Any] | str | None,
+        task_id: UUID | str | None = None,
         *,
         timeout: float | None = None,
     ) -> Any:
-        """Wait until the task ends; its typed result, or `TaskFailed` / `TaskCancelled`
+        """Wait until the task ends (``wait_result(spawned)`` or ``wait_result(task,
+        task_id)``); its typed result, or `TaskFailed` / `TaskCancelled`
         / `WaitTimeout` after `timeout` seconds (the task itself goes on)."""
         waiting = self._core.waiting(task, task_id)
         limit = math.inf if timeout is None else to_seconds(timeout, what="timeout")

@@ -21,7 +21,7 @@ import time
 from collections.abc import Iterable
 from datetime import datetime, timedelta
 from types import TracebackType
-from typing import Any, Self, TypeVar
+from typing import Any, Self, TypeVar, overload
 from uuid import UUID
 
 import psycopg
@@ -157,12 +157,12 @@ class Durable:
 
     def spawn(
         self,
-        task: TaskDefinition[Any, Any] | type[Task[Any, Any]],
+        task: TaskDefinition[Any, R] | type[Task[Any, R]],
         params: Any,
         *,
         options: SpawnOptions | None = None,
         connection: psycopg.Connection[Any] | None = None,
-    ) -> SpawnResult:
+    ) -> SpawnResult[R]:
         return self._op(self._core.spawn(task, params, options), connection)
 
     def spawn_by_name(
@@ -172,12 +172,12 @@ class Durable:
         *,
         options: SpawnOptions | None = None,
         connection: psycopg.Connection[Any] | None = None,
-    ) -> SpawnResult:
+    ) -> SpawnResult[Any]:
         return self._op(self._core.spawn_by_name(name, params, options), connection)
 
     def spawn_many(
         self, task: TaskRef | str, params: Iterable[Any], *, options: SpawnOptions | None = None
-    ) -> list[SpawnResult]:
+    ) -> list[SpawnResult[Any]]:
         return self._op(self._core.spawn_many(task, params, options))
 
     def emit_event(
@@ -237,14 +237,32 @@ class Durable:
     ) -> RetryResult:
         return self._op(self._core.retry(task_id, max_attempts, from_scratch))
 
+    @overload
+    def wait_result(self, task: SpawnResult[R], /, *, timeout: float | None = None) -> R: ...
+
+    @overload
     def wait_result(
         self,
-        task: TaskDefinition[Any, R] | type[Task[Any, R]] | str | None,
-        task_id: UUID,
+        task: TaskDefinition[Any, R] | type[Task[Any, R]],
+        task_id: UUID | str,
+        *,
+        timeout: float | None = None,
+    ) -> R: ...
+
+    @overload
+    def wait_result(
+        self, task: str | None, task_id: UUID | str, *, timeout: float | None = None
+    ) -> Any: ...
+
+    def wait_result(
+        self,
+        task: TaskDefinition[Any, Any] | type[Task[Any, Any]] | SpawnResult[Any] | str | None,
+        task_id: UUID | str | None = None,
         *,
         timeout: float | None = None,
     ) -> Any:
-        """Block until the task ends; its typed result, or `TaskFailed` / `TaskCancelled`
+        """Block until the task ends (``wait_result(spawned)`` or ``wait_result(task,
+        task_id)``); its typed result, or `TaskFailed` / `TaskCancelled`
         / `WaitTimeout` after `timeout` seconds (the task itself goes on)."""
         waiting = self._core.waiting(task, task_id)
         limit = math.inf if timeout is None else to_seconds(timeout, what="timeout")

@@ -298,3 +298,29 @@ def test_the_trio_client_names_the_others_under_asyncio(pg_url: str) -> None:
 
     with pytest.raises(dt.ConfigurationError, match=r"durable_trio\.aio\.Durable under asyncio"):
         asyncio.run(main())
+
+
+@attrs.frozen
+class Receipt:
+    total: int
+
+
+@dt.task("bill")
+async def bill(ctx: dt.TaskContext, order: Order) -> Receipt:
+    return Receipt(order.qty * 3)
+
+
+async def test_wait_result_of_what_a_spawn_returned_is_typed(
+    any_client: Adapter, client: dt.Durable
+) -> None:
+    client.register(bill)
+    spawned = await any_client.method("spawn")(bill, Order("tea", 2))
+    await run_until_idle(client)
+    wait = any_client.method("wait_result")
+    assert await wait(spawned, timeout=10) == Receipt(6)  # typed, not a dict
+    assert await wait(bill, spawned.task_id, timeout=10) == Receipt(6)
+    assert await wait(None, spawned.task_id, timeout=10) == {"total": 6}
+    with pytest.raises(dt.InvalidInput, match="takes no task_id"):
+        await wait(spawned, spawned.task_id, timeout=10)
+    with pytest.raises(dt.InvalidInput, match="needs a task_id"):
+        await wait(bill, timeout=10)
