@@ -5,6 +5,7 @@ Each docstring says when the error happens and what to do about it.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 from uuid import UUID
 
@@ -140,9 +141,23 @@ class LeaseLost(DurableError):
 
 
 class ReplayMismatch(DurableError):
-    """A replay asked for something incompatible with what was checkpointed (e.g. a
-    child spawned under the same name with a different task). Task code must be
-    deterministic between checkpoints; rename the step if the code really changed."""
+    """A replay did not find what earlier attempts stored: the task's code changed under
+    a running task (a step renamed, reordered or removed, or a child spawned under the
+    same name with a different task). Nothing new ran; the task failed without using
+    its remaining attempts, and its checkpoints are kept.
+
+    `stored` names the checkpoints left unreplayed, `requested` what the code asked for
+    instead. Deploy code that takes the old path for such tasks (``ctx.patched()``, or
+    ``WorkerOptions(version=...)`` to leave them to old workers), then retry the task:
+    it resumes from its checkpoints. See docs/versioning.md.
+    """
+
+    def __init__(
+        self, message: str, *, stored: Sequence[str] = (), requested: str | None = None
+    ) -> None:
+        super().__init__(message)
+        self.stored = list(stored)
+        self.requested = requested
 
 
 class NonRetryable(DurableError):
