@@ -8,9 +8,11 @@ from typing import Any
 
 import pytest
 import trio
+import trio.testing
 
 import durable_trio as dt
 from durable_trio._core.ids import uuid7
+from durable_trio.testing import advance_clock, run_until_idle
 from support import query
 
 STEPS = 10_000
@@ -81,3 +83,49 @@ async def test_a_long_replay_can_be_cancelled_and_keeps_its_lease(client: dt.Dur
     assert REPLAYED["steps"] < STEPS // 2  # and the replay stopped soon after the cancel
     assert len(leases) >= 3  # claimed, then renewed by heartbeats during the replay
     assert (await client.get_task(task_id)).state == "cancelled"
+
+
+@dt.task("kid")
+async def kid(ctx: dt.TaskContext, p: int) -> int:
+    return p + 1
+
+
+@dt.task("yields_everywhere")
+async def yields_everywhere(ctx: dt.TaskContext, p: None) -> int:
+    """Each call is checked, in the first run and in both replays, to be a checkpoint."""
+    passes = REPLAYED["steps"] = REPLAYED["steps"] + 1
+    with trio.testing.assert_checkpoints():
+        await ctx.now()
+    with trio.testing.assert_checkpoints():
+        await ctx.random()
+    with trio.testing.assert_checkpoints():
+        await ctx.uuid7()
+    with trio.testing.assert_checkpoints():
+        await ctx.step("sync", lambda: 1, result_type=int)
+    with trio.testing.assert_checkpoints():
+        handle = await ctx.spawn("kid", kid, 1)
+    with trio.testing.assert_checkpoints():
+        await ctx.emit_event("hello")
+    with trio.testing.assert_checkpoints():
+        await ctx.patched("some-change")
+    with trio.testing.assert_checkpoints():
+        await ctx.sleep_for("zero", 0)
+    await ctx.sleep_for("nap", 10)
+    with trio.testing.assert_checkpoints():
+        joined: int = await ctx.join("kid", handle)
+    with trio.testing.assert_checkpoints():
+        await ctx.await_event("hello")
+    await ctx.sleep_for("nap-2", 10)
+    return passes + joined
+
+
+async def test_every_context_awaitable_is_a_checkpoint_in_replays_too(
+    client: dt.Durable,
+) -> None:
+    client.register(yields_everywhere, kid)
+    spawned = await client.spawn(yields_everywhere, None)
+    for _ in range(3):
+        await run_until_idle(client)
+        await advance_clock(client, 11)
+    # Three passes: the first run, then two replays; any failed check fails the task.
+    assert await client.wait_result(yields_everywhere, spawned.task_id, timeout=10) == 3 + 2
