@@ -350,7 +350,12 @@ class Worker:
             self._reserved += limit
             try:
                 rows = await self._control.claim(
-                    queue, self.worker_id, names, limit, self.options.claim_timeout
+                    queue,
+                    self.worker_id,
+                    names,
+                    limit,
+                    self.options.claim_timeout,
+                    self.options.version,
                 )
             finally:
                 self._reserved -= limit
@@ -366,7 +371,7 @@ class Worker:
             timeout = min(timeout, 0.5)
         if have_capacity:
             try:
-                due = await self._control.next_due(self._queues, names)
+                due = await self._control.next_due(self._queues, names, self.options.version)
             except RETRYABLE_IO as ex:
                 # The next claim attempt finds out and backs off; never crash the nursery.
                 self._healthy = False
@@ -426,7 +431,9 @@ class Worker:
         limit = min(free, self.options.effective_batch)
         self._reserved += limit
         queue = self._queue_order()[0]
-        return ClaimArgs(queue, self._names, limit, self.options.claim_timeout)
+        return ClaimArgs(
+            queue, self._names, limit, self.options.claim_timeout, self.options.version
+        )
 
     def claim_wanted(self) -> bool:
         return not self._stopping and self._execs is not None and bool(self._names and self._queues)

@@ -298,3 +298,46 @@ async def test_a_branch_that_diverged_fails_the_run(client: dt.Durable) -> None:
     assert "asks for 'slow-2-renamed'" in error["message"]
     assert error["retryable"] is False
     assert CALLS == {"quick-1": 1, "slow-1": 1, "slow-2": 1}  # quick-2 was held back
+
+
+# -- WorkerOptions(version=...) ------------------------------------------------------------
+
+
+@dt.task("versioned")
+async def versioned(ctx: dt.TaskContext, p: None) -> int:
+    await ctx.step("charge" if v1() else "charge-card", body("charge"))
+    await ctx.await_event("shipped")
+    return DEPLOYED["version"]
+
+
+async def test_a_versioned_worker_leaves_tasks_started_by_other_versions_alone(
+    client: dt.Durable,
+) -> None:
+    client.register(versioned)
+    old = await client.spawn(versioned, None)
+    await run_until_idle(client, dt.WorkerOptions(version="1", poll_interval=0.05))
+    DEPLOYED["version"] = 2
+    new = await client.spawn(versioned, None)
+    await client.emit_event("shipped")
+
+    worker = client.new_worker(dt.WorkerOptions(version="2", poll_interval=0.05))
+    with trio.fail_after(30):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(worker.run)
+            assert await client.wait_result(versioned, new.task_id, timeout=10) == 2
+            await trio.sleep(0.3)  # time to claim the old task, which it must not
+            worker.shutdown()
+    assert (await client.get_task(old.task_id)).state == "pending"
+    assert CALLS == {"charge": 2}  # once per task: the old one was not replayed by "2"
+
+    DEPLOYED["version"] = 1  # a worker still running the old code finishes it
+    await run_until_idle(client, dt.WorkerOptions(version="1", poll_interval=0.05))
+    assert await client.wait_result(versioned, old.task_id, timeout=10) == 1
+    rows = await query(client, "SELECT task_id, version FROM {schema}.tasks")
+    assert {r["task_id"]: r["version"] for r in rows} == {old.task_id: "1", new.task_id: "2"}
+
+
+def test_a_worker_version_must_be_printable_text() -> None:
+    for bad in ("", "x" * 201, "v\n1", 3):
+        with pytest.raises(dt.InvalidInput, match="version"):
+            dt.WorkerOptions(version=bad)  # type: ignore[arg-type]
