@@ -284,7 +284,7 @@ class TaskContext:
                 f'(e.g. f"{shown}-{{i}}"), or call it in one task and pass the value on'
             )
         checkpoint = self._namer.next(base)
-        if checkpoint in self._unreplayed:
+        if self._unreplayed and checkpoint in self._unreplayed:
             self._unreplayed.discard(checkpoint)
             self._replayed.set()
         return checkpoint
