@@ -346,7 +346,7 @@ class TaskContext:
             requested=requested,
         )
 
-    def verify_replayed(self) -> None:
+    def _verify_replayed(self) -> None:
         """Called by the worker when the task's code returned: every checkpoint of earlier
         attempts must have been replayed (`ReplayMismatch` otherwise)."""
         if self._unreplayed:
