@@ -34,12 +34,13 @@ T = TypeVar("T")
 @attrs.frozen
 class ClaimArgs:
     """What to claim: up to `limit` runs of tasks `names` from `queue`, leased for
-    `lease` seconds."""
+    `lease` seconds; with `version`, only tasks this code version may run."""
 
     queue: str
     names: Sequence[str]
     limit: int
     lease: float
+    version: str | None = None
 
     def params(self, worker: str) -> dict[str, Any]:
         return {
@@ -48,6 +49,7 @@ class ClaimArgs:
             "names": array_literal(self.names),
             "limit": self.limit,
             "lease": interval(self.lease),
+            "version": self.version,
         }
 
 
@@ -131,10 +133,17 @@ class Store:
     # -- worker side ------------------------------------------------------------------
 
     async def claim(
-        self, queue: str, worker: str, names: Sequence[str], limit: int, lease: float
+        self,
+        queue: str,
+        worker: str,
+        names: Sequence[str],
+        limit: int,
+        lease: float,
+        version: str | None = None,
     ) -> list[Row]:
         """Claimed runs; headers, retry and checkpoints as JSON text (see claim_runs)."""
-        return await self._all("claim_runs", ClaimArgs(queue, names, limit, lease).params(worker))
+        args = ClaimArgs(queue, names, limit, lease, version)
+        return await self._all("claim_runs", args.params(worker))
 
     async def heartbeat(
         self, worker: str, runs: Sequence[UUID], lease: float
@@ -295,9 +304,16 @@ class Store:
         runs); return how many."""
         return int(await self._value("enforce_deadlines", {"limit": limit}))
 
-    async def next_due(self, queues: Sequence[str], names: Sequence[str]) -> float | None:
+    async def next_due(
+        self, queues: Sequence[str], names: Sequence[str], version: str | None = None
+    ) -> float | None:
         seconds: float | None = await self._value(
-            "next_due", {"queues": array_literal(queues), "names": array_literal(names)}
+            "next_due",
+            {
+                "queues": array_literal(queues),
+                "names": array_literal(names),
+                "version": version,
+            },
         )
         return seconds
 

@@ -357,7 +357,12 @@ class Worker:
             self._reserved += limit
             try:
                 rows = await self._control.claim(
-                    queue, self.worker_id, names, limit, self.options.claim_timeout
+                    queue,
+                    self.worker_id,
+                    names,
+                    limit,
+                    self.options.claim_timeout,
+                    self.options.version,
                 )
             finally:
                 self._reserved -= limit
@@ -373,7 +378,7 @@ class Worker:
             timeout = min(timeout, 0.5)
         if have_capacity:
             try:
-                due = await self._control.next_due(self._queues, names)
+                due = await self._control.next_due(self._queues, names, self.options.version)
             except RETRYABLE_IO as ex:
                 # The next claim attempt finds out and backs off; never crash the nursery.
                 self._healthy = False
@@ -433,7 +438,9 @@ class Worker:
         limit = min(free, self.options.effective_batch)
         self._reserved += limit
         queue = self._queue_order()[0]
-        return ClaimArgs(queue, self._names, limit, self.options.claim_timeout)
+        return ClaimArgs(
+            queue, self._names, limit, self.options.claim_timeout, self.options.version
+        )
 
     def claim_wanted(self) -> bool:
         return not self._stopping and self._execs is not None and bool(self._names and self._queues)
@@ -586,6 +593,7 @@ class Worker:
         try:
             params = _about(run, "params", _serde.structure, run.params, definition.params_type)
             result = await definition.fn(ctx, params)
+            ctx._verify_replayed()  # ReplayMismatch: fails like a task error
             text = _about(run, "result", _serde.roundtrip, result, definition.output_type)[0]
         except (Suspended, LeaseLost):
             return
@@ -724,7 +732,12 @@ class Worker:
             if len(runs) >= limit:
                 break
             rows = await self._control.claim(
-                queue, self.worker_id, names, limit - len(runs), self.options.claim_timeout
+                queue,
+                self.worker_id,
+                names,
+                limit - len(runs),
+                self.options.claim_timeout,
+                self.options.version,
             )
             for row in rows:
                 self._start(execs, row, queue)
