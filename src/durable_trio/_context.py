@@ -26,7 +26,7 @@ import time
 import typing
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, TypeVar, overload
 from uuid import UUID
 
 import attrs
@@ -73,13 +73,14 @@ class Suspended(BaseException):
 
 
 @attrs.frozen
-class TaskHandle:
-    """A checkpointed reference to a child task, returned by `TaskContext.spawn`."""
+class TaskHandle(Generic[T]):
+    """A checkpointed reference to a child task, returned by `TaskContext.spawn`:
+    ``TaskHandle[R]`` for a child task returning R, so `TaskContext.join` returns R."""
 
     task_id: UUID
     task_name: str
     queue: str
-    output_type: Any = Any
+    output_type: Any = attrs.field(default=Any, eq=False)
 
 
 class TaskContext:
@@ -159,7 +160,7 @@ class TaskContext:
         rtype = _return_type(fn) if result_type is _UNSET else result_type
         await trio.lowlevel.checkpoint()
         if checkpoint in self._checkpoints:
-            return typing.cast(T, self._stored(checkpoint, rtype))
+            return typing.cast(T, self._stored(checkpoint, _read_as(rtype)))
         failure = names.internal("failed", checkpoint)
         if self._replays_failure(failure):
             raise rebuild_error(self._checkpoints[failure])
@@ -173,7 +174,7 @@ class TaskContext:
         except Exception as ex:
             self._record(failure, failure_record(ex), Any)
             raise
-        return typing.cast(T, self._record(checkpoint, value, rtype))
+        return typing.cast(T, self._record(checkpoint, value, _declared(checkpoint, value, rtype)))
 
     def _replays_failure(self, failure: str) -> bool:
         """Whether this step failed in an earlier attempt that then went on (the error was
@@ -227,7 +228,7 @@ class TaskContext:
                     await self._lost()
                 await trio.sleep(delay)
                 delay = min(delay * 2, 1.0)
-        return self._stored(checkpoint, rtype)
+        return self._stored(checkpoint, _read_as(rtype))
 
     async def _transaction_once(
         self, checkpoint: str, fn: Callable[..., Awaitable[Any]], args: Any, rtype: Any
@@ -239,7 +240,7 @@ class TaskContext:
                 task_id,
             ):
                 value = await fn(conn, *args)
-                text, replayed = _roundtrip(checkpoint, value, rtype)
+                text, replayed = _roundtrip(checkpoint, value, _declared(checkpoint, value, rtype))
                 await store.insert_checkpoint(conn, task_id, self.run_id, checkpoint, text)
         except LeaseLost:
             await self._lost()
@@ -562,13 +563,27 @@ class TaskContext:
 
     # -- children ---------------------------------------------------------------------
 
+    @overload
     async def spawn(
         self,
         name: str,
-        task: TaskDefinition[Any, T] | type[Task[Any, T]] | str,
+        task: TaskDefinition[Any, T] | type[Task[Any, T]],
         params: Any,
         options: SpawnOptions | None = None,
-    ) -> TaskHandle:
+    ) -> TaskHandle[T]: ...
+
+    @overload
+    async def spawn(
+        self, name: str, task: str, params: Any, options: SpawnOptions | None = None
+    ) -> TaskHandle[Any]: ...
+
+    async def spawn(
+        self,
+        name: str,
+        task: TaskDefinition[Any, Any] | type[Task[Any, Any]] | str,
+        params: Any,
+        options: SpawnOptions | None = None,
+    ) -> TaskHandle[Any]:
         """Spawn a child task once (checkpointed under `name`) and return its handle.
 
         A replay returns the same child; no duplicate is ever created. Children run on
@@ -603,7 +618,7 @@ class TaskContext:
         stored = await self._transaction(checkpoint, insert, (), dict[str, str])
         return TaskHandle(UUID(stored["task_id"]), task_name, stored["queue"], output_type)
 
-    async def join(self, name: str, handle: TaskHandle) -> Any:
+    async def join(self, name: str, handle: TaskHandle[T]) -> T:
         """Wait for a child to finish and return its result (typed by the child's task).
 
         Suspends without holding a slot while the child runs. Raises `ChildFailed` or
@@ -618,7 +633,7 @@ class TaskContext:
         outcome = stored.get("payload") or {}
         if outcome.get("state") == "completed":
             try:
-                return _serde.structure(outcome.get("result"), handle.output_type)
+                return typing.cast(T, _serde.structure(outcome.get("result"), handle.output_type))
             except SerializationError as ex:
                 raise SerializationError(
                     f"result of child task {handle.task_name!r} {handle.task_id} "
@@ -644,6 +659,11 @@ class TaskContext:
             await self._lost()
 
 
+def _read_as(rtype: Any) -> Any:
+    """What a stored value is read back as: plain JSON where no type was declared."""
+    return Any if rtype is UNDETERMINED else rtype
+
+
 def _roundtrip(checkpoint: str, value: Any, rtype: Any) -> tuple[str, Any]:
     try:
         return _serde.roundtrip(value, rtype)
@@ -658,13 +678,27 @@ def _duration(value: Duration, what: str) -> float:
         raise InvalidInput(str(ex)) from None
 
 
+# A step function's result type when its annotations do not say (a lambda, a wrapper, a
+# TypeVar): its value must then be plain JSON, or the step asks for ``result_type=``.
+UNDETERMINED: Any = object()
+
+
 @functools.lru_cache(maxsize=1024)
 def _cached_return_type(fn: Callable[..., Any]) -> Any:
     try:
-        hint = typing.get_type_hints(fn).get("return", Any)
-    except Exception:  # noqa: BLE001 - unresolvable annotations mean "plain JSON"
-        return Any
+        hints = typing.get_type_hints(fn)
+    except Exception:  # noqa: BLE001 - unresolvable annotations say nothing
+        return UNDETERMINED
+    if "return" not in hints or _has_typevar(hints["return"]):
+        return UNDETERMINED
+    hint = hints["return"]
     return None if hint is type(None) else hint
+
+
+def _has_typevar(hint: Any) -> bool:
+    if isinstance(hint, typing.TypeVar):
+        return True
+    return any(_has_typevar(arg) for arg in typing.get_args(hint))
 
 
 def _return_type(fn: Callable[..., Any]) -> Any:
@@ -672,7 +706,35 @@ def _return_type(fn: Callable[..., Any]) -> Any:
     try:
         return _cached_return_type(target)
     except TypeError:  # unhashable callable
+        return UNDETERMINED
+
+
+def _declared(checkpoint: str, value: Any, rtype: Any) -> Any:
+    """The type to store a step's value as. With none declared, only plain JSON is taken:
+    anything else would come back from a replay as something else (a dict for an attrs
+    instance, a str for a datetime, a list for a tuple), silently."""
+    if rtype is not UNDETERMINED:
+        return rtype
+    if _plain_json(value):
         return Any
+    _roundtrip(checkpoint, value, Any)  # the converter's own refusal says more (bytes, sets)
+    kind = type(value).__qualname__
+    raise SerializationError(
+        f"step {checkpoint!r} returned a {kind}, but its result type is unknown (the "
+        "function has no return annotation, as with a lambda or a wrapper such as "
+        f"trio.to_thread.run_sync, or it is a TypeVar): pass result_type={kind} so that "
+        f"the step and its replays return a {kind}, not plain JSON"
+    )
+
+
+def _plain_json(value: Any) -> bool:
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return True
+    if type(value) is list:
+        return all(_plain_json(item) for item in value)
+    if type(value) is dict:
+        return all(isinstance(k, str) and _plain_json(v) for k, v in value.items())
+    return False
 
 
 def failure_record(ex: Exception) -> dict[str, Any]:

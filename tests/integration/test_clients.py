@@ -50,7 +50,9 @@ class AsyncioLoop:
     """An asyncio loop in a thread of its own, which trio tests hand coroutines to."""
 
     def __init__(self) -> None:
-        self.loop = asyncio.new_event_loop()
+        # Built directly, not through the policy: trio_asyncio, once imported, replaces
+        # the policy with one that refuses to make loops from inside trio.
+        self.loop = asyncio.SelectorEventLoop()
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self.thread.start()
 

@@ -51,3 +51,30 @@ async def aio_client(client: durable_trio.aio.Durable) -> None:
     assert_type(spawned, dt.SpawnResult[Receipt])
     assert_type(await client.wait_result(spawned), Receipt)
     assert_type(await client.wait_result(buy, spawned.task_id), Receipt)
+
+
+@attrs.frozen
+class Parcel:
+    weight: int
+
+
+@dt.task("weigh")
+async def weigh(ctx: dt.TaskContext, order: Order) -> Parcel:
+    return Parcel(3)
+
+
+@dt.task("ship")
+async def ship(ctx: dt.TaskContext, order: Order) -> int:
+    handle = await ctx.spawn("weigh", weigh, order)
+    assert_type(handle, dt.TaskHandle[Parcel])
+    parcel = await ctx.join("weighed", handle)
+    assert_type(parcel, Parcel)
+    by_name = await ctx.spawn("weigh-by-name", "weigh", {"item": "x"})
+    assert_type(by_name, dt.TaskHandle[Any])
+    assert_type(await ctx.step("double", lambda: parcel.weight * 2), int)
+    assert_type(await ctx.step("typed", weigh_sync, result_type=Parcel), Parcel)
+    return parcel.weight
+
+
+def weigh_sync() -> Parcel:
+    return Parcel(1)
