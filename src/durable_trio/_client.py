@@ -28,6 +28,7 @@ from ._errors import (
     WorkerFailed,
 )
 from ._fleet import UnservedTasks, WorkerInfo
+from ._hooks import Hooks
 from ._inspect import (
     QueueStats,
     RetryResult,
@@ -51,11 +52,13 @@ MAX_CHILDREN_SHOWN = 100
 class Durable:
     """A handle on one durable_trio schema and queue. Create it with `Durable.connect`."""
 
-    def __init__(self, url: str, *, queue: str, schema: str, pool_size: int) -> None:
+    def __init__(
+        self, url: str, *, queue: str, schema: str, pool_size: int, hooks: Hooks | None = None
+    ) -> None:
         if isinstance(pool_size, bool) or not isinstance(pool_size, int) or pool_size < 1:
             raise InvalidInput(f"pool_size must be a positive integer, got {pool_size!r}")
         self.url = url
-        self._core = ClientCore(queue=queue, schema=schema)
+        self._core = ClientCore(queue=queue, schema=schema, hooks=hooks)
         self.queue = self._core.queue
         self.schema = self._core.schema
         self._registry = self._core.registry
@@ -75,6 +78,7 @@ class Durable:
         schema: str = "durable",
         migrate: bool = True,
         pool_size: int = 10,
+        hooks: Hooks | None = None,
     ) -> AsyncIterator[Durable]:
         """Open a client. `url` defaults to ``$DURABLE_DATABASE_URL``.
 
@@ -90,7 +94,7 @@ class Durable:
                 "(e.g. postgresql://user:password@localhost:5432/dbname)"
             )
         try:
-            client = cls(resolved, queue=queue, schema=schema, pool_size=pool_size)
+            client = cls(resolved, queue=queue, schema=schema, pool_size=pool_size, hooks=hooks)
         except ValueError as ex:
             raise InvalidInput(str(ex)) from None
         try:

@@ -34,6 +34,7 @@ from ._errors import (
     TaskNotFound,
     UnknownTask,
 )
+from ._hooks import NO_HOOKS, Hooks, SpawnCall
 from ._inspect import (
     ChildSummary,
     QueueStats,
@@ -180,10 +181,13 @@ def guarded(schema: str, op: Op[T]) -> Op[T]:
 class ClientCore:
     """One client's queue, schema and registered tasks, and the operations it runs."""
 
-    def __init__(self, *, queue: str, schema: str) -> None:
+    def __init__(self, *, queue: str, schema: str, hooks: Hooks | None = None) -> None:
         self.queue = checked_queue(queue)
         self.schema = validate_schema(schema)
         self.registry: dict[str, TaskDefinition[Any, Any]] = {}
+        if hooks is not None and not isinstance(hooks, Hooks):
+            raise InvalidInput(f"hooks must be a durable_trio.Hooks, got {hooks!r}")
+        self.hooks = hooks or NO_HOOKS
 
     def op(self, op: Op[T]) -> Op[T]:
         return guarded(self.schema, op)
@@ -233,7 +237,11 @@ class ClientCore:
         opts = options if options is not None else (defaults or _DEFAULT_OPTIONS)
         if not isinstance(opts, SpawnOptions):
             raise InvalidInput(f"options must be a SpawnOptions, got {opts!r}")
-        common = _spawn_options(opts, name, opts.queue or queue or self.queue, parent)
+        target = opts.queue or queue or self.queue
+        if self.hooks.before_spawn is not None:
+            call = SpawnCall(name, target, opts.headers, parent)
+            opts = attrs.evolve(opts, headers=self.hooks.spawn_headers(call))
+        common = _spawn_options(opts, name, target, parent)
         return [
             {
                 "task_id": uuid7(),

@@ -34,6 +34,7 @@ from ._core.options import SpawnOptions
 from ._core.states import TaskState
 from ._db import CONNECT_ERRORS, CONNECTION_ERRORS, redact_url, unreachable
 from ._errors import ConfigurationError, DatabaseUnavailable, InvalidInput, WaitTimeout
+from ._hooks import Hooks
 from ._inspect import QueueStats, RetryResult, StepInfo, TaskPage
 from ._task import Task, TaskDefinition
 
@@ -49,11 +50,13 @@ class Durable:
     one. Safe to share between threads. Methods behave as those of the trio
     `durable_trio.Durable` of the same name."""
 
-    def __init__(self, url: str, *, queue: str, schema: str, pool_size: int) -> None:
+    def __init__(
+        self, url: str, *, queue: str, schema: str, pool_size: int, hooks: Hooks | None = None
+    ) -> None:
         if isinstance(pool_size, bool) or not isinstance(pool_size, int) or pool_size < 1:
             raise InvalidInput(f"pool_size must be a positive integer, got {pool_size!r}")
         self.url = url
-        self._core = ClientCore(queue=queue, schema=schema)
+        self._core = ClientCore(queue=queue, schema=schema, hooks=hooks)
         self.queue = self._core.queue
         self.schema = self._core.schema
         self._pool = ConnectionPool(
@@ -73,6 +76,7 @@ class Durable:
         schema: str = "durable",
         migrate: bool = True,
         pool_size: int = 10,
+        hooks: Hooks | None = None,
         timeout: float = 30.0,
     ) -> Durable:
         """Open a client (close it with `close`, or use it as a context manager). `url`
@@ -85,7 +89,7 @@ class Durable:
                 f"no database URL: pass url=... or set {URL_ENV} "
                 "(e.g. postgresql://user:password@localhost:5432/dbname)"
             )
-        client = cls(resolved, queue=queue, schema=schema, pool_size=pool_size)
+        client = cls(resolved, queue=queue, schema=schema, pool_size=pool_size, hooks=hooks)
         try:
             with psycopg.connect(resolved, connect_timeout=max(1, round(timeout))):
                 pass  # fail fast, with a clear error, if the database is unreachable
