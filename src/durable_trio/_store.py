@@ -30,10 +30,20 @@ from ._schema import (
     sql_dir,
 )
 
-__all__ = ["ClaimArgs", "Store", "migrations", "sql_dir"]
+__all__ = ["DATA_ERRORS", "ClaimArgs", "Store", "migrations", "sql_dir"]
 
 Row = dict[str, Any]
 MIGRATE_LOCK = 0x6475726162_6C65  # "durable" in hex, for pg_advisory_xact_lock
+
+# What a statement raises because of the data of a row it touched (a timestamp out of
+# range, a value that breaks a cast or a check, a trigger's RAISE): the same statement
+# fails the same way every time, so the worker's loops isolate that row instead of
+# retrying (docs/reliability.md, "Poison rows").
+DATA_ERRORS: tuple[type[psycopg.Error], ...] = (
+    psycopg.errors.DataError,
+    psycopg.errors.IntegrityError,
+    psycopg.errors.RaiseException,
+)
 
 
 def interval(seconds: float | None) -> timedelta | None:
@@ -270,6 +280,15 @@ class Store:
     ) -> list[Row]:
         """Claimed runs; headers, retry and checkpoints as JSON text (see claim_runs)."""
         return await self._all("claim_runs", ClaimArgs(queue, names, limit, lease).params(worker))
+
+    async def claim_singly(
+        self, queue: str, worker: str, names: Sequence[str], limit: int, lease: float
+    ) -> list[Row]:
+        """`claim` one run at a time, each in its own subtransaction: for when `claim`
+        failed on some run's data. A run whose claim fails has its task failed for good
+        (see claim_runs_singly); the others are claimed as `claim` would."""
+        params = ClaimArgs(queue, names, limit, lease).params(worker)
+        return await self._all("claim_runs_singly", params)
 
     async def heartbeat(
         self, worker: str, runs: Sequence[UUID], lease: float
