@@ -166,7 +166,8 @@ async def test_a_bad_write_does_not_sink_the_rest_of_its_batch(client: dt.Durabl
     await _written(writer, writes)
     assert [w.owned for w in writes] == [False, True, True, False]
     # Written alone it fails again: its task fails for good, saying why.
-    assert bad.lost is not None and bad.lost.startswith("task failed: its checkpoint or result")
+    assert bad.lost is not None
+    assert bad.lost.startswith("task failed: its checkpoint or result")
     assert good.lost is None
     results = await _results(client)
     assert results[good.task_id] == ("completed", 6)
