@@ -1,4 +1,4 @@
-"""Turning a results dict into the stdout tables, the issue-6 target list and PNG plots."""
+"""Turning a results dict into the stdout tables, the performance target list and PNG plots."""
 
 from __future__ import annotations
 
@@ -176,7 +176,7 @@ def other_table(results: dict[str, Any]) -> str:
 
 
 def evaluate_targets(results: dict[str, Any]) -> list[dict[str, Any]]:
-    """Issue 6's targets with the measured values (None where not measured)."""
+    """docs/performance.md's targets with the measured values (None where not measured)."""
     out: list[dict[str, Any]] = []
 
     def add(target: str, measured: str, met: bool | None) -> None:
@@ -267,7 +267,7 @@ def targets_table(targets: list[dict[str, Any]]) -> str:
         [t["target"], t["measured"], {True: "yes", False: "NO", None: "-"}[t["met"]]]
         for t in targets
     ]
-    return _table(["issue-6 target", "measured", "met"], rows)
+    return _table(["performance target", "measured", "met"], rows)
 
 
 def plots(results: dict[str, Any], outdir: Path, suffix: str = "") -> list[str]:

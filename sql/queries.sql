@@ -84,7 +84,7 @@ SELECT * FROM @schema.await_event(%(run_id)s, %(worker)s, %(queue)s, %(event)s, 
     %(timeout)s::interval)
 
 -- name: emit_event
-SELECT @schema.emit_event(%(queue)s, %(event)s, %(payload)s::jsonb) AS woken
+SELECT @schema.deliver_event(%(queue)s, %(event)s, %(payload)s::jsonb) AS woken
 
 -- name: release_run
 SELECT @schema.release_run(%(run_id)s, %(worker)s) AS ok

@@ -7,7 +7,7 @@ BEGIN
     SELECT queue, parent_task_id, state, result, error, cancel_reason INTO t
     FROM @schema.tasks WHERE task_id = p_task;
     IF t.parent_task_id IS NOT NULL THEN
-        PERFORM @schema.emit_event(t.queue, '$task:' || p_task::text, jsonb_build_object(
+        PERFORM @schema.deliver_event(t.queue, '$task:' || p_task::text, jsonb_build_object(
             'state', t.state, 'result', t.result, 'error', t.error,
             'reason', t.cancel_reason));
     END IF;

@@ -1,44 +1,16 @@
--- Emit an event and wake every run waiting for it. Serialised per (queue, event) with an
--- advisory lock shared with await_event, so an emit racing a wait never loses the wake-up.
+-- The SQL API's emit (docs/sql.md): store the event p_event on p_queue with p_payload (any
+-- JSON; NULL means JSON null) and wake every task waiting for it; returns how many woke.
+-- Checks the queue and the name as the Python clients do (SQLSTATE 22023, nothing
+-- written), so no caller can forge the library's own "$..." events.
 CREATE OR REPLACE FUNCTION @schema.emit_event(p_queue text, p_event text, p_payload jsonb)
 RETURNS integer
 LANGUAGE plpgsql AS $$
-DECLARE
-    v_now timestamptz := @schema.clock_now();
-    v_woken integer;
-    v_queues text[];
-    v_queue text;
 BEGIN
-    PERFORM pg_advisory_xact_lock(@schema.event_lock_key(p_queue, p_event));
-    INSERT INTO @schema.events (queue, event_name, payload, emitted_at)
-    VALUES (p_queue, p_event, p_payload, v_now)
-    ON CONFLICT (queue, event_name)
-    DO UPDATE SET payload = EXCLUDED.payload, emitted_at = EXCLUDED.emitted_at;
-
-    WITH gone AS (
-        DELETE FROM @schema.waits
-        WHERE queue = p_queue AND event_name = p_event
-        RETURNING run_id, task_id, step_name
-    ), saved AS (
-        INSERT INTO @schema.checkpoints (task_id, name, value, run_id, created_at)
-        SELECT task_id, step_name, jsonb_build_object('payload', p_payload), run_id, v_now
-        FROM gone
-        ON CONFLICT (task_id, name) DO NOTHING
-    ), woke AS (
-        UPDATE @schema.runs r SET state = 'pending', available_at = v_now,
-            wake_reason = 'event'
-        FROM gone WHERE r.run_id = gone.run_id AND r.state = 'sleeping'
-        RETURNING r.task_id, r.queue
-    ), tasks_woke AS (
-        UPDATE @schema.tasks t SET state = 'pending'
-        FROM woke WHERE t.task_id = woke.task_id AND t.state = 'sleeping'
-    )
-    -- The waiter's queue, which for a join across queues is not the event's queue.
-    SELECT count(*), coalesce(array_agg(DISTINCT woke.queue), '{}') INTO v_woken, v_queues
-    FROM woke;
-    FOREACH v_queue IN ARRAY v_queues LOOP
-        PERFORM @schema.notify_queue(v_queue);
-    END LOOP;
-    RETURN v_woken;
+    PERFORM @schema.check_queue(p_queue);
+    PERFORM @schema.check_name(p_event, 'event name');
+    IF octet_length(coalesce(p_payload, 'null')::text) > 10485760 THEN
+        PERFORM @schema.refuse('the payload is larger than 10 MiB of JSON');
+    END IF;
+    RETURN @schema.deliver_event(p_queue, p_event, coalesce(p_payload, 'null'));
 END
 $$;

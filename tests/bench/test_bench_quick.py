@@ -33,7 +33,7 @@ def test_quick_run_writes_results(pg_url: str, tmp_path: Path) -> None:
         env={**os.environ, "DURABLE_BENCH_DATABASE_URL": pg_url},
     )
     assert done.returncode == 0, done.stderr[-4000:]
-    assert "issue-6 target" in done.stdout
+    assert "performance target" in done.stdout
 
     latest = json.loads((tmp_path / "latest-quick.json").read_text())
     stamped = [p for p in tmp_path.glob("*-quick.json") if p.name != "latest-quick.json"]

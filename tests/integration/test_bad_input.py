@@ -1,4 +1,4 @@
-"""Bad input, table-driven (design §5 "Bad inputs").
+"""Bad input, table-driven.
 
 Every case asserts three things: the exact typed error, a message that names what was wrong
 and what is accepted, and that nothing was written (row counts of every table in the

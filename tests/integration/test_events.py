@@ -371,7 +371,7 @@ async def test_race_await_holds_the_lock_then_emit_wakes_it(client: dt.Durable) 
         assert await cur.fetchone() == {"outcome": "suspended", "payload": None}
         async with trio.open_nursery() as nursery:
             nursery.start_soon(emit)
-            await wait_until_blocked(client, "emit_event")
+            await wait_until_blocked(client, "deliver_event")
             assert woken == []
             await conn_a.commit()
     assert woken == [1]

@@ -1,4 +1,4 @@
-"""Hypothesis settings profiles for the stateful tests (issue 5.1).
+"""Hypothesis settings profiles for the stateful tests.
 
 The profiles are registered here and *selected by name* in the test (never loaded
 globally), so other Hypothesis tests in the same session keep their own settings.

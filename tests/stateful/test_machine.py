@@ -1,5 +1,5 @@
 """A Hypothesis state machine driving the real library against the real Postgres, beside a
-small pure model (design §3, §5; issue 5.1).
+small pure model, checking the invariants of docs/architecture.md after every rule.
 
 Shape
 -----
