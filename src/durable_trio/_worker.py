@@ -82,7 +82,9 @@ class RunState:
     suspended: bool = False
     release_on_exit: bool = False
     body_done: bool = False  # the task's code returned; its outcome may still be in writing
-    ending: bool = False  # its completion or failure is queued or being written
+    # Its completion, failure or suspension is queued or being written: a heartbeat
+    # answered meanwhile may no longer list it, without the run being lost.
+    ending: bool = False
     finished: bool = False
     last_write: Write | None = None  # the latest checkpoint or completion queued for it
 

@@ -127,3 +127,36 @@ async def test_a_run_taken_over_is_still_reported_lost(
     assert [m.split(": ", 1)[1] for m in warnings_about_losses(caplog)] == [
         "lease lost (expired, or the run was taken over)"
     ]
+
+
+@dt.task("alarm-sleeps")
+async def sleeps(ctx: dt.TaskContext, _: None) -> str:
+    await ctx.sleep_for("nap", 3600)
+    return "woke"
+
+
+async def test_a_heartbeat_racing_a_suspension_is_no_alarm(
+    client: dt.Durable, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="durable_trio.worker")
+    client.register(sleeps)
+    worker = client.new_worker(dt.WorkerOptions(concurrency=4, poll_interval=0.05))
+    async with trio.open_nursery() as nursery:
+        await nursery.start(worker.run)
+        store: Any = worker._exec
+        suspend = store.suspend
+
+        async def suspend_then_beat(*args: Any, **kwargs: Any) -> Any:
+            ok = await suspend(*args, **kwargs)
+            await worker._beat()
+            return ok
+
+        store.suspend = suspend_then_beat
+        spawned = await client.spawn(sleeps, None)
+        with trio.fail_after(10):
+            while (await client.get_task(spawned.task_id)).state is not dt.TaskState.SLEEPING:
+                await trio.sleep(0.01)
+            while worker.in_flight:
+                await trio.sleep(0.01)
+        worker.shutdown()
+    assert warnings_about_losses(caplog) == []
