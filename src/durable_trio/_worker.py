@@ -8,6 +8,13 @@ Lifetimes:
 - If the task running `Worker.run()` is cancelled from outside, the worker stops at once
   and writes nothing more, exactly like a crash: its runs are re-claimed by another worker
   once their leases expire (costing an attempt).
+- Task code raising KeyboardInterrupt (Ctrl-C) fails that attempt, then the worker hands
+  its other runs back and `run()` raises KeyboardInterrupt. SystemExit is an ordinary
+  failure of the task.
+
+No row's data stops a loop: a statement that fails on it (DATA_ERRORS) is retried row
+by row on that failure path only, and the task whose row breaks it is failed for good
+with an UnprocessableTask error (docs/reliability.md, "Poison rows").
 """
 
 from __future__ import annotations
