@@ -31,6 +31,7 @@ TRACEBACK_LIMIT = 20_000
 # own bound, traceback.format_exception's max_group_depth).
 _GROUP_DEPTH = 5
 UNPROCESSABLE = "durable_trio.UnprocessableTask"
+NO_TRACEBACK = "(the traceback could not be formatted)"
 
 
 def printable(text: str, limit: int) -> str:
@@ -93,7 +94,7 @@ def error_record(ex: BaseException, *, retryable: bool, attempt: int) -> dict[st
     return {
         "type": type_name(ex),
         "message": printable(message(ex), MESSAGE_LIMIT),
-        "traceback": printable(text or "(the traceback could not be formatted)", TRACEBACK_LIMIT),
+        "traceback": printable(text or NO_TRACEBACK, TRACEBACK_LIMIT),
         "retryable": retryable,
         "attempt": attempt,
     }

@@ -713,7 +713,7 @@ class Worker:
             rand=random.random(),
         )
         error = _failures.error_record(ex, retryable=retryable, attempt=run.attempt)
-        _log_failure(run, ex, decision)
+        _log_failure(run, ex, decision, formatted=error["traceback"] != _failures.NO_TRACEBACK)
         run.ending = True
         try:
             state = await self._record_failure(run, error, decision)
@@ -776,13 +776,15 @@ def _retry_strategy(text: str) -> RetryStrategy:
     return RetryStrategy.from_json(json.loads(text))
 
 
-def _log_failure(run: RunState, ex: BaseException, decision: FailureDecision) -> None:
+def _log_failure(
+    run: RunState, ex: BaseException, decision: FailureDecision, *, formatted: bool
+) -> None:
     """An attempt's error, with its traceback: what the task's owner needs to see without
     querying the database. WARNING while a retry follows, ERROR when the task failed."""
     what = f"task {run.task_name!r} {run.task_id} attempt {run.attempt}/{run.max_attempts}"
     # The traceback only if it can be formatted: a hostile exception must not break the
     # log line (nor the handler, which may raise on a formatting error).
-    exc_info = ex if _failures.traceback_text(ex) is not None else None
+    exc_info = ex if formatted else None
     shown = _failures.summary(ex)
     if decision.retry:
         log.warning(
