@@ -223,6 +223,34 @@ async def test_a_run_that_breaks_the_heartbeat_is_failed_and_the_rest_renewed(
     assert (await client.get_task(good.task_id)).attempts == 1
 
 
+async def test_an_overflowing_max_duration_does_not_break_the_heartbeat(
+    client: dt.Durable,
+) -> None:
+    HELD.__init__()  # type: ignore[misc]
+    client.register(blocks, held, returns)
+    good = await client.spawn(held, None)
+    bad = await client.spawn(blocks, None)
+    options = dt.WorkerOptions(concurrency=4, poll_interval=0.05, claim_timeout=0.6)
+    async with serving(client, options):
+        with trio.fail_after(10):
+            while (await client.get_task(bad.task_id)).state is not dt.TaskState.RUNNING:
+                await trio.sleep(0.02)
+        # Running now: its max_duration deadline (first start + max_duration) is out of
+        # the timestamp range, which each heartbeat computes.
+        await fetch(
+            client,
+            "UPDATE @s.tasks SET max_duration = '170000000 years' WHERE task_id = %s",
+            bad.task_id,
+        )
+        await trio.sleep(1.0)  # several heartbeats
+        HELD.set()
+        assert await client.wait_result(held, good.task_id, timeout=15) == "held"
+        await canary_completes(client)
+        info = await client.get_task(bad.task_id)
+    if info.state is not dt.TaskState.RUNNING:  # unless a guard made the value harmless
+        assert_poisoned(info, "heartbeat", "out of range")
+
+
 # -- the writer ----------------------------------------------------------------------------
 
 
@@ -263,3 +291,23 @@ async def test_a_deadline_that_breaks_the_sweep_fails_its_task_and_the_sweep_goe
     assert other.cancel_reason == "max_pending_delay exceeded"
     rows: list[dict[str, Any]] = await fetch(client, "SELECT task_id FROM @s.deadlines")
     assert rows == []
+
+
+async def test_an_overflowing_pending_delay_does_not_stop_the_sweep(client: dt.Durable) -> None:
+    policy = dt.CancellationPolicy(max_pending_delay=1)
+    options = dt.SpawnOptions(cancellation=policy)
+    bad = await client.spawn_by_name("poison-nobody", {}, options=options)
+    late = await client.spawn_by_name("poison-nobody", {}, options=options)
+    # Its deadline row falls due, but recomputing the deadline overflows.
+    await fetch(
+        client,
+        "UPDATE @s.tasks SET max_pending_delay = '170000000 years' WHERE task_id = %s",
+        bad.task_id,
+    )
+    await advance_clock(client, 60)
+    await reap_expired(client)
+    other = await client.get_task(late.task_id)
+    assert other.state is dt.TaskState.CANCELLED
+    info = await client.get_task(bad.task_id)
+    if info.state is not dt.TaskState.PENDING:  # unless a guard made the value harmless
+        assert_poisoned(info, "deadline", "out of range")
