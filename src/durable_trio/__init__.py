@@ -30,6 +30,7 @@ from ._errors import TaskFailed as TaskFailed
 from ._errors import TaskNotFound as TaskNotFound
 from ._errors import UnknownTask as UnknownTask
 from ._errors import WaitTimeout as WaitTimeout
+from ._retention import CleanupResult as CleanupResult
 from ._task import Task as Task
 from ._task import TaskDefinition as TaskDefinition
 from ._task import task as task

@@ -6,7 +6,7 @@ import math
 import os
 from collections.abc import AsyncIterator, Iterable, Iterator
 from contextlib import asynccontextmanager, contextmanager, suppress
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, TypeVar
 from uuid import UUID
 
@@ -31,6 +31,7 @@ from ._errors import (
     UnknownTask,
     WaitTimeout,
 )
+from ._retention import CleanupResult, check_batch, cutoff
 from ._store import Store, interval
 from ._task import Task, TaskDefinition, as_definition
 from ._worker import Worker
@@ -382,6 +383,34 @@ class Durable:
         if await self._store.get_task(task_id) is None:
             raise TaskNotFound(task_id)
         return await self._store.cancel(task_id, reason) > 0
+
+    async def cleanup(
+        self,
+        *,
+        finished_before: datetime | timedelta | float | None = None,
+        events_before: datetime | timedelta | float | None = None,
+        batch: int = 1000,
+    ) -> CleanupResult:
+        """Remove old finished work; return what was removed.
+
+        ``finished_before``: tasks that finished before then (an aware datetime, or an age
+        such as ``timedelta(days=30)`` on the database's clock) go, with their runs,
+        checkpoints and waits, unless their parent is still unfinished. ``events_before``:
+        events emitted before then go (a task that waits for one later no longer finds
+        it). Children's internal end events go once their parent has finished. Works in
+        transactions of at most `batch` rows of each kind, taking no lock a claim or a
+        worker's write waits on; a removed task's idempotency key may be used again.
+        """
+        batch = check_batch(batch)
+        now = await self._store.now()
+        tasks_cut = cutoff(finished_before, what="finished_before", now=now)
+        events_cut = cutoff(events_before, what="events_before", now=now)
+        total = CleanupResult()
+        while True:
+            removed = CleanupResult(**await self._store.cleanup(tasks_cut, events_cut, batch))
+            total += removed
+            if not removed.full(batch):
+                return total
 
     # -- workers ----------------------------------------------------------------------
 

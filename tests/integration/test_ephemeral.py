@@ -160,3 +160,31 @@ def test_failed_start_reports_log_and_cleans_up(
     assert not server.running
     assert created
     assert not any(Path(path).exists() for path in created)
+
+
+# -- the server shipped on PyPI (the `embedded` extra) --------------------------------------
+
+
+def test_the_embedded_server_is_the_last_resort(monkeypatch: pytest.MonkeyPatch) -> None:
+    embedded = _ephemeral.embedded_bindir()
+    assert embedded is not None, "the test environment installs durable_trio[embedded]"
+    monkeypatch.delenv("DURABLE_PG_BINDIR", raising=False)
+    # A machine with no PostgreSQL of its own: nothing on PATH, no pg_config, no packages.
+    monkeypatch.setattr(_ephemeral, "_pg_config_bindir", lambda: None)
+    monkeypatch.setattr(_ephemeral.shutil, "which", lambda name: None)
+    monkeypatch.setattr(_ephemeral, "_SYSTEM_BINDIRS", ())
+    assert find_bindir() == embedded
+    # And without the wheel either: the error says how to get a server.
+    monkeypatch.setattr(_ephemeral, "embedded_bindir", lambda: None)
+    with pytest.raises(PostgresUnavailable, match=r"durable_trio\[embedded\]"):
+        find_bindir()
+
+
+def test_the_embedded_server_starts_and_serves(monkeypatch: pytest.MonkeyPatch) -> None:
+    embedded = _ephemeral.embedded_bindir()
+    assert embedded is not None
+    monkeypatch.setenv("DURABLE_PG_BINDIR", str(embedded))
+    with EphemeralPostgres(fast=True) as pg, psycopg.connect(pg.url) as conn:
+        row = conn.execute("SHOW server_version_num").fetchone()
+    assert row is not None
+    assert int(row[0]) >= 180000

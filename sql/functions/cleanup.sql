@@ -1,0 +1,67 @@
+-- Retention: remove one batch of old finished work, so tables do not grow for ever.
+-- - tasks finished (completed, failed, cancelled) before p_finished_before, with their
+--   runs, checkpoints and waits, unless their parent is still unfinished (it may join
+--   them yet); oldest first, at most p_batch;
+-- - events emitted before p_events_before, at most p_batch (a task that waits for one
+--   later no longer finds it);
+-- - the end events of children ("$task:<id>") whose parent has finished or is gone, at
+--   most p_batch, whatever their age (a parent joins a child only while unfinished).
+-- A NULL cutoff skips that kind. Rows are taken with SKIP LOCKED and no claimable run is
+-- touched, so a cleanup never makes a claim or a write wait. Callers repeat it until a
+-- batch removes less than p_batch of each kind (Durable.cleanup does).
+CREATE OR REPLACE FUNCTION @schema.cleanup(
+    p_finished_before timestamptz, p_events_before timestamptz, p_batch integer
+) RETURNS TABLE (tasks integer, runs integer, checkpoints integer, events integer)
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_tasks uuid[];
+    v_runs integer := 0;
+    v_checkpoints integer := 0;
+    v_events integer := 0;
+    v_ended integer := 0;
+BEGIN
+    IF p_finished_before IS NOT NULL THEN
+        SELECT coalesce(array_agg(victim.task_id), '{}') INTO v_tasks FROM (
+            SELECT t.task_id FROM @schema.tasks t
+            WHERE t.finished_at < p_finished_before
+              AND t.state IN ('completed', 'failed', 'cancelled')
+              AND NOT EXISTS (SELECT 1 FROM @schema.tasks p WHERE p.task_id = t.parent_task_id
+                  AND p.state NOT IN ('completed', 'failed', 'cancelled'))
+            ORDER BY t.task_id LIMIT p_batch
+            FOR UPDATE OF t SKIP LOCKED
+        ) victim;
+        WITH gone AS (DELETE FROM @schema.runs WHERE task_id = ANY (v_tasks) RETURNING 1)
+        SELECT count(*) INTO v_runs FROM gone;
+        WITH gone AS (DELETE FROM @schema.checkpoints WHERE task_id = ANY (v_tasks) RETURNING 1)
+        SELECT count(*) INTO v_checkpoints FROM gone;
+        DELETE FROM @schema.tasks WHERE task_id = ANY (v_tasks);  -- waits, deadlines cascade
+    ELSE
+        v_tasks := '{}';
+    END IF;
+    IF p_events_before IS NOT NULL THEN
+        WITH old AS (
+            SELECT e.queue, e.event_name FROM @schema.events e
+            WHERE e.emitted_at < p_events_before AND left(e.event_name, 6) <> '$task:'
+            LIMIT p_batch FOR UPDATE SKIP LOCKED
+        ), gone AS (
+            DELETE FROM @schema.events e USING old
+            WHERE e.queue = old.queue AND e.event_name = old.event_name RETURNING 1
+        )
+        SELECT count(*) INTO v_events FROM gone;
+    END IF;
+    WITH ended AS (
+        SELECT e.queue, e.event_name FROM @schema.events e
+        WHERE left(e.event_name, 6) = '$task:'
+          AND NOT EXISTS (
+              SELECT 1 FROM @schema.tasks c JOIN @schema.tasks p ON p.task_id = c.parent_task_id
+              WHERE c.task_id = @schema.child_of_event(e.event_name)
+                AND p.state NOT IN ('completed', 'failed', 'cancelled'))
+        LIMIT p_batch FOR UPDATE SKIP LOCKED
+    ), gone AS (
+        DELETE FROM @schema.events e USING ended
+        WHERE e.queue = ended.queue AND e.event_name = ended.event_name RETURNING 1
+    )
+    SELECT count(*) INTO v_ended FROM gone;
+    RETURN QUERY SELECT cardinality(v_tasks), v_runs, v_checkpoints, v_events + v_ended;
+END
+$$;

@@ -1,0 +1,122 @@
+"""The schema, a throwaway server, and the quickstart."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import time
+from pathlib import Path
+from types import ModuleType
+
+import click
+import trio
+
+from .._ephemeral import EphemeralPostgres, PostgresUnavailable
+from .._schema import functions, migrations, render
+from .._sql import MIGRATE_LOCK
+from ._common import client, run, settings
+
+
+@click.command()
+@click.option(
+    "--print-sql",
+    is_flag=True,
+    help="Print the SQL that builds the schema from nothing (for review or manual "
+    "application), without connecting.",
+)
+def migrate(print_sql: bool) -> None:
+    """Create or upgrade the schema."""
+    if print_sql:
+        click.echo(_schema_script(settings().schema))
+        return
+
+    async def go() -> list[int]:
+        async with client() as c:
+            return await c.migrate()
+
+    applied = run(go)
+    click.echo(f"applied migrations {applied}" if applied else "schema is up to date")
+
+
+def _schema_script(schema: str) -> str:
+    quoted = render("@schema", schema)
+    parts = [
+        "BEGIN;",
+        f"SELECT pg_advisory_xact_lock({MIGRATE_LOCK});",
+        f"CREATE SCHEMA IF NOT EXISTS {quoted};",
+        f"CREATE TABLE {quoted}.migrations (version integer PRIMARY KEY, name text NOT NULL,"
+        " applied_at timestamptz NOT NULL DEFAULT now());",
+        f"CREATE TABLE {quoted}.functions (name text PRIMARY KEY, digest text NOT NULL,"
+        " installed_at timestamptz NOT NULL DEFAULT now());",
+    ]
+    for name, text, digest in functions():
+        parts += [
+            render(text, schema).strip(),
+            f"INSERT INTO {quoted}.functions (name, digest) VALUES ('{name}', '{digest}');",
+        ]
+    for version, name, text in migrations():
+        parts += [
+            render(text, schema).strip(),
+            f"INSERT INTO {quoted}.migrations (version, name) VALUES ({version}, '{name}');",
+        ]
+    return "\n\n".join([*parts, "COMMIT;"])
+
+
+@click.command()
+@click.option("--tcp", is_flag=True, help="Listen on 127.0.0.1 (default: a Unix socket only).")
+@click.option("--port", type=int, default=None, help="TCP port (implies --tcp).")
+@click.option("--fast", is_flag=True, help="fsync off and similar: data may be lost.")
+def postgres(tcp: bool, port: int | None, fast: bool) -> None:
+    """Run a throwaway PostgreSQL until Ctrl-C and print its URL."""
+    try:
+        server = EphemeralPostgres(tcp=tcp or port is not None, port=port, fast=fast)
+        with server:
+            click.echo(server.url)
+            click.echo(f"export DURABLE_DATABASE_URL='{server.url}'")
+            click.echo("Press Ctrl-C to stop the server.")
+            try:
+                while True:
+                    time.sleep(3600)
+            except KeyboardInterrupt:
+                pass
+    except PostgresUnavailable as ex:
+        raise click.ClickException(str(ex)) from None
+
+
+@click.command()
+def quickstart() -> None:
+    """Run the quickstart workflow (a throwaway PostgreSQL when no URL is set)."""
+    module = _load_quickstart()
+    url = settings().url or os.environ.get("DURABLE_DATABASE_URL")
+    if url:
+        trio.run(module.main, url)
+        return
+    click.echo("DURABLE_DATABASE_URL is unset: starting a throwaway PostgreSQL...")
+    try:
+        with EphemeralPostgres() as server:
+            trio.run(module.main, server.url)
+    except PostgresUnavailable as ex:
+        raise click.ClickException(str(ex)) from None
+    click.echo("done; the throwaway server was stopped.")
+
+
+def _quickstart_path() -> Path:
+    """Inside an installed wheel (packaged there), or at the top of a source checkout."""
+    package = Path(__file__).resolve().parents[1]
+    for path in (
+        package / "examples" / "quickstart.py",
+        package.parents[1] / "examples" / "quickstart.py",
+    ):
+        if path.exists():
+            return path
+    raise click.ClickException(f"examples/quickstart.py is not in the package ({package})")
+
+
+def _load_quickstart() -> ModuleType:
+    path = _quickstart_path()
+    spec = importlib.util.spec_from_file_location("durable_trio_quickstart", path)
+    if spec is None or spec.loader is None:
+        raise click.ClickException(f"cannot load {path}")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

@@ -1,0 +1,135 @@
+"""Retention: Durable.cleanup removes old finished work, in batches, and nothing else."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+
+import durable_trio as dt
+from durable_trio.testing import advance_clock, run_until_idle
+from support import fetch
+
+
+@dt.task("done")
+async def done(ctx: dt.TaskContext, params: int) -> int:
+    return await ctx.step("double", lambda: params * 2)
+
+
+@dt.task("boom")
+async def boom(ctx: dt.TaskContext, params: None) -> None:
+    raise dt.NonRetryable("no")
+
+
+@dt.task("kid")
+async def kid(ctx: dt.TaskContext, params: int) -> int:
+    return params
+
+
+@dt.task("parent")
+async def parent(ctx: dt.TaskContext, params: int) -> list[int]:
+    handles = [await ctx.spawn(f"kid-{i}", kid, i) for i in range(params)]
+    await ctx.await_event("join-now")
+    return [await ctx.join(f"join-{i}", h) for i, h in enumerate(handles)]
+
+
+async def count(client: dt.Durable, table: str) -> int:
+    [row] = await fetch(client, f"SELECT count(*) AS n FROM @s.{table}")
+    return int(row["n"])
+
+
+async def test_old_finished_tasks_go_with_their_runs_and_checkpoints(
+    client: dt.Durable,
+) -> None:
+    client.register(done)
+    old = [(await client.spawn(done, i)).task_id for i in range(3)]
+    await run_until_idle(client)
+    await advance_clock(client, timedelta(days=31))
+    recent = (await client.spawn(done, 9)).task_id
+    await run_until_idle(client)
+    pending = (await client.spawn(done, 7, options=dt.SpawnOptions(delay=3600))).task_id
+
+    removed = await client.cleanup(finished_before=timedelta(days=30))
+    assert removed == dt.CleanupResult(tasks=3, runs=3, checkpoints=3, events=0)
+    for task_id in old:
+        with pytest.raises(dt.TaskNotFound):
+            await client.get_task(task_id)
+    assert (await client.get_task(recent)).state is dt.TaskState.COMPLETED
+    assert (await client.get_task(pending)).state is dt.TaskState.PENDING
+    assert await count(client, "runs") == 2
+    assert await count(client, "checkpoints") == 1
+    # Nothing left that old: a second cleanup removes nothing.
+    assert await client.cleanup(finished_before=timedelta(days=30)) == dt.CleanupResult()
+
+
+async def test_batches_repeat_until_everything_old_is_gone(client: dt.Durable) -> None:
+    client.register(done)
+    await client.spawn_many(done, range(25))
+    await run_until_idle(client)
+    await advance_clock(client, 120)
+    removed = await client.cleanup(finished_before=60, batch=4)
+    assert (removed.tasks, removed.runs, removed.checkpoints) == (25, 25, 25)
+    assert await count(client, "tasks") == 0
+
+
+async def test_failed_and_cancelled_tasks_go_too(client: dt.Durable) -> None:
+    client.register(done, boom)
+    cancelled = await client.spawn(done, 1, options=dt.SpawnOptions(delay=3600))
+    await client.cancel(cancelled.task_id)
+    failed = await client.spawn(boom, None)
+    await run_until_idle(client)
+    assert (await client.get_task(failed.task_id)).state is dt.TaskState.FAILED
+    await advance_clock(client, 10)
+    removed = await client.cleanup(finished_before=datetime.now(UTC) + timedelta(days=1))
+    assert removed.tasks == 2
+
+
+async def test_children_of_an_unfinished_parent_stay_until_it_ends(client: dt.Durable) -> None:
+    client.register(parent, kid)
+    spawned = await client.spawn(parent, 2)
+    await run_until_idle(client)  # the children finish; the parent waits for its event
+    await advance_clock(client, timedelta(days=2))
+    kept = await client.cleanup(finished_before=timedelta(days=1), events_before=timedelta(days=1))
+    assert kept == dt.CleanupResult()  # the parent may join them yet: their ends are kept
+    await client.emit_event("join-now")
+    await run_until_idle(client)
+    assert await client.wait_result(parent, spawned.task_id, timeout=10) == [0, 1]
+    # The parent finished: its children's end events go at once, whatever their age.
+    ended = await client.cleanup()
+    assert ended == dt.CleanupResult(events=2)
+    await advance_clock(client, timedelta(days=2))
+    removed = await client.cleanup(finished_before=timedelta(days=1))
+    assert removed.tasks == 3
+    assert await count(client, "tasks") == 0
+
+
+async def test_old_events_go_and_recent_ones_stay(client: dt.Durable) -> None:
+    await client.emit_event("old", 1)
+    await advance_clock(client, timedelta(hours=2))
+    await client.emit_event("new", 2)
+    removed = await client.cleanup(events_before=timedelta(hours=1))
+    assert removed == dt.CleanupResult(events=1)
+    rows = await fetch(client, "SELECT event_name FROM @s.events")
+    assert [r["event_name"] for r in rows] == ["new"]
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"finished_before": datetime(2030, 1, 1)}, "timezone-aware datetime or an age"),
+        ({"finished_before": -5}, "finished_before must be zero or more seconds"),
+        ({"events_before": "yesterday"}, "events_before must be a timedelta"),
+        ({"batch": 0}, "batch must be an integer from 1 to 100000"),
+        ({"batch": True}, "batch must be an integer"),
+    ],
+)
+async def test_bad_arguments_are_refused_and_remove_nothing(
+    client: dt.Durable, kwargs: dict[str, Any], message: str
+) -> None:
+    client.register(done)
+    await client.spawn(done, 1)
+    await run_until_idle(client)
+    with pytest.raises(dt.InvalidInput, match=message):
+        await client.cleanup(**kwargs)
+    assert await count(client, "tasks") == 1
