@@ -142,3 +142,11 @@ WHERE queue = ANY (%(queues)s::text[]) AND state IN ('pending', 'sleeping')
 -- name: cleanup
 SELECT * FROM @schema.cleanup(%(finished_before)s::timestamptz,
     %(events_before)s::timestamptz, %(batch)s)
+-- name: run_outcomes
+-- How runs ended (Worker.run_once's report): each run's state and error, and whether its
+-- failure scheduled another attempt (a probe of the (task_id, attempt) unique index).
+SELECT r.run_id, r.state, r.error,
+    EXISTS (SELECT 1 FROM @schema.runs n
+            WHERE n.task_id = r.task_id AND n.attempt = r.attempt + 1) AS retried
+FROM @schema.runs r
+WHERE r.run_id = ANY (%(runs)s::uuid[])

@@ -1,52 +1,38 @@
 """Test harness: one real PostgreSQL per test session, a fresh schema per test.
 
-Uses DURABLE_TEST_DATABASE_URL when set; otherwise starts a throwaway server with the
-system's initdb/pg_ctl (durable_trio._ephemeral). No server is a hard failure, never a skip.
+The server and the schemas come from durable_trio's own pytest plugin
+(durable_trio.testing.pytest_plugin: DURABLE_TEST_DATABASE_URL when set, otherwise a
+throwaway server started with the system's initdb/pg_ctl). No server is a hard failure,
+never a skip.
 """
 
 from __future__ import annotations
 
-import os
-import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 
-import psycopg
 import pytest
 
 import durable_trio as dt
-from durable_trio._ephemeral import EphemeralPostgres, PostgresUnavailable
+from durable_trio.testing import pytest_plugin
 
-URL_ENV = "DURABLE_TEST_DATABASE_URL"
+pytest_plugins = ["pytester"]
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # Registered by the package's pytest11 entry point once installed; from a bare
+    # checkout (PYTHONPATH=src) it is registered here instead.
+    if not config.pluginmanager.has_plugin("durable_trio"):
+        config.pluginmanager.register(pytest_plugin, "durable_trio")
 
 
 @pytest.fixture(scope="session")
-def pg_url() -> Iterator[str]:
-    url = os.environ.get(URL_ENV)
-    if url:
-        yield url
-        return
-    try:
-        server = EphemeralPostgres(fast=True).start()
-    except PostgresUnavailable as ex:
-        pytest.fail(
-            f"No PostgreSQL for the tests: {ex}\n"
-            f"Set {URL_ENV}=postgresql://user:pass@host/db to use an existing server.",
-            pytrace=False,
-        )
-    try:
-        yield server.url
-    finally:
-        server.stop()
+def pg_url(durable_server: str) -> str:
+    return durable_server
 
 
 @pytest.fixture
-def schema(pg_url: str) -> Iterator[str]:
-    name = f"t_{uuid.uuid4().hex[:16]}"
-    yield name
-    with psycopg.connect(pg_url, autocommit=True) as conn:
-        conn.execute(
-            psycopg.sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(psycopg.sql.Identifier(name))
-        )
+def schema(durable_schema: str) -> str:
+    return durable_schema
 
 
 @pytest.fixture

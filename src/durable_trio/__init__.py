@@ -12,6 +12,9 @@ from ._context import TaskHandle as TaskHandle
 from ._core.options import CancellationPolicy as CancellationPolicy
 from ._core.options import SpawnOptions as SpawnOptions
 from ._core.options import WorkerOptions as WorkerOptions
+from ._core.report import PassReport as PassReport
+from ._core.report import RunOutcome as RunOutcome
+from ._core.report import RunReport as RunReport
 from ._core.retry import RetryStrategy as RetryStrategy
 from ._core.states import TaskState as TaskState
 from ._errors import ChildCancelled as ChildCancelled
@@ -22,6 +25,7 @@ from ._errors import DurableError as DurableError
 from ._errors import EventTimeout as EventTimeout
 from ._errors import InvalidInput as InvalidInput
 from ._errors import LeaseLost as LeaseLost
+from ._errors import NeverIdle as NeverIdle
 from ._errors import NonRetryable as NonRetryable
 from ._errors import ReplayMismatch as ReplayMismatch
 from ._errors import SerializationError as SerializationError
@@ -30,6 +34,7 @@ from ._errors import TaskFailed as TaskFailed
 from ._errors import TaskNotFound as TaskNotFound
 from ._errors import UnknownTask as UnknownTask
 from ._errors import WaitTimeout as WaitTimeout
+from ._errors import WorkerFailed as WorkerFailed
 from ._retention import CleanupResult as CleanupResult
 from ._task import Task as Task
 from ._task import TaskDefinition as TaskDefinition

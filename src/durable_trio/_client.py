@@ -7,7 +7,7 @@ import os
 from collections.abc import AsyncIterator, Iterable, Iterator
 from contextlib import asynccontextmanager, contextmanager, suppress
 from datetime import datetime, timedelta
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 from uuid import UUID
 
 import attrs
@@ -30,6 +30,7 @@ from ._errors import (
     TaskNotFound,
     UnknownTask,
     WaitTimeout,
+    WorkerFailed,
 )
 from ._retention import CleanupResult, check_batch, cutoff
 from ._store import Store, interval
@@ -428,22 +429,90 @@ class Durable:
 
     @asynccontextmanager
     async def worker(self, options: WorkerOptions | None = None) -> AsyncIterator[Worker]:
-        """Run a worker for the duration of the block; leaving it shuts down gracefully."""
+        """Run a worker for the duration of the block.
+
+        Leaving the block normally shuts the worker down gracefully. An exception raised
+        in the block stops the worker at once (its runs are retried once their leases
+        expire) and is re-raised as it is, never wrapped in an ExceptionGroup, so a plain
+        ``except dt.WaitTimeout:`` around the block works. If the worker itself fails (a
+        bug, or a database error it cannot ride out), the block is cancelled and
+        `WorkerFailed` is raised, with the worker's error as its ``__cause__``.
+        """
         worker = self.new_worker(options)
-        # Checked here too, so the error is not wrapped in the nursery's ExceptionGroup.
+        # Checked here too, so a missing schema is reported as it is, before any nursery.
         with suppress(*CONNECTION_LOST):
             await self._store.check_schema()
-        async with trio.open_nursery() as nursery:
-            await nursery.start(worker.run)
-            try:
-                yield worker
-            finally:
-                worker.shutdown()
+        raised: BaseException | None = None
+        try:
+            async with trio.open_nursery() as nursery:
+                await nursery.start(worker.run)
+                try:
+                    yield worker
+                except BaseException as ex:
+                    raised = ex
+                    raise
+                finally:
+                    worker.shutdown()
+        except BaseExceptionGroup as group:
+            _unwrap(group, raised, worker)
 
     @property
     def store(self) -> Store:
         """The low-level store (used by durable_trio.testing)."""
         return self._store
+
+
+def _unwrap(
+    group: BaseExceptionGroup[BaseException], raised: BaseException | None, worker: Worker
+) -> NoReturn:
+    """Raise what left `client.worker()`'s nursery as the user would expect it: the
+    worker's own failure as `WorkerFailed`, else the block's exception, bare."""
+    # Not by identity: trio's cancel scopes copy the groups they split (the leaves stay).
+    mine = {id(leaf) for leaf in _leaves(raised)} if raised is not None else set()
+    others = [ex for ex in group.exceptions if any(id(e) not in mine for e in _leaves(ex))]
+    # The worker's trio.Cancelled only says the block's error or an outer scope stopped it.
+    failures = [rest for ex in others if (rest := _without_cancelled(ex)) is not None]
+    if failures:
+        cause = _innermost(failures[0] if len(failures) == 1 else group.derive(failures))
+        if not isinstance(cause, Exception):
+            _reraise(cause)  # KeyboardInterrupt, SystemExit: passed on as they are
+        raise WorkerFailed(
+            f"worker {worker.worker_id} stopped with an error: {type(cause).__name__}: {cause}"
+        ) from cause
+    if raised is None:
+        raise group  # only cancellations: the scope that cancelled catches them
+    _reraise(raised)
+
+
+def _leaves(ex: BaseException) -> Iterator[BaseException]:
+    if isinstance(ex, BaseExceptionGroup):
+        for inner in ex.exceptions:
+            yield from _leaves(inner)
+    else:
+        yield ex
+
+
+def _innermost(ex: BaseException) -> BaseException:
+    """A group of one exception, nested however deep, is that exception."""
+    while isinstance(ex, BaseExceptionGroup) and len(ex.exceptions) == 1:
+        ex = ex.exceptions[0]
+    return ex
+
+
+def _without_cancelled(ex: BaseException) -> BaseException | None:
+    if isinstance(ex, BaseExceptionGroup):
+        return ex.split(trio.Cancelled)[1]
+    return None if isinstance(ex, trio.Cancelled) else ex
+
+
+def _reraise(ex: BaseException) -> NoReturn:
+    """Raise `ex` again keeping its own ``__context__`` (raising it while the group is
+    handled would chain the group, which holds `ex` itself, as its context)."""
+    context = ex.__context__
+    try:
+        raise ex
+    finally:
+        ex.__context__ = context
 
 
 def _result(row: dict[str, Any]) -> SpawnResult:

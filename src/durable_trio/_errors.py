@@ -17,6 +17,7 @@ __all__ = [
     "EventTimeout",
     "InvalidInput",
     "LeaseLost",
+    "NeverIdle",
     "NonRetryable",
     "ReplayMismatch",
     "SerializationError",
@@ -25,6 +26,7 @@ __all__ = [
     "TaskNotFound",
     "UnknownTask",
     "WaitTimeout",
+    "WorkerFailed",
 ]
 
 
@@ -148,3 +150,22 @@ class ReplayMismatch(DurableError):
 class NonRetryable(DurableError):
     """Raise this (or a subclass, or wrap another error in it) from task code to fail the
     task at once, without using the remaining attempts."""
+
+
+class WorkerFailed(DurableError):
+    """The worker run by ``async with client.worker():`` stopped with an unexpected error
+    (a bug, or a database error it could not ride out); the original is ``__cause__``.
+
+    The block was cancelled when it happened. The runs the worker held are retried once
+    their leases expire, so no work is lost: log it and start a worker again. (An
+    exception raised by the block itself is re-raised as it is, never as this.)
+    """
+
+
+class NeverIdle(DurableError):
+    """`durable_trio.testing.run_until_idle(skip_time=True)` jumped the clock
+    ``max_jumps`` times and work still came due: a task probably sleeps in a loop forever.
+
+    Bound the simulated time with ``max_skip=`` (work due later is left asleep), raise
+    ``max_jumps``, or step with `run_once` and `advance_clock` yourself.
+    """

@@ -336,6 +336,11 @@ class Store:
             )
         )
 
+    async def run_outcomes(self, runs: Sequence[UUID]) -> dict[UUID, Row]:
+        """run_id -> {state, error, retried} for the given runs (missing: no such run)."""
+        rows = await self._all("run_outcomes", {"runs": list(runs)})
+        return {row["run_id"]: row for row in rows}
+
     # -- client side ------------------------------------------------------------------
 
     async def emit_event(self, queue: str, event: str, payload: str, conn: Any = None) -> int:

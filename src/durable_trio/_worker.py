@@ -38,6 +38,7 @@ from . import _failures, _serde
 from ._context import Suspended, TaskContext
 from ._core.ids import uuid7
 from ._core.options import WorkerOptions
+from ._core.report import PassReport, RunOutcome, RunReport, outcome_of
 from ._core.retry import FailureDecision, RetryStrategy, decide_failure
 from ._db import CONNECTION_LOST, Listener, Pool
 from ._errors import (
@@ -762,6 +763,82 @@ class Worker:
                 continue  # its code returned: only its completion's write is left to finish
             run.release_on_exit = True
             run.scope.cancel()
+
+    # -- one deterministic pass (tests, scripts) ----------------------------------------
+
+    async def run_once(self, *, limit: int | None = None) -> PassReport:
+        """Claim up to `limit` runs that are due now on this worker's queues (default:
+        ``concurrency``), run each to completion, suspension or failure inside the
+        calling task, and return what happened once every outcome is written.
+
+        No claim loop and no polling: runs spawned or woken by this pass are left for the
+        next one, so a test advances step by step. Leases are renewed meanwhile. Cancelling
+        the caller abandons the runs, like a crash. Not while `run()` is running.
+        """
+        if self._execs is not None:
+            raise ConfigurationError(f"worker {self.worker_id} is running: run_once needs it idle")
+        limit = self.options.concurrency if limit is None else limit
+        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+            raise InvalidInput(f"limit must be a positive integer, got {limit!r}")
+        names = self._names = sorted(self._registry)
+        control_pool = Pool(self._url, max_size=1)
+        exec_pool = Pool(self._url, max_size=min(limit, 32))
+        runs: list[RunState] = []
+        try:
+            self._control = Store(control_pool, self._schema)
+            self._exec = Store(exec_pool, self._schema)
+            self._writer = Writer(self._exec, self.worker_id)
+            async with trio.open_nursery() as control:
+                self._control_nursery = control
+                control.start_soon(self._heartbeat_loop)
+                control.start_soon(self._writer.run)
+                async with trio.open_nursery() as execs:
+                    self._execs = execs
+                    try:
+                        await self._claim_for_pass(execs, names, limit, runs)
+                    finally:
+                        self._execs = None
+                control.cancel_scope.cancel()
+            return await self._report(runs)
+        finally:
+            with trio.CancelScope(shield=True):
+                await exec_pool.aclose()
+                await control_pool.aclose()
+
+    async def _claim_for_pass(
+        self, execs: trio.Nursery, names: list[str], limit: int, runs: list[RunState]
+    ) -> None:
+        # Each pass starts one queue further along, as the claim loop does: none starves.
+        for queue in self._queue_order() if names else []:
+            if len(runs) >= limit:
+                break
+            rows = await self._control.claim(
+                queue, self.worker_id, names, limit - len(runs), self.options.claim_timeout
+            )
+            for row in rows:
+                self._start(execs, row, queue)
+                runs.append(self._runs[row["run_id"]])
+            self.claimed_total += len(rows)
+
+    async def _report(self, runs: list[RunState]) -> PassReport:
+        stored = await self._control.run_outcomes([run.run_id for run in runs]) if runs else {}
+        reports = []
+        for run in runs:
+            row = stored.get(run.run_id, {})
+            outcome = outcome_of(
+                suspended=run.suspended,
+                lost=run.lost is not None,
+                state=row.get("state"),
+                retried=bool(row.get("retried")),
+            )
+            error = row.get("error") if outcome in _FAILURES else None
+            reports.append(
+                RunReport(run.task_id, run.run_id, run.task_name, run.attempt, outcome, error)
+            )
+        return PassReport(tuple(reports))
+
+
+_FAILURES = (RunOutcome.RETRYING, RunOutcome.FAILED)
 
 
 def _json_object(text: str) -> dict[str, Any]:
