@@ -407,6 +407,11 @@ class Worker:
                 self._healthy = False
                 log.warning("worker %s: database unavailable (%s)", self.worker_id, ex)
                 due = None
+            except DATA_ERRORS as ex:
+                # A due time out of range (say, a run made available at '-infinity'):
+                # poll instead; the claim itself deals with the run.
+                log.error("worker %s: next due time unknown (%s)", self.worker_id, ex)
+                due = None
             if due is not None:
                 timeout = min(timeout, max(due, 0.0) + 0.001)
         with trio.move_on_after(timeout):

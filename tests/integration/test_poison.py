@@ -13,6 +13,7 @@ from contextlib import asynccontextmanager
 from typing import Any
 from uuid import UUID
 
+import psycopg
 import pytest
 import trio
 
@@ -311,3 +312,18 @@ async def test_an_overflowing_pending_delay_does_not_stop_the_sweep(client: dt.D
     info = await client.get_task(bad.task_id)
     if info.state is not dt.TaskState.PENDING:  # unless a guard made the value harmless
         assert_poisoned(info, "deadline", "out of range")
+
+
+async def test_a_due_time_out_of_range_does_not_stop_the_worker(
+    client: dt.Durable, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    client.register(returns)
+    async with serving(client) as worker:
+        store: Any = worker._control
+
+        async def next_due(*args: Any) -> float | None:
+            raise psycopg.errors.IntervalFieldOverflow("interval out of range")
+
+        monkeypatch.setattr(store, "next_due", next_due)
+        await trio.sleep(0.2)  # several idle waits
+        await canary_completes(client)
