@@ -8,6 +8,7 @@ DURABLE_DATABASE_URL set.
 from __future__ import annotations
 
 from datetime import timedelta
+from uuid import UUID
 
 import attrs
 import trio
@@ -56,7 +57,9 @@ async def ship_order(ctx: dt.TaskContext, order: Order) -> str:
     return await ctx.step("ship", lambda: f"order {order.order_id} shipped in box {packed['box']}")
 
 
-async def main(url: str | None = None) -> None:
+async def main(url: str | None = None) -> UUID:
+    """Run both workflows; return the research task's id (`durable-trio quickstart` then
+    shows it as `durable-trio tasks show ID` would)."""
     async with dt.Durable.connect(url, queue="quickstart") as client:
         client.register(research, ship_order)
         spawned = await client.spawn(
@@ -74,6 +77,7 @@ async def main(url: str | None = None) -> None:
             print(f"order    -> {await client.wait_result(ship_order, order.task_id, timeout=30)}")
         info = await client.get_task(spawned.task_id)
         print(f"task {info.task_id} is {info.state.value} after {info.attempts} attempt(s)")
+        return spawned.task_id
 
 
 if __name__ == "__main__":

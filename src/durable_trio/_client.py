@@ -14,11 +14,13 @@ import attrs
 import psycopg
 import trio
 
-from . import _serde
-from ._core.durations import to_seconds
+from . import _schedules, _serde
+from ._core import inspection
+from ._core.durations import Duration, to_seconds
 from ._core.ids import uuid7
 from ._core.names import validate_name, validate_queue, validate_schema
 from ._core.options import SpawnOptions, WorkerOptions
+from ._core.schedules import MissedPolicy
 from ._core.states import TaskState
 from ._db import CONNECTION_LOST, Pool, TrioConnection, connect, redact_url
 from ._errors import (
@@ -32,7 +34,24 @@ from ._errors import (
     WaitTimeout,
     WorkerFailed,
 )
+from ._fleet import UnservedTasks, WorkerInfo
+from ._inspect import (
+    ChildSummary,
+    QueueStats,
+    RetryResult,
+    RunInfo,
+    StepInfo,
+    TaskPage,
+    WaitingFor,
+)
+from ._inspect import queue_stats as _queue_stats
+from ._inspect import retry_result as _retry_result
+from ._inspect import run_info as _run_info
+from ._inspect import step_info as _step_info
+from ._inspect import summary as _summary
+from ._inspect import waiting_for as _waiting_for
 from ._retention import CleanupResult, check_batch, cutoff
+from ._schedules import ScheduleInfo
 from ._store import Store, interval
 from ._task import Task, TaskDefinition, as_definition
 from ._worker import Worker
@@ -42,6 +61,7 @@ __all__ = ["Durable", "SpawnResult", "TaskInfo"]
 R = TypeVar("R")
 URL_ENV = "DURABLE_DATABASE_URL"
 _DEFAULT_OPTIONS = SpawnOptions()
+MAX_CHILDREN_SHOWN = 100
 
 
 @attrs.frozen
@@ -79,6 +99,14 @@ class TaskInfo:
     created_at: datetime
     first_started_at: datetime | None
     finished_at: datetime | None
+    #: Every attempt, oldest first (`Durable.get_task` fills these four).
+    runs: list[RunInfo] = attrs.field(factory=list)
+    #: What keeps the task from running now, if not a free worker (None otherwise).
+    waiting_for: WaitingFor | None = None
+    #: The first children by id (at most 100); `child_count` says how many there are,
+    #: ``list_tasks(parent=task_id)`` pages through all of them.
+    children: list[ChildSummary] = attrs.field(factory=list)
+    child_count: int = 0
 
     @property
     def terminal(self) -> bool:
@@ -306,8 +334,31 @@ class Durable:
     # -- reading ----------------------------------------------------------------------
 
     async def get_task(self, task_id: UUID) -> TaskInfo:
-        """The current state of a task; `TaskNotFound` if there is none."""
-        row = await self._store.get_task(_uuid(task_id))
+        """The current state of a task with its attempts (each with its error), what it
+        is waiting for, its children and headers, read in one snapshot; `TaskNotFound`
+        if there is none."""
+        task_id = _uuid(task_id)
+        details = await self._store.task_details(task_id, MAX_CHILDREN_SHOWN)
+        if details is None:
+            raise TaskNotFound(task_id)
+        row = details["task"]
+        state = TaskState(row["state"])
+        runs = [_run_info(r) for r in details["runs"]]
+        last = next((r for r in runs if r.run_id == row["last_run_id"]), None)
+        children = details["children"]
+        return TaskInfo(
+            **{**row, "state": state},
+            runs=runs,
+            waiting_for=_waiting_for(state, last, details["wait"], details["now"]),
+            children=[
+                ChildSummary(c["task_id"], c["task_name"], TaskState(c["state"])) for c in children
+            ],
+            child_count=children[0]["total"] if children else 0,
+        )
+
+    async def _task_info(self, task_id: UUID) -> TaskInfo:
+        """The task's own row only (what `wait_result` polls)."""
+        row = await self._store.get_task(task_id)
         if row is None:
             raise TaskNotFound(task_id)
         return TaskInfo(**{**row, "state": TaskState(row["state"])})
@@ -335,7 +386,7 @@ class Durable:
         delay = 0.002
         with trio.move_on_after(limit):
             while True:
-                info = await self.get_task(task_id)
+                info = await self._task_info(task_id)
                 if expected is not None and info.task_name != expected:
                     raise InvalidInput(
                         f"task {task_id} is a {info.task_name!r} task, not {expected!r}: "
@@ -350,6 +401,92 @@ class Durable:
                 await trio.sleep(delay)
                 delay = min(delay * 1.5, 0.1)
         raise WaitTimeout(f"task {task_id} did not finish within {limit:g} seconds")
+
+    # -- inspection and control -------------------------------------------------------
+
+    async def list_tasks(
+        self,
+        *,
+        queue: str | None = None,
+        state: TaskState | str | None = None,
+        name: str | None = None,
+        created_after: datetime | None = None,
+        created_before: datetime | None = None,
+        parent: UUID | None = None,
+        limit: int = 100,
+        after: UUID | None = None,
+    ) -> TaskPage:
+        """One page of tasks, oldest first, matching every filter given.
+
+        `queue` None means every queue (not only this client's). `state` is a `TaskState`
+        or its value. ``created_after <= created_at < created_before`` (aware
+        datetimes, the database's clock). `parent` lists a task's children. `limit` is
+        1 to 1000. Pages are in task_id order (UUIDv7: creation order to the millisecond,
+        then random within one); pass the page's ``next_after`` as `after` for the next
+        one, until it is None. The cursor is a plain task id, so a page may also start
+        after any task you hold; tasks created while you page appear on later pages.
+        Bad input raises `InvalidInput`.
+        """
+        filters = _list_filters(queue, state, name, created_after, created_before, parent)
+        wanted = inspection.page_limit(limit)
+        params = {**filters, "after": None if after is None else _uuid(after, "after")}
+        params["limit"] = wanted + 1  # one more tells whether another page follows
+        chosen = None if state is None else TaskState(filters["state"])
+        rows = await self._store.list_tasks(inspection.list_query(chosen), params)
+        items = [_summary(row) for row in rows[:wanted]]
+        more = len(rows) > wanted
+        return TaskPage(items, items[-1].task_id if more else None)
+
+    async def steps(self, task_id: UUID) -> list[StepInfo]:
+        """Every checkpoint of a task in the order written (those a worker wrote in one
+        transaction, by name): steps, and the library's own
+        (spawns, joins, sleeps, events, emits, ctx.now/random/uuid7), with their stored
+        JSON values and the attempt that wrote each. `TaskNotFound` if no such task."""
+        task_id = _uuid(task_id)
+        rows = await self._store.task_steps(task_id)
+        if rows is None:
+            raise TaskNotFound(task_id)
+        return [_step_info(row) for row in rows]
+
+    async def queue_stats(
+        self, queue: str | None = None, *, window: Duration = timedelta(hours=1)
+    ) -> QueueStats:
+        """Counts for monitoring one queue (every queue when `queue` is None): live
+        tasks by state, runs due now and the age of the oldest of them, failures and
+        cancellations in the last `window`, in total and per task name. Reads only live
+        runs and the runs that ended badly in `window` (partial indexes), never the
+        finished tasks, so it stays cheap to poll."""
+        target = None if queue is None else _checked(validate_queue, queue)
+        span = timedelta(seconds=to_seconds(window, what="window"))
+        now, live, ended = await self._store.queue_stats(target, span)
+        return _queue_stats(target, now, span, live, ended)
+
+    async def retry(
+        self, task_id: UUID, *, max_attempts: int | None = None, from_scratch: bool = False
+    ) -> RetryResult:
+        """Give a failed or cancelled task a new attempt, now.
+
+        It keeps its checkpoints, so the new attempt resumes after the last step that
+        finished (deploy the fix, then retry); with ``from_scratch=True`` they are deleted
+        and it starts over. `max_attempts` is the new total limit of attempts (more than
+        the attempts made so far); by default the task keeps its limit, raised to allow
+        this one attempt if it was used up. Its max_duration counts from the new start.
+
+        Without `from_scratch`, the descendants that were cancelled because this task
+        ended get a new attempt too (keeping their checkpoints), so a replayed
+        ``ctx.spawn`` finds the same child running again and ``ctx.join`` waits for its
+        new outcome. A retried child's earlier outcome is forgotten: a parent that has
+        not joined it yet waits for the new one; a parent that already joined keeps what
+        it saw. A child whose parent failed or was cancelled is refused (its claim would
+        cancel it again): retry the parent. `RetryRefused` (nothing written) for a task
+        that has not failed or been cancelled, `TaskNotFound` if there is none.
+        """
+        task_id = _uuid(task_id)
+        limit = inspection.max_attempts(max_attempts)
+        if not isinstance(from_scratch, bool):
+            raise InvalidInput(f"from_scratch must be True or False, got {from_scratch!r}")
+        row = await self._store.retry_task(task_id, uuid7(), limit, from_scratch)
+        return _retry_result(task_id, row, max_attempts)
 
     # -- events and cancellation ------------------------------------------------------
 
@@ -413,7 +550,82 @@ class Durable:
             if not removed.full(batch):
                 return total
 
+    # -- schedules --------------------------------------------------------------------
+
+    async def schedule(
+        self,
+        schedule_id: str,
+        task: TaskDefinition[Any, Any] | type[Task[Any, Any]] | str,
+        params: Any,
+        *,
+        cron: str,
+        timezone: str = "UTC",
+        options: SpawnOptions | None = None,
+        missed: MissedPolicy = "latest",
+    ) -> ScheduleInfo:
+        """Create or replace the schedule `schedule_id`: spawn `task` with `params` at
+        every slot of `cron` (five fields, or @hourly, @daily...) read in `timezone` (an
+        IANA name). Workers of this schema spawn each slot's task exactly once, on the
+        queue of `options` (or this client's), whichever of them finds it due first.
+
+        `missed` says what happens to slots that passed while no worker ran: "skip"
+        (spawn none; a slot found at most a minute late still runs), "latest" (spawn the
+        latest one) or "all" (spawn each, at most the newest 100). `task` is a task
+        definition, or a name with plain-JSON params (as `spawn_by_name`). Replacing a
+        schedule keeps its next slot unless the cron or timezone changed, and keeps it
+        paused if it was. Bad input raises `InvalidInput` and writes nothing.
+        """
+        return await _schedules.put_schedule(
+            self._store,
+            self._prepare_spawn,
+            schedule_id,
+            task,
+            params,
+            cron=cron,
+            timezone=timezone,
+            options=options,
+            missed=missed,
+        )
+
+    async def unschedule(self, schedule_id: str) -> bool:
+        """Delete a schedule; False if there was none. Tasks it spawned are not touched."""
+        return await _schedules.delete_schedule(self._store, schedule_id)
+
+    async def schedules(self) -> list[ScheduleInfo]:
+        """Every schedule of this schema (all queues), by id."""
+        return await _schedules.list_schedules(self._store)
+
+    async def get_schedule(self, schedule_id: str) -> ScheduleInfo:
+        """One schedule; `ScheduleNotFound` if there is none."""
+        return await _schedules.get_schedule(self._store, schedule_id)
+
+    async def pause_schedule(self, schedule_id: str) -> bool:
+        """Stop spawning for this schedule until `resume_schedule`; False if it was paused
+        already. `ScheduleNotFound` if there is none."""
+        return await _schedules.pause_schedule(self._store, schedule_id)
+
+    async def resume_schedule(self, schedule_id: str) -> bool:
+        """Spawn again from the first slot after now (slots that passed while paused are
+        not spawned); False if it was not paused. `ScheduleNotFound` if there is none."""
+        return await _schedules.resume_schedule(self._store, schedule_id)
+
+    # The short names read well beside schedule()/unschedule(); both spellings are kept.
+    pause = pause_schedule
+    resume = resume_schedule
+
     # -- workers ----------------------------------------------------------------------
+
+    async def workers(self) -> list[WorkerInfo]:
+        """The live workers of this schema, oldest first."""
+        return [WorkerInfo(**row) for row in await self._store.workers()]
+
+    async def unserved_tasks(
+        self, threshold: timedelta | float = timedelta(minutes=5)
+    ) -> list[UnservedTasks]:
+        """Task names with runs due for longer than `threshold` that no live worker of
+        their queue has registered (oldest first)."""
+        seconds = to_seconds(threshold, what="threshold")
+        return [UnservedTasks(**row) for row in await self._store.unserved_tasks(seconds)]
 
     def new_worker(self, options: WorkerOptions | None = None) -> Worker:
         """A worker for this client's registered tasks; run it with
@@ -530,13 +742,29 @@ def _caller_connection(conn: Any) -> Any:
     )
 
 
-def _uuid(value: Any) -> UUID:
+def _uuid(value: Any, what: str = "task_id") -> UUID:
     if isinstance(value, UUID):
         return value
     try:
         return UUID(str(value))
     except ValueError:
-        raise InvalidInput(f"task_id must be a UUID, got {value!r}") from None
+        raise InvalidInput(f"{what} must be a UUID, got {value!r}") from None
+
+
+def _list_filters(
+    queue: Any, state: Any, name: Any, after: Any, before: Any, parent: Any
+) -> dict[str, Any]:
+    """list_tasks' filters, checked, as the store's parameters (None: not filtered)."""
+    return {
+        "queue": None if queue is None else _checked(validate_queue, queue),
+        "state": None if state is None else inspection.task_state(state).value,
+        "name": None if name is None else _checked(validate_name, name, what="task name"),
+        "created_after": None if after is None else inspection.aware(after, what="created_after"),
+        "created_before": None
+        if before is None
+        else inspection.aware(before, what="created_before"),
+        "parent": None if parent is None else _uuid(parent, "parent"),
+    }
 
 
 def _checked(validate: Any, value: Any, **kwargs: Any) -> str:

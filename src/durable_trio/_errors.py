@@ -20,6 +20,8 @@ __all__ = [
     "NeverIdle",
     "NonRetryable",
     "ReplayMismatch",
+    "RetryRefused",
+    "ScheduleNotFound",
     "SerializationError",
     "TaskCancelled",
     "TaskFailed",
@@ -78,6 +80,27 @@ class TaskNotFound(DurableError):
     def __init__(self, task_id: UUID) -> None:
         super().__init__(f"no task with id {task_id}")
         self.task_id = task_id
+
+
+class RetryRefused(DurableError):
+    """`Durable.retry` was asked to retry a task it may not: one that has not failed or
+    been cancelled (`state` says where it stands; wait for it, or cancel it first), or a
+    child whose parent failed or was cancelled (retry the parent: the children cancelled
+    with it get a new attempt too). Nothing was written."""
+
+    def __init__(self, task_id: UUID, state: str, message: str) -> None:
+        super().__init__(message)
+        self.task_id = task_id
+        self.state = state
+
+
+class ScheduleNotFound(DurableError):
+    """No schedule with this id exists in this client's schema; `Durable.schedules`
+    lists those that do."""
+
+    def __init__(self, schedule_id: str) -> None:
+        super().__init__(f"no schedule with id {schedule_id!r}")
+        self.schedule_id = schedule_id
 
 
 class TaskFailed(DurableError):

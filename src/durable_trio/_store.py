@@ -6,7 +6,7 @@ It speaks in plain rows and JSON text; what to do with them is decided elsewhere
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from datetime import datetime, timedelta
 from typing import Any
@@ -25,6 +25,7 @@ from ._schema import migrations, query_texts, render, sql_dir
 __all__ = ["DATA_ERRORS", "ClaimArgs", "Store", "migrations", "sql_dir"]
 
 Row = dict[str, Any]
+Reader = Callable[[str, dict[str, Any]], Awaitable[list[Row]]]
 
 # What a statement raises because of the data of a row it touched (a timestamp out of
 # range, a value that breaks a cast or a check, a trigger's RAISE): the same statement
@@ -353,6 +354,29 @@ class Store:
     async def cancel(self, task_id: UUID, reason: str) -> int:
         return int(await self._value("cancel_task", {"task_id": task_id, "reason": reason}))
 
+    async def register_worker(
+        self,
+        worker: str,
+        host: str,
+        pid: int,
+        queues: Sequence[str],
+        names: Sequence[str],
+        concurrency: int,
+        ttl: float,
+    ) -> None:
+        params = {"worker": worker, "host": host, "pid": pid, "concurrency": concurrency}
+        lists = {"queues": list(queues), "names": list(names), "ttl": interval(ttl)}
+        await self._all("register_worker", {**params, **lists})
+
+    async def unregister_worker(self, worker: str) -> None:
+        await self._all("unregister_worker", {"worker": worker})
+
+    async def workers(self) -> list[Row]:
+        return await self._all("workers", {})
+
+    async def unserved_tasks(self, threshold: float) -> list[Row]:
+        return await self._all("unserved_tasks", {"threshold": interval(threshold)})
+
     async def cleanup(
         self, finished_before: datetime | None, events_before: datetime | None, batch: int
     ) -> Row:
@@ -368,6 +392,88 @@ class Store:
     async def task_states(self, task_ids: Sequence[UUID]) -> list[Row]:
         return await self._all("task_states", {"task_ids": list(task_ids)})
 
+    # -- inspection and control (Durable.list_tasks, get_task, steps, ...) -------------
+
+    async def list_tasks(self, query: str, params: dict[str, Any]) -> list[Row]:
+        """One page of task summaries by `query`: list_tasks, list_tasks_ended or
+        list_tasks_live (see each)."""
+        async with self._read_snapshot() as read:
+            return await read(query, params)
+
+    async def task_details(self, task_id: UUID, children: int) -> Row | None:
+        """A task's row with its runs, wait, first `children` children and the database's
+        time, read in one snapshot; None if there is no such task."""
+        params = {"task_id": task_id, "limit": children}
+        async with self._read_snapshot() as read:
+            rows = await read("get_task", params)
+            if not rows:
+                return None
+            return {
+                "task": rows[0],
+                "runs": await read("task_runs", params),
+                "wait": next(iter(await read("task_wait", params)), None),
+                "children": await read("task_children", params),
+                "now": (await read("now", {}))[0]["now"],
+            }
+
+    async def task_steps(self, task_id: UUID) -> list[Row] | None:
+        """A task's checkpoints in the order they were written; None if no such task."""
+        async with self._read_snapshot() as read:
+            rows = await read("task_steps", {"task_id": task_id})
+        if not rows:
+            return None
+        return [row for row in rows if row["name"] is not None]
+
+    async def queue_stats(
+        self, queue: str | None, window: timedelta
+    ) -> tuple[datetime, list[Row], list[Row]]:
+        """(now, live counts, ended counts) per queue and task name, in one snapshot."""
+        params = {"queue": queue, "window": window}
+        async with self._read_snapshot() as read:
+            now = (await read("now", {}))[0]["now"]
+            return now, await read("queue_live", params), await read("queue_ended", params)
+
+    async def retry_task(
+        self, task_id: UUID, run_id: UUID, max_attempts: int | None, from_scratch: bool
+    ) -> Row:
+        """retry_task's one row (see the function): what it did, or why it refused."""
+        row = await self._one(
+            "retry_task",
+            {
+                "task_id": task_id,
+                "run_id": run_id,
+                "max_attempts": max_attempts,
+                "from_scratch": from_scratch,
+            },
+        )
+        assert row is not None
+        return row
+
+    @asynccontextmanager
+    async def _read_snapshot(self) -> AsyncIterator[Reader]:
+        """A reader of named statements inside one read-only repeatable-read transaction.
+        The statements run unprepared: each is planned with its own values, so the
+        optional filters written "(x IS NULL OR ...)" fold away and the indexes of the
+        filters given are used."""
+
+        async def read(name: str, params: dict[str, Any]) -> list[Row]:
+            async with conn.cursor(row_factory=psycopg.rows.dict_row) as cur:
+                await cur.execute(self._q[name], params, prepare=False)
+                rows: list[Row] = await cur.fetchall()
+                return rows
+
+        try:
+            async with self.pool.acquire() as conn, _lost_connection(conn), conn.transaction():
+                await conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+                yield read
+        except _SCHEMA_ERRORS as ex:
+            if await self.is_current():
+                raise
+            raise ConfigurationError(
+                f"durable_trio schema {self.schema!r} is missing or older than this library "
+                f"({ex.diag.message_primary}): {_MIGRATE_HINT}"
+            ) from None
+
     async def now(self) -> datetime:
         value: datetime = await self._value("now", {})
         return value
@@ -375,6 +481,67 @@ class Store:
     async def advance_clock(self, seconds: float) -> timedelta:
         value: timedelta = await self._value("advance_clock", {"by": interval(seconds)})
         return value
+
+    # -- schedules --------------------------------------------------------------------
+
+    async def put_schedule(self, row: dict[str, Any]) -> bool:
+        """Create or replace a schedule (see the query); whether it is new."""
+        return bool(await self._value("put_schedule", row))
+
+    async def delete_schedule(self, schedule_id: str) -> bool:
+        return await self._one("delete_schedule", {"schedule_id": schedule_id}) is not None
+
+    async def list_schedules(self) -> list[Row]:
+        return await self._all("list_schedules", {})
+
+    async def get_schedule(self, schedule_id: str) -> Row | None:
+        return await self._one("get_schedule", {"schedule_id": schedule_id})
+
+    async def pause_schedule(self, schedule_id: str) -> bool:
+        """Whether this call paused it (False: paused already, or no such schedule)."""
+        return await self._one("pause_schedule", {"schedule_id": schedule_id}) is not None
+
+    async def resume_schedule(
+        self, schedule_id: str, cron: str, timezone: str, next_fire_at: datetime
+    ) -> bool:
+        """Whether this call resumed it: False if it is not paused, or its cron or timezone
+        are no longer `cron` and `timezone`."""
+        params = {
+            "schedule_id": schedule_id,
+            "cron": cron,
+            "timezone": timezone,
+            "next_fire_at": next_fire_at,
+        }
+        return await self._one("resume_schedule", params) is not None
+
+    async def due_schedules(self, limit: int) -> list[Row]:
+        """Schedules due now (not paused), each with the database's `now`."""
+        return await self._all("due_schedules", {"limit": limit})
+
+    async def fire_schedule(
+        self,
+        schedule_id: str,
+        due: datetime,
+        slots: Sequence[tuple[str, str, UUID, UUID]],
+        next_fire_at: datetime,
+    ) -> int | None:
+        """Spawn `slots` (idempotency key, slot as ISO text, task id, run id) of a
+        schedule due at `due` and move it to `next_fire_at`, in one transaction; how many
+        tasks were created, or None if the schedule was not due at `due` any more (fired by another
+        worker, changed, paused or deleted): then nothing was written."""
+        created: int | None = await self._value(
+            "fire_schedule",
+            {
+                "schedule_id": schedule_id,
+                "due": due,
+                "keys": _array_literal(slot[0] for slot in slots),
+                "slots": _array_literal(slot[1] for slot in slots),
+                "tasks": [slot[2] for slot in slots],
+                "runs": [slot[3] for slot in slots],
+                "next_fire_at": next_fire_at,
+            },
+        )
+        return created
 
 
 @asynccontextmanager

@@ -22,7 +22,9 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import os
 import random
+import socket
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from contextlib import suppress
@@ -37,7 +39,7 @@ import trio
 from . import _failures, _serde
 from ._context import Suspended, TaskContext
 from ._core.ids import uuid7
-from ._core.options import WorkerOptions
+from ._core.options import UNSERVED_AFTER, UNSERVED_EVERY, WorkerOptions, registry_ttl
 from ._core.report import PassReport, RunOutcome, RunReport, outcome_of
 from ._core.retry import FailureDecision, RetryStrategy, decide_failure
 from ._db import CONNECTION_LOST, Listener, Pool
@@ -49,6 +51,7 @@ from ._errors import (
     NonRetryable,
     ReplayMismatch,
 )
+from ._schedules import schedule_pass
 from ._store import DATA_ERRORS, ClaimArgs, Store
 from ._task import TaskDefinition
 from ._writer import TRANSIENT, Write, Writer
@@ -206,6 +209,7 @@ class Worker:
         self._stopping = False
         self._healthy = False
         self._last_reap = -1e9
+        self._last_unserved = -1e9
         self._listener: Listener | None = None
         self._writer: Writer | None = None
         self._control_nursery: trio.Nursery | None = None
@@ -265,9 +269,9 @@ class Worker:
         size = min(self.options.concurrency, 32)
         control_pool = Pool(self._url, max_size=2)
         exec_pool = Pool(self._url, max_size=size)
+        self._control = Store(control_pool, self._schema)
+        self._exec = Store(exec_pool, self._schema)
         try:
-            self._control = Store(control_pool, self._schema)
-            self._exec = Store(exec_pool, self._schema)
             self._writer = Writer(self._exec, self.worker_id, claimer=self)
             with suppress(*RETRYABLE_IO):  # unreachable: the claim loop retries and says so
                 await self._control.check_schema()
@@ -295,6 +299,7 @@ class Worker:
                 raise KeyboardInterrupt
         finally:
             with trio.CancelScope(shield=True):
+                await self._leave_registry()
                 await exec_pool.aclose()
                 await control_pool.aclose()
 
@@ -511,6 +516,41 @@ class Worker:
             return
         self._last_reap = now
         await reap_expired(self._control, self._queues)
+        await self._announce(now)
+
+    async def _announce(self, now: float) -> None:
+        """Refresh this worker's row in the registry; now and then, warn of due runs that
+        no live worker serves. Neither may stop the worker: a failure is logged."""
+        try:
+            await self._control.register_worker(
+                self.worker_id,
+                socket.gethostname(),
+                os.getpid(),
+                self._queues,
+                self._names,
+                self.options.concurrency,
+                ttl=registry_ttl(self.options.claim_timeout, self.options.poll_interval),
+            )
+            if now - self._last_unserved >= UNSERVED_EVERY:
+                self._last_unserved = now
+                for gap in await self._control.unserved_tasks(UNSERVED_AFTER):
+                    log.warning(
+                        "%d run(s) of task %r on queue %r are due since %s and no live "
+                        "worker has registered that name: is it misspelt, or not deployed?",
+                        gap["runs"],
+                        gap["task_name"],
+                        gap["queue"],
+                        gap["oldest_due"].isoformat(timespec="seconds"),
+                    )
+        except RETRYABLE_IO:
+            raise
+        except Exception:
+            log.exception("worker %s: the registry pass failed", self.worker_id)
+
+    async def _leave_registry(self) -> None:
+        """Remove this worker's row, giving up quickly when the database is gone."""
+        with trio.move_on_after(1.0), suppress(Exception):
+            await self._control.unregister_worker(self.worker_id)
 
     # -- heartbeats -------------------------------------------------------------------
 
@@ -892,11 +932,13 @@ async def _enforce_deadlines(store: Store, limit: int) -> None:
 
 async def reap_expired(store: Store, queues: Sequence[str], limit: int = 100) -> int:
     """Fail runs whose worker vanished (lease expired), scheduling their next attempt as
-    the task's retry strategy says, and cancel tasks past a CancellationPolicy deadline
-    that no claim or heartbeat would notice (in any queue). Returns how many runs were
-    reaped (deadlines not counted). A run whose own data breaks its reaping fails its
-    task for good (UnprocessableTask) and the pass goes on."""
+    the task's retry strategy says, cancel tasks past a CancellationPolicy deadline
+    that no claim or heartbeat would notice (in any queue), and spawn the due slots of
+    cron schedules (any queue). Returns how many runs were reaped (deadlines not
+    counted). A run whose own data breaks its reaping fails its task for good
+    (UnprocessableTask) and the pass goes on."""
     await _enforce_deadlines(store, limit)
+    await schedule_pass(store)
     reaped = 0
     for row in await store.expired_runs(queues, limit):
         try:

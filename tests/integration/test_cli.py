@@ -272,3 +272,203 @@ def test_postgres_prints_a_url_that_works_and_stops_on_sigint() -> None:
         proc.send_signal(signal.SIGINT)
         proc.communicate(timeout=60)
     assert proc.returncode == 0
+
+
+def test_workers_lists_a_running_worker(pg_url: str, migrated: str, app_dir: Path) -> None:
+    env = {**os.environ, "DURABLE_DATABASE_URL": pg_url}
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "durable_trio",
+            "--schema",
+            migrated,
+            "worker",
+            "cli_app:tasks",
+            "--worker-id",
+            "cli-worker-1",
+        ],
+        cwd=app_dir,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            listed = cli(pg_url, migrated, "workers", "--json")
+            assert listed.returncode == 0, listed.stderr
+            found = json.loads(listed.stdout)
+            if found or time.monotonic() > deadline:
+                break
+            time.sleep(0.1)
+        [entry] = found
+        assert entry["worker_id"] == "cli-worker-1"
+        assert entry["task_names"] == ["hello", "slow"]
+        assert entry["queues"] == ["default"]
+        table = cli(pg_url, migrated, "workers")
+        assert "cli-worker-1" in table.stdout
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.communicate(timeout=60)
+    # A worker that stops removes itself.
+    assert json.loads(cli(pg_url, migrated, "workers", "--json").stdout) == []
+
+
+def test_cleanup_removes_old_finished_tasks(pg_url: str, migrated: str) -> None:
+    task_id = json.loads(cli(pg_url, migrated, "spawn", "hello", "--json").stdout)["task_id"]
+    assert cli(pg_url, migrated, "cancel", task_id).returncode == 0
+    kept = cli(pg_url, migrated, "cleanup", "--finished-before", "1d", "--json")
+    assert kept.returncode == 0, kept.stderr
+    assert json.loads(kept.stdout) == {"tasks": 0, "runs": 0, "checkpoints": 0, "events": 0}
+    removed = cli(pg_url, migrated, "cleanup", "--finished-before", "2999-01-01T00:00:00Z")
+    assert removed.returncode == 0, removed.stderr
+    assert removed.stdout.strip() == "removed 1 task(s), 1 run(s), 0 checkpoint(s), 0 event(s)"
+    for bad, message in [
+        ([], "give --finished-before and/or --events-before"),
+        (["--finished-before", "soon"], "must be an age like 30d"),
+        (["--events-before", "2030-01-01T00:00:00"], "needs a UTC offset"),
+    ]:
+        done = cli(pg_url, migrated, "cleanup", *bad)
+        assert done.returncode == 2
+        assert message in done.stderr
+
+
+def _run_worker_until(pg_url: str, schema: str, app_dir: Path, task_id: str, state: str) -> None:
+    env = {**os.environ, "DURABLE_DATABASE_URL": pg_url}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "durable_trio", "--schema", schema, "worker", "cli_app:setup"],
+        cwd=app_dir,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        assert wait_state(pg_url, schema, task_id, state)["state"] == state
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.communicate(timeout=60)
+
+
+def test_tasks_ls_show_queues_and_retry(pg_url: str, migrated: str, app_dir: Path) -> None:
+    ok = json.loads(
+        cli(pg_url, migrated, "spawn", "hello", "--params", '{"name": "a"}', "--json").stdout
+    )["task_id"]
+    bad = json.loads(
+        cli(
+            pg_url,
+            migrated,
+            "spawn",
+            "hello",
+            "--params",
+            '{"nom": "b"}',
+            "--max-attempts",
+            "1",
+            "--json",
+        ).stdout
+    )["task_id"]
+    _run_worker_until(pg_url, migrated, app_dir, bad, "failed")
+    wait_state(pg_url, migrated, ok, "completed")
+
+    listed = cli(pg_url, migrated, "tasks", "ls", "--json")
+    assert listed.returncode == 0, listed.stderr
+    page = json.loads(listed.stdout)
+    assert [t["task_id"] for t in page["items"]] == [ok, bad]
+    assert page["next_after"] is None
+    first = json.loads(cli(pg_url, migrated, "tasks", "ls", "--limit", "1", "--json").stdout)
+    assert [t["task_id"] for t in first["items"]] == [ok]
+    rest = cli(pg_url, migrated, "tasks", "ls", "--after", first["next_after"], "--json")
+    assert [t["task_id"] for t in json.loads(rest.stdout)["items"]] == [bad]
+    failed = json.loads(cli(pg_url, migrated, "tasks", "ls", "--state", "failed", "--json").stdout)
+    assert [t["task_id"] for t in failed["items"]] == [bad]
+    table = cli(pg_url, migrated, "tasks", "ls", "--state", "completed")
+    assert ok in table.stdout
+    assert bad not in table.stdout
+
+    shown = json.loads(cli(pg_url, migrated, "tasks", "show", ok, "--json").stdout)
+    assert shown["task"]["state"] == "completed"
+    assert shown["task"]["result"] == "hello a"
+    assert [(s["name"], s["value"]) for s in shown["steps"]] == [("greet", "hello a")]
+    human = cli(pg_url, migrated, "tasks", "show", bad)
+    assert human.returncode == 0, human.stderr
+    assert "state=failed" in human.stdout
+    assert "KeyError" in human.stdout  # the attempt's error, with its type
+
+    stats = json.loads(cli(pg_url, migrated, "queues", "--json").stdout)
+    assert stats["failed"] == 1
+    assert [n["task_name"] for n in stats["by_name"]] == ["hello"]
+    assert "hello" in cli(pg_url, migrated, "queues").stdout
+
+    retried = cli(pg_url, migrated, "retry", bad, "--max-attempts", "3", "--json")
+    assert retried.returncode == 0, retried.stderr
+    assert json.loads(retried.stdout)["attempt"] == 2
+    assert task_row(pg_url, migrated, bad)["state"] == "pending"
+    again = cli(pg_url, migrated, "retry", bad)
+    assert again.returncode == 1  # pending: nothing to retry
+    assert "error: " in again.stderr
+    missing = cli(pg_url, migrated, "tasks", "show", "01890000-0000-7000-8000-000000000000")
+    assert missing.returncode == 1
+
+
+def test_schedules_add_ls_pause_resume_rm(pg_url: str, migrated: str) -> None:
+    added = cli(
+        pg_url,
+        migrated,
+        "schedules",
+        "add",
+        "nightly",
+        "hello",
+        "--cron",
+        "30 2 * * *",
+        "--timezone",
+        "Europe/Paris",
+        "--params",
+        '{"name": "n"}',
+        "--json",
+    )
+    assert added.returncode == 0, added.stderr
+    info = json.loads(added.stdout)
+    assert (info["schedule_id"], info["cron"], info["timezone"]) == (
+        "nightly",
+        "30 2 * * *",
+        "Europe/Paris",
+    )
+    assert info["next_fire_at"] is not None
+    [listed] = json.loads(cli(pg_url, migrated, "schedules", "ls", "--json").stdout)
+    assert listed["params"] == {"name": "n"}
+    assert "nightly" in cli(pg_url, migrated, "schedules", "ls").stdout
+    assert cli(pg_url, migrated, "schedules", "pause", "nightly").returncode == 0
+    assert json.loads(cli(pg_url, migrated, "schedules", "ls", "--json").stdout)[0]["paused"]
+    assert cli(pg_url, migrated, "schedules", "pause", "nightly").returncode == 1
+    assert cli(pg_url, migrated, "schedules", "resume", "nightly").returncode == 0
+    assert cli(pg_url, migrated, "schedules", "rm", "nightly").returncode == 0
+    assert json.loads(cli(pg_url, migrated, "schedules", "ls", "--json").stdout) == []
+    gone = cli(pg_url, migrated, "schedules", "pause", "nightly")
+    assert gone.returncode == 1
+    assert "no schedule with id 'nightly'" in gone.stderr
+    bad = cli(pg_url, migrated, "schedules", "add", "x", "hello", "--cron", "not cron")
+    assert bad.returncode == 2
+    assert "error: InvalidInput" in bad.stderr
+
+
+def test_quickstart_ends_by_showing_its_task(pg_url: str) -> None:
+    try:
+        done = subprocess.run(
+            [sys.executable, "-m", "durable_trio", "--url", pg_url, "quickstart"],
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+    finally:
+        with psycopg.connect(pg_url, autocommit=True) as conn:
+            conn.execute("DROP SCHEMA IF EXISTS durable CASCADE")
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    [shown] = [line for line in lines if line.startswith("$ durable-trio tasks show ")]
+    task_id = shown.rsplit(" ", 1)[1]
+    assert f"research {task_id}" in done.stdout
+    assert "state=completed" in done.stdout
+    for step in ("find-sources", "analyze", "summarize"):
+        assert step in done.stdout

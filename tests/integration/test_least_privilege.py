@@ -20,6 +20,7 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 import durable_trio as dt
 from durable_trio._db import Pool
+from durable_trio.testing import advance_clock, fire_schedules
 
 SECURITY_MD = Path(__file__).resolve().parents[2] / "docs" / "security.md"
 PASSWORD = "Pw-7f3c9e1d-never-shown"
@@ -111,6 +112,18 @@ async def test_least_privilege_role_runs_tasks(
             joined = await app.spawn(ship, Order("bag", 2), connection=conn)
             await conn.commit()
         assert (await app.get_task(joined.task_id)).state is dt.TaskState.PENDING
+        # Inspection and control.
+        assert len((await app.list_tasks(limit=10)).items) == 3
+        assert [s.checkpoint for s in await app.steps(spawned.task_id)] != []
+        assert (await app.queue_stats()).cancelled == 1
+        assert (await app.retry(late.task_id)).attempt == 2
+        # Schedules: declared, fired, paused, resumed and removed by the same role.
+        await app.schedule("ship-hourly", ship, Order("tin", 1), cron="@hourly")
+        await advance_clock(app, 3601)
+        assert await fire_schedules(app) == 1
+        assert await app.pause_schedule("ship-hourly")
+        assert await app.resume_schedule("ship-hourly")
+        assert await app.unschedule("ship-hourly")
 
     # What the admin sees agrees.
     info = await client.get_task(spawned.task_id)

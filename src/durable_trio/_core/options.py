@@ -233,3 +233,16 @@ def extend_seconds(extend_by: Duration | None, claim_timeout: float) -> float:
 
 def as_timedelta(seconds: float) -> timedelta:
     return timedelta(seconds=seconds) if math.isfinite(seconds) else timedelta.max
+
+
+def registry_ttl(claim_timeout: float, poll_interval: float) -> float:
+    """How long a worker's registry row stays live without a refresh. Workers refresh it
+    on their periodic pass (at least every poll_interval and every third of a lease), so
+    three missed passes, or a whole lease, mean the worker is gone."""
+    return max(claim_timeout, 3.0 * poll_interval)
+
+
+# A worker reports due runs that no live worker serves this often, once they have waited
+# this long (seconds).
+UNSERVED_EVERY = 60.0
+UNSERVED_AFTER = 300.0

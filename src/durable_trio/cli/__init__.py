@@ -15,6 +15,9 @@ import click
 
 from ._admin import migrate, postgres, quickstart
 from ._common import Settings, cli_errors
+from ._ops import cleanup, workers
+from ._schedules import schedules
+from ._tasks import queues, retry, tasks
 from ._work import cancel, emit, spawn
 from ._worker import worker
 
@@ -36,7 +39,21 @@ def app(ctx: click.Context, url: str | None, schema: str) -> None:
     ctx.obj = Settings(url=url, schema=schema)
 
 
-for command in (worker, spawn, cancel, emit, migrate, postgres, quickstart):
+for command in (
+    worker,
+    tasks,
+    spawn,
+    cancel,
+    retry,
+    emit,
+    queues,
+    workers,
+    schedules,
+    cleanup,
+    migrate,
+    postgres,
+    quickstart,
+):
     app.add_command(command)
 
 

@@ -11,10 +11,13 @@ from types import ModuleType
 import click
 import trio
 
+import durable_trio as dt
+
 from .._ephemeral import EphemeralPostgres, PostgresUnavailable
 from .._schema import functions, migrations, render
 from .._sql import MIGRATE_LOCK
 from ._common import client, run, settings
+from ._tasks import show_task
 
 
 @click.command()
@@ -85,19 +88,31 @@ def postgres(tcp: bool, port: int | None, fast: bool) -> None:
 
 @click.command()
 def quickstart() -> None:
-    """Run the quickstart workflow (a throwaway PostgreSQL when no URL is set)."""
+    """Run the quickstart workflow (a throwaway PostgreSQL when no URL is set), then show
+    its research task as `durable-trio tasks show` does."""
     module = _load_quickstart()
     url = settings().url or os.environ.get("DURABLE_DATABASE_URL")
     if url:
-        trio.run(module.main, url)
+        _quickstart(module, url)
         return
     click.echo("DURABLE_DATABASE_URL is unset: starting a throwaway PostgreSQL...")
     try:
         with EphemeralPostgres() as server:
-            trio.run(module.main, server.url)
+            _quickstart(module, server.url)
     except PostgresUnavailable as ex:
         raise click.ClickException(str(ex)) from None
     click.echo("done; the throwaway server was stopped.")
+
+
+def _quickstart(module: ModuleType, url: str) -> None:
+    task_id = trio.run(module.main, url)
+    click.echo(f"\n$ durable-trio tasks show {task_id}")
+
+    async def read() -> tuple[dt.TaskInfo, list[dt.StepInfo]]:
+        async with dt.Durable.connect(url, migrate=False) as c:
+            return await c.get_task(task_id), await c.steps(task_id)
+
+    show_task(*run(read))
 
 
 def _quickstart_path() -> Path:

@@ -14,6 +14,7 @@ from uuid import UUID
 import attrs
 import click
 import trio
+from rich.console import Console
 
 import durable_trio as dt
 
@@ -68,7 +69,7 @@ def cli_errors() -> Iterator[Outcome]:
     except (dt.DatabaseUnavailable, dt.ConfigurationError) as ex:
         _say(f"{type(ex).__name__}: {ex}")
         outcome.code = UNAVAILABLE
-    except dt.TaskNotFound as ex:
+    except (dt.TaskNotFound, dt.ScheduleNotFound, dt.RetryRefused) as ex:
         _say(str(ex))
         outcome.code = NOTHING
     except dt.DurableError as ex:
@@ -140,6 +141,11 @@ def plain(value: Any) -> Any:
 
 def print_json(value: Any) -> None:
     sys.stdout.write(json.dumps(plain(value), indent=2, sort_keys=True) + "\n")
+
+
+def console() -> Console:
+    """Rich output: the terminal's width, or wide enough not to fold columns when piped."""
+    return Console(width=None if sys.stdout.isatty() else 240)
 
 
 json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON.")

@@ -30,6 +30,7 @@ from .._core.options import WorkerOptions
 from .._core.report import PassReport, RunOutcome, RunReport
 from .._ephemeral import EphemeralPostgres, PostgresUnavailable
 from .._errors import InvalidInput, NeverIdle
+from .._schedules import fire_due_schedules
 from .._worker import Worker
 from .._worker import reap_expired as _reap
 
@@ -43,6 +44,7 @@ __all__ = [
     "RunReport",
     "advance_clock",
     "database_now",
+    "fire_schedules",
     "reap_expired",
     "run_once",
     "run_until_idle",
@@ -78,9 +80,16 @@ class DatabaseClock:
 
 
 async def reap_expired(client: Durable, worker: Worker | None = None) -> int:
-    """Fail runs whose lease has expired now (what every worker's claim loop does
-    periodically); return how many. `worker` is accepted for compatibility and unused."""
+    """Fail runs whose lease has expired now, enforce cancellation deadlines and spawn
+    due schedule slots (what every worker's claim loop does periodically); return how
+    many runs were reaped. `worker` is accepted for compatibility and unused."""
     return await _reap(client.store, [client.queue])
+
+
+async def fire_schedules(client: Durable) -> int:
+    """Spawn the due slots of every schedule now (what each worker's periodic pass does);
+    return how many tasks were created. Advance the clock past a slot first."""
+    return await fire_due_schedules(client.store)
 
 
 async def run_once(
