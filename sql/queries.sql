@@ -119,10 +119,14 @@ CROSS JOIN LATERAL (
 ) AS d
 
 -- name: get_task
-SELECT task_id, queue, task_name, params, headers, state, attempts, max_attempts, priority,
-    parent_task_id, root_task_id, last_run_id, result, error, cancel_reason, created_at,
-    first_started_at, finished_at
-FROM @schema.tasks WHERE task_id = %(task_id)s
+-- next_attempt_at: when a retry (a pending run after the first) is due.
+SELECT t.task_id, t.queue, t.task_name, t.params, t.headers, t.state, t.attempts,
+    t.max_attempts, t.priority, t.parent_task_id, t.root_task_id, t.last_run_id, t.result,
+    t.error, t.cancel_reason, t.created_at, t.first_started_at, t.finished_at,
+    CASE WHEN r.state = 'pending' AND r.attempt > 1 THEN r.available_at END
+        AS next_attempt_at
+FROM @schema.tasks t LEFT JOIN @schema.runs r ON r.run_id = t.last_run_id
+WHERE t.task_id = %(task_id)s
 
 -- name: task_states
 SELECT task_id, state, result, error, cancel_reason FROM @schema.tasks
@@ -132,7 +136,10 @@ WHERE task_id = ANY (%(task_ids)s::uuid[])
 SELECT @schema.clock_now() AS now
 
 -- name: advance_clock
-UPDATE @schema.clock SET offset_by = offset_by + %(by)s::interval RETURNING offset_by
+-- No row when the offset would pass %(max)s (MAX_DURATION): the clock stays in range.
+UPDATE @schema.clock SET offset_by = offset_by + %(by)s::interval
+WHERE offset_by + %(by)s::interval <= %(max)s::interval
+RETURNING offset_by
 
 -- name: claimable_count
 SELECT count(*) AS n FROM @schema.runs

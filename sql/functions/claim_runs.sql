@@ -53,11 +53,13 @@ BEGIN
     FROM (
         SELECT r.run_id, r.task_id,
             coalesce(r.attempt = 1 AND t.first_started_at IS NULL
-                AND r.available_at + t.max_pending_delay < v_now, false) AS late,
+                AND @schema.bounded_add(r.available_at, t.max_pending_delay) < v_now,
+                false) AS late,
             -- max_duration counts sleeps too: a task woken (or retried) too late ends here.
             -- A child whose parent already ended unsuccessfully (it was spawned in a
             -- transaction that raced the parent's cancellation) is cancelled here too.
-            coalesce(t.first_started_at + t.max_duration < v_now, false) AS overdue,
+            coalesce(@schema.bounded_add(t.first_started_at, t.max_duration) < v_now, false)
+                AS overdue,
             coalesce(p.state IN ('failed', 'cancelled'), false) AS orphan
         FROM @schema.runs r
         JOIN @schema.tasks t ON t.task_id = r.task_id

@@ -14,8 +14,9 @@ BEGIN
         (SELECT r.available_at FROM @schema.runs r
          WHERE r.task_id = tk.task_id AND r.attempt = 1) AS available_at
     INTO t FROM @schema.tasks tk WHERE tk.task_id = p_task;
-    v_due := CASE p_kind WHEN 'max_pending_delay' THEN t.available_at + t.max_pending_delay
-                         ELSE t.first_started_at + t.max_duration END;
+    v_due := CASE p_kind
+        WHEN 'max_pending_delay' THEN @schema.bounded_add(t.available_at, t.max_pending_delay)
+        ELSE @schema.bounded_add(t.first_started_at, t.max_duration) END;
     IF @schema.deadline_void(p_kind, t.state, t.first_started_at) THEN
         DELETE FROM @schema.deadlines WHERE task_id = p_task AND kind = p_kind;
         RETURN 0;

@@ -10,7 +10,8 @@ BEGIN
     FOR v_over IN
         SELECT t.task_id FROM @schema.runs r JOIN @schema.tasks t USING (task_id)
         WHERE r.run_id = ANY (p_runs) AND r.worker_id = p_worker AND r.state = 'running'
-          AND t.max_duration IS NOT NULL AND t.first_started_at + t.max_duration < v_now
+          AND t.max_duration IS NOT NULL
+          AND @schema.bounded_add(t.first_started_at, t.max_duration) < v_now
     LOOP
         PERFORM @schema.cancel_task(v_over, 'max_duration exceeded');
     END LOOP;

@@ -4,8 +4,8 @@ LANGUAGE plpgsql AS $$
 BEGIN
     INSERT INTO @schema.deadlines (task_id, kind, due_at)
     VALUES (NEW.task_id, TG_ARGV[0], CASE TG_ARGV[0]
-        WHEN 'max_pending_delay' THEN NEW.created_at + NEW.max_pending_delay
-        ELSE NEW.first_started_at + NEW.max_duration END)
+        WHEN 'max_pending_delay' THEN @schema.bounded_add(NEW.created_at, NEW.max_pending_delay)
+        ELSE @schema.bounded_add(NEW.first_started_at, NEW.max_duration) END)
     ON CONFLICT DO NOTHING;
     RETURN NULL;
 END

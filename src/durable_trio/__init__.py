@@ -9,6 +9,7 @@ from ._client import SpawnResult as SpawnResult
 from ._client import TaskInfo as TaskInfo
 from ._context import TaskContext as TaskContext
 from ._context import TaskHandle as TaskHandle
+from ._core.durations import MAX_DURATION as MAX_DURATION
 from ._core.options import CancellationPolicy as CancellationPolicy
 from ._core.options import SpawnOptions as SpawnOptions
 from ._core.options import WorkerOptions as WorkerOptions

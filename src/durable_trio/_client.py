@@ -5,20 +5,17 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import AsyncIterator, Iterable, Iterator
-from contextlib import asynccontextmanager, contextmanager, suppress
+from contextlib import asynccontextmanager, suppress
 from datetime import datetime, timedelta
 from typing import Any, NoReturn, TypeVar
 from uuid import UUID
 
-import attrs
 import psycopg
 import trio
 
-from . import _schedules, _serde
-from ._core import inspection
+from . import _schedules
+from ._clientcore import ClientCore, SpawnResult, TaskInfo, poll_delays
 from ._core.durations import Duration, to_seconds
-from ._core.ids import uuid7
-from ._core.names import validate_name, validate_queue, validate_schema
 from ._core.options import SpawnOptions, WorkerOptions
 from ._core.schedules import MissedPolicy
 from ._core.states import TaskState
@@ -26,34 +23,20 @@ from ._db import CONNECTION_LOST, Pool, TrioConnection, connect, redact_url
 from ._errors import (
     ConfigurationError,
     InvalidInput,
-    SerializationError,
-    TaskCancelled,
-    TaskFailed,
-    TaskNotFound,
-    UnknownTask,
     WaitTimeout,
     WorkerFailed,
 )
 from ._fleet import UnservedTasks, WorkerInfo
 from ._inspect import (
-    ChildSummary,
     QueueStats,
     RetryResult,
-    RunInfo,
     StepInfo,
     TaskPage,
-    WaitingFor,
 )
-from ._inspect import queue_stats as _queue_stats
-from ._inspect import retry_result as _retry_result
-from ._inspect import run_info as _run_info
-from ._inspect import step_info as _step_info
-from ._inspect import summary as _summary
-from ._inspect import waiting_for as _waiting_for
 from ._retention import CleanupResult, check_batch, cutoff
 from ._schedules import ScheduleInfo
-from ._store import Store, interval
-from ._task import Task, TaskDefinition, as_definition
+from ._store import Store
+from ._task import Task, TaskDefinition
 from ._worker import Worker
 
 __all__ = ["Durable", "SpawnResult", "TaskInfo"]
@@ -64,55 +47,6 @@ _DEFAULT_OPTIONS = SpawnOptions()
 MAX_CHILDREN_SHOWN = 100
 
 
-@attrs.frozen
-class SpawnResult:
-    """What a spawn returns. ``created`` is False when an idempotency key matched an
-    existing task (whose ids are returned and nothing was written)."""
-
-    task_id: UUID
-    run_id: UUID
-    attempt: int
-    created: bool = True
-
-
-@attrs.frozen
-class TaskInfo:
-    """A snapshot of one task. ``result`` and ``error`` are stored JSON; use
-    `Durable.wait_result` for a typed result. ``error`` is the latest failed attempt's
-    error: a task that succeeded on a retry keeps it (with ``state`` COMPLETED)."""
-
-    task_id: UUID
-    queue: str
-    task_name: str
-    state: TaskState
-    attempts: int
-    max_attempts: int
-    priority: int
-    params: Any
-    headers: dict[str, Any]
-    result: Any
-    error: dict[str, Any] | None
-    cancel_reason: str | None
-    parent_task_id: UUID | None
-    root_task_id: UUID
-    last_run_id: UUID
-    created_at: datetime
-    first_started_at: datetime | None
-    finished_at: datetime | None
-    #: Every attempt, oldest first (`Durable.get_task` fills these four).
-    runs: list[RunInfo] = attrs.field(factory=list)
-    #: What keeps the task from running now, if not a free worker (None otherwise).
-    waiting_for: WaitingFor | None = None
-    #: The first children by id (at most 100); `child_count` says how many there are,
-    #: ``list_tasks(parent=task_id)`` pages through all of them.
-    children: list[ChildSummary] = attrs.field(factory=list)
-    child_count: int = 0
-
-    @property
-    def terminal(self) -> bool:
-        return self.state.terminal
-
-
 class Durable:
     """A handle on one durable_trio schema and queue. Create it with `Durable.connect`."""
 
@@ -120,11 +54,12 @@ class Durable:
         if isinstance(pool_size, bool) or not isinstance(pool_size, int) or pool_size < 1:
             raise InvalidInput(f"pool_size must be a positive integer, got {pool_size!r}")
         self.url = url
-        self.queue = validate_queue(queue)
-        self.schema = validate_schema(schema)
+        self._core = ClientCore(queue=queue, schema=schema)
+        self.queue = self._core.queue
+        self.schema = self._core.schema
+        self._registry = self._core.registry
         self._pool = Pool(url, max_size=pool_size)
         self._store = Store(self._pool, self.schema)
-        self._registry: dict[str, TaskDefinition[Any, Any]] = {}
 
     def __repr__(self) -> str:
         return f"<Durable {redact_url(self.url)} schema={self.schema} queue={self.queue}>"
@@ -169,19 +104,12 @@ class Durable:
     # -- registry ---------------------------------------------------------------------
 
     def register(self, *tasks: TaskDefinition[Any, Any] | type[Task[Any, Any]]) -> None:
-        """Make tasks runnable by this client's workers. Names must be unique."""
-        for obj in tasks:
-            definition = as_definition(obj)
-            existing = self._registry.get(definition.name)
-            if existing is not None and existing.fn is not definition.fn:
-                raise ConfigurationError(f"a task named {definition.name!r} is already registered")
-            self._registry[definition.name] = definition
+        """Make tasks runnable by this client's workers. Names must be unique and valid
+        (`InvalidInput` otherwise, as for `spawn_by_name`)."""
+        self._core.register(*tasks)
 
     def definition(self, name: str) -> TaskDefinition[Any, Any]:
-        try:
-            return self._registry[name]
-        except KeyError:
-            raise UnknownTask(f"no task named {name!r} is registered on this client") from None
+        return self._core.definition(name)
 
     @property
     def registered(self) -> list[str]:
@@ -204,58 +132,9 @@ class Durable:
         parent: UUID | None = None,
         queue: str | None = None,
     ) -> dict[str, Any]:
-        """Validate and serialise one spawn into the row the store inserts. `queue` is
-        the default when the options name none (a child goes to its parent's queue)."""
-        return self._prepare_spawns(task, [params], options, parent=parent, queue=queue)[0]
-
-    def _prepare_spawns(
-        self,
-        task: TaskDefinition[Any, Any] | type[Task[Any, Any]] | str,
-        params: Iterable[Any],
-        options: SpawnOptions | None,
-        *,
-        parent: UUID | None = None,
-        queue: str | None = None,
-    ) -> list[dict[str, Any]]:
-        """Validate and serialise spawns of one task with shared options (options are
-        serialised once, each params value on its own)."""
-        if isinstance(task, str):
-            name = _checked(validate_name, task, what="task name")
-            known = self._registry.get(name)
-            defaults = known.options if known is not None else None
-        else:
-            known = as_definition(task)
-            name = known.name
-            defaults = known.options
-        opts = options if options is not None else (defaults or _DEFAULT_OPTIONS)
-        if not isinstance(opts, SpawnOptions):
-            raise InvalidInput(f"options must be a SpawnOptions, got {opts!r}")
-        policy = opts.cancellation
-        with _about("headers"):
-            headers_json = _serde.dumps(_serde.unstructure(opts.headers))
-        common = {
-            "queue": opts.queue or queue or self.queue,
-            "task_name": name,
-            "headers": headers_json,
-            "retry": _serde.dumps(opts.retry.to_json()),
-            "max_attempts": opts.max_attempts,
-            "priority": opts.priority,
-            "delay": interval(opts.delay),
-            "start_at": opts.start_at,
-            "idempotency_key": opts.idempotency_key,
-            "max_pending_delay": interval(policy.max_pending_delay if policy else None),
-            "max_duration": interval(policy.max_duration if policy else None),
-            "parent": parent,
-        }
-        return [
-            {
-                "task_id": uuid7(),
-                "run_id": uuid7(),
-                "params": _params_json(name, value, known, typed=not isinstance(task, str)),
-                **common,
-            }
-            for value in params
-        ]
+        """Validate and serialise one spawn into the row the store inserts (workers and
+        task contexts spawn children through it)."""
+        return self._core.spawn_row(task, params, options, parent=parent, queue=queue)
 
     async def spawn(
         self,
@@ -272,10 +151,8 @@ class Durable:
         blocking `psycopg.Connection`), the spawn joins that connection's open
         transaction: it becomes visible when the caller commits, and vanishes on rollback.
         """
-        if isinstance(task, str):
-            raise InvalidInput("spawn() takes a task definition; use spawn_by_name() for names")
-        row = self._prepare_spawn(task, params, options)
-        return _result(await self._store.spawn(row, _caller_connection(connection)))
+        op = self._core.spawn(task, params, options)
+        return await self._store.run(self._core.op(op), _caller_connection(connection))
 
     async def spawn_by_name(
         self,
@@ -290,8 +167,8 @@ class Durable:
         The name need not be registered here: a worker elsewhere may hold the code. A
         worker without the code leaves the task for one that has it.
         """
-        row = self._prepare_spawn(name, params, options)
-        return _result(await self._store.spawn(row, _caller_connection(connection)))
+        op = self._core.spawn_by_name(name, params, options)
+        return await self._store.run(self._core.op(op), _caller_connection(connection))
 
     async def spawn_many(
         self,
@@ -303,16 +180,7 @@ class Durable:
         """Spawn many tasks of one kind with shared options in one statement (all or none).
         The options are shared, so they cannot carry an idempotency key (one key would make
         every task after the first a duplicate of it)."""
-        rows = self._prepare_spawns(task, params, options)
-        if not rows:
-            return []
-        if rows[0]["idempotency_key"] is not None:  # given, or the task's default
-            raise InvalidInput(
-                "spawn_many shares its options between every task, so an idempotency_key "
-                "would make all but the first a duplicate: spawn them one by one with a key "
-                "each, or drop the key"
-            )
-        return [_result(row) for row in await self._store.spawn_many(rows)]
+        return await self._store.run(self._core.op(self._core.spawn_many(task, params, options)))
 
     @asynccontextmanager
     async def connection(self) -> AsyncIterator[TrioConnection]:
@@ -337,31 +205,7 @@ class Durable:
         """The current state of a task with its attempts (each with its error), what it
         is waiting for, its children and headers, read in one snapshot; `TaskNotFound`
         if there is none."""
-        task_id = _uuid(task_id)
-        details = await self._store.task_details(task_id, MAX_CHILDREN_SHOWN)
-        if details is None:
-            raise TaskNotFound(task_id)
-        row = details["task"]
-        state = TaskState(row["state"])
-        runs = [_run_info(r) for r in details["runs"]]
-        last = next((r for r in runs if r.run_id == row["last_run_id"]), None)
-        children = details["children"]
-        return TaskInfo(
-            **{**row, "state": state},
-            runs=runs,
-            waiting_for=_waiting_for(state, last, details["wait"], details["now"]),
-            children=[
-                ChildSummary(c["task_id"], c["task_name"], TaskState(c["state"])) for c in children
-            ],
-            child_count=children[0]["total"] if children else 0,
-        )
-
-    async def _task_info(self, task_id: UUID) -> TaskInfo:
-        """The task's own row only (what `wait_result` polls)."""
-        row = await self._store.get_task(task_id)
-        if row is None:
-            raise TaskNotFound(task_id)
-        return TaskInfo(**{**row, "state": TaskState(row["state"])})
+        return await self._store.run(self._core.read(self._core.get_task(task_id)))
 
     async def wait_result(
         self,
@@ -377,30 +221,16 @@ class Durable:
         otherwise), or None for the stored plain JSON; `InvalidInput` if the task with
         this id is another task.
         """
-        output_type = _output_type(task, self._registry)
-        expected = (
-            None if task is None else task if isinstance(task, str) else as_definition(task).name
-        )
-        task_id = _uuid(task_id)
+        waiting = self._core.waiting(task, task_id)
         limit = math.inf if timeout is None else to_seconds(timeout, what="timeout")
-        delay = 0.002
         with trio.move_on_after(limit):
-            while True:
-                info = await self._task_info(task_id)
-                if expected is not None and info.task_name != expected:
-                    raise InvalidInput(
-                        f"task {task_id} is a {info.task_name!r} task, not {expected!r}: "
-                        "pass its own task (or None for its plain JSON result)"
-                    )
-                if info.state is TaskState.COMPLETED:
-                    return _serde.structure(info.result, output_type)
-                if info.state is TaskState.FAILED:
-                    raise TaskFailed(task_id, info.error)
-                if info.state is TaskState.CANCELLED:
-                    raise TaskCancelled(task_id, info.cancel_reason)
+            for delay in poll_delays():
+                info = await self._store.run(self._core.op(self._core.task_row(waiting.task_id)))
+                done, value = waiting.outcome(info)
+                if done:
+                    return value
                 await trio.sleep(delay)
-                delay = min(delay * 1.5, 0.1)
-        raise WaitTimeout(f"task {task_id} did not finish within {limit:g} seconds")
+        raise WaitTimeout(f"task {waiting.task_id} did not finish within {limit:g} seconds")
 
     # -- inspection and control -------------------------------------------------------
 
@@ -427,26 +257,24 @@ class Durable:
         after any task you hold; tasks created while you page appear on later pages.
         Bad input raises `InvalidInput`.
         """
-        filters = _list_filters(queue, state, name, created_after, created_before, parent)
-        wanted = inspection.page_limit(limit)
-        params = {**filters, "after": None if after is None else _uuid(after, "after")}
-        params["limit"] = wanted + 1  # one more tells whether another page follows
-        chosen = None if state is None else TaskState(filters["state"])
-        rows = await self._store.list_tasks(inspection.list_query(chosen), params)
-        items = [_summary(row) for row in rows[:wanted]]
-        more = len(rows) > wanted
-        return TaskPage(items, items[-1].task_id if more else None)
+        op = self._core.list_tasks(
+            queue=queue,
+            state=state,
+            name=name,
+            created_after=created_after,
+            created_before=created_before,
+            parent=parent,
+            limit=limit,
+            after=after,
+        )
+        return await self._store.run(self._core.read(op))
 
     async def steps(self, task_id: UUID) -> list[StepInfo]:
         """Every checkpoint of a task in the order written (those a worker wrote in one
         transaction, by name): steps, and the library's own
         (spawns, joins, sleeps, events, emits, ctx.now/random/uuid7), with their stored
         JSON values and the attempt that wrote each. `TaskNotFound` if no such task."""
-        task_id = _uuid(task_id)
-        rows = await self._store.task_steps(task_id)
-        if rows is None:
-            raise TaskNotFound(task_id)
-        return [_step_info(row) for row in rows]
+        return await self._store.run(self._core.read(self._core.steps(task_id)))
 
     async def queue_stats(
         self, queue: str | None = None, *, window: Duration = timedelta(hours=1)
@@ -456,10 +284,8 @@ class Durable:
         cancellations in the last `window`, in total and per task name. Reads only live
         runs and the runs that ended badly in `window` (partial indexes), never the
         finished tasks, so it stays cheap to poll."""
-        target = None if queue is None else _checked(validate_queue, queue)
         span = timedelta(seconds=to_seconds(window, what="window"))
-        now, live, ended = await self._store.queue_stats(target, span)
-        return _queue_stats(target, now, span, live, ended)
+        return await self._store.run(self._core.read(self._core.queue_stats(queue, span)))
 
     async def retry(
         self, task_id: UUID, *, max_attempts: int | None = None, from_scratch: bool = False
@@ -481,12 +307,8 @@ class Durable:
         cancel it again): retry the parent. `RetryRefused` (nothing written) for a task
         that has not failed or been cancelled, `TaskNotFound` if there is none.
         """
-        task_id = _uuid(task_id)
-        limit = inspection.max_attempts(max_attempts)
-        if not isinstance(from_scratch, bool):
-            raise InvalidInput(f"from_scratch must be True or False, got {from_scratch!r}")
-        row = await self._store.retry_task(task_id, uuid7(), limit, from_scratch)
-        return _retry_result(task_id, row, max_attempts)
+        op = self._core.retry(task_id, max_attempts, from_scratch)
+        return await self._store.run(self._core.op(op))
 
     # -- events and cancellation ------------------------------------------------------
 
@@ -502,25 +324,15 @@ class Durable:
         tasks it woke. Events are sticky: later waits receive it at once. A second emit of
         the same name replaces the payload for waits that have not received one yet.
         With `connection`, the emit joins the caller's open transaction."""
-        event = _checked(validate_name, name, what="event name")
-        target = _checked(validate_queue, self.queue if queue is None else queue)
-        with _about("event payload"):
-            text = _serde.dumps(_serde.unstructure(payload))
-        return await self._store.emit_event(target, event, text, _caller_connection(connection))
+        op = self._core.emit(name, payload, queue)
+        return await self._store.run(self._core.op(op), _caller_connection(connection))
 
     async def cancel(self, task_id: UUID, reason: str = "cancelled by client") -> bool:
         """Cancel a task and all its unfinished descendants. Pending and sleeping tasks stop
         at once; a running attempt is cancelled through its trio cancel scope within one
         heartbeat (at once when the worker receives the notification). Returns False if
         the task had already ended."""
-        task_id = _uuid(task_id)
-        if not isinstance(reason, str) or "\x00" in reason:
-            raise InvalidInput(
-                f"cancel reason must be text without NUL characters, got {reason!r:.80}"
-            )
-        if await self._store.get_task(task_id) is None:
-            raise TaskNotFound(task_id)
-        return await self._store.cancel(task_id, reason) > 0
+        return await self._store.run(self._core.op(self._core.cancel(task_id, reason)))
 
     async def cleanup(
         self,
@@ -727,10 +539,6 @@ def _reraise(ex: BaseException) -> NoReturn:
         ex.__context__ = context
 
 
-def _result(row: dict[str, Any]) -> SpawnResult:
-    return SpawnResult(row["task_id"], row["run_id"], row["attempt"], row.get("created", True))
-
-
 def _caller_connection(conn: Any) -> Any:
     """The `connection=` of a spawn or emit, checked before anything is written with it.
     An asyncio psycopg connection cannot be driven by trio: refused too."""
@@ -740,72 +548,3 @@ def _caller_connection(conn: Any) -> Any:
         "connection must be a connection from Durable.connection() or a psycopg.Connection "
         f"(to join its open transaction), got {type(conn).__name__}"
     )
-
-
-def _uuid(value: Any, what: str = "task_id") -> UUID:
-    if isinstance(value, UUID):
-        return value
-    try:
-        return UUID(str(value))
-    except ValueError:
-        raise InvalidInput(f"{what} must be a UUID, got {value!r}") from None
-
-
-def _list_filters(
-    queue: Any, state: Any, name: Any, after: Any, before: Any, parent: Any
-) -> dict[str, Any]:
-    """list_tasks' filters, checked, as the store's parameters (None: not filtered)."""
-    return {
-        "queue": None if queue is None else _checked(validate_queue, queue),
-        "state": None if state is None else inspection.task_state(state).value,
-        "name": None if name is None else _checked(validate_name, name, what="task name"),
-        "created_after": None if after is None else inspection.aware(after, what="created_after"),
-        "created_before": None
-        if before is None
-        else inspection.aware(before, what="created_before"),
-        "parent": None if parent is None else _uuid(parent, "parent"),
-    }
-
-
-def _checked(validate: Any, value: Any, **kwargs: Any) -> str:
-    try:
-        result: str = validate(value, **kwargs)
-    except ValueError as ex:
-        raise InvalidInput(str(ex)) from None
-    return result
-
-
-def _output_type(task: Any, registry: dict[str, TaskDefinition[Any, Any]]) -> Any:
-    if task is None:
-        return Any
-    if isinstance(task, str):
-        if task not in registry:
-            raise UnknownTask(
-                f"no task named {task!r} is registered on this client, so its result type "
-                "is unknown: register it, or pass None to get the plain JSON result"
-            )
-        return registry[task].output_type
-    return as_definition(task).output_type
-
-
-def _params_json(
-    name: str, params: Any, known: TaskDefinition[Any, Any] | None, *, typed: bool
-) -> str:
-    """Params as JSON. By definition: through its Params type. By name: plain JSON, which
-    must still fit the Params type when the task is registered here."""
-    with _about(f"params of task {name!r}"):
-        if typed and known is not None:
-            return _serde.roundtrip(params, known.params_type)[0]
-        text = _serde.dumps(_serde.unstructure(params))
-        if known is not None:
-            _serde.structure(_serde.loads(text), known.params_type)
-        return text
-
-
-@contextmanager
-def _about(what: str) -> Iterator[None]:
-    """Say which argument a serialisation error is about."""
-    try:
-        yield
-    except SerializationError as ex:
-        raise SerializationError(f"{what}: {ex}") from None

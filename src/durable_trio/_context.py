@@ -24,7 +24,7 @@ import trio
 
 from . import _serde
 from ._core import names
-from ._core.durations import Duration, to_seconds
+from ._core.durations import Duration, check_instant, to_seconds
 from ._core.ids import uuid7 as make_uuid7
 from ._core.options import SpawnOptions, extend_seconds
 from ._errors import (
@@ -283,13 +283,14 @@ class TaskContext:
     async def _helper(self, kind: str, make: Callable[[], Any], rtype: Any) -> Any:
         checkpoint = self._checkpoint_name(names.internal(kind, ""), f"ctx.{kind}()")
         if checkpoint in self._checkpoints:
-            return _serde.structure(self._checkpoints[checkpoint], rtype)
+            return self._stored(checkpoint, rtype)
         return self._record(checkpoint, make(), rtype)
 
     # -- timers -----------------------------------------------------------------------
 
     async def sleep_for(self, name: str, duration: Duration) -> None:
-        """Sleep durably for `duration` (seconds or timedelta) without holding a worker.
+        """Sleep durably for `duration` (seconds or timedelta, at most 100 years: see
+        ``MAX_DURATION``) without holding a worker.
 
         The wake time is fixed by the first call and checkpointed; the task is suspended
         and resumed (replaying from the top) once it is due.
@@ -298,9 +299,9 @@ class TaskContext:
         await self._sleep(name, lambda now: now + timedelta(seconds=seconds))
 
     async def sleep_until(self, name: str, when: datetime) -> None:
-        """Sleep durably until `when` (timezone-aware) without holding a worker."""
-        if not isinstance(when, datetime) or when.tzinfo is None:
-            raise InvalidInput(f"sleep_until needs a timezone-aware datetime, got {when!r}")
+        """Sleep durably until `when` (timezone-aware, at most 100 years ahead: see
+        ``MAX_DURATION``) without holding a worker."""
+        check_instant(when, what="sleep_until's time", now=self._db_now())
         await self._sleep(name, lambda _now: when)
 
     async def _sleep(self, name: str, wake_at_from: Callable[[datetime], datetime]) -> None:
@@ -334,9 +335,10 @@ class TaskContext:
         """Wait for the event `name` on this task's queue and return its payload.
 
         An event emitted earlier is returned at once (events are sticky). While waiting
-        the task is suspended and holds no worker slot. With `timeout` (fixed by the
-        first call), raises `EventTimeout` when it passes first; the outcome is
-        checkpointed, so a replay takes the same branch. `type` converts the payload.
+        the task is suspended and holds no worker slot. With `timeout` (seconds or a
+        timedelta, at most 100 years; fixed by the first call), raises `EventTimeout`
+        when it passes first; the outcome is checkpointed, so a replay takes the same
+        branch. `type` converts the payload.
         """
         try:
             names.validate_name(name, what="event name")
@@ -386,7 +388,7 @@ class TaskContext:
         try:
             text = _serde.dumps(_serde.unstructure(payload))
         except SerializationError as ex:
-            raise SerializationError(f"event payload: {ex}") from None
+            raise SerializationError(f"payload of event {name!r}: {ex}") from None
         checkpoint = self._next_name(name, kind="emit")
         if checkpoint in self._checkpoints:
             return
@@ -450,7 +452,13 @@ class TaskContext:
         )
         outcome = stored.get("payload") or {}
         if outcome.get("state") == "completed":
-            return _serde.structure(outcome.get("result"), handle.output_type)
+            try:
+                return _serde.structure(outcome.get("result"), handle.output_type)
+            except SerializationError as ex:
+                raise SerializationError(
+                    f"result of child task {handle.task_name!r} {handle.task_id} "
+                    f"(joined as {name!r}): {ex}"
+                ) from None
         if outcome.get("state") == "failed":
             raise ChildFailed(handle.task_id, outcome.get("error"))
         raise ChildCancelled(handle.task_id, outcome.get("reason"))
@@ -458,7 +466,8 @@ class TaskContext:
     # -- leases -----------------------------------------------------------------------
 
     async def heartbeat(self, extend_by: Duration | None = None) -> None:
-        """Renew this run's lease now, for at least `extend_by` (default: claim_timeout).
+        """Renew this run's lease now, for at least `extend_by` (default: claim_timeout;
+        at most 100 years, ``MAX_DURATION``).
 
         Call it inside long steps. If the lease was already lost, the task is cancelled.
         """

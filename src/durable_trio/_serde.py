@@ -8,8 +8,8 @@ Rules (docs/serialization.md says the same for users):
   whichever machine ran the code. (Stored text without an offset is read as UTC.)
 - Unknown keys in stored data are an error, not silently dropped.
 - A value with no declared type (``Any``) must already be plain JSON: dict keys must be
-  strings (JSON would turn 1 into "1", and {1: .., "1": ..} into one key) and sets are
-  refused (they would come back as lists).
+  strings (JSON would turn 1 into "1", and {1: .., "1": ..} into one key); sets and
+  bytes are refused (they would come back as a list, as base85 text).
 - Every value is round-tripped once when written, so a step returns the same value on the
   first run as on a replay, and a type that cannot round-trip fails when it is written.
 """
@@ -226,8 +226,13 @@ def _check_plain(data: Any) -> Any:
     return data
 
 
+_BINARY = (bytes, bytearray, memoryview)
+_WALKED = (dict, list, tuple, *_BINARY)
+
+
 def _check_keys(data: Any) -> None:
-    """Every dict key in plain data is a str: json.dumps would quietly stringify others."""
+    """Plain data only: every dict key a str (json.dumps would quietly stringify others),
+    and no bytes (cattrs would quietly turn them into base85 text)."""
     pending = [data]
     while pending:
         item = pending.pop()
@@ -239,10 +244,16 @@ def _check_keys(data: Any) -> None:
                         "come back as a string (JSON object keys are strings): use str keys, "
                         "or declare the type (e.g. dict[int, str] in an attrs class)"
                     )
-                if isinstance(value, (dict, list, tuple)):
+                if isinstance(value, _WALKED):
                     pending.append(value)
         elif isinstance(item, (list, tuple)):
-            pending.extend(v for v in item if isinstance(v, (dict, list, tuple)))
+            pending.extend(v for v in item if isinstance(v, _WALKED))
+        elif isinstance(item, _BINARY):
+            raise SerializationError(
+                f"{type(item).__name__} {_short(item)} under an Any type would come back "
+                "as base85 text, not bytes: declare the type (bytes, e.g. a field of an "
+                "attrs class) or encode it yourself (e.g. base64 to str)"
+            )
 
 
 def _type_name(type_: Any) -> str:

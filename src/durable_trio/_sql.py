@@ -11,7 +11,7 @@ nothing about I/O. (psycopg's own generators and waiting functions have this sha
 
 from __future__ import annotations
 
-from collections.abc import Callable, Generator, Mapping, Sequence
+from collections.abc import Callable, Generator, Iterable, Mapping, Sequence
 from typing import Any, Generic, TypeAlias, TypeVar
 
 import attrs
@@ -39,8 +39,12 @@ Params: TypeAlias = Mapping[str, Any] | Sequence[Any] | None
 
 @attrs.frozen
 class Statement:
+    """A statement and its parameters. ``prepare=False`` plans it with its own values each
+    time (statements whose optional filters should fold away), None leaves it to psycopg."""
+
     query: bytes | str | sql.SQL | sql.Composed
     params: Params = None
+    prepare: bool | None = None
 
 
 Op: TypeAlias = Generator[Statement, list[Row], T]
@@ -84,7 +88,7 @@ async def run_async(conn: psycopg.AsyncConnection[Any], op: Op[T]) -> T:
     while (statement := drive.statement()) is not None:
         try:
             async with conn.cursor(row_factory=dict_row) as cur:
-                await cur.execute(statement.query, statement.params)
+                await cur.execute(statement.query, statement.params, prepare=statement.prepare)
                 drive.answer(await cur.fetchall() if cur.description else [])
         except psycopg.Error as ex:
             drive.fail(ex)
@@ -97,11 +101,20 @@ def run_blocking(conn: psycopg.Connection[Any], op: Op[T]) -> T:
     while (statement := drive.statement()) is not None:
         try:
             with conn.cursor(row_factory=dict_row) as cur:
-                cur.execute(statement.query, statement.params)
+                cur.execute(statement.query, statement.params, prepare=statement.prepare)
                 drive.answer(cur.fetchall() if cur.description else [])
         except psycopg.Error as ex:
             drive.fail(ex)
     return drive.result
+
+
+def array_literal(items: Iterable[str]) -> str:
+    """A PostgreSQL array literal of text elements, for a ``%s::type[]`` parameter:
+    psycopg's list adapter inspects and quotes element by element in Python, which was a
+    fifth of spawn_many's client time at 20,000 tasks (and, for a claim's task names, 3%
+    of a concurrency-1 worker's CPU)."""
+    quoted = [item.replace("\\", "\\\\").replace('"', '\\"') for item in items]
+    return '{"' + '","'.join(quoted) + '"}' if quoted else "{}"
 
 
 # -- the schema: migrations and function definitions ----------------------------------

@@ -6,10 +6,10 @@ It speaks in plain rows and JSON text; what to do with them is decided elsewhere
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 from uuid import UUID
 
 import attrs
@@ -17,15 +17,18 @@ import psycopg
 import trio
 
 from . import _sql
+from ._clientcore import SpawnResult, deliver, guarded, insert
+from ._core.durations import MAX_DURATION, interval
 from ._core.names import validate_schema
 from ._db import CONNECTION_ERRORS, Pool, TrioConnection
-from ._errors import ConfigurationError, DatabaseUnavailable, LeaseLost
+from ._errors import ConfigurationError, DatabaseUnavailable, InvalidInput, LeaseLost
 from ._schema import migrations, query_texts, render, sql_dir
+from ._sql import array_literal
 
 __all__ = ["DATA_ERRORS", "ClaimArgs", "Store", "migrations", "sql_dir"]
 
 Row = dict[str, Any]
-Reader = Callable[[str, dict[str, Any]], Awaitable[list[Row]]]
+T = TypeVar("T")
 
 # What a statement raises because of the data of a row it touched (a timestamp out of
 # range, a value that breaks a cast or a check, a trigger's RAISE): the same statement
@@ -36,10 +39,6 @@ DATA_ERRORS: tuple[type[psycopg.Error], ...] = (
     psycopg.errors.IntegrityError,
     psycopg.errors.RaiseException,
 )
-
-
-def interval(seconds: float | None) -> timedelta | None:
-    return None if seconds is None else timedelta(seconds=seconds)
 
 
 @attrs.frozen
@@ -56,7 +55,7 @@ class ClaimArgs:
         return {
             "queue": self.queue,
             "worker": worker,
-            "names": _array_literal(self.names),
+            "names": array_literal(self.names),
             "limit": self.limit,
             "lease": interval(self.lease),
         }
@@ -93,6 +92,18 @@ class Store:
                 f"durable_trio schema {self.schema!r} is missing or older than this library "
                 f"({ex.diag.message_primary}): {_MIGRATE_HINT}"
             ) from None
+
+    async def run(
+        self, op: _sql.Op[T], conn: TrioConnection | psycopg.Connection[Any] | None = None
+    ) -> T:
+        """Drive a client operation (see _clientcore): on `conn`, a caller's connection in
+        its open transaction (a blocking one from a worker thread), or on a pooled one."""
+        if isinstance(conn, psycopg.Connection):
+            return await trio.to_thread.run_sync(_sql.run_blocking, conn, op)
+        if conn is not None:
+            return await _sql.run_async(conn, op)
+        async with self.pool.acquire() as pooled, _lost_connection(pooled):
+            return await _sql.run_async(pooled, op)
 
     async def _value(self, name: str, params: dict[str, Any], conn: Any = None) -> Any:
         row = await self._one(name, params, conn)
@@ -133,19 +144,9 @@ class Store:
 
     # -- spawning ---------------------------------------------------------------------
 
-    async def spawn(self, params: dict[str, Any], conn: Any = None) -> Row:
-        row = await self._one("spawn_task", params, conn)
-        assert row is not None
-        return row
-
-    async def spawn_many(self, rows: Sequence[dict[str, Any]]) -> list[Row]:
-        """Spawn many top-level tasks with one statement, all or none. The rows differ
-        only in ids and params (one task name, one set of options)."""
-        params = {key: value for key, value in rows[0].items() if key != "parent"}
-        for key in ("task_id", "run_id", "params"):
-            params[key] = _array_literal(str(row[key]) for row in rows)
-        async with self.pool.acquire() as conn, conn.transaction():
-            return await self._all("spawn_tasks", params, conn)
+    async def spawn(self, row: dict[str, Any], conn: Any = None) -> SpawnResult:
+        """A prepared spawn row (ClientCore.spawn_row) inserted, on `conn` if given."""
+        return await self.run(guarded(self.schema, insert(self.schema, row)), conn)
 
     # -- worker side ------------------------------------------------------------------
 
@@ -315,7 +316,7 @@ class Store:
         return bool(await self._value("release_run", {"run_id": run_id, "worker": worker}))
 
     async def expired_runs(self, queues: Sequence[str], limit: int) -> list[Row]:
-        return await self._all("expired_runs", {"queues": _array_literal(queues), "limit": limit})
+        return await self._all("expired_runs", {"queues": array_literal(queues), "limit": limit})
 
     async def enforce_deadlines(self, limit: int) -> int:
         """Cancel up to `limit` tasks past their max_pending_delay or max_duration that
@@ -325,7 +326,7 @@ class Store:
 
     async def next_due(self, queues: Sequence[str], names: Sequence[str]) -> float | None:
         seconds: float | None = await self._value(
-            "next_due", {"queues": _array_literal(queues), "names": _array_literal(names)}
+            "next_due", {"queues": array_literal(queues), "names": array_literal(names)}
         )
         return seconds
 
@@ -333,7 +334,7 @@ class Store:
         return int(
             await self._value(
                 "claimable_count",
-                {"queues": _array_literal(queues), "names": _array_literal(names)},
+                {"queues": array_literal(queues), "names": array_literal(names)},
             )
         )
 
@@ -345,10 +346,9 @@ class Store:
     # -- client side ------------------------------------------------------------------
 
     async def emit_event(self, queue: str, event: str, payload: str, conn: Any = None) -> int:
-        return int(
-            await self._value(
-                "emit_event", {"queue": queue, "event": event, "payload": payload}, conn
-            )
+        """An event with checked names and JSON text stored, on `conn` if given."""
+        return await self.run(
+            guarded(self.schema, deliver(self.schema, queue, event, payload)), conn
         )
 
     async def cancel(self, task_id: UUID, reason: str) -> int:
@@ -386,100 +386,19 @@ class Store:
         assert row is not None
         return row
 
-    async def get_task(self, task_id: UUID) -> Row | None:
-        return await self._one("get_task", {"task_id": task_id})
-
-    async def task_states(self, task_ids: Sequence[UUID]) -> list[Row]:
-        return await self._all("task_states", {"task_ids": list(task_ids)})
-
-    # -- inspection and control (Durable.list_tasks, get_task, steps, ...) -------------
-
-    async def list_tasks(self, query: str, params: dict[str, Any]) -> list[Row]:
-        """One page of task summaries by `query`: list_tasks, list_tasks_ended or
-        list_tasks_live (see each)."""
-        async with self._read_snapshot() as read:
-            return await read(query, params)
-
-    async def task_details(self, task_id: UUID, children: int) -> Row | None:
-        """A task's row with its runs, wait, first `children` children and the database's
-        time, read in one snapshot; None if there is no such task."""
-        params = {"task_id": task_id, "limit": children}
-        async with self._read_snapshot() as read:
-            rows = await read("get_task", params)
-            if not rows:
-                return None
-            return {
-                "task": rows[0],
-                "runs": await read("task_runs", params),
-                "wait": next(iter(await read("task_wait", params)), None),
-                "children": await read("task_children", params),
-                "now": (await read("now", {}))[0]["now"],
-            }
-
-    async def task_steps(self, task_id: UUID) -> list[Row] | None:
-        """A task's checkpoints in the order they were written; None if no such task."""
-        async with self._read_snapshot() as read:
-            rows = await read("task_steps", {"task_id": task_id})
-        if not rows:
-            return None
-        return [row for row in rows if row["name"] is not None]
-
-    async def queue_stats(
-        self, queue: str | None, window: timedelta
-    ) -> tuple[datetime, list[Row], list[Row]]:
-        """(now, live counts, ended counts) per queue and task name, in one snapshot."""
-        params = {"queue": queue, "window": window}
-        async with self._read_snapshot() as read:
-            now = (await read("now", {}))[0]["now"]
-            return now, await read("queue_live", params), await read("queue_ended", params)
-
-    async def retry_task(
-        self, task_id: UUID, run_id: UUID, max_attempts: int | None, from_scratch: bool
-    ) -> Row:
-        """retry_task's one row (see the function): what it did, or why it refused."""
-        row = await self._one(
-            "retry_task",
-            {
-                "task_id": task_id,
-                "run_id": run_id,
-                "max_attempts": max_attempts,
-                "from_scratch": from_scratch,
-            },
-        )
-        assert row is not None
-        return row
-
-    @asynccontextmanager
-    async def _read_snapshot(self) -> AsyncIterator[Reader]:
-        """A reader of named statements inside one read-only repeatable-read transaction.
-        The statements run unprepared: each is planned with its own values, so the
-        optional filters written "(x IS NULL OR ...)" fold away and the indexes of the
-        filters given are used."""
-
-        async def read(name: str, params: dict[str, Any]) -> list[Row]:
-            async with conn.cursor(row_factory=psycopg.rows.dict_row) as cur:
-                await cur.execute(self._q[name], params, prepare=False)
-                rows: list[Row] = await cur.fetchall()
-                return rows
-
-        try:
-            async with self.pool.acquire() as conn, _lost_connection(conn), conn.transaction():
-                await conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
-                yield read
-        except _SCHEMA_ERRORS as ex:
-            if await self.is_current():
-                raise
-            raise ConfigurationError(
-                f"durable_trio schema {self.schema!r} is missing or older than this library "
-                f"({ex.diag.message_primary}): {_MIGRATE_HINT}"
-            ) from None
-
     async def now(self) -> datetime:
         value: datetime = await self._value("now", {})
         return value
 
     async def advance_clock(self, seconds: float) -> timedelta:
-        value: timedelta = await self._value("advance_clock", {"by": interval(seconds)})
+        """Move the clock forward; `InvalidInput` if its offset would pass MAX_DURATION."""
+        row = await self._one("advance_clock", {"by": interval(seconds), "max": MAX_DURATION})
+        if row is None:
+            raise InvalidInput(
+                f"advance_clock by {seconds:g} seconds would move the clock more than "
+                f"{MAX_DURATION.days} days (MAX_DURATION) ahead of real time"
+            )
+        value: timedelta = row["offset_by"]
         return value
 
     # -- schedules --------------------------------------------------------------------
@@ -534,8 +453,8 @@ class Store:
             {
                 "schedule_id": schedule_id,
                 "due": due,
-                "keys": _array_literal(slot[0] for slot in slots),
-                "slots": _array_literal(slot[1] for slot in slots),
+                "keys": array_literal(slot[0] for slot in slots),
+                "slots": array_literal(slot[1] for slot in slots),
                 "tasks": [slot[2] for slot in slots],
                 "runs": [slot[3] for slot in slots],
                 "next_fire_at": next_fire_at,
@@ -581,15 +500,6 @@ def _lone_write(
         "complete": bool(completions),
         "result": result,
     }
-
-
-def _array_literal(items: Iterable[str]) -> str:
-    """A PostgreSQL array literal of text elements, for a ``%s::type[]`` parameter:
-    psycopg's list adapter inspects and quotes element by element in Python, which was a
-    fifth of spawn_many's client time at 20,000 tasks (and, for a claim's task names, 3%
-    of a concurrency-1 worker's CPU)."""
-    quoted = [item.replace("\\", "\\\\").replace('"', '\\"') for item in items]
-    return '{"' + '","'.join(quoted) + '"}' if quoted else "{}"
 
 
 def _writes_json(

@@ -22,16 +22,22 @@ R = TypeVar("R")
 __all__ = ["Task", "TaskDefinition", "task"]
 
 
+def _task_name(name: object) -> str:
+    return validate_name(name, what="task name")
+
+
 @attrs.frozen
 class TaskDefinition(Generic[P, R]):
     """A registered-able task: what `@task` returns and what `Durable.register` takes.
 
     ``params_type`` and ``output_type`` come from the function's annotations; values are
     converted with cattrs (``Any`` means plain JSON). ``non_retryable`` lists exception
-    types that fail the task at once (`NonRetryable` always does).
+    types that fail the task at once (`NonRetryable` always does). ``name`` follows the
+    rules of every name (1-200 printable characters, not starting with ``$``): an
+    invalid one raises `InvalidInput` here, however the definition is made.
     """
 
-    name: str
+    name: str = attrs.field(converter=_task_name)
     fn: Callable[[TaskContext, P], Awaitable[R]]
     params_type: Any = Any
     output_type: Any = Any
@@ -50,9 +56,9 @@ def task(
 ) -> Callable[[Callable[[TaskContext, P], Awaitable[R]]], TaskDefinition[P, R]]:
     """Decorate ``async def fn(ctx, params: Params) -> Output`` as a durable task.
 
-    The name defaults to the function's name; it is what is stored in the database, so
-    keep it stable across deploys. ``options`` are the defaults for every spawn
-    (options given to a spawn replace them as a whole).
+    The name defaults to the function's name (an empty name is refused, not replaced);
+    it is what is stored in the database, so keep it stable across deploys. ``options``
+    are the defaults for every spawn (options given to a spawn replace them as a whole).
     """
 
     def wrap(fn: Callable[[TaskContext, P], Awaitable[R]]) -> TaskDefinition[P, R]:
@@ -60,7 +66,7 @@ def task(
             raise ConfigurationError(f"task {fn.__qualname__} must be an async function")
         params_type, output_type = _types_of(fn, params_index=1)
         return TaskDefinition(
-            name=validate_name(name or fn.__name__, what="task name"),
+            name=fn.__name__ if name is None else name,
             fn=fn,
             params_type=params_type,
             output_type=output_type,
@@ -100,7 +106,7 @@ class Task(Generic[P, R]):
             return await instance.run(params, ctx)
 
         return TaskDefinition(
-            name=validate_name(cls.name, what="task name"),
+            name=cls.name,
             fn=call,
             params_type=params_type,
             output_type=output_type,

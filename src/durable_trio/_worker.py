@@ -50,6 +50,7 @@ from ._errors import (
     LeaseLost,
     NonRetryable,
     ReplayMismatch,
+    SerializationError,
 )
 from ._schedules import schedule_pass
 from ._store import DATA_ERRORS, ClaimArgs, Store
@@ -682,9 +683,9 @@ class Worker:
         definition = run.definition
         ctx = TaskContext(run)
         try:
-            params = _serde.structure(run.params, definition.params_type)
+            params = _about(run, "params", _serde.structure, run.params, definition.params_type)
             result = await definition.fn(ctx, params)
-            text = _serde.roundtrip(result, definition.output_type)[0]
+            text = _about(run, "result", _serde.roundtrip, result, definition.output_type)[0]
         except (Suspended, LeaseLost):
             return
         except trio.Cancelled:
@@ -884,6 +885,15 @@ class Worker:
 
 
 _FAILURES = (RunOutcome.RETRYING, RunOutcome.FAILED)
+
+
+def _about(run: RunState, what: str, convert: Callable[..., T], *args: Any) -> T:
+    """`convert(*args)`, its SerializationError saying it was this task's params or result
+    (docs/serialization.md promises the place is named)."""
+    try:
+        return convert(*args)
+    except SerializationError as ex:
+        raise SerializationError(f"{what} of task {run.task_name!r}: {ex}") from None
 
 
 def _json_object(text: str) -> dict[str, Any]:

@@ -160,6 +160,20 @@ def with_options(**kwargs: Any) -> Callable[[Env], Awaitable[Any]]:
 # -- client-side cases ---------------------------------------------------------------------
 
 
+async def _advance_clock_twice(env: Env) -> None:
+    """Each step is within the bound, their sum is not: the clock's offset is bounded."""
+    await advance_clock(env.client, dt.MAX_DURATION)
+    await advance_clock(env.client, 1)
+
+
+def _register_forced_nul_name(env: Env) -> None:
+    """A definition whose name was changed around its validation (attrs' frozen classes
+    can be): registering it must still refuse the name, not crash the worker's claims."""
+    definition = dt.TaskDefinition(name="forced", fn=plain.fn)
+    object.__setattr__(definition, "name", "forced\x00")
+    env.client.register(definition)
+
+
 def _wrong_url_conninfo(env: Env) -> str:
     return make_conninfo(env.pg_url, user="no_such_role_x", password=PASSWORD, connect_timeout=5)
 
@@ -337,6 +351,92 @@ CLIENT_CASES = [
         dt.InvalidInput,
         "delay must be a timedelta or a number of seconds",
     ),
+    # One bound for every duration (MAX_DURATION, 36525 days): over it, nothing is written.
+    case("delay-1e13", with_options(delay=1e13), dt.InvalidInput, "delay must be at most"),
+    case(
+        "delay-timedelta-max",
+        with_options(delay=timedelta.max),
+        dt.InvalidInput,
+        "delay must be at most 36525 days",
+    ),
+    case(
+        "start-at-beyond-the-bound",
+        with_options(start_at=datetime.now(UTC) + dt.MAX_DURATION + timedelta(days=2)),
+        dt.InvalidInput,
+        "start_at must be at most 36525 days",
+    ),
+    case(
+        "start-at-datetime-max",
+        with_options(start_at=datetime.max.replace(tzinfo=UTC)),
+        dt.InvalidInput,
+        "start_at must be at most 36525 days",
+    ),
+    case(
+        "retry-fixed-1e13",
+        lambda env: env.client.spawn(
+            plain, {}, options=dt.SpawnOptions(retry=dt.RetryStrategy.fixed(1e13))
+        ),
+        dt.InvalidInput,
+        "retry delay must be at most 36525 days",
+    ),
+    case(
+        "retry-max-delay-timedelta-max",
+        lambda env: dt.RetryStrategy.exponential(1, max_delay=timedelta.max),
+        dt.InvalidInput,
+        "retry max_delay must be at most 36525 days",
+    ),
+    case(
+        "cancellation-max-duration-timedelta-max",
+        lambda env: env.client.spawn(
+            plain,
+            {},
+            options=dt.SpawnOptions(cancellation=dt.CancellationPolicy(max_duration=timedelta.max)),
+        ),
+        dt.InvalidInput,
+        "max_duration must be at most 36525 days",
+    ),
+    case(
+        "cancellation-max-pending-delay-1e13",
+        lambda env: dt.CancellationPolicy(max_pending_delay=1e13),
+        dt.InvalidInput,
+        "max_pending_delay must be at most 36525 days",
+    ),
+    case(
+        "worker-claim-timeout-1e13",
+        lambda env: env.client.new_worker(dt.WorkerOptions(claim_timeout=1e13)),
+        dt.InvalidInput,
+        "claim_timeout must be at most 36525 days",
+    ),
+    case(
+        "worker-poll-interval-1e13",
+        lambda env: dt.WorkerOptions(poll_interval=1e13),
+        dt.InvalidInput,
+        "poll_interval must be at most 36525 days",
+    ),
+    case(
+        "worker-shutdown-grace-timedelta-max",
+        lambda env: dt.WorkerOptions(shutdown_grace=timedelta.max),
+        dt.InvalidInput,
+        "shutdown_grace must be at most 36525 days",
+    ),
+    case(
+        "wait-result-timeout-1e13",
+        lambda env: env.client.wait_result(plain, env.existing.task_id, timeout=1e13),
+        dt.InvalidInput,
+        "timeout must be at most 36525 days",
+    ),
+    case(
+        "advance-clock-beyond-the-bound",
+        lambda env: advance_clock(env.client, 1e13),
+        dt.InvalidInput,
+        "advance_clock by must be at most 36525 days",
+    ),
+    case(
+        "advance-clock-offset-beyond-the-bound",
+        _advance_clock_twice,
+        dt.InvalidInput,
+        "more than 36525 days (MAX_DURATION) ahead",
+    ),
     case(
         "cancellation-max-duration-nan",
         lambda env: env.client.spawn(
@@ -449,6 +549,90 @@ CLIENT_CASES = [
         "idempotency_key",
         "NUL",
     ),
+    # Header names follow the rules of every other name.
+    case(
+        "header-name-nul",
+        with_options(headers={"trace\x00id": 1}),
+        dt.InvalidInput,
+        "header name",
+        "control characters",
+    ),
+    case(
+        "header-name-too-long",
+        with_options(headers={"h" * 201: 1}),
+        dt.InvalidInput,
+        "header name must be 1 to 200 characters long, got 201",
+    ),
+    case(
+        "header-name-reserved",
+        with_options(headers={"$trace": 1}),
+        dt.InvalidInput,
+        "header name '$trace'",
+        "reserved",
+    ),
+    # Task names, however the definition is made.
+    case(
+        "task-definition-nul-name",
+        lambda env: dt.TaskDefinition(name="a\x00b", fn=plain.fn),
+        dt.InvalidInput,
+        "task name",
+        "control characters",
+    ),
+    case(
+        "task-definition-empty-name",
+        lambda env: dt.TaskDefinition(name="", fn=plain.fn),
+        dt.InvalidInput,
+        "task name must be 1 to 200 characters long, got 0",
+    ),
+    case(
+        "task-definition-reserved-name",
+        lambda env: dt.TaskDefinition(name="$reserved", fn=plain.fn),
+        dt.InvalidInput,
+        "task name '$reserved'",
+        "reserved",
+    ),
+    case(
+        "task-definition-300-characters",
+        lambda env: dt.TaskDefinition(name="t" * 300, fn=plain.fn),
+        dt.InvalidInput,
+        "task name must be 1 to 200 characters long, got 300",
+    ),
+    case(
+        "task-decorator-empty-name",
+        lambda env: dt.task("")(plain.fn),
+        dt.InvalidInput,
+        "task name must be 1 to 200 characters long, got 0",
+    ),
+    case(
+        "register-a-definition-whose-name-was-forced",
+        _register_forced_nul_name,
+        dt.InvalidInput,
+        "task name",
+        "control characters",
+    ),
+    case(
+        "spawn-by-name-nul",
+        lambda env: env.client.spawn_by_name("a\x00b", {}),
+        dt.InvalidInput,
+        "task name",
+        "control characters",
+    ),
+    # bytes under Any would come back as base85 text: refused (declared bytes are fine).
+    case(
+        "params-bytes-under-any",
+        lambda env: env.client.spawn(plain, {"blob": b"\x00\x01"}),
+        dt.SerializationError,
+        "params of task 'plain'",
+        "bytes",
+        "base85",
+    ),
+    case(
+        "event-payload-bytes",
+        lambda env: env.client.emit_event("ready", b"raw"),
+        dt.SerializationError,
+        "payload of event 'ready'",
+        "bytes",
+    ),
     # Hostile task names for spawn_by_name.
     case(
         "task-name-empty",
@@ -516,14 +700,14 @@ CLIENT_CASES = [
         "event-payload-infinity",
         lambda env: env.client.emit_event("ready", [1.0, -math.inf]),
         dt.SerializationError,
-        "event payload",
+        "payload of event 'ready'",
         "Infinity",
     ),
     case(
         "event-payload-set",
         lambda env: env.client.emit_event("ready", {"ids": {1, 2}}),
         dt.SerializationError,
-        "event payload",
+        "payload of event 'ready'",
         "set",
     ),
     # Reading, waiting and cancelling.
@@ -895,7 +1079,7 @@ TASK_CASES = [
     pytest.param(
         lambda ctx: ctx.emit_event("ready", {"v": math.inf}),
         dt.SerializationError,
-        ("event payload", "Infinity"),
+        ("payload of event 'ready'", "Infinity"),
         id="emit-event-payload-infinity",
     ),
     pytest.param(
@@ -915,6 +1099,42 @@ TASK_CASES = [
         dt.InvalidInput,
         QUEUE_HELP,
         id="spawn-child-hostile-queue",
+    ),
+    pytest.param(
+        lambda ctx: ctx.sleep_for("nap", 1e13),
+        dt.InvalidInput,
+        ("duration must be at most 36525 days",),
+        id="sleep-for-1e13",
+    ),
+    pytest.param(
+        lambda ctx: ctx.sleep_for("nap", timedelta.max),
+        dt.InvalidInput,
+        ("duration must be at most 36525 days",),
+        id="sleep-for-timedelta-max",
+    ),
+    pytest.param(
+        lambda ctx: ctx.sleep_until("nap", datetime.max.replace(tzinfo=UTC)),
+        dt.InvalidInput,
+        ("sleep_until's time must be at most 36525 days",),
+        id="sleep-until-datetime-max",
+    ),
+    pytest.param(
+        lambda ctx: ctx.await_event("ready", timeout=1e13),
+        dt.InvalidInput,
+        ("timeout must be at most 36525 days",),
+        id="await-event-timeout-1e13",
+    ),
+    pytest.param(
+        lambda ctx: ctx.heartbeat(extend_by=1e13),
+        dt.InvalidInput,
+        ("extend_by must be at most 36525 days",),
+        id="heartbeat-extend-by-1e13",
+    ),
+    pytest.param(
+        lambda ctx: ctx.step("blob", lambda: b"raw"),
+        dt.SerializationError,
+        ("step 'blob'", "bytes", "base85"),
+        id="step-result-bytes-under-any",
     ),
     pytest.param(
         lambda ctx: ctx.heartbeat(extend_by=-1),

@@ -89,6 +89,10 @@ def assert_poisoned(info: dt.TaskInfo, stage: str, *fragments: str) -> None:
 async def raise_on_update(client: dt.Durable, table: str, task_id: UUID, when: str) -> None:
     """A trigger that makes updates of one task's rows of `table` matching `when` fail
     with a data error, as an out-of-range value would."""
+    await raise_on(client, "UPDATE", table, task_id, when)
+
+
+async def raise_on(client: dt.Durable, event: str, table: str, task_id: UUID, when: str) -> None:
     await fetch(
         client,
         "CREATE OR REPLACE FUNCTION @s.poison() RETURNS trigger LANGUAGE plpgsql AS $$"
@@ -97,45 +101,69 @@ async def raise_on_update(client: dt.Durable, table: str, task_id: UUID, when: s
     )
     await fetch(
         client,
-        f"CREATE TRIGGER poison_{table} BEFORE UPDATE ON @s.{table} FOR EACH ROW"
+        f"CREATE TRIGGER poison_{table} BEFORE {event} ON @s.{table} FOR EACH ROW"
         f" WHEN (NEW.task_id = '{task_id}' AND {when}) EXECUTE FUNCTION @s.poison()",
     )
+
+
+async def poison_retry(client: dt.Durable, task_id: UUID, how: str) -> None:
+    """ "overflow": the original report, a stored retry delay of 1e13 s (past the
+    timestamp range; a bound on stored delays may clamp it, making it harmless).
+    "trigger": inserting the task's next attempt fails, whatever the delay."""
+    if how == "overflow":
+        await fetch(client, "UPDATE @s.tasks SET retry = %s::jsonb", HUGE_RETRY)
+    else:
+        await raise_on(client, "INSERT", "runs", task_id, "NEW.attempt > 1")
+
+
+async def until_attempted(client: dt.Durable, task_id: UUID) -> dt.TaskInfo:
+    """The task once its first attempt's failure is recorded: ended, or retrying."""
+    with trio.fail_after(15):
+        while True:
+            info = await client.get_task(task_id)
+            if info.attempts > 1 or info.state in (dt.TaskState.FAILED, dt.TaskState.COMPLETED):
+                return info
+            await trio.sleep(0.02)
 
 
 # -- retries that overflow (the original report) ----------------------------------------
 
 
-async def test_a_retry_that_overflows_fails_the_task_not_the_worker(client: dt.Durable) -> None:
+@pytest.mark.parametrize("how", ["overflow", "trigger"])
+async def test_a_retry_that_cannot_be_scheduled_fails_the_task_not_the_worker(
+    client: dt.Durable, how: str
+) -> None:
     client.register(fails, returns)
     bad = await client.spawn(fails, None, options=dt.SpawnOptions(max_attempts=3))
-    await fetch(client, "UPDATE @s.tasks SET retry = %s::jsonb", HUGE_RETRY)
+    await poison_retry(client, bad.task_id, how)
     async with serving(client):
-        info = await until_terminal(client, bad.task_id)
+        info = await until_attempted(client, bad.task_id)
         await canary_completes(client)
-    # Recording a retry 1e13 s ahead overflows the timestamp range. (Should the stored
-    # strategy be refused when read, the claim fails the task instead: same outcome.)
-    assert info.error is not None
-    assert info.error["stage"] in ("retry", "claim")
-    if info.error["stage"] == "retry":
-        assert_poisoned(info, "retry", "could not be scheduled", "out of range")
-        assert info.error["cause"]["message"] == "the attempt's own error"
+    if how == "overflow" and info.state is dt.TaskState.PENDING:
+        assert info.attempts == 2  # clamped: the retry waits the longest delay allowed
+        return
+    assert_poisoned(info, "retry", "could not be scheduled")
+    assert "out of range" in info.error["message"] or "poisoned row" in info.error["message"]
+    assert info.error["cause"]["message"] == "the attempt's own error"
     assert info.attempts == 1
 
 
-async def test_the_reaper_fails_a_task_whose_retry_overflows_and_goes_on(
-    client: dt.Durable,
+@pytest.mark.parametrize("how", ["overflow", "trigger"])
+async def test_the_reaper_fails_a_task_whose_retry_cannot_be_scheduled_and_goes_on(
+    client: dt.Durable, how: str
 ) -> None:
     client.register(blocks, returns)
     bad = await client.spawn(blocks, None, options=dt.SpawnOptions(max_attempts=3))
     # Claimed by a worker that then vanished.
     claimed = await client.store.claim(client.queue, "ghost", ["poison-blocks"], 1, 1.0)
     assert len(claimed) == 1
-    await fetch(client, "UPDATE @s.tasks SET retry = %s::jsonb", HUGE_RETRY)
+    await poison_retry(client, bad.task_id, how)
     await advance_clock(client, 5)
     assert await reap_expired(client) == 1  # used to raise DatetimeFieldOverflow
     info = await client.get_task(bad.task_id)
-    assert_poisoned(info, "reap", "lease of attempt 1 expired")
-    assert info.error["cause"]["type"] == "LeaseExpired"
+    if how == "trigger" or info.state is not dt.TaskState.PENDING:  # unless clamped
+        assert_poisoned(info, "reap", "lease of attempt 1 expired")
+        assert info.error["cause"]["type"] == "LeaseExpired"
     async with serving(client):  # and every worker afterwards serves the queue
         await canary_completes(client)
 

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Callable
+from typing import Any
 
+import attrs
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+import durable_trio as dt
 from durable_trio import InvalidInput
 from durable_trio._core.names import (
     MAX_NAME,
@@ -230,3 +233,74 @@ def test_child_event() -> None:
     with pytest.raises(InvalidInput, match="reserved"):
         validate_name(child_event(task_id), what="event name")
     assert len(child_event(uuid.uuid4())) <= MAX_NAME
+
+
+# -- one validation for every named thing ------------------------------------------------
+
+
+async def _fn(ctx: Any, params: Any) -> None:
+    return None
+
+
+BAD_TASK_NAMES = [
+    pytest.param("", "task name must be 1 to 200 characters long, got 0", id="empty"),
+    pytest.param("t" * 300, "task name must be 1 to 200 characters long, got 300", id="300"),
+    pytest.param("a\x00b", "task name 'a\\\\x00b' contains control characters", id="nul"),
+    pytest.param("$reserved", "task name '\\$reserved' starts with '\\$'", id="reserved"),
+    pytest.param(42, "task name must be a string, got int", id="not-a-string"),
+]
+
+
+@pytest.mark.parametrize(("name", "message"), BAD_TASK_NAMES)
+def test_task_definition_validates_its_name(name: Any, message: str) -> None:
+    with pytest.raises(InvalidInput, match=message):
+        dt.TaskDefinition(name=name, fn=_fn)
+
+
+@pytest.mark.parametrize(("name", "message"), BAD_TASK_NAMES)
+def test_task_decorator_validates_its_name(name: Any, message: str) -> None:
+    with pytest.raises(InvalidInput, match=message):
+        dt.task(name)(_fn)
+
+
+@pytest.mark.parametrize(("name", "message"), BAD_TASK_NAMES[:-1])  # a non-str: unset
+def test_task_class_validates_its_name(name: Any, message: str) -> None:
+    class Bad(dt.Task[Any, None]):
+        async def run(self, params: Any, ctx: dt.TaskContext) -> None:
+            return None
+
+    Bad.name = name
+    with pytest.raises(InvalidInput, match=message):
+        Bad.definition()
+
+
+def test_task_decorator_defaults_only_a_missing_name() -> None:
+    assert dt.task()(_fn).name == "_fn"
+    assert dt.task(None)(_fn).name == "_fn"
+    assert dt.task("given")(_fn).name == "given"
+
+
+def test_evolve_validates_the_name_too() -> None:
+    definition = dt.TaskDefinition(name="ok", fn=_fn)
+    with pytest.raises(InvalidInput, match="task name"):
+        attrs.evolve(definition, name="bad\x00")
+
+
+@pytest.mark.parametrize(
+    ("key", "message"),
+    [
+        ("", "header name must be 1 to 200 characters long, got 0"),
+        ("h" * 201, "header name must be 1 to 200 characters long, got 201"),
+        ("trace\x00id", "header name 'trace\\\\x00id' contains control characters"),
+        ("line\nbreak", "header name .* contains control characters"),
+        ("$internal", "header name '\\$internal' starts with '\\$'"),
+    ],
+)
+def test_header_names_follow_the_same_rules(key: str, message: str) -> None:
+    with pytest.raises(InvalidInput, match=message):
+        dt.SpawnOptions(headers={"ok": 1, key: "v"})
+
+
+def test_header_names_that_are_fine() -> None:
+    headers = {"trace-id": "x", "tenant": 1, "h" * 200: None, "with $ inside": True}
+    assert dt.SpawnOptions(headers=headers).headers == headers

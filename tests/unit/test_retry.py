@@ -12,6 +12,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from durable_trio import InvalidInput, RetryStrategy
+from durable_trio._core.durations import MAX_SECONDS
 from durable_trio._core.retry import FailureDecision, RetryKind, decide_failure, retry_delay
 
 ALMOST_ONE = math.nextafter(1.0, 0.0)  # the largest rand a caller can pass
@@ -110,7 +111,7 @@ def test_integer_factor_overflow_gives_max_delay() -> None:
 
 
 def test_huge_base_does_not_produce_infinity() -> None:
-    strategy = RetryStrategy.exponential(1e300, factor=100, max_delay=7, jitter=0)
+    strategy = RetryStrategy.exponential(MAX_SECONDS, factor=100, max_delay=7, jitter=0)
     for attempt in (1, 3, 5, 1000):
         assert retry_delay(strategy, attempt, 0.0) == 7.0
 

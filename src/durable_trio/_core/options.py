@@ -6,14 +6,14 @@ import math
 import os
 import socket
 from collections.abc import Iterable, Mapping
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import attrs
 
 from .._errors import InvalidInput
-from .durations import Duration, to_seconds
-from .names import validate_queue
+from .durations import Duration, check_instant, to_seconds
+from .names import validate_name, validate_queue
 from .retry import RetryStrategy
 
 MAX_PRIORITY = 1_000_000
@@ -61,7 +61,9 @@ def _headers(value: Mapping[str, Any] | None) -> dict[str, Any]:
     if value is None:
         return {}
     if not isinstance(value, Mapping) or not all(isinstance(k, str) for k in value):
-        raise InvalidInput(f"headers must be a mapping with string keys, got {value!r}")
+        raise InvalidInput(f"headers must be a mapping with string keys, got {value!r:.200}")
+    for key in value:  # the same rules as every other name
+        validate_name(key, what="header name")
     return dict(value)
 
 
@@ -75,7 +77,8 @@ class CancellationPolicy:
 
     ``max_pending_delay``: cancel if no attempt has started this long after the task
     became due. ``max_duration``: cancel if the task is still not finished this long
-    after its first attempt started (sleeps included).
+    after its first attempt started (sleeps included). Each is seconds or a
+    `timedelta`, more than zero and at most 100 years (``MAX_DURATION``).
 
     Enforced whatever the task is doing: when a worker would claim it, at each heartbeat
     of a running attempt, and otherwise (suspended in a sleep, an event wait or a join;
@@ -96,10 +99,14 @@ class SpawnOptions:
 
     - ``max_attempts``: attempts before the task fails for good (>= 1; default 5).
     - ``retry``: a `RetryStrategy` (default exponential from 1 s, capped at 1 h).
-    - ``headers``: JSON metadata readable as ``ctx.headers`` (tracing ids, tenants...).
+    - ``headers``: JSON metadata readable as ``ctx.headers`` (tracing ids, tenants...);
+      its keys follow the rules of task names (1-200 printable characters, no leading
+      ``$``).
     - ``queue``: spawn onto another queue than the client's.
     - ``priority``: higher is claimed first (default 0).
-    - ``delay`` / ``start_at``: do not start before then.
+    - ``delay`` / ``start_at``: do not start before then. ``delay`` is seconds or a
+      `timedelta` of at most 100 years (``MAX_DURATION``, as for every duration);
+      ``start_at`` a timezone-aware datetime at most that far ahead.
     - ``idempotency_key``: a second spawn with the same key on the same queue returns the
       first task and writes nothing.
     - ``cancellation``: a `CancellationPolicy`.
@@ -136,8 +143,7 @@ class SpawnOptions:
     def _check_start_at(self, _: Any, value: datetime | None) -> None:
         if value is None:
             return
-        if not isinstance(value, datetime) or value.tzinfo is None:
-            raise InvalidInput(f"start_at must be a timezone-aware datetime, got {value!r}")
+        check_instant(value, what="start_at", now=datetime.now(UTC))
         if self.delay is not None:
             raise InvalidInput("give either delay or start_at, not both")
 
@@ -169,6 +175,8 @@ class WorkerOptions:
       worker may hold up to twice this many claimed runs for that moment.
     - ``claim_timeout``: the lease a claim takes; the heartbeat renews it every third of
       this. A worker that vanishes loses its runs this long after its last heartbeat.
+      Like ``poll_interval`` and ``shutdown_grace``: seconds or a `timedelta`, at most
+      100 years (``MAX_DURATION``).
     - ``batch_size``: most runs claimed in one statement (default: ``concurrency``).
     - ``poll_interval``: fallback polling when no notification arrives.
     - ``worker_id``: shown in the runs table (default ``host:pid``).
@@ -224,7 +232,8 @@ def heartbeat_interval(claim_timeout: float) -> float:
 
 
 def extend_seconds(extend_by: Duration | None, claim_timeout: float) -> float:
-    """Lease extension asked by ``ctx.heartbeat(extend_by)``: at least a normal lease."""
+    """Lease extension asked by ``ctx.heartbeat(extend_by)``: at least a normal lease,
+    at most `MAX_DURATION`."""
     if extend_by is None:
         return claim_timeout
     seconds = to_seconds(extend_by, what="extend_by", allow_zero=False)

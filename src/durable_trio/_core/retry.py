@@ -8,7 +8,7 @@ from typing import Any
 import attrs
 
 from .._errors import InvalidInput
-from .durations import Duration, to_seconds
+from .durations import MAX_SECONDS, Duration, to_seconds
 
 
 class RetryKind(enum.StrEnum):
@@ -39,8 +39,9 @@ class RetryStrategy:
 
     Build one with `RetryStrategy.none()`, `.fixed(delay)` or
     `.exponential(base, factor=2, max_delay=..., jitter=0.1)`. Delays are seconds or
-    `timedelta`. ``jitter`` is the fraction (0..1) of each delay that is randomised, so
-    many tasks failing together do not retry in lock step.
+    `timedelta`, each at most `MAX_DURATION` (100 years; see durable_trio._core.durations).
+    ``jitter`` is the fraction (0..1) of each delay that is randomised, so many tasks
+    failing together do not retry in lock step.
     """
 
     kind: RetryKind = attrs.field(converter=_kind)
@@ -93,13 +94,24 @@ class RetryStrategy:
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> RetryStrategy:
+        """A stored strategy. Delays over `MAX_DURATION` are clamped to it: a row written
+        around `to_seconds` (plain SQL, say) waits at most that long, and never makes the
+        database's clock arithmetic overflow."""
         return cls(
             RetryKind(data["kind"]),
-            base=data.get("base", 0.0),
+            base=_stored_seconds(data.get("base", 0.0)),
             factor=data.get("factor", 2.0),
-            max_delay=data.get("max_delay", 3600.0),
+            max_delay=_stored_seconds(data.get("max_delay", 3600.0)),
             jitter=data.get("jitter", 0.0),
         )
+
+
+def _stored_seconds(value: Any) -> Any:
+    """A stored number of seconds over `MAX_SECONDS`, clamped to it; anything else is
+    left for the converter to check."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and value > MAX_SECONDS:
+        return MAX_SECONDS
+    return value
 
 
 def retry_delay(strategy: RetryStrategy, failed_attempt: int, rand: float) -> float:

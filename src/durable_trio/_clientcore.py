@@ -1,0 +1,545 @@
+"""What every client does, without I/O: check and serialise input, build the SQL
+operations (see `_sql`), and read their answers.
+
+The trio `Durable`, `durable_trio.sync.Durable` and `durable_trio.aio.Durable` are thin
+shells around one `ClientCore`: each runs these operations with its own executor and
+sleeps with its own clock, so a spawn or a read means the same thing from every client.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from datetime import datetime, timedelta
+from functools import cache
+from typing import Any
+from uuid import UUID
+
+import attrs
+import psycopg
+
+from . import _serde
+from ._core import inspection
+from ._core.durations import interval
+from ._core.ids import uuid7
+from ._core.names import validate_name, validate_queue, validate_schema
+from ._core.options import SpawnOptions
+from ._core.states import TaskState
+from ._errors import (
+    ConfigurationError,
+    InvalidInput,
+    SerializationError,
+    TaskCancelled,
+    TaskFailed,
+    TaskNotFound,
+    UnknownTask,
+)
+from ._inspect import (
+    ChildSummary,
+    QueueStats,
+    RetryResult,
+    RunInfo,
+    StepInfo,
+    TaskPage,
+    WaitingFor,
+)
+from ._inspect import queue_stats as _queue_stats
+from ._inspect import retry_result as _retry_result
+from ._inspect import run_info as _run_info
+from ._inspect import step_info as _step_info
+from ._inspect import summary as _summary
+from ._inspect import waiting_for as _waiting_for
+from ._schema import query_texts, render
+from ._sql import MIGRATE_HINT, Op, Row, Statement, array_literal, is_current
+from ._task import Task, TaskDefinition, as_definition
+
+__all__ = ["ClientCore", "SpawnResult", "TaskInfo", "queries"]
+
+_DEFAULT_OPTIONS = SpawnOptions()
+MAX_CHILDREN_SHOWN = 100
+TaskRef = TaskDefinition[Any, Any] | type[Task[Any, Any]]
+
+# A statement on a schema that was never migrated, or is older than this library.
+SCHEMA_ERRORS = (
+    psycopg.errors.InvalidSchemaName,
+    psycopg.errors.UndefinedTable,
+    psycopg.errors.UndefinedFunction,
+)
+
+
+@attrs.frozen
+class SpawnResult:
+    """What a spawn returns. ``created`` is False when an idempotency key matched an
+    existing task (whose ids are returned and nothing was written)."""
+
+    task_id: UUID
+    run_id: UUID
+    attempt: int
+    created: bool = True
+
+
+@attrs.frozen
+class TaskInfo:
+    """A snapshot of one task. ``result`` and ``error`` are stored JSON; use
+    `Durable.wait_result` for a typed result. ``error`` is the latest failed attempt's
+    error: a task that succeeded on a retry keeps it (with ``state`` COMPLETED).
+
+    ``attempts`` is the number of the task's latest attempt: 1 from the spawn on, one more
+    each time a failed attempt (an error, or a lease that expired) is followed by a retry,
+    counted when the retry is scheduled, before it starts. A run handed back by a worker
+    shutting down, or resumed after a sleep or a wait, is the same attempt.
+    ``next_attempt_at`` is when that scheduled retry is due while it waits (state
+    PENDING, attempts > 1, not yet claimed); None otherwise.
+    """
+
+    task_id: UUID
+    queue: str
+    task_name: str
+    state: TaskState
+    attempts: int
+    max_attempts: int
+    priority: int
+    params: Any
+    headers: dict[str, Any]
+    result: Any
+    error: dict[str, Any] | None
+    cancel_reason: str | None
+    parent_task_id: UUID | None
+    root_task_id: UUID
+    last_run_id: UUID
+    created_at: datetime
+    first_started_at: datetime | None
+    finished_at: datetime | None
+    #: Every attempt, oldest first (`Durable.get_task` fills these four).
+    runs: list[RunInfo] = attrs.field(factory=list)
+    #: What keeps the task from running now, if not a free worker (None otherwise).
+    waiting_for: WaitingFor | None = None
+    #: The first children by id (at most 100); `child_count` says how many there are,
+    #: ``list_tasks(parent=task_id)`` pages through all of them.
+    children: list[ChildSummary] = attrs.field(factory=list)
+    child_count: int = 0
+    next_attempt_at: datetime | None = None
+
+    @property
+    def terminal(self) -> bool:
+        return self.state.terminal
+
+
+@cache
+def queries(schema: str) -> dict[str, str]:
+    """The named statements of sql/queries.sql with `schema` put in."""
+    return {name: render(text, schema) for name, text in query_texts().items()}
+
+
+def named(schema: str, name: str, params: Any = None, *, prepare: bool | None = None) -> Statement:
+    return Statement(queries(schema)[name], params, prepare=prepare)
+
+
+def snapshot(op: Op[Any]) -> Op[Any]:
+    """Run `op` in one read-only repeatable-read transaction, so the parts of one answer
+    agree (on an autocommit connection: the pools' connections)."""
+    yield Statement("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+    try:
+        value = yield from op
+    except psycopg.Error:
+        yield Statement("ROLLBACK")
+        raise
+    yield Statement("COMMIT")
+    return value
+
+
+def guarded(schema: str, op: Op[Any]) -> Op[Any]:
+    """`op`, where a missing table or function of a schema that is missing or older than
+    this library becomes a ConfigurationError saying to migrate."""
+    try:
+        return (yield from op)
+    except SCHEMA_ERRORS as ex:
+        failure = ex
+    try:
+        current = yield from is_current(schema)
+    except psycopg.Error:  # inside the caller's failed transaction: cannot tell
+        current = False
+    if current:
+        raise failure  # the schema is complete: some other mistake, reported as it is
+    raise ConfigurationError(
+        f"durable_trio schema {schema!r} is missing or older than this library "
+        f"({failure.diag.message_primary}): {MIGRATE_HINT}"
+    ) from None
+
+
+class ClientCore:
+    """One client's queue, schema and registered tasks, and the operations it runs."""
+
+    def __init__(self, *, queue: str, schema: str) -> None:
+        self.queue = checked_queue(queue)
+        self.schema = validate_schema(schema)
+        self.registry: dict[str, TaskDefinition[Any, Any]] = {}
+
+    def op(self, op: Op[Any]) -> Op[Any]:
+        return guarded(self.schema, op)
+
+    def read(self, op: Op[Any]) -> Op[Any]:
+        return guarded(self.schema, snapshot(op))
+
+    # -- registry ---------------------------------------------------------------------
+
+    def register(self, *tasks: TaskRef) -> None:
+        for obj in tasks:
+            definition = as_definition(obj)
+            checked(validate_name, definition.name, what="task name")  # even if set by hand
+            existing = self.registry.get(definition.name)
+            if existing is not None and existing.fn is not definition.fn:
+                raise ConfigurationError(f"a task named {definition.name!r} is already registered")
+            self.registry[definition.name] = definition
+
+    def definition(self, name: str) -> TaskDefinition[Any, Any]:
+        try:
+            return self.registry[name]
+        except KeyError:
+            raise UnknownTask(f"no task named {name!r} is registered on this client") from None
+
+    # -- spawning ---------------------------------------------------------------------
+
+    def spawn_rows(
+        self,
+        task: TaskRef | str,
+        params: Iterable[Any],
+        options: SpawnOptions | None,
+        *,
+        parent: UUID | None = None,
+        queue: str | None = None,
+    ) -> list[dict[str, Any]]:
+        """Validate and serialise spawns of one task with shared options into the rows
+        spawn_task takes (options serialised once, each params value on its own). `queue`
+        is the default when the options name none (a child goes to its parent's queue)."""
+        if isinstance(task, str):
+            name = checked(validate_name, task, what="task name")
+            known = self.registry.get(name)
+            defaults = known.options if known is not None else None
+        else:
+            known = as_definition(task)
+            name = known.name
+            defaults = known.options
+        opts = options if options is not None else (defaults or _DEFAULT_OPTIONS)
+        if not isinstance(opts, SpawnOptions):
+            raise InvalidInput(f"options must be a SpawnOptions, got {opts!r}")
+        common = _spawn_options(opts, name, opts.queue or queue or self.queue, parent)
+        return [
+            {
+                "task_id": uuid7(),
+                "run_id": uuid7(),
+                "params": params_json(name, value, known, typed=not isinstance(task, str)),
+                **common,
+            }
+            for value in params
+        ]
+
+    def spawn_row(
+        self,
+        task: TaskRef | str,
+        params: Any,
+        options: SpawnOptions | None,
+        *,
+        parent: UUID | None = None,
+        queue: str | None = None,
+    ) -> dict[str, Any]:
+        return self.spawn_rows(task, [params], options, parent=parent, queue=queue)[0]
+
+    def spawn(self, task: TaskRef, params: Any, options: SpawnOptions | None) -> Op[SpawnResult]:
+        if isinstance(task, str):
+            raise InvalidInput("spawn() takes a task definition; use spawn_by_name() for names")
+        return self.insert(self.spawn_row(task, params, options))
+
+    def spawn_by_name(
+        self, name: str, params: Any, options: SpawnOptions | None
+    ) -> Op[SpawnResult]:
+        return self.insert(self.spawn_row(name, params, options))
+
+    def insert(self, row: dict[str, Any]) -> Op[SpawnResult]:
+        return insert(self.schema, row)
+
+    def spawn_many(
+        self, task: TaskRef | str, params: Iterable[Any], options: SpawnOptions | None
+    ) -> Op[list[SpawnResult]]:
+        rows = self.spawn_rows(task, params, options)
+        if not rows:
+            return []
+        if rows[0]["idempotency_key"] is not None:  # given, or the task's default
+            raise InvalidInput(
+                "spawn_many shares its options between every task, so an idempotency_key "
+                "would make all but the first a duplicate: spawn them one by one with a key "
+                "each, or drop the key"
+            )
+        batch = {key: value for key, value in rows[0].items() if key != "parent"}
+        for key in ("task_id", "run_id", "params"):
+            batch[key] = array_literal(str(row[key]) for row in rows)
+        spawned = yield named(self.schema, "spawn_tasks", batch)
+        return [spawn_result(row) for row in spawned]
+
+    # -- events and cancellation ------------------------------------------------------
+
+    def emit(self, name: str, payload: Any, queue: str | None) -> Op[int]:
+        event = checked(validate_name, name, what="event name")
+        target = checked_queue(self.queue if queue is None else queue)
+        with about(f"payload of event {event!r}"):
+            text = _serde.dumps(_serde.unstructure(payload))
+        return (yield from deliver(self.schema, target, event, text))
+
+    def cancel(self, task_id: Any, reason: str) -> Op[bool]:
+        target = as_uuid(task_id)
+        if not isinstance(reason, str) or "\x00" in reason:
+            raise InvalidInput(
+                f"cancel reason must be text without NUL characters, got {reason!r:.80}"
+            )
+        if not (yield named(self.schema, "get_task", {"task_id": target})):
+            raise TaskNotFound(target)
+        rows = yield named(self.schema, "cancel_task", {"task_id": target, "reason": reason})
+        return bool(rows[0]["cancelled"])
+
+    def retry(self, task_id: Any, max_attempts: int | None, from_scratch: bool) -> Op[RetryResult]:
+        target = as_uuid(task_id)
+        limit = inspection.max_attempts(max_attempts)
+        if not isinstance(from_scratch, bool):
+            raise InvalidInput(f"from_scratch must be True or False, got {from_scratch!r}")
+        params = {
+            "task_id": target,
+            "run_id": uuid7(),
+            "max_attempts": limit,
+            "from_scratch": from_scratch,
+        }
+        rows = yield named(self.schema, "retry_task", params)
+        return _retry_result(target, rows[0], max_attempts)
+
+    # -- reading (run `get_task`, `list_tasks`, `steps` with `read`) -------------------
+
+    def task_row(self, task_id: UUID) -> Op[TaskInfo]:
+        """The task's own row only (what `wait_result` polls)."""
+        rows = yield named(self.schema, "get_task", {"task_id": task_id})
+        if not rows:
+            raise TaskNotFound(task_id)
+        return TaskInfo(**{**rows[0], "state": TaskState(rows[0]["state"])})
+
+    def get_task(self, task_id: Any) -> Op[TaskInfo]:
+        target = as_uuid(task_id)
+        params = {"task_id": target, "limit": MAX_CHILDREN_SHOWN}
+
+        def read(name: str) -> Statement:
+            return named(self.schema, name, params, prepare=False)
+
+        rows = yield read("get_task")
+        if not rows:
+            raise TaskNotFound(target)
+        row = rows[0]
+        state = TaskState(row["state"])
+        runs = [_run_info(r) for r in (yield read("task_runs"))]
+        wait = next(iter((yield read("task_wait"))), None)
+        children = yield read("task_children")
+        now = (yield named(self.schema, "now", {}))[0]["now"]
+        last = next((r for r in runs if r.run_id == row["last_run_id"]), None)
+        return TaskInfo(
+            **{**row, "state": state},
+            runs=runs,
+            waiting_for=_waiting_for(state, last, wait, now),
+            children=[
+                ChildSummary(c["task_id"], c["task_name"], TaskState(c["state"])) for c in children
+            ],
+            child_count=children[0]["total"] if children else 0,
+        )
+
+    def list_tasks(
+        self,
+        *,
+        queue: str | None,
+        state: TaskState | str | None,
+        name: str | None,
+        created_after: datetime | None,
+        created_before: datetime | None,
+        parent: UUID | None,
+        limit: int,
+        after: UUID | None,
+    ) -> Op[TaskPage]:
+        filters = _list_filters(queue, state, name, created_after, created_before, parent)
+        wanted = inspection.page_limit(limit)
+        params = {**filters, "after": None if after is None else as_uuid(after, "after")}
+        params["limit"] = wanted + 1  # one more tells whether another page follows
+        chosen = None if state is None else TaskState(filters["state"])
+        query = inspection.list_query(chosen)
+        rows = yield named(self.schema, query, params, prepare=False)
+        items = [_summary(row) for row in rows[:wanted]]
+        more = len(rows) > wanted
+        return TaskPage(items, items[-1].task_id if more else None)
+
+    def steps(self, task_id: Any) -> Op[list[StepInfo]]:
+        target = as_uuid(task_id)
+        rows = yield named(self.schema, "task_steps", {"task_id": target}, prepare=False)
+        if not rows:
+            raise TaskNotFound(target)
+        return [_step_info(row) for row in rows if row["name"] is not None]
+
+    def queue_stats(self, queue: str | None, window: timedelta) -> Op[QueueStats]:
+        target = None if queue is None else checked_queue(queue)
+        params = {"queue": target, "window": window}
+        now = (yield named(self.schema, "now", {}))[0]["now"]
+        live = yield named(self.schema, "queue_live", params, prepare=False)
+        ended = yield named(self.schema, "queue_ended", params, prepare=False)
+        return _queue_stats(target, now, window, live, ended)
+
+    # -- waiting for a result ---------------------------------------------------------
+
+    def waiting(self, task: TaskRef | str | None, task_id: Any) -> Waiting:
+        expected = (
+            None if task is None else task if isinstance(task, str) else as_definition(task).name
+        )
+        return Waiting(as_uuid(task_id), expected, output_type(task, self.registry))
+
+
+@attrs.frozen
+class Waiting:
+    """What `wait_result` waits for: settle each polled `TaskInfo` with `outcome`."""
+
+    task_id: UUID
+    expected: str | None
+    output_type: Any
+
+    def outcome(self, info: TaskInfo) -> tuple[bool, Any]:
+        """(True, typed result) once completed; (False, None) while unfinished; raises
+        TaskFailed / TaskCancelled, or InvalidInput for a task of another name."""
+        if self.expected is not None and info.task_name != self.expected:
+            raise InvalidInput(
+                f"task {self.task_id} is a {info.task_name!r} task, not {self.expected!r}: "
+                "pass its own task (or None for its plain JSON result)"
+            )
+        if info.state is TaskState.COMPLETED:
+            with about(f"result of task {info.task_name!r} {self.task_id}"):
+                return True, _serde.structure(info.result, self.output_type)
+        if info.state is TaskState.FAILED:
+            raise TaskFailed(self.task_id, info.error)
+        if info.state is TaskState.CANCELLED:
+            raise TaskCancelled(self.task_id, info.cancel_reason)
+        return False, None
+
+
+def poll_delays() -> Iterator[float]:
+    """How long to sleep between polls of a task: quick at first, then every 0.1 s."""
+    delay = 0.002
+    while True:
+        yield delay
+        delay = min(delay * 1.5, 0.1)
+
+
+# -- operations the worker side shares ----------------------------------------------------
+
+
+def insert(schema: str, row: dict[str, Any]) -> Op[SpawnResult]:
+    """One prepared spawn row (see `ClientCore.spawn_row`) into the tables."""
+    rows = yield named(schema, "spawn_task", row)
+    return spawn_result(rows[0])
+
+
+def deliver(schema: str, queue: str, event: str, payload: str) -> Op[int]:
+    """Store an event (checked names, JSON text) and wake its waiters; how many woke."""
+    params = {"queue": queue, "event": event, "payload": payload}
+    rows = yield named(schema, "emit_event", params)
+    return int(rows[0]["woken"])
+
+
+# -- helpers ----------------------------------------------------------------------------
+
+
+def _spawn_options(
+    opts: SpawnOptions, name: str, queue: str, parent: UUID | None
+) -> dict[str, Any]:
+    policy = opts.cancellation
+    with about("headers"):
+        headers_json = _serde.dumps(_serde.unstructure(opts.headers))
+    return {
+        "queue": queue,
+        "task_name": name,
+        "headers": headers_json,
+        "retry": _serde.dumps(opts.retry.to_json()),
+        "max_attempts": opts.max_attempts,
+        "priority": opts.priority,
+        "delay": interval(opts.delay),
+        "start_at": opts.start_at,
+        "idempotency_key": opts.idempotency_key,
+        "max_pending_delay": interval(policy.max_pending_delay if policy else None),
+        "max_duration": interval(policy.max_duration if policy else None),
+        "parent": parent,
+    }
+
+
+def spawn_result(row: Row) -> SpawnResult:
+    return SpawnResult(row["task_id"], row["run_id"], row["attempt"], row.get("created", True))
+
+
+def as_uuid(value: Any, what: str = "task_id") -> UUID:
+    if isinstance(value, UUID):
+        return value
+    try:
+        return UUID(str(value))
+    except ValueError:
+        raise InvalidInput(f"{what} must be a UUID, got {value!r}") from None
+
+
+def checked(validate: Any, value: Any, **kwargs: Any) -> str:
+    try:
+        result: str = validate(value, **kwargs)
+    except ValueError as ex:
+        raise InvalidInput(str(ex)) from None
+    return result
+
+
+def checked_queue(value: Any) -> str:
+    return checked(validate_queue, value)
+
+
+def _list_filters(
+    queue: Any, state: Any, name: Any, after: Any, before: Any, parent: Any
+) -> dict[str, Any]:
+    """list_tasks' filters, checked, as the statement's parameters (None: not filtered)."""
+    return {
+        "queue": None if queue is None else checked_queue(queue),
+        "state": None if state is None else inspection.task_state(state).value,
+        "name": None if name is None else checked(validate_name, name, what="task name"),
+        "created_after": None if after is None else inspection.aware(after, what="created_after"),
+        "created_before": None
+        if before is None
+        else inspection.aware(before, what="created_before"),
+        "parent": None if parent is None else as_uuid(parent, "parent"),
+    }
+
+
+def output_type(task: Any, registry: dict[str, TaskDefinition[Any, Any]]) -> Any:
+    if task is None:
+        return Any
+    if isinstance(task, str):
+        if task not in registry:
+            raise UnknownTask(
+                f"no task named {task!r} is registered on this client, so its result type "
+                "is unknown: register it, or pass None to get the plain JSON result"
+            )
+        return registry[task].output_type
+    return as_definition(task).output_type
+
+
+def params_json(
+    name: str, params: Any, known: TaskDefinition[Any, Any] | None, *, typed: bool
+) -> str:
+    """Params as JSON. By definition: through its Params type. By name: plain JSON, which
+    must still fit the Params type when the task is registered here."""
+    with about(f"params of task {name!r}"):
+        if typed and known is not None:
+            return _serde.roundtrip(params, known.params_type)[0]
+        text = _serde.dumps(_serde.unstructure(params))
+        if known is not None:
+            _serde.structure(_serde.loads(text), known.params_type)
+        return text
+
+
+@contextmanager
+def about(what: str) -> Iterator[None]:
+    """Say which argument a serialisation error is about."""
+    try:
+        yield
+    except SerializationError as ex:
+        raise SerializationError(f"{what}: {ex}") from None
