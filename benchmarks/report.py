@@ -149,6 +149,15 @@ def other_table(results: dict[str, Any]) -> str:
                     f"batch of {node['batch_size']:,} {node['batch_per_s']:,.0f}/s",
                 ]
             )
+    for kind, node in results.get("client_spawn", {}).items():
+        if isinstance(node, dict) and "ratio" in node:
+            rows.append(
+                [
+                    f"spawn one by one, {kind} client",
+                    f"{node['client_per_s']:,.0f}/s vs raw {node['raw_per_s']:,.0f}/s",
+                    f"{node['ratio']:.2f} x the raw INSERT on its driver",
+                ]
+            )
     for system, by_pending in results.get("claim_backlog", {}).items():
         if not isinstance(by_pending, dict):
             continue

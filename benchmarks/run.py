@@ -36,6 +36,7 @@ if str(HERE) not in sys.path:
 
 import trio  # noqa: E402
 
+import clients_bench  # noqa: E402
 import dt_bench  # noqa: E402
 import peer_runner  # noqa: E402
 import raw_ceiling  # noqa: E402
@@ -53,6 +54,7 @@ SCENARIOS = [
     "fanout",
     "checkpoint",
     "spawn_rate",
+    "client_spawn",
     "backlog",
     "rss",
 ]
@@ -375,6 +377,14 @@ def plan(url: str, systems: list[str], scenarios: list[str], sz: Sizes) -> list[
                 one,
                 batch,
             )
+    if "client_spawn" in scenarios and has_dt:
+        add(
+            "spawn one by one from each client",
+            ("client_spawn",),
+            clients_bench.client_spawn,
+            "dt_cs",
+            sz.spawn_single,
+        )
     if "backlog" in scenarios:
         c, window = sz.backlog_c, sz.backlog_window
         for pending in sz.backlog:
@@ -505,6 +515,7 @@ def main(argv: list[str] | None = None) -> int:
         "latency",
         "fanout",
         "spawn_rate",
+        "client_spawn",
         "claim_backlog",
         "rss",
         "peers",

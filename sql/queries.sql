@@ -15,11 +15,11 @@ SELECT * FROM @schema.spawn_tasks(%(task_id)s::uuid[], %(run_id)s::uuid[],
 
 -- name: claim_runs
 SELECT * FROM @schema.claim_runs(%(queue)s, %(worker)s, %(names)s::text[], %(limit)s,
-    %(lease)s::interval)
+    %(lease)s::interval, %(version)s)
 
 -- name: claim_runs_singly
 SELECT * FROM @schema.claim_runs_singly(%(queue)s, %(worker)s, %(names)s::text[],
-    %(limit)s, %(lease)s::interval)
+    %(limit)s, %(lease)s::interval, %(version)s)
 
 -- name: heartbeat
 SELECT * FROM @schema.heartbeat(%(worker)s, %(runs)s::uuid[], %(lease)s::interval)
@@ -49,7 +49,7 @@ WITH rec AS MATERIALIZED (
 )
 SELECT rec.owned, c.*
 FROM rec LEFT JOIN LATERAL @schema.claim_runs(%(queue)s, %(worker)s, %(names)s::text[],
-    %(limit)s, %(lease)s::interval) AS c ON true
+    %(limit)s, %(lease)s::interval, %(version)s) AS c ON true
 
 -- name: record_and_claim
 -- A worker's group commit and the claim of its free slots, in one round trip and one
@@ -60,7 +60,7 @@ WITH rec AS MATERIALIZED (
 )
 SELECT rec.owned, c.*
 FROM rec LEFT JOIN LATERAL @schema.claim_runs(%(queue)s, %(worker)s, %(names)s::text[],
-    %(limit)s, %(lease)s::interval) AS c ON true
+    %(limit)s, %(lease)s::interval, %(version)s) AS c ON true
 
 -- name: lock_owned_run
 SELECT @schema.lock_owned_run(%(run_id)s, %(worker)s) AS task_id
@@ -114,6 +114,10 @@ CROSS JOIN LATERAL (
     WHERE r.queue = q.queue AND r.state IN ('pending', 'sleeping')
       AND r.task_name = ANY (%(names)s::text[])
       AND r.available_at < 'infinity'  -- untimed event waits: woken by the emit, never due
+      -- A worker with a version: runs it may claim (see claim_runs), or it would spin.
+      AND (%(version)s::text IS NULL OR EXISTS (
+          SELECT 1 FROM @schema.tasks v WHERE v.task_id = r.task_id
+            AND (v.version = %(version)s OR v.first_started_at IS NULL)))
     ORDER BY r.available_at
     LIMIT 1
 ) AS d

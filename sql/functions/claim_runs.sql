@@ -1,8 +1,12 @@
 -- Claim up to p_limit due runs of the named tasks, highest priority first, then oldest.
 -- Runs whose max_pending_delay has passed are cancelled instead of claimed. Only the
 -- picked rows are examined, so a claim costs O(p_limit) however long the queue is.
+-- With p_version (WorkerOptions.version), only tasks that never ran or first ran under that
+-- version are claimed, and a task's first claim stamps it with p_version; runs of other
+-- versions are stepped over (each one costs an index probe of tasks).
 CREATE OR REPLACE FUNCTION @schema.claim_runs(
-    p_queue text, p_worker text, p_names text[], p_limit integer, p_lease interval
+    p_queue text, p_worker text, p_names text[], p_limit integer, p_lease interval,
+    p_version text DEFAULT NULL
 -- headers, retry and checkpoints come back as JSON text: the worker decodes them with a
 -- cache and a fast path for "{}" (they repeat, or are empty, for most runs).
 ) RETURNS TABLE (run_id uuid, task_id uuid, task_name text, attempt integer,
@@ -34,6 +38,9 @@ BEGIN
         SELECT c.run_id FROM @schema.runs c
         WHERE c.queue = p_queue AND c.state IN ('pending', 'sleeping')
           AND c.available_at <= v_now AND c.task_name = ANY (p_names)
+          AND (p_version IS NULL OR EXISTS (
+              SELECT 1 FROM @schema.tasks v WHERE v.task_id = c.task_id
+                AND (v.version = p_version OR v.first_started_at IS NULL)))
         ORDER BY c.priority DESC, c.available_at, c.run_id
         LIMIT p_limit
         FOR UPDATE SKIP LOCKED
@@ -84,7 +91,8 @@ BEGIN
         RETURNING r.run_id, r.task_id, r.task_name, r.attempt, r.lease_expires_at
     ), started AS (
         UPDATE @schema.tasks t SET state = 'running',
-            first_started_at = coalesce(t.first_started_at, v_now)
+            first_started_at = coalesce(t.first_started_at, v_now),
+            version = CASE WHEN t.first_started_at IS NULL THEN p_version ELSE t.version END
         FROM claimed WHERE t.task_id = claimed.task_id
         RETURNING t.task_id, t.params, t.headers, t.retry, t.max_attempts
     )

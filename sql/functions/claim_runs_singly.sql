@@ -7,7 +7,8 @@
 -- (fail_task) and the next run is tried; the others are claimed as claim_runs would.
 -- Called only after a failed claim: the normal path costs nothing.
 CREATE OR REPLACE FUNCTION @schema.claim_runs_singly(
-    p_queue text, p_worker text, p_names text[], p_limit integer, p_lease interval
+    p_queue text, p_worker text, p_names text[], p_limit integer, p_lease interval,
+    p_version text DEFAULT NULL
 ) RETURNS TABLE (run_id uuid, task_id uuid, task_name text, attempt integer,
     params jsonb, headers text, retry text, max_attempts integer, checkpoints text,
     lease_expires_at timestamptz, claimed_at timestamptz)
@@ -19,11 +20,12 @@ DECLARE
     v_message text;
 BEGIN
     FOR i IN 1 .. p_limit LOOP
-        v_run := @schema.first_due_run(p_queue, p_names);
+        v_run := @schema.first_due_run(p_queue, p_names, p_version);
         EXIT WHEN v_run IS NULL;
         BEGIN
             RETURN QUERY
-            SELECT * FROM @schema.claim_runs(p_queue, p_worker, p_names, 1, p_lease);
+            SELECT * FROM @schema.claim_runs(p_queue, p_worker, p_names, 1, p_lease,
+                p_version);
         EXCEPTION
             WHEN deadlock_detected OR serialization_failure OR lock_not_available THEN
                 EXIT;  -- no run's fault: the next claim tries again
@@ -31,7 +33,7 @@ BEGIN
                 GET STACKED DIAGNOSTICS v_state = RETURNED_SQLSTATE,
                     v_message = MESSAGE_TEXT;
                 -- The claim took another run than the one locked: blame nobody.
-                EXIT WHEN @schema.first_due_run(p_queue, p_names) IS DISTINCT FROM v_run;
+                EXIT WHEN @schema.first_due_run(p_queue, p_names, p_version) IS DISTINCT FROM v_run;
                 SELECT r.task_id INTO v_task FROM @schema.runs r WHERE r.run_id = v_run;
                 PERFORM @schema.fail_task(v_task, v_run, jsonb_build_object(
                     'type', 'durable_trio.UnprocessableTask',

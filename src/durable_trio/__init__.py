@@ -32,6 +32,7 @@ from ._errors import ReplayMismatch as ReplayMismatch
 from ._errors import RetryRefused as RetryRefused
 from ._errors import ScheduleNotFound as ScheduleNotFound
 from ._errors import SerializationError as SerializationError
+from ._errors import StepFailed as StepFailed
 from ._errors import TaskCancelled as TaskCancelled
 from ._errors import TaskFailed as TaskFailed
 from ._errors import TaskNotFound as TaskNotFound

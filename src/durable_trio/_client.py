@@ -7,10 +7,11 @@ import os
 from collections.abc import AsyncIterator, Iterable, Iterator
 from contextlib import asynccontextmanager, suppress
 from datetime import datetime, timedelta
-from typing import Any, NoReturn, TypeVar
+from typing import Any, NoReturn, TypeVar, overload
 from uuid import UUID
 
 import psycopg
+import sniffio
 import trio
 
 from . import _schedules
@@ -81,6 +82,7 @@ class Durable:
         pass False when running under a role that may not change the schema.
         Raises `DatabaseUnavailable` (password redacted) if the database is unreachable.
         """
+        _require_trio()
         resolved = url or os.environ.get(URL_ENV)
         if not resolved:
             raise ConfigurationError(
@@ -138,12 +140,12 @@ class Durable:
 
     async def spawn(
         self,
-        task: TaskDefinition[Any, Any] | type[Task[Any, Any]],
+        task: TaskDefinition[Any, R] | type[Task[Any, R]],
         params: Any,
         *,
         options: SpawnOptions | None = None,
         connection: TrioConnection | psycopg.Connection[Any] | None = None,
-    ) -> SpawnResult:
+    ) -> SpawnResult[R]:
         """Spawn `task` with `params` (an instance of its Params type).
 
         Invalid params or options raise `InvalidInput` / `SerializationError` and write
@@ -161,7 +163,7 @@ class Durable:
         *,
         options: SpawnOptions | None = None,
         connection: TrioConnection | psycopg.Connection[Any] | None = None,
-    ) -> SpawnResult:
+    ) -> SpawnResult[Any]:
         """Spawn a task by name with plain-JSON params.
 
         The name need not be registered here: a worker elsewhere may hold the code. A
@@ -176,7 +178,7 @@ class Durable:
         params: Iterable[Any],
         *,
         options: SpawnOptions | None = None,
-    ) -> list[SpawnResult]:
+    ) -> list[SpawnResult[Any]]:
         """Spawn many tasks of one kind with shared options in one statement (all or none).
         The options are shared, so they cannot carry an idempotency key (one key would make
         every task after the first a duplicate of it)."""
@@ -207,14 +209,33 @@ class Durable:
         if there is none."""
         return await self._store.run(self._core.read(self._core.get_task(task_id)))
 
+    @overload
+    async def wait_result(self, task: SpawnResult[R], /, *, timeout: float | None = None) -> R: ...
+
+    @overload
     async def wait_result(
         self,
-        task: TaskDefinition[Any, R] | type[Task[Any, R]] | str | None,
-        task_id: UUID,
+        task: TaskDefinition[Any, R] | type[Task[Any, R]],
+        task_id: UUID | str,
+        *,
+        timeout: float | None = None,
+    ) -> R: ...
+
+    @overload
+    async def wait_result(
+        self, task: str | None, task_id: UUID | str, *, timeout: float | None = None
+    ) -> Any: ...
+
+    async def wait_result(
+        self,
+        task: TaskDefinition[Any, Any] | type[Task[Any, Any]] | SpawnResult[Any] | str | None,
+        task_id: UUID | str | None = None,
         *,
         timeout: float | None = None,
     ) -> Any:
-        """Wait until the task ends; return its result typed as the task's Output.
+        """Wait until the task ends; return its result typed as the task's Output:
+        ``wait_result(spawned)`` with what a spawn returned, or ``wait_result(task,
+        task_id)``.
 
         Raises `TaskFailed`, `TaskCancelled`, or `WaitTimeout` after `timeout` seconds
         (the task itself goes on). `task` may be a registered name (`UnknownTask`
@@ -548,3 +569,19 @@ def _caller_connection(conn: Any) -> Any:
         "connection must be a connection from Durable.connection() or a psycopg.Connection "
         f"(to join its open transaction), got {type(conn).__name__}"
     )
+
+
+def _require_trio() -> None:
+    """This client runs under trio; say which one to use elsewhere (trio's own error,
+    "must be called from async context", names no way out)."""
+    try:
+        library = sniffio.current_async_library()
+    except sniffio.AsyncLibraryNotFoundError:
+        library = None
+    if library != "trio":
+        where = "asyncio" if library == "asyncio" else (library or "code that is not async")
+        raise ConfigurationError(
+            f"durable_trio.Durable is the trio client and this is {where}: use "
+            "durable_trio.aio.Durable under asyncio, durable_trio.sync.Durable in blocking "
+            "code (workers stay trio: run `durable-trio worker` or trio.run)"
+        )

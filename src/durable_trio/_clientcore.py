@@ -12,7 +12,7 @@ from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from datetime import datetime, timedelta
 from functools import cache
-from typing import Any
+from typing import Any, Generic, TypeVar
 from uuid import UUID
 
 import attrs
@@ -55,6 +55,9 @@ from ._task import Task, TaskDefinition, as_definition
 
 __all__ = ["ClientCore", "SpawnResult", "TaskInfo", "queries"]
 
+T = TypeVar("T")
+R = TypeVar("R")
+
 _DEFAULT_OPTIONS = SpawnOptions()
 MAX_CHILDREN_SHOWN = 100
 TaskRef = TaskDefinition[Any, Any] | type[Task[Any, Any]]
@@ -68,14 +71,21 @@ SCHEMA_ERRORS = (
 
 
 @attrs.frozen
-class SpawnResult:
+class SpawnResult(Generic[R]):
     """What a spawn returns. ``created`` is False when an idempotency key matched an
-    existing task (whose ids are returned and nothing was written)."""
+    existing task (whose ids are returned and nothing was written).
+
+    It also remembers the task's name and Output type, so ``wait_result(spawned)``
+    returns the result typed (``SpawnResult[R]`` from a spawn of a task returning R)."""
 
     task_id: UUID
     run_id: UUID
     attempt: int
     created: bool = True
+    task_name: str | None = attrs.field(
+        default=None, eq=False, repr=False, metadata={"private": True}
+    )
+    output_type: Any = attrs.field(default=Any, eq=False, repr=False, metadata={"private": True})
 
 
 @attrs.frozen
@@ -135,7 +145,7 @@ def named(schema: str, name: str, params: Any = None, *, prepare: bool | None = 
     return Statement(queries(schema)[name], params, prepare=prepare)
 
 
-def snapshot(op: Op[Any]) -> Op[Any]:
+def snapshot(op: Op[T]) -> Op[T]:
     """Run `op` in one read-only repeatable-read transaction, so the parts of one answer
     agree (on an autocommit connection: the pools' connections)."""
     yield Statement("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY")
@@ -148,7 +158,7 @@ def snapshot(op: Op[Any]) -> Op[Any]:
     return value
 
 
-def guarded(schema: str, op: Op[Any]) -> Op[Any]:
+def guarded(schema: str, op: Op[T]) -> Op[T]:
     """`op`, where a missing table or function of a schema that is missing or older than
     this library becomes a ConfigurationError saying to migrate."""
     try:
@@ -175,10 +185,10 @@ class ClientCore:
         self.schema = validate_schema(schema)
         self.registry: dict[str, TaskDefinition[Any, Any]] = {}
 
-    def op(self, op: Op[Any]) -> Op[Any]:
+    def op(self, op: Op[T]) -> Op[T]:
         return guarded(self.schema, op)
 
-    def read(self, op: Op[Any]) -> Op[Any]:
+    def read(self, op: Op[T]) -> Op[T]:
         return guarded(self.schema, snapshot(op))
 
     # -- registry ---------------------------------------------------------------------
@@ -245,22 +255,28 @@ class ClientCore:
     ) -> dict[str, Any]:
         return self.spawn_rows(task, [params], options, parent=parent, queue=queue)[0]
 
-    def spawn(self, task: TaskRef, params: Any, options: SpawnOptions | None) -> Op[SpawnResult]:
+    def spawn(
+        self,
+        task: TaskDefinition[Any, R] | type[Task[Any, R]],
+        params: Any,
+        options: SpawnOptions | None,
+    ) -> Op[SpawnResult[R]]:
         if isinstance(task, str):
             raise InvalidInput("spawn() takes a task definition; use spawn_by_name() for names")
-        return self.insert(self.spawn_row(task, params, options))
+        definition = as_definition(task)
+        row = self.spawn_row(definition, params, options)
+        return insert(self.schema, row, definition.output_type)
 
     def spawn_by_name(
         self, name: str, params: Any, options: SpawnOptions | None
-    ) -> Op[SpawnResult]:
-        return self.insert(self.spawn_row(name, params, options))
-
-    def insert(self, row: dict[str, Any]) -> Op[SpawnResult]:
-        return insert(self.schema, row)
+    ) -> Op[SpawnResult[Any]]:
+        row = self.spawn_row(name, params, options)
+        known = self.registry.get(row["task_name"])
+        return insert(self.schema, row, Any if known is None else known.output_type)
 
     def spawn_many(
         self, task: TaskRef | str, params: Iterable[Any], options: SpawnOptions | None
-    ) -> Op[list[SpawnResult]]:
+    ) -> Op[list[SpawnResult[Any]]]:
         rows = self.spawn_rows(task, params, options)
         if not rows:
             return []
@@ -274,7 +290,10 @@ class ClientCore:
         for key in ("task_id", "run_id", "params"):
             batch[key] = array_literal(str(row[key]) for row in rows)
         spawned = yield named(self.schema, "spawn_tasks", batch)
-        return [spawn_result(row) for row in spawned]
+        name = rows[0]["task_name"]
+        known = self.registry.get(name) if isinstance(task, str) else as_definition(task)
+        output = Any if known is None else known.output_type
+        return [spawn_result(row, name, output) for row in spawned]
 
     # -- events and cancellation ------------------------------------------------------
 
@@ -386,10 +405,15 @@ class ClientCore:
 
     # -- waiting for a result ---------------------------------------------------------
 
-    def waiting(self, task: TaskRef | str | None, task_id: Any) -> Waiting:
-        expected = (
-            None if task is None else task if isinstance(task, str) else as_definition(task).name
-        )
+    def waiting(self, task: TaskRef | str | SpawnResult[Any] | None, task_id: Any) -> Waiting:
+        """What `wait_result(task, task_id)` or `wait_result(spawned)` waits for."""
+        if isinstance(task, SpawnResult):
+            if task_id is not None:
+                raise InvalidInput("wait_result(spawned) takes no task_id: it is in `spawned`")
+            return Waiting(task.task_id, task.task_name, task.output_type)
+        if task_id is None:
+            raise InvalidInput("wait_result needs a task_id (or a SpawnResult alone)")
+        expected = task if task is None or isinstance(task, str) else as_definition(task).name
         return Waiting(as_uuid(task_id), expected, output_type(task, self.registry))
 
 
@@ -430,10 +454,10 @@ def poll_delays() -> Iterator[float]:
 # -- operations the worker side shares ----------------------------------------------------
 
 
-def insert(schema: str, row: dict[str, Any]) -> Op[SpawnResult]:
+def insert(schema: str, row: dict[str, Any], output: Any = Any) -> Op[SpawnResult[Any]]:
     """One prepared spawn row (see `ClientCore.spawn_row`) into the tables."""
     rows = yield named(schema, "spawn_task", row)
-    return spawn_result(rows[0])
+    return spawn_result(rows[0], row["task_name"], output)
 
 
 def deliver(schema: str, queue: str, event: str, payload: str) -> Op[int]:
@@ -468,8 +492,9 @@ def _spawn_options(
     }
 
 
-def spawn_result(row: Row) -> SpawnResult:
-    return SpawnResult(row["task_id"], row["run_id"], row["attempt"], row.get("created", True))
+def spawn_result(row: Row, task_name: str, output: Any) -> SpawnResult[Any]:
+    created = row.get("created", True)
+    return SpawnResult(row["task_id"], row["run_id"], row["attempt"], created, task_name, output)
 
 
 def as_uuid(value: Any, what: str = "task_id") -> UUID:

@@ -5,11 +5,21 @@ written and the task's cancel scope is cancelled (trio.Cancelled unwinds the tas
 Methods that suspend the task (sleep, await_event, join on an unfinished child) record the
 wait and then unwind with `Suspended`, a BaseException, so ``except Exception`` in task
 code cannot swallow it.
+
+Every awaitable method is a trio checkpoint, replays included: a long replay honours
+cancellation and lets the worker's heartbeat run.
+
+Replay rule (docs/versioning.md): an attempt must replay every checkpoint that earlier
+attempts stored before anything runs for the first time (a step's body, a new sleep,
+wait, spawn, emit or helper value, or the task's return). Otherwise the code changed
+under the task and the attempt fails with `ReplayMismatch` instead of repeating, say, a
+payment stored under a name the code no longer uses.
 """
 
 from __future__ import annotations
 
 import functools
+import importlib
 import inspect
 import random as _random
 import time
@@ -37,6 +47,7 @@ from ._errors import (
     LeaseLost,
     ReplayMismatch,
     SerializationError,
+    StepFailed,
 )
 from ._task import Task, TaskDefinition, as_definition
 
@@ -45,6 +56,14 @@ if TYPE_CHECKING:
 
 T = TypeVar("T")
 _UNSET: Any = object()
+_PATCH = names.internal("patch", "")
+# Concurrent trio tasks of a run replay in no fixed order: one that reaches something new
+# while checkpoints are still unreplayed waits for its siblings to replay them. Past this
+# many seconds without any of them replaying anything, the run is taken to have diverged.
+REPLAY_WAIT = 30.0
+# At most this many characters of a failed step's text and arguments are stored.
+MAX_FAILURE_TEXT = 4000
+_REPLAY_POLL = 0.05
 
 __all__ = ["Suspended", "TaskContext", "TaskHandle"]
 
@@ -72,6 +91,18 @@ class TaskContext:
         self._checkpoints: dict[str, Any] = run.checkpoints
         # The trio task that first used each name: see `_checkpoint_name`.
         self._name_users: dict[str, trio.lowlevel.Task] = {}
+        # Checkpoints of earlier attempts this attempt has not replayed yet: see
+        # `_replay_gate`. Patch markers are left out, so that code which no longer asks
+        # (the patch was retired, or the deploy rolled back) still replays.
+        self._unreplayed: set[str] = (
+            {k for k in self._checkpoints if not k.startswith(_PATCH)}
+            if self._checkpoints
+            else set()
+        )
+        self._replayed = trio.Event()  # set when one is replayed; waiters re-check
+        self._gated: set[trio.lowlevel.Task] = set()  # trio tasks waiting in the gate
+        self._root = trio.lowlevel.current_task()  # the trio task running the task's code
+        self._patches: dict[str, bool] = {}
 
     # -- identity ---------------------------------------------------------------------
 
@@ -121,16 +152,39 @@ class TaskContext:
         uses are stored as ``name#2``, ``name#3``... Steps running concurrently (a
         nursery inside the task) need names of their own: a name used by a second trio
         task of the run raises `InvalidInput`, as its replay order would not be fixed.
+        If earlier attempts stored checkpoints this one has not replayed when `fn` is
+        about to run, the code changed: `ReplayMismatch`, and `fn` is not called.
         """
         checkpoint = self._next_name(name)
         rtype = _return_type(fn) if result_type is _UNSET else result_type
+        await trio.lowlevel.checkpoint()
         if checkpoint in self._checkpoints:
             return typing.cast(T, self._stored(checkpoint, rtype))
+        failure = names.internal("failed", checkpoint)
+        if self._replays_failure(failure):
+            raise rebuild_error(self._checkpoints[failure])
+        if self._unreplayed:
+            await self._replay_gate(checkpoint)
         await self.settle()  # a step's body never runs before earlier steps are durable
-        value = fn(*args)
-        if inspect.isawaitable(value):
-            value = await value
+        try:
+            value = fn(*args)
+            if inspect.isawaitable(value):
+                value = await value
+        except Exception as ex:
+            self._record(failure, failure_record(ex), Any)
+            raise
         return typing.cast(T, self._record(checkpoint, value, rtype))
+
+    def _replays_failure(self, failure: str) -> bool:
+        """Whether this step failed in an earlier attempt that then went on (the error was
+        caught: checkpoints stored after it are still to replay), so that the replay must
+        raise it again. A failure that ended its attempt is not replayed: the step runs
+        again, as a retry should."""
+        if failure not in self._checkpoints:
+            return False
+        self._unreplayed.discard(failure)
+        self._replayed.set()
+        return bool(self._unreplayed)
 
     async def transaction(
         self,
@@ -152,6 +206,9 @@ class TaskContext:
     async def _transaction(
         self, checkpoint: str, fn: Callable[..., Awaitable[Any]], args: Any, rtype: Any
     ) -> Any:
+        await trio.lowlevel.checkpoint()
+        if checkpoint not in self._checkpoints and self._unreplayed:
+            await self._replay_gate(checkpoint)
         await self.settle()
         delay = 0.05
         while checkpoint not in self._checkpoints:
@@ -248,7 +305,105 @@ class TaskContext:
                 "order and get each other's values. Give each trio task its own names "
                 f'(e.g. f"{shown}-{{i}}"), or call it in one task and pass the value on'
             )
-        return self._namer.next(base)
+        checkpoint = self._namer.next(base)
+        if self._unreplayed and checkpoint in self._unreplayed:
+            self._unreplayed.discard(checkpoint)
+            self._replayed.set()
+        return checkpoint
+
+    # -- replay safety ----------------------------------------------------------------
+
+    async def _replay_gate(self, requested: str) -> None:
+        """Called before `requested` happens for the first time while checkpoints of earlier
+        attempts are still unreplayed. Alone, the trio task fails the run at once. With
+        siblings (a nursery inside the task) it first waits for them, as trio runs them
+        in no fixed order: the run fails once none is left that could replay (all wait
+        here, or for their children), or none replayed anything for `REPLAY_WAIT`."""
+        me = trio.lowlevel.current_task()
+        self._gated.add(me)
+        try:
+            left = len(self._unreplayed)
+            give_up = trio.current_time() + REPLAY_WAIT
+            while self._unreplayed and self._siblings_may_replay(me):
+                if len(self._unreplayed) < left:
+                    left = len(self._unreplayed)
+                    give_up = trio.current_time() + REPLAY_WAIT
+                elif trio.current_time() >= give_up:
+                    break
+                self._replayed = trio.Event()
+                with trio.move_on_after(_REPLAY_POLL):
+                    await self._replayed.wait()
+        finally:
+            self._gated.discard(me)
+        if self._unreplayed:
+            raise self._mismatch(requested)
+
+    def _siblings_may_replay(self, me: trio.lowlevel.Task) -> bool:
+        """Whether another trio task of this run is still running and neither waiting in
+        the gate nor (as far as can be told) only waiting for trio tasks of its nursery."""
+        tasks = [self._root]
+        while tasks:
+            task = tasks.pop()
+            children = [c for n in task.child_nurseries for c in n.child_tasks]
+            if children:
+                tasks.extend(children)  # they stand for it (most likely it is in __aexit__)
+            elif task is not me and task not in self._gated:
+                return True
+        return False
+
+    def _mismatch(self, requested: str) -> ReplayMismatch:
+        stored = sorted(self._unreplayed)
+        shown = ", ".join(repr(n) for n in stored[:5]) + (
+            f" and {len(stored) - 5} more" if len(stored) > 5 else ""
+        )
+        return ReplayMismatch(
+            f"task {self.task_name!r} {self.task_id}: the code now asks for {requested!r}, "
+            f"but checkpoints stored by an earlier attempt were not replayed: {shown}. The "
+            "task's code changed under it (a step renamed, reordered or removed?) and "
+            "running on could repeat work already done. Deploy code that takes the old "
+            "path for this task (branch with ctx.patched(), or leave it to workers with "
+            "WorkerOptions(version=...)), then retry the task: it resumes from its "
+            "checkpoints.",
+            stored=stored,
+            requested=requested,
+        )
+
+    def _verify_replayed(self) -> None:
+        """Called by the worker when the task's code returned: every checkpoint of earlier
+        attempts must have been replayed (`ReplayMismatch` otherwise)."""
+        if self._unreplayed:
+            raise self._mismatch("the task's return")
+
+    async def patched(self, change_id: str) -> bool:
+        """Whether this run takes the new code path of the change `change_id`.
+
+        True for a run that reaches this call for the first time with nothing left to
+        replay (a run started on the new code, or one that had not got this far): the
+        answer is checkpointed, so the run keeps taking the new path. False for a run
+        that started before the change existed and is replaying past this point (it
+        stored checkpoints later in the code and no marker here): take the old path, so
+        the replay finds what it stored. The answer is the same for every call with
+        `change_id` in one run. Once no run started before the change is left, the call
+        can be removed, keeping the new path (markers are not checked by replay).
+        """
+        try:
+            names.validate_name(change_id, what="change id")
+        except ValueError as ex:
+            raise InvalidInput(str(ex)) from None
+        await trio.lowlevel.checkpoint()
+        known = self._patches.get(change_id)
+        if known is not None:
+            return known
+        marker = names.internal("patch", change_id)
+        if marker in self._checkpoints:
+            applies = True
+        elif self._unreplayed:
+            applies = False
+        else:
+            self._record(marker, True, bool)
+            applies = True
+        self._patches[change_id] = applies
+        return applies
 
     async def _lost(self) -> typing.NoReturn:
         self._run.lose("a write was fenced: this worker no longer owns the run")
@@ -282,8 +437,11 @@ class TaskContext:
 
     async def _helper(self, kind: str, make: Callable[[], Any], rtype: Any) -> Any:
         checkpoint = self._checkpoint_name(names.internal(kind, ""), f"ctx.{kind}()")
+        await trio.lowlevel.checkpoint()
         if checkpoint in self._checkpoints:
             return self._stored(checkpoint, rtype)
+        if self._unreplayed:
+            await self._replay_gate(checkpoint)
         return self._record(checkpoint, make(), rtype)
 
     # -- timers -----------------------------------------------------------------------
@@ -306,8 +464,11 @@ class TaskContext:
 
     async def _sleep(self, name: str, wake_at_from: Callable[[datetime], datetime]) -> None:
         checkpoint = self._next_name(name, kind="sleep")
+        await trio.lowlevel.checkpoint()
         stored = self._checkpoints.get(checkpoint)
         if stored is None:
+            if self._unreplayed:
+                await self._replay_gate(checkpoint)
             wake_at = wake_at_from(self._db_now())
             self._record(checkpoint, {"wake_at": wake_at}, dict[str, datetime])
         else:
@@ -357,8 +518,11 @@ class TaskContext:
     async def _wait_for(
         self, queue: str, event: str, checkpoint: str, timeout: float | None
     ) -> dict[str, Any]:
+        await trio.lowlevel.checkpoint()
         if checkpoint in self._checkpoints:
             return typing.cast(dict[str, Any], self._checkpoints[checkpoint])
+        if self._unreplayed:
+            await self._replay_gate(checkpoint)
         await self.settle()
         self._run.ending = True  # it may suspend: see _sleep
         outcome, payload = await self._run.call(
@@ -391,6 +555,7 @@ class TaskContext:
             raise SerializationError(f"payload of event {name!r}: {ex}") from None
         checkpoint = self._next_name(name, kind="emit")
         if checkpoint in self._checkpoints:
+            await trio.lowlevel.checkpoint()
             return
 
         async def emit(conn: Any) -> None:
@@ -423,10 +588,13 @@ class TaskContext:
         output_type = Any if isinstance(task, str) else task.output_type
         stored = self._checkpoints.get(checkpoint)
         if stored is not None:
+            await trio.lowlevel.checkpoint()
             if stored["task_name"] != task_name:
                 raise ReplayMismatch(
                     f"child {name!r} was spawned as {stored['task_name']!r}, "
-                    f"now asked for {task_name!r}"
+                    f"now asked for {task_name!r}",
+                    stored=[checkpoint],
+                    requested=checkpoint,
                 )
             return TaskHandle(UUID(stored["task_id"]), task_name, stored["queue"], output_type)
         row = self._run.prepare_spawn(task, params, options, parent=self.task_id, queue=self.queue)
@@ -508,3 +676,44 @@ def _return_type(fn: Callable[..., Any]) -> Any:
         return _cached_return_type(target)
     except TypeError:  # unhashable callable
         return Any
+
+
+def failure_record(ex: Exception) -> dict[str, Any]:
+    """What is stored of a step's exception: its type, its text, and its arguments when
+    they are plain JSON (so the same exception can be raised again on replay)."""
+    try:
+        message = str(ex)
+    except Exception:  # noqa: BLE001  (a hostile __str__ must not hide the step's error)
+        message = f"<{type(ex).__name__} whose str() failed>"
+    record: dict[str, Any] = {
+        "type": f"{type(ex).__module__}:{type(ex).__qualname__}",
+        "message": message[:MAX_FAILURE_TEXT],
+    }
+    try:
+        if len(_serde.dumps(list(ex.args))) <= MAX_FAILURE_TEXT:
+            record["args"] = _serde.loads(_serde.dumps(list(ex.args)))
+    except (SerializationError, TypeError, ValueError):  # not plain JSON: the message alone
+        pass
+    return record
+
+
+def rebuild_error(record: dict[str, Any]) -> Exception:
+    """The exception a recorded step failure stands for: its own type with its own
+    arguments where that can be rebuilt, else `StepFailed` naming it."""
+    module_name, _, qualname = str(record.get("type", "")).partition(":")
+    message = str(record.get("message", ""))
+    try:
+        found: Any = importlib.import_module(module_name)
+        for part in qualname.split("."):
+            found = getattr(found, part)
+    except (ImportError, AttributeError, ValueError):
+        found = None
+    if isinstance(found, type) and issubclass(found, Exception):
+        for args in (record.get("args"), [message]):
+            if isinstance(args, list):
+                try:
+                    rebuilt: Exception = found(*args)
+                except Exception:  # noqa: BLE001  (its own constructor: anything may fail)
+                    continue
+                return rebuilt
+    return StepFailed(record.get("type", "?"), message)

@@ -53,6 +53,8 @@ CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
     psycopg.InterfaceError,
     OSError,
 )
+# What a failed connection attempt raises: a bad URL, or no server there.
+CONNECT_ERRORS: tuple[type[BaseException], ...] = (psycopg.ProgrammingError, *CONNECTION_ERRORS)
 # What "the database went away" looks like to code above this module.
 CONNECTION_LOST: tuple[type[BaseException], ...] = (DatabaseUnavailable, *CONNECTION_ERRORS)
 
@@ -279,14 +281,17 @@ async def connect(url: str, *, autocommit: bool = True) -> TrioConnection:
     """Open one trio-native connection; raise `DatabaseUnavailable` (password redacted)."""
     try:
         return await TrioConnection.connect(url, autocommit=autocommit)
-    except psycopg.ProgrammingError as ex:
-        raise DatabaseUnavailable(
+    except CONNECT_ERRORS as ex:
+        raise unreachable(url, ex) from None
+
+
+def unreachable(url: str, ex: BaseException) -> DatabaseUnavailable:
+    """The error every client raises when it cannot connect (password redacted)."""
+    if isinstance(ex, psycopg.ProgrammingError):
+        return DatabaseUnavailable(
             f"invalid database URL {redact_url(url)!r}: {_scrub(str(ex), url)}"
-        ) from None
-    except CONNECTION_ERRORS as ex:
-        raise DatabaseUnavailable(
-            f"cannot connect to {redact_url(url)}: {_scrub(str(ex), url)}"
-        ) from None
+        )
+    return DatabaseUnavailable(f"cannot connect to {redact_url(url)}: {_scrub(str(ex), url)}")
 
 
 def _scrub(message: str, url: str) -> str:

@@ -5,6 +5,7 @@ Each docstring says when the error happens and what to do about it.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 from uuid import UUID
 
@@ -23,6 +24,7 @@ __all__ = [
     "RetryRefused",
     "ScheduleNotFound",
     "SerializationError",
+    "StepFailed",
     "TaskCancelled",
     "TaskFailed",
     "TaskNotFound",
@@ -165,9 +167,37 @@ class LeaseLost(DurableError):
 
 
 class ReplayMismatch(DurableError):
-    """A replay asked for something incompatible with what was checkpointed (e.g. a
-    child spawned under the same name with a different task). Task code must be
-    deterministic between checkpoints; rename the step if the code really changed."""
+    """A replay did not find what earlier attempts stored: the task's code changed under
+    a running task (a step renamed, reordered or removed, or a child spawned under the
+    same name with a different task). Nothing new ran; the task failed without using
+    its remaining attempts, and its checkpoints are kept.
+
+    `stored` names the checkpoints left unreplayed, `requested` what the code asked for
+    instead. Deploy code that takes the old path for such tasks (``ctx.patched()``, or
+    ``WorkerOptions(version=...)`` to leave them to old workers), then retry the task:
+    it resumes from its checkpoints. See docs/versioning.md.
+    """
+
+    def __init__(
+        self, message: str, *, stored: Sequence[str] = (), requested: str | None = None
+    ) -> None:
+        super().__init__(message)
+        self.stored = list(stored)
+        self.requested = requested
+
+
+class StepFailed(DurableError):
+    """A step that failed in an earlier attempt, raised again on replay where its own
+    exception type could not be rebuilt (`type` names it, `message` is its text). A step
+    that raises is recorded, so a replay that went past it (the error was caught) takes
+    the same path again instead of running the step a second time."""
+
+    def __init__(self, type_name: str, message: str) -> None:
+        super().__init__(
+            f"{type_name}: {message} (a step failure replayed from an earlier attempt)"
+        )
+        self.type = type_name
+        self.message = message
 
 
 class NonRetryable(DurableError):

@@ -122,7 +122,19 @@ def array_literal(items: Iterable[str]) -> str:
 
 def migrate(schema: str) -> Op[list[int]]:
     """Apply what is missing (run it in one transaction): function definitions whose file
-    changed, then pending migrations. Returns the migration versions applied."""
+    changed, then pending migrations. Returns the migration versions applied. A role that
+    may not change the schema gets a ConfigurationError saying what to do."""
+    try:
+        return (yield from _migrate(schema))
+    except psycopg.errors.InsufficientPrivilege as ex:
+        raise ConfigurationError(
+            f"this role may not change schema {schema!r} ({ex.diag.message_primary}): "
+            "run migrate() once as the schema owner, then connect with migrate=False "
+            "(docs/security.md lists the grants a worker needs)"
+        ) from None
+
+
+def _migrate(schema: str) -> Op[list[int]]:
     ident = sql.Identifier(schema)
     yield Statement("SELECT pg_advisory_xact_lock(%s)", (MIGRATE_LOCK,))
     yield Statement(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(ident))

@@ -44,12 +44,13 @@ DATA_ERRORS: tuple[type[psycopg.Error], ...] = (
 @attrs.frozen
 class ClaimArgs:
     """What to claim: up to `limit` runs of tasks `names` from `queue`, leased for
-    `lease` seconds."""
+    `lease` seconds; with `version`, only tasks this code version may run."""
 
     queue: str
     names: Sequence[str]
     limit: int
     lease: float
+    version: str | None = None
 
     def params(self, worker: str) -> dict[str, Any]:
         return {
@@ -58,6 +59,7 @@ class ClaimArgs:
             "names": array_literal(self.names),
             "limit": self.limit,
             "lease": interval(self.lease),
+            "version": self.version,
         }
 
 
@@ -114,16 +116,6 @@ class Store:
 
     async def migrate(self) -> list[int]:
         """Apply missing migrations in one transaction; safe when processes race."""
-        try:
-            return await self._migrate()
-        except psycopg.errors.InsufficientPrivilege as ex:
-            raise ConfigurationError(
-                f"this role may not change schema {self.schema!r} ({ex.diag.message_primary}): "
-                "run migrate() once as the schema owner, then connect with migrate=False "
-                "(docs/security.md lists the grants a worker needs)"
-            ) from None
-
-    async def _migrate(self) -> list[int]:
         async with self.pool.acquire() as conn, conn.transaction():
             return await _sql.run_async(conn, _sql.migrate(self.schema))
 
@@ -144,25 +136,38 @@ class Store:
 
     # -- spawning ---------------------------------------------------------------------
 
-    async def spawn(self, row: dict[str, Any], conn: Any = None) -> SpawnResult:
+    async def spawn(self, row: dict[str, Any], conn: Any = None) -> SpawnResult[Any]:
         """A prepared spawn row (ClientCore.spawn_row) inserted, on `conn` if given."""
         return await self.run(guarded(self.schema, insert(self.schema, row)), conn)
 
     # -- worker side ------------------------------------------------------------------
 
     async def claim(
-        self, queue: str, worker: str, names: Sequence[str], limit: int, lease: float
+        self,
+        queue: str,
+        worker: str,
+        names: Sequence[str],
+        limit: int,
+        lease: float,
+        version: str | None = None,
     ) -> list[Row]:
         """Claimed runs; headers, retry and checkpoints as JSON text (see claim_runs)."""
-        return await self._all("claim_runs", ClaimArgs(queue, names, limit, lease).params(worker))
+        args = ClaimArgs(queue, names, limit, lease, version)
+        return await self._all("claim_runs", args.params(worker))
 
     async def claim_singly(
-        self, queue: str, worker: str, names: Sequence[str], limit: int, lease: float
+        self,
+        queue: str,
+        worker: str,
+        names: Sequence[str],
+        limit: int,
+        lease: float,
+        version: str | None = None,
     ) -> list[Row]:
         """`claim` one run at a time, each in its own subtransaction: for when `claim`
         failed on some run's data. A run whose claim fails has its task failed for good
         (see claim_runs_singly); the others are claimed as `claim` would."""
-        params = ClaimArgs(queue, names, limit, lease).params(worker)
+        params = ClaimArgs(queue, names, limit, lease, version).params(worker)
         return await self._all("claim_runs_singly", params)
 
     async def heartbeat(
@@ -324,9 +329,16 @@ class Store:
         runs); return how many."""
         return int(await self._value("enforce_deadlines", {"limit": limit}))
 
-    async def next_due(self, queues: Sequence[str], names: Sequence[str]) -> float | None:
+    async def next_due(
+        self, queues: Sequence[str], names: Sequence[str], version: str | None = None
+    ) -> float | None:
         seconds: float | None = await self._value(
-            "next_due", {"queues": array_literal(queues), "names": array_literal(names)}
+            "next_due",
+            {
+                "queues": array_literal(queues),
+                "names": array_literal(names),
+                "version": version,
+            },
         )
         return seconds
 

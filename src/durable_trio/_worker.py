@@ -387,9 +387,9 @@ class Worker:
         return asked, got
 
     async def _claim_from(self, queue: str, names: list[str], limit: int) -> list[dict[str, Any]]:
-        lease = self.options.claim_timeout
+        lease, version = self.options.claim_timeout, self.options.version
         try:
-            return await self._control.claim(queue, self.worker_id, names, limit, lease)
+            return await self._control.claim(queue, self.worker_id, names, limit, lease, version)
         except DATA_ERRORS as ex:
             # One due run's data breaks the claim statement (and would break it for every
             # worker, every time): claim run by run, failing the run that breaks it.
@@ -399,7 +399,9 @@ class Worker:
                 queue,
                 _failures.database_error(ex),
             )
-            return await self._control.claim_singly(queue, self.worker_id, names, limit, lease)
+            return await self._control.claim_singly(
+                queue, self.worker_id, names, limit, lease, version
+            )
 
     async def _idle_wait(self, names: list[str], *, have_capacity: bool) -> None:
         timeout = self.options.poll_interval
@@ -407,7 +409,7 @@ class Worker:
             timeout = min(timeout, 0.5)
         if have_capacity:
             try:
-                due = await self._control.next_due(self._queues, names)
+                due = await self._control.next_due(self._queues, names, self.options.version)
             except RETRYABLE_IO as ex:
                 # The next claim attempt finds out and backs off; never crash the nursery.
                 self._healthy = False
@@ -494,7 +496,9 @@ class Worker:
         limit = min(free, self.options.effective_batch)
         self._reserved += limit
         queue = self._queue_order()[0]
-        return ClaimArgs(queue, self._names, limit, self.options.claim_timeout)
+        return ClaimArgs(
+            queue, self._names, limit, self.options.claim_timeout, self.options.version
+        )
 
     def claim_wanted(self) -> bool:
         return not self._stopping and self._execs is not None and bool(self._names and self._queues)
@@ -685,6 +689,7 @@ class Worker:
         try:
             params = _about(run, "params", _serde.structure, run.params, definition.params_type)
             result = await definition.fn(ctx, params)
+            ctx._verify_replayed()  # ReplayMismatch: fails like a task error
             text = _about(run, "result", _serde.roundtrip, result, definition.output_type)[0]
         except (Suspended, LeaseLost):
             return
@@ -859,7 +864,12 @@ class Worker:
             if len(runs) >= limit:
                 break
             rows = await self._control.claim(
-                queue, self.worker_id, names, limit - len(runs), self.options.claim_timeout
+                queue,
+                self.worker_id,
+                names,
+                limit - len(runs),
+                self.options.claim_timeout,
+                self.options.version,
             )
             for row in rows:
                 self._start(execs, row, queue)

@@ -247,7 +247,7 @@ async def test_an_unmigrated_schema_is_a_configuration_error(pg_url: str, schema
 async def test_a_schema_older_than_the_library_is_a_configuration_error(
     client: dt.Durable, pg_url: str
 ) -> None:
-    *_, previous, latest = sorted(v for v, _, _ in migrations())
+    *_, previous, latest = sorted(v for v, _, _ in migrations())  # numbers may skip
     await fetch(client, "DELETE FROM @s.migrations WHERE version = %s", latest)
     with pytest.raises(dt.ConfigurationError, match=f"version {previous}.*version {latest}"):
         async with client.worker():
@@ -394,9 +394,8 @@ async def test_a_version_3_schema_upgrades_and_keeps_its_work(pg_url: str, schem
         return await ctx.step("s", lambda: "done")
 
     async with dt.Durable.connect(pg_url, schema=schema, migrate=False) as client:
-        # Refused for its version once the library has later migrations, else for its
-        # function definitions.
-        with pytest.raises(dt.ConfigurationError, match=r"at version 3;|other definitions of"):
+        # Behind the library's migrations, or (at the same version) with other functions.
+        with pytest.raises(dt.ConfigurationError, match=r"needs version|other definitions of"):
             await client.store.check_schema()
         await client.migrate()
         await client.store.check_schema()

@@ -171,9 +171,9 @@ async def test_the_reaper_fails_a_task_whose_retry_cannot_be_scheduled_and_goes_
 # -- the claim ---------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("concurrency", [1, 4])
+@pytest.mark.parametrize(("concurrency", "version"), [(1, None), (4, None), (4, "v1")])
 async def test_a_run_that_breaks_the_claim_is_failed_and_the_rest_claimed(
-    client: dt.Durable, concurrency: int
+    client: dt.Durable, concurrency: int, version: str | None
 ) -> None:
     """With one run at a time, the poison comes last: its claim rides along with the
     writer's completion of the run before it."""
@@ -182,7 +182,8 @@ async def test_a_run_that_breaks_the_claim_is_failed_and_the_rest_claimed(
     bad = await client.spawn(returns, 1, options=dt.SpawnOptions(priority=priority))
     others = [await client.spawn(returns, n) for n in (2, 3, 4)]
     await raise_on_update(client, "runs", bad.task_id, "NEW.state = 'running'")
-    async with serving(client, dt.WorkerOptions(concurrency=concurrency, poll_interval=0.05)):
+    options = dt.WorkerOptions(concurrency=concurrency, poll_interval=0.05, version=version)
+    async with serving(client, options):
         for n, other in zip((2, 3, 4), others, strict=True):
             assert await client.wait_result(returns, other.task_id, timeout=15) == n
         info = await until_terminal(client, bad.task_id)

@@ -183,6 +183,11 @@ class WorkerOptions:
     - ``shutdown_grace``: on shutdown, how long in-flight runs may finish before they are
       cancelled and handed back without costing an attempt.
     - ``queues``: queues to work (default: the client's queue).
+    - ``version``: the version of the task code this worker runs (any 1-200 printable
+      characters). Set, the worker stamps it on each task whose first run it claims, and
+      claims only tasks that never ran or carry its version: tasks in flight when the
+      code changed are left to workers still running the old code. Unset (default), the
+      worker claims any task. See docs/versioning.md.
     """
 
     concurrency: int = attrs.field(default=8)
@@ -192,6 +197,7 @@ class WorkerOptions:
     worker_id: str = attrs.field(factory=default_worker_id)
     shutdown_grace: float = attrs.field(default=10.0, converter=_shutdown_grace)
     queues: tuple[str, ...] | None = attrs.field(default=None, converter=_queues)
+    version: str | None = attrs.field(default=None)
 
     @concurrency.validator
     def _check_concurrency(self, _: Any, value: int) -> None:
@@ -216,6 +222,15 @@ class WorkerOptions:
             raise InvalidInput(f"worker_id must be a string of 1-200 characters, got {value!r}")
         if not value.isprintable():  # NUL cannot be stored; the id is shown in tables and logs
             raise InvalidInput(f"worker_id must not contain control characters, got {value!r}")
+
+    @version.validator
+    def _check_version(self, _: Any, value: str | None) -> None:
+        if value is None:
+            return
+        if not isinstance(value, str) or not 1 <= len(value) <= 200 or not value.isprintable():
+            raise InvalidInput(
+                f"version must be None or a string of 1-200 printable characters, got {value!r}"
+            )
 
     @property
     def effective_batch(self) -> int:

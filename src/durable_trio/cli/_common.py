@@ -125,7 +125,11 @@ def parse_uuid(text: str) -> UUID:
 def plain(value: Any) -> Any:
     """A value as plain JSON data: attrs classes as objects, ids and times as strings."""
     if attrs.has(type(value)):
-        return {f.name: plain(getattr(value, f.name)) for f in attrs.fields(type(value))}
+        return {
+            f.name: plain(getattr(value, f.name))
+            for f in attrs.fields(type(value))
+            if not f.metadata.get("private")
+        }
     if isinstance(value, dict):
         return {str(k): plain(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):

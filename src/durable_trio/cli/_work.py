@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import click
 
 import durable_trio as dt
@@ -37,7 +39,7 @@ def spawn(
         idempotency_key=idempotency_key,
     )
 
-    async def go() -> dt.SpawnResult:
+    async def go() -> dt.SpawnResult[Any]:
         async with client(queue) as c:
             return await c.spawn_by_name(name, values, options=options)
 

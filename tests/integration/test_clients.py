@@ -1,0 +1,326 @@
+"""One behavioural suite for the three clients: trio (`durable_trio.Durable`), blocking
+(`durable_trio.sync.Durable`) and asyncio (`durable_trio.aio.Durable`). Each is driven
+through an adapter with the same coroutine methods; tasks run on a trio worker, as they
+do in production whichever client spawned them."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
+from contextlib import asynccontextmanager
+from typing import Any, TypeVar
+
+import attrs
+import psycopg
+import pytest
+import trio
+
+import durable_trio as dt
+import durable_trio.aio
+import durable_trio.sync
+from durable_trio.testing import run_until_idle
+from support import fetch
+
+T = TypeVar("T")
+
+
+@attrs.frozen
+class Order:
+    item: str
+    qty: int
+
+
+@dt.task("pack")
+async def pack(ctx: dt.TaskContext, order: Order) -> str:
+    return await ctx.step("box", lambda: f"{order.qty} x {order.item}")
+
+
+@dt.task("wait-go")
+async def wait_go(ctx: dt.TaskContext, params: None) -> Any:
+    return await ctx.await_event("go")
+
+
+@dt.task("never")
+async def never(ctx: dt.TaskContext, params: None) -> None:
+    raise dt.NonRetryable("no")
+
+
+class AsyncioLoop:
+    """An asyncio loop in a thread of its own, which trio tests hand coroutines to."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+
+    async def run(self, coro: Coroutine[Any, Any, T]) -> T:
+        future = asyncio.run_coroutine_threadsafe(coro, self.loop)
+        return await trio.to_thread.run_sync(future.result)
+
+    def close(self) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join()
+        self.loop.close()
+
+
+class Adapter:
+    """The same calls on every client, as trio coroutines."""
+
+    kind: str
+    call: Callable[..., Awaitable[Any]]
+
+    def __init__(self, kind: str, client: Any, call: Callable[..., Awaitable[Any]]) -> None:
+        self.kind = kind
+        self.client = client
+        self.call = call
+
+    def method(self, name: str) -> Callable[..., Awaitable[Any]]:
+        return lambda *args, **kwargs: self.call(getattr(self.client, name), *args, **kwargs)
+
+
+@asynccontextmanager
+async def open_client(kind: str, url: str, schema: str) -> AsyncIterator[Adapter]:
+    if kind == "trio":
+        async with dt.Durable.connect(url, schema=schema) as client:
+
+            async def call_trio(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+                return await fn(*args, **kwargs)
+
+            yield Adapter(kind, client, call_trio)
+    elif kind == "sync":
+        client = await trio.to_thread.run_sync(
+            lambda: durable_trio.sync.Durable.connect(url, schema=schema)
+        )
+        try:
+
+            async def call_sync(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+                return await trio.to_thread.run_sync(lambda: fn(*args, **kwargs))
+
+            yield Adapter(kind, client, call_sync)
+        finally:
+            await trio.to_thread.run_sync(client.close)
+    else:
+        loop = AsyncioLoop()
+        manager = durable_trio.aio.Durable.connect(url, schema=schema)
+        try:
+            client = await loop.run(manager.__aenter__())
+
+            async def call_aio(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+                return await loop.run(fn(*args, **kwargs))
+
+            try:
+                yield Adapter(kind, client, call_aio)
+            finally:
+                await loop.run(manager.__aexit__(None, None, None))
+        finally:
+            loop.close()
+
+
+KINDS = ["trio", "sync", "aio"]
+
+
+@pytest.fixture(params=KINDS)
+async def any_client(
+    request: pytest.FixtureRequest, pg_url: str, client: dt.Durable
+) -> AsyncIterator[Adapter]:
+    """A client of each kind on the test's schema (`client`, the trio one, runs the
+    worker and checks what was written)."""
+    client.register(pack, wait_go, never)
+    async with open_client(request.param, pg_url, client.schema) as adapter:
+        adapter.client.register(pack, wait_go, never)
+        yield adapter
+
+
+async def counts(client: dt.Durable) -> tuple[int, int]:
+    [row] = await fetch(
+        client, "SELECT (SELECT count(*) FROM @s.tasks) AS t, (SELECT count(*) FROM @s.events) AS e"
+    )
+    return row["t"], row["e"]
+
+
+async def test_spawn_by_definition_and_name_then_wait(
+    any_client: Adapter, client: dt.Durable
+) -> None:
+    spawn, by_name, wait = (any_client.method(n) for n in ("spawn", "spawn_by_name", "wait_result"))
+    first = await spawn(pack, Order("tea", 2))
+    second = await by_name("pack", {"item": "jam", "qty": 1})
+    assert first.task_id.version == 7
+    assert first.attempt == 1
+    await run_until_idle(client)
+    assert await wait(pack, first.task_id, timeout=10) == "2 x tea"
+    assert await wait("pack", second.task_id, timeout=10) == "1 x jam"
+    assert await wait(None, second.task_id, timeout=10) == "1 x jam"
+
+
+async def test_spawn_many_and_idempotency(any_client: Adapter, client: dt.Durable) -> None:
+    many = await any_client.method("spawn_many")(pack, [Order("a", 1), Order("b", 2)])
+    assert [r.attempt for r in many] == [1, 1]
+    keyed = dt.SpawnOptions(idempotency_key="order-7")
+    spawn = any_client.method("spawn")
+    first = await spawn(pack, Order("c", 3), options=keyed)
+    again = await spawn(pack, Order("c", 3), options=keyed)
+    assert (again.task_id, again.created) == (first.task_id, False)
+    assert (await counts(client))[0] == 3
+
+
+async def test_reads_and_steering(any_client: Adapter, client: dt.Durable) -> None:
+    spawned = await any_client.method("spawn")(pack, Order("tea", 2))
+    failing = await any_client.method("spawn_by_name")("never", None)
+    await run_until_idle(client)
+    info = await any_client.method("get_task")(spawned.task_id)
+    assert (info.state, info.result, [r.attempt for r in info.runs]) == (
+        dt.TaskState.COMPLETED,
+        "2 x tea",
+        [1],
+    )
+    page = await any_client.method("list_tasks")(state="failed")
+    assert [t.task_id for t in page.items] == [failing.task_id]
+    steps = await any_client.method("steps")(spawned.task_id)
+    assert [(s.name, s.value) for s in steps] == [("box", "2 x tea")]
+    stats = await any_client.method("queue_stats")()
+    assert stats.failed == 1
+    with pytest.raises(dt.TaskFailed):
+        await any_client.method("wait_result")("never", failing.task_id, timeout=10)
+    retried = await any_client.method("retry")(failing.task_id, max_attempts=3)
+    assert retried.attempt == 2
+    pending = await any_client.method("spawn")(
+        pack, Order("x", 1), options=dt.SpawnOptions(delay=60)
+    )
+    assert await any_client.method("cancel")(pending.task_id)
+    assert not await any_client.method("cancel")(pending.task_id)
+    with pytest.raises(dt.TaskCancelled):
+        await any_client.method("wait_result")(pack, pending.task_id, timeout=10)
+    with pytest.raises(dt.WaitTimeout):
+        await any_client.method("wait_result")("never", retried.task_id, timeout=0.05)
+
+
+async def test_emit_wakes_a_waiting_task(any_client: Adapter, client: dt.Durable) -> None:
+    spawned = await client.spawn(wait_go, None)
+    await run_until_idle(client)
+    assert await any_client.method("emit_event")("go", {"ok": 1}) == 1
+    await run_until_idle(client)
+    assert await client.wait_result(wait_go, spawned.task_id, timeout=10) == {"ok": 1}
+
+
+@asynccontextmanager
+async def caller_connection(
+    adapter: Adapter, url: str
+) -> AsyncIterator[tuple[Any, Callable[[], Awaitable[None]], Callable[[], Awaitable[None]]]]:
+    """A connection of the adapter's kind in an open transaction, with commit and
+    rollback as trio coroutines."""
+    if adapter.kind == "trio":
+        async with adapter.client.connection() as conn:
+            yield conn, conn.commit, conn.rollback
+    elif adapter.kind == "sync":
+        conn = await trio.to_thread.run_sync(psycopg.connect, url)
+        try:
+            yield (
+                conn,
+                lambda: trio.to_thread.run_sync(conn.commit),
+                lambda: trio.to_thread.run_sync(conn.rollback),
+            )
+        finally:
+            await trio.to_thread.run_sync(conn.close)
+    else:
+        conn = await adapter.call(psycopg.AsyncConnection.connect, url)
+        try:
+            yield conn, lambda: adapter.call(conn.commit), lambda: adapter.call(conn.rollback)
+        finally:
+            await adapter.call(conn.close)
+
+
+@pytest.mark.parametrize("outcome", ["commit", "rollback"])
+async def test_spawn_and_emit_join_the_callers_transaction(
+    any_client: Adapter, client: dt.Durable, pg_url: str, outcome: str
+) -> None:
+    async with caller_connection(any_client, pg_url) as (conn, commit, rollback):
+        await any_client.method("spawn")(pack, Order("in-tx", 1), connection=conn)
+        await any_client.method("emit_event")("in-tx", 1, connection=conn)
+        assert await counts(client) == (0, 0)  # not visible before the caller commits
+        await (commit if outcome == "commit" else rollback)()
+    assert await counts(client) == ((1, 1) if outcome == "commit" else (0, 0))
+
+
+BAD_CALLS: list[tuple[str, tuple[Any, ...], dict[str, Any], type[Exception], str]] = [
+    ("spawn", (pack, {"item": "no qty"}), {}, dt.SerializationError, "params of task 'pack'"),
+    ("spawn_by_name", ("$nope", None), {}, dt.InvalidInput, "reserved"),
+    (
+        "spawn_by_name",
+        ("pack", None),
+        {"options": dt.SpawnOptions(queue=None, priority=1)},
+        dt.SerializationError,
+        "params",
+    ),
+    ("spawn", ("pack", None), {}, dt.InvalidInput, "spawn_by_name"),
+    (
+        "spawn",
+        (pack, Order("a", 1)),
+        {"connection": object()},
+        dt.InvalidInput,
+        "connection must be",
+    ),
+    ("emit_event", ("", None), {}, dt.InvalidInput, "event name"),
+    ("emit_event", ("go", {1, 2}), {}, dt.SerializationError, "payload of event 'go'"),
+    (
+        "spawn_many",
+        (pack, [Order("a", 1)]),
+        {"options": dt.SpawnOptions(idempotency_key="k")},
+        dt.InvalidInput,
+        "idempotency_key",
+    ),
+    ("cancel", ("not-a-uuid",), {}, dt.InvalidInput, "task_id must be a UUID"),
+    ("get_task", ("01890000-0000-7000-8000-000000000000",), {}, dt.TaskNotFound, "no task"),
+    ("list_tasks", (), {"limit": 0}, dt.InvalidInput, "limit"),
+    ("retry", ("01890000-0000-7000-8000-000000000000",), {}, dt.TaskNotFound, "no task"),
+]
+
+
+@pytest.mark.parametrize(("method", "args", "kwargs", "error", "message"), BAD_CALLS)
+async def test_bad_input_raises_the_same_error_and_writes_nothing(
+    any_client: Adapter,
+    client: dt.Durable,
+    method: str,
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    error: type[Exception],
+    message: str,
+) -> None:
+    with pytest.raises(error, match=message):
+        await any_client.method(method)(*args, **kwargs)
+    assert await counts(client) == (0, 0)
+
+
+def test_the_trio_client_names_the_others_under_asyncio(pg_url: str) -> None:
+    async def main() -> None:
+        async with dt.Durable.connect(pg_url):
+            pass  # pragma: no cover
+
+    with pytest.raises(dt.ConfigurationError, match=r"durable_trio\.aio\.Durable under asyncio"):
+        asyncio.run(main())
+
+
+@attrs.frozen
+class Receipt:
+    total: int
+
+
+@dt.task("bill")
+async def bill(ctx: dt.TaskContext, order: Order) -> Receipt:
+    return Receipt(order.qty * 3)
+
+
+async def test_wait_result_of_what_a_spawn_returned_is_typed(
+    any_client: Adapter, client: dt.Durable
+) -> None:
+    client.register(bill)
+    spawned = await any_client.method("spawn")(bill, Order("tea", 2))
+    await run_until_idle(client)
+    wait = any_client.method("wait_result")
+    assert await wait(spawned, timeout=10) == Receipt(6)  # typed, not a dict
+    assert await wait(bill, spawned.task_id, timeout=10) == Receipt(6)
+    assert await wait(None, spawned.task_id, timeout=10) == {"total": 6}
+    with pytest.raises(dt.InvalidInput, match="takes no task_id"):
+        await wait(spawned, spawned.task_id, timeout=10)
+    with pytest.raises(dt.InvalidInput, match="needs a task_id"):
+        await wait(bill, timeout=10)
