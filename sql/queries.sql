@@ -17,6 +17,10 @@ SELECT * FROM @schema.spawn_tasks(%(task_id)s::uuid[], %(run_id)s::uuid[],
 SELECT * FROM @schema.claim_runs(%(queue)s, %(worker)s, %(names)s::text[], %(limit)s,
     %(lease)s::interval, %(version)s)
 
+-- name: claim_runs_singly
+SELECT * FROM @schema.claim_runs_singly(%(queue)s, %(worker)s, %(names)s::text[],
+    %(limit)s, %(lease)s::interval, %(version)s)
+
 -- name: heartbeat
 SELECT * FROM @schema.heartbeat(%(worker)s, %(runs)s::uuid[], %(lease)s::interval)
 

@@ -6,7 +6,9 @@
 -- Each task is judged again under its runs' locks (a claim may be starting it), and each
 -- cancellation is a subtransaction: a deadlock or a lock held past lock_timeout (say by
 -- a long ctx.transaction) skips that task until the next sweep instead of failing the
--- sweep. Workers racing here skip each other's rows. Returns how many were cancelled.
+-- sweep; a task whose own data breaks its deadline's statements is failed for good
+-- (fail_deadline_task). Workers racing here skip each other's rows. Returns how many
+-- were cancelled.
 CREATE OR REPLACE FUNCTION @schema.enforce_deadlines(p_limit integer) RETURNS integer
 LANGUAGE plpgsql
 SET lock_timeout = '1s'
@@ -29,8 +31,13 @@ BEGIN
     LOOP
         BEGIN
             v_cancelled := v_cancelled + @schema.enforce_deadline(d.task_id, d.kind, v_now);
-        EXCEPTION WHEN deadlock_detected OR lock_not_available THEN
-            NULL;  -- the row stays due: the next sweep tries again
+        EXCEPTION
+            WHEN deadlock_detected OR lock_not_available THEN
+                NULL;  -- the row stays due: the next sweep tries again
+            WHEN OTHERS THEN
+                -- The task's own data breaks its deadline (say, a time out of range):
+                -- so would every sweep. Fail it for good, saying why.
+                PERFORM @schema.fail_deadline_task(d.task_id, d.kind, SQLERRM, SQLSTATE);
         END;
     END LOOP;
     RETURN v_cancelled;

@@ -477,6 +477,7 @@ class TaskContext:
         if self._db_now() >= wake_at:  # already due (a replay, or a zero sleep)
             return
         await self.settle()
+        self._run.ending = True  # a heartbeat racing the suspension must not call it lost
         ok = await self._run.call(
             self._run.store.suspend, self.run_id, self._run.worker_id, wake_at
         )
@@ -524,6 +525,7 @@ class TaskContext:
         if self._unreplayed:
             await self._replay_gate(checkpoint)
         await self.settle()
+        self._run.ending = True  # it may suspend: see _sleep
         outcome, payload = await self._run.call(
             self._run.store.await_event,
             self.run_id,
@@ -537,6 +539,7 @@ class TaskContext:
             await self._lost()
         if outcome == "suspended":
             await self._suspend()
+        self._run.ending = False
         stored = {"timeout": True} if outcome == "timeout" else {"payload": payload}
         self._checkpoints[checkpoint] = stored
         return stored

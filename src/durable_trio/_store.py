@@ -25,10 +25,20 @@ from ._errors import ConfigurationError, DatabaseUnavailable, InvalidInput, Leas
 from ._schema import migrations, query_texts, render, sql_dir
 from ._sql import array_literal
 
-__all__ = ["ClaimArgs", "Store", "migrations", "sql_dir"]
+__all__ = ["DATA_ERRORS", "ClaimArgs", "Store", "migrations", "sql_dir"]
 
 Row = dict[str, Any]
 T = TypeVar("T")
+
+# What a statement raises because of the data of a row it touched (a timestamp out of
+# range, a value that breaks a cast or a check, a trigger's RAISE): the same statement
+# fails the same way every time, so the worker's loops isolate that row instead of
+# retrying (docs/reliability.md, "Poison rows").
+DATA_ERRORS: tuple[type[psycopg.Error], ...] = (
+    psycopg.errors.DataError,
+    psycopg.errors.IntegrityError,
+    psycopg.errors.RaiseException,
+)
 
 
 @attrs.frozen
@@ -144,6 +154,21 @@ class Store:
         """Claimed runs; headers, retry and checkpoints as JSON text (see claim_runs)."""
         args = ClaimArgs(queue, names, limit, lease, version)
         return await self._all("claim_runs", args.params(worker))
+
+    async def claim_singly(
+        self,
+        queue: str,
+        worker: str,
+        names: Sequence[str],
+        limit: int,
+        lease: float,
+        version: str | None = None,
+    ) -> list[Row]:
+        """`claim` one run at a time, each in its own subtransaction: for when `claim`
+        failed on some run's data. A run whose claim fails has its task failed for good
+        (see claim_runs_singly); the others are claimed as `claim` would."""
+        params = ClaimArgs(queue, names, limit, lease, version).params(worker)
+        return await self._all("claim_runs_singly", params)
 
     async def heartbeat(
         self, worker: str, runs: Sequence[UUID], lease: float

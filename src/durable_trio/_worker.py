@@ -8,6 +8,13 @@ Lifetimes:
 - If the task running `Worker.run()` is cancelled from outside, the worker stops at once
   and writes nothing more, exactly like a crash: its runs are re-claimed by another worker
   once their leases expire (costing an attempt).
+- Task code raising KeyboardInterrupt (Ctrl-C) fails that attempt, then the worker hands
+  its other runs back and `run()` raises KeyboardInterrupt. SystemExit is an ordinary
+  failure of the task.
+
+No row's data stops a loop: a statement that fails on it (DATA_ERRORS) is retried row
+by row on that failure path only, and the task whose row breaks it is failed for good
+with an UnprocessableTask error (docs/reliability.md, "Poison rows").
 """
 
 from __future__ import annotations
@@ -19,7 +26,6 @@ import os
 import random
 import socket
 import time
-import traceback
 from collections.abc import Awaitable, Callable, Sequence
 from contextlib import suppress
 from datetime import datetime
@@ -30,7 +36,7 @@ import attrs
 import psycopg
 import trio
 
-from . import _serde
+from . import _failures, _serde
 from ._context import Suspended, TaskContext
 from ._core.ids import uuid7
 from ._core.options import UNSERVED_AFTER, UNSERVED_EVERY, WorkerOptions, registry_ttl
@@ -47,7 +53,7 @@ from ._errors import (
     SerializationError,
 )
 from ._schedules import schedule_pass
-from ._store import ClaimArgs, Store
+from ._store import DATA_ERRORS, ClaimArgs, Store
 from ._task import TaskDefinition
 from ._writer import TRANSIENT, Write, Writer
 
@@ -88,6 +94,9 @@ class RunState:
     suspended: bool = False
     release_on_exit: bool = False
     body_done: bool = False  # the task's code returned; its outcome may still be in writing
+    # Its completion, failure or suspension is queued or being written: a heartbeat
+    # answered meanwhile may no longer list it, without the run being lost.
+    ending: bool = False
     finished: bool = False
     last_write: Write | None = None  # the latest checkpoint or completion queued for it
 
@@ -209,6 +218,8 @@ class Worker:
         # A claim or reap is in flight: the runs it takes (not in _runs yet) or frees (not
         # claimable yet) are invisible to anyone judging whether the worker is idle.
         self._claiming = False
+        # Task code raised KeyboardInterrupt: stop as soon as the runs are handed back.
+        self._interrupted = False
 
     def __repr__(self) -> str:
         return (
@@ -285,6 +296,8 @@ class Worker:
                     await self._drain()
                     self._execs = None
                 control.cancel_scope.cancel()
+            if self._interrupted:
+                raise KeyboardInterrupt
         finally:
             with trio.CancelScope(shield=True):
                 await self._leave_registry()
@@ -326,6 +339,14 @@ class Worker:
                     await self._wait_stop()
                 backoff = min(backoff * 2, 2.0)
                 continue
+            except DATA_ERRORS as ex:
+                # Not even run by run could the claim get past some row (see
+                # _claim_from): keep the worker, and its runs in hand, alive.
+                log.error("worker %s: claiming failed (%s); retrying", self.worker_id, ex)
+                with trio.move_on_after(backoff):
+                    await self._wait_stop()
+                backoff = min(backoff * 2, 2.0)
+                continue
             if got and got == asked:
                 await trio.lowlevel.checkpoint()
                 continue
@@ -356,14 +377,7 @@ class Worker:
             # Reserved while in flight, or the writer could claim the same slots meanwhile.
             self._reserved += limit
             try:
-                rows = await self._control.claim(
-                    queue,
-                    self.worker_id,
-                    names,
-                    limit,
-                    self.options.claim_timeout,
-                    self.options.version,
-                )
+                rows = await self._claim_from(queue, names, limit)
             finally:
                 self._reserved -= limit
             for row in rows:
@@ -371,6 +385,23 @@ class Worker:
             got += len(rows)
         self.claimed_total += got
         return asked, got
+
+    async def _claim_from(self, queue: str, names: list[str], limit: int) -> list[dict[str, Any]]:
+        lease, version = self.options.claim_timeout, self.options.version
+        try:
+            return await self._control.claim(queue, self.worker_id, names, limit, lease, version)
+        except DATA_ERRORS as ex:
+            # One due run's data breaks the claim statement (and would break it for every
+            # worker, every time): claim run by run, failing the run that breaks it.
+            log.error(
+                "worker %s: claim from queue %r failed (%s); claiming run by run",
+                self.worker_id,
+                queue,
+                _failures.database_error(ex),
+            )
+            return await self._control.claim_singly(
+                queue, self.worker_id, names, limit, lease, version
+            )
 
     async def _idle_wait(self, names: list[str], *, have_capacity: bool) -> None:
         timeout = self.options.poll_interval
@@ -384,6 +415,11 @@ class Worker:
                 self._healthy = False
                 log.warning("worker %s: database unavailable (%s)", self.worker_id, ex)
                 due = None
+            except DATA_ERRORS as ex:
+                # A due time out of range (say, a run made available at '-infinity'):
+                # poll instead; the claim itself deals with the run.
+                log.error("worker %s: next due time unknown (%s)", self.worker_id, ex)
+                due = None
             if due is not None:
                 timeout = min(timeout, max(due, 0.0) + 0.001)
         with trio.move_on_after(timeout):
@@ -391,19 +427,41 @@ class Worker:
 
     def _start(self, nursery: trio.Nursery, row: dict[str, Any], queue: str) -> None:
         assert self._writer is not None  # made by run() before the claim loop starts
-        run = RunState.from_claim(
-            row,
-            queue=queue,
-            definition=self._registry[row["task_name"]],
-            store=self._exec,
-            writer=self._writer,
-            worker_id=self.worker_id,
-            claim_timeout=self.options.claim_timeout,
-            prepare_spawn=self._prepare_spawn,
-        )
+        try:
+            run = RunState.from_claim(
+                row,
+                queue=queue,
+                definition=self._registry[row["task_name"]],
+                store=self._exec,
+                writer=self._writer,
+                worker_id=self.worker_id,
+                claim_timeout=self.options.claim_timeout,
+                prepare_spawn=self._prepare_spawn,
+            )
+        except Exception as ex:  # noqa: BLE001 - any unreadable stored value
+            nursery.start_soon(self._reject, row, ex)
+            return
         self._runs[run.run_id] = run
         self._executing += 1
         nursery.start_soon(self._execute, run, name=f"durable_trio run {run.task_name}")
+
+    async def _reject(self, row: dict[str, Any], ex: Exception) -> None:
+        """A claimed run whose stored data this worker cannot read (a retry strategy or
+        headers that no version of this library wrote): fail its task for good, since
+        every worker would fail the same way."""
+        why = f"the claimed run's stored data could not be read ({_failures.summary(ex)})"
+        log.error("run %s of task %s: %s; failing the task", row["run_id"], row["task_id"], why)
+        error = _failures.unprocessable(why, stage="claim", attempt=row["attempt"])
+        # Should this fail too, the lease expires and the reaper fails the task.
+        with suppress(*RETRYABLE_IO, *DATA_ERRORS):
+            await self._exec.fail(
+                row["run_id"],
+                self.worker_id,
+                _serde.dumps(error),
+                retry=False,
+                delay=0.0,
+                new_run_id=uuid7(),
+            )
 
     # -- claims riding along with the writer (see _writer.Claimer) ----------------------
 
@@ -514,9 +572,12 @@ class Worker:
             return
         sent = time.monotonic()
         try:
-            renewed = await self._control.heartbeat(
-                self.worker_id, [r.run_id for r in runs], self.options.claim_timeout
-            )
+            try:
+                renewed = await self._control.heartbeat(
+                    self.worker_id, [r.run_id for r in runs], self.options.claim_timeout
+                )
+            except DATA_ERRORS as ex:
+                renewed = await self._beat_singly(runs, ex)
         except RETRYABLE_IO as ex:
             log.warning("worker %s: heartbeat failed (%s)", self.worker_id, ex)
             for run in runs:
@@ -528,9 +589,44 @@ class Worker:
             if run.run_id in renewed:
                 if renewed[run.run_id][1]:  # a busy run is held but keeps its old lease
                     run.lease_deadline = sent + self.options.claim_timeout
-            elif not run.finished and not run.suspended:
+            elif not (run.finished or run.suspended or run.ending):
+                # An ending run missing from the answer was ended by its own write (the
+                # completion or failure committed while the heartbeat was in flight); had
+                # the run been lost, that write's fence says so.
                 lost.append(run)
         self._lose_all(lost)
+
+    async def _beat_singly(
+        self, runs: list[RunState], ex: Exception
+    ) -> dict[UUID, tuple[datetime, bool]]:
+        """The heartbeat statement failed on some run's data: renew run by run, and fail
+        the task of each run that breaks it (it would break every heartbeat after)."""
+        log.error(
+            "worker %s: heartbeat failed (%s); renewing run by run",
+            self.worker_id,
+            _failures.database_error(ex),
+        )
+        renewed: dict[UUID, tuple[datetime, bool]] = {}
+        for run in runs:
+            try:
+                renewed |= await self._control.heartbeat(
+                    self.worker_id, [run.run_id], self.options.claim_timeout
+                )
+            except DATA_ERRORS as bad:
+                why = f"its heartbeat could not be recorded ({_failures.database_error(bad)})"
+                log.error("run %s of task %s: %s; failing the task", run.run_id, run.task_id, why)
+                error = _failures.unprocessable(why, stage="heartbeat", attempt=run.attempt)
+                with suppress(*DATA_ERRORS):  # else its lease expires: the reaper fails it
+                    await self._control.fail(
+                        run.run_id,
+                        self.worker_id,
+                        _serde.dumps(error),
+                        retry=False,
+                        delay=0.0,
+                        new_run_id=uuid7(),
+                    )
+                run.lose(f"task failed: {why}")
+        return renewed
 
     def _lose_all(self, runs: list[RunState]) -> None:
         """Abandon runs a heartbeat did not renew, at once; why (a deliberate cancel is
@@ -597,27 +693,49 @@ class Worker:
             text = _about(run, "result", _serde.roundtrip, result, definition.output_type)[0]
         except (Suspended, LeaseLost):
             return
-        except (trio.Cancelled, KeyboardInterrupt, SystemExit):
+        except trio.Cancelled:
             raise
         except BaseExceptionGroup as group:
             # From a nursery inside the task: a suspension or cancellation in it wins.
-            if group.subgroup((trio.Cancelled, KeyboardInterrupt, SystemExit)) is not None:
+            if group.subgroup(trio.Cancelled) is not None:
                 raise
             if group.subgroup((Suspended, LeaseLost)) is not None:
                 return
-            await ctx.settle()
-            await self._fail(run, group)
+            await self._fail_attempt(run, ctx, group)
             return
         except BaseException as ex:  # noqa: BLE001 - every task error is recorded
-            await ctx.settle()
-            await self._fail(run, ex)
+            await self._fail_attempt(run, ctx, ex)
             return
         # Written with the checkpoint of a last step that is still queued, if any.
+        run.ending = True
         completion = run.writer.submit(run, None, text)
         self._free_slot(run)
         await completion.done.wait()
         if not completion.owned:
             run.lose("completion was fenced")
+
+    async def _fail_attempt(self, run: RunState, ctx: TaskContext, ex: BaseException) -> None:
+        """Record the attempt's failure. SystemExit is a failure like any other: one task
+        calling sys.exit() must not stop the worker. KeyboardInterrupt (Ctrl-C, which
+        trio raises in whatever task code is running) is recorded the same way, then the
+        worker stops: its other runs are handed back and `run()` raises it."""
+        interrupted = isinstance(ex, KeyboardInterrupt) or (
+            isinstance(ex, BaseExceptionGroup) and ex.subgroup(KeyboardInterrupt) is not None
+        )
+        try:
+            await ctx.settle()
+            await self._fail(run, ex)
+        finally:
+            if interrupted:
+                self._interrupt(run)
+
+    def _interrupt(self, interrupted: RunState) -> None:
+        self._interrupted = True
+        self.shutdown()
+        for run in self._runs.values():
+            if run is not interrupted and not run.body_done:
+                run.release_on_exit = True
+                run.scope.cancel()
 
     def _free_slot(self, run: RunState) -> None:
         if not run.body_done:
@@ -646,15 +764,31 @@ class Worker:
             strategy=run.retry,
             rand=random.random(),
         )
-        error = {
-            "type": f"{type(ex).__module__}.{type(ex).__qualname__}",
-            "message": _printable(_message(ex), 10_000),
-            "traceback": _printable("".join(traceback.format_exception(ex)), 20_000),
-            "retryable": retryable,
-            "attempt": run.attempt,
-        }
-        _log_failure(run, ex, decision)
-        state = await run.call(
+        error = _failures.error_record(ex, retryable=retryable, attempt=run.attempt)
+        _log_failure(run, ex, decision, formatted=error["traceback"] != _failures.NO_TRACEBACK)
+        run.ending = True
+        try:
+            state = await self._record_failure(run, error, decision)
+        except DATA_ERRORS as db_error:
+            if not decision.retry:
+                raise
+            # The retry cannot be stored (its delay overflows the database's timestamps,
+            # say): fail the task for good rather than leave it running until its lease
+            # expires, when the reaper would meet the same error.
+            why = (
+                f"attempt {run.attempt} failed and its retry in {decision.delay:.6g} s "
+                f"could not be scheduled ({_failures.database_error(db_error)})"
+            )
+            log.error("task %r %s: %s", run.task_name, run.task_id, why)
+            error = _failures.unprocessable(why, stage="retry", attempt=run.attempt, cause=error)
+            state = await self._record_failure(run, error, FailureDecision(retry=False))
+        if state is None:
+            run.lose("failure report was fenced")
+
+    async def _record_failure(
+        self, run: RunState, error: dict[str, Any], decision: FailureDecision
+    ) -> str | None:
+        return await run.call(
             self._exec.fail,
             run.run_id,
             self.worker_id,
@@ -663,8 +797,6 @@ class Worker:
             delay=decision.delay,
             new_run_id=uuid7(),
         )
-        if state is None:
-            run.lose("failure report was fenced")
 
     async def _drain(self) -> None:
         """Graceful stop: let runs finish within the grace period, then hand them back."""
@@ -786,29 +918,24 @@ def _retry_strategy(text: str) -> RetryStrategy:
     return RetryStrategy.from_json(json.loads(text))
 
 
-def _printable(text: str, limit: int) -> str:
-    """Error text that can always be stored: bounded, no NUL, valid UTF-8."""
-    if len(text) > limit:
-        text = text[: limit // 2] + "\n...\n" + text[-limit // 2 :]
-    return text.replace("\x00", "\\0").encode("utf-8", "backslashreplace").decode("utf-8")
-
-
-def _message(ex: BaseException) -> str:
-    """An error's message; for a group (from a nursery in the task), each one's too."""
-    if not isinstance(ex, BaseExceptionGroup):
-        return str(ex)
-    inner = "; ".join(f"{type(e).__name__}: {_message(e)}" for e in ex.exceptions)
-    return f"{ex.message}: {inner}"
-
-
-def _log_failure(run: RunState, ex: BaseException, decision: FailureDecision) -> None:
+def _log_failure(
+    run: RunState, ex: BaseException, decision: FailureDecision, *, formatted: bool
+) -> None:
     """An attempt's error, with its traceback: what the task's owner needs to see without
     querying the database. WARNING while a retry follows, ERROR when the task failed."""
     what = f"task {run.task_name!r} {run.task_id} attempt {run.attempt}/{run.max_attempts}"
+    # The traceback only if it can be formatted: a hostile exception must not break the
+    # log line (nor the handler, which may raise on a formatting error).
+    exc_info = ex if formatted else None
+    shown = _failures.summary(ex)
     if decision.retry:
-        log.warning("%s failed; retrying in %.3g s: %r", what, decision.delay, ex, exc_info=ex)
+        log.warning(
+            "%s failed; retrying in %.3g s: %s", what, decision.delay, shown, exc_info=exc_info
+        )
     else:
-        log.error("%s failed; no attempts left or not retryable: %r", what, ex, exc_info=ex)
+        log.error(
+            "%s failed; no attempts left or not retryable: %s", what, shown, exc_info=exc_info
+        )
 
 
 async def _enforce_deadlines(store: Store, limit: int) -> None:
@@ -827,32 +954,68 @@ async def reap_expired(store: Store, queues: Sequence[str], limit: int = 100) ->
     """Fail runs whose worker vanished (lease expired), scheduling their next attempt as
     the task's retry strategy says, cancel tasks past a CancellationPolicy deadline
     that no claim or heartbeat would notice (in any queue), and spawn the due slots of
-    cron schedules (any queue). Returns how many runs were
-    reaped (deadlines not counted)."""
+    cron schedules (any queue). Returns how many runs were reaped (deadlines not
+    counted). A run whose own data breaks its reaping fails its task for good
+    (UnprocessableTask) and the pass goes on."""
     await _enforce_deadlines(store, limit)
     await schedule_pass(store)
     reaped = 0
     for row in await store.expired_runs(queues, limit):
-        decision = decide_failure(
-            attempt=row["attempt"],
-            max_attempts=row["max_attempts"],
-            retryable=True,
-            strategy=_retry_strategy(row["retry"]),
-            rand=random.random(),
-        )
-        error = {
-            "type": "LeaseExpired",
-            "message": "the worker running this attempt stopped heartbeating",
-            "retryable": True,
-            "attempt": row["attempt"],
-        }
-        state = await store.fail(
-            row["run_id"],
-            None,
-            _serde.dumps(error),
-            retry=decision.retry,
-            delay=decision.delay,
-            new_run_id=uuid7(),
-        )
+        try:
+            state = await _reap(store, row)
+        except RETRYABLE_IO:
+            raise
+        except ConfigurationError:
+            raise
+        except Exception as ex:  # noqa: BLE001 - one row must not stop the pass
+            state = await _reap_poisoned(store, row, ex)
         reaped += state is not None
     return reaped
+
+
+def _lease_expired(attempt: int) -> dict[str, Any]:
+    return {
+        "type": "LeaseExpired",
+        "message": "the worker running this attempt stopped heartbeating",
+        "retryable": True,
+        "attempt": attempt,
+    }
+
+
+async def _reap(store: Store, row: dict[str, Any]) -> str | None:
+    decision = decide_failure(
+        attempt=row["attempt"],
+        max_attempts=row["max_attempts"],
+        retryable=True,
+        strategy=_retry_strategy(row["retry"]),
+        rand=random.random(),
+    )
+    return await store.fail(
+        row["run_id"],
+        None,
+        _serde.dumps(_lease_expired(row["attempt"])),
+        retry=decision.retry,
+        delay=decision.delay,
+        new_run_id=uuid7(),
+    )
+
+
+async def _reap_poisoned(store: Store, row: dict[str, Any], ex: Exception) -> str | None:
+    """Fail for good the task of an expired run that could not be reaped (its retry
+    strategy unreadable, its retry time out of range): every pass would fail the same."""
+    shown = _failures.database_error(ex) if isinstance(ex, psycopg.Error) else _failures.summary(ex)
+    why = f"the lease of attempt {row['attempt']} expired and its retry could not be recorded"
+    why += f" ({shown})"
+    log.error("run %s of task %s: %s; failing the task", row["run_id"], row["task_id"], why)
+    error = _failures.unprocessable(
+        why, stage="reap", attempt=row["attempt"], cause=_lease_expired(row["attempt"])
+    )
+    try:
+        return await store.fail(
+            row["run_id"], None, _serde.dumps(error), retry=False, delay=0.0, new_run_id=uuid7()
+        )
+    except RETRYABLE_IO:
+        raise
+    except Exception as again:  # noqa: BLE001 - skipped: the next pass tries again
+        log.error("run %s: could not fail its task either (%s)", row["run_id"], again)
+        return None

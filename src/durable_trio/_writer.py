@@ -25,6 +25,8 @@ import attrs
 import psycopg
 import trio
 
+from . import _failures, _serde
+from ._core.ids import uuid7
 from ._errors import DatabaseUnavailable
 from ._store import ClaimArgs, Store
 
@@ -180,13 +182,36 @@ class Writer:
     async def _write_singly(self, batch: Sequence[Write]) -> set[UUID]:
         owned: set[UUID] = set()
         runs = {w.run.run_id: w.run for w in batch}
-        for run_id, run in runs.items():
+        for run in runs.values():
             try:
                 owned |= (await self._write_retrying([w for w in batch if w.run is run]))[0]
-            except Exception:
-                log.exception("run %s: could not record its outcome; abandoning it", run_id)
-                run.lose("internal error while recording the outcome")
+            except Exception as ex:  # noqa: BLE001 - one run must not sink the others
+                await self._fail_unwritable(run, ex)
         return owned
+
+    async def _fail_unwritable(self, run: RunState, ex: Exception) -> None:
+        """A run whose writes fail on their own: written again they would fail again, so
+        its task fails for good (UnprocessableTask), saying why. If even that cannot be
+        written the run is abandoned: its lease expires and the reaper retries it."""
+        why = f"its checkpoint or result could not be recorded ({_failures.database_error(ex)})"
+        log.error(
+            "run %s of task %s: %s; failing the task", run.run_id, run.task_id, why, exc_info=ex
+        )
+        error = _failures.unprocessable(why, stage="record", attempt=run.attempt)
+        try:
+            state = await self._store.fail(
+                run.run_id,
+                self._worker_id,
+                _serde.dumps(error),
+                retry=False,
+                delay=0.0,
+                new_run_id=uuid7(),
+            )
+        except Exception:  # the reaper is the last resort
+            log.exception("run %s: could not fail its task either; abandoning it", run.run_id)
+            run.lose("internal error while recording the outcome")
+            return
+        run.lose(f"task failed: {why}" if state is not None else "failure report was fenced")
 
     async def _record(
         self, writes: Sequence[Write], claim: ClaimArgs | None

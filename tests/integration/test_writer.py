@@ -165,11 +165,18 @@ async def test_a_bad_write_does_not_sink_the_rest_of_its_batch(client: dt.Durabl
     ]
     await _written(writer, writes)
     assert [w.owned for w in writes] == [False, True, True, False]
-    assert bad.lost == "internal error while recording the outcome"
+    # Written alone it fails again: its task fails for good, saying why.
+    assert bad.lost is not None
+    assert bad.lost.startswith("task failed: its checkpoint or result")
     assert good.lost is None
     results = await _results(client)
     assert results[good.task_id] == ("completed", 6)
-    assert results[bad.task_id] == ("running", None)
+    assert results[bad.task_id] == ("failed", None)
+    info = await client.get_task(bad.task_id)
+    assert info.error is not None
+    assert info.error["type"] == "durable_trio.UnprocessableTask"
+    assert info.error["stage"] == "record"
+    assert "invalid input syntax for type json" in info.error["message"]
 
 
 ACTIVE = {"now": 0, "most": 0, "held": 0}
