@@ -41,6 +41,9 @@ from ._errors import WaitTimeout as WaitTimeout
 from ._errors import WorkerFailed as WorkerFailed
 from ._fleet import UnservedTasks as UnservedTasks
 from ._fleet import WorkerInfo as WorkerInfo
+from ._hooks import Hooks as Hooks
+from ._hooks import SpawnCall as SpawnCall
+from ._hooks import StepCall as StepCall
 from ._inspect import ChildSummary as ChildSummary
 from ._inspect import NameStats as NameStats
 from ._inspect import QueueStats as QueueStats

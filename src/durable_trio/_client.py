@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import AsyncIterator, Iterable, Iterator
+from collections.abc import AsyncIterator, Iterable, Iterator, Mapping
 from contextlib import asynccontextmanager, suppress
 from datetime import datetime, timedelta
 from typing import Any, NoReturn, TypeVar, overload
@@ -137,10 +137,13 @@ class Durable:
         *,
         parent: UUID | None = None,
         queue: str | None = None,
+        inherited: Mapping[str, Any] | None = None,
     ) -> dict[str, Any]:
         """Validate and serialise one spawn into the row the store inserts (workers and
         task contexts spawn children through it)."""
-        return self._core.spawn_row(task, params, options, parent=parent, queue=queue)
+        return self._core.spawn_row(
+            task, params, options, parent=parent, queue=queue, inherited=inherited
+        )
 
     async def spawn(
         self,
@@ -474,6 +477,7 @@ class Durable:
             registry=dict(self._registry),
             prepare_spawn=self._prepare_spawn,
             options=options or WorkerOptions(),
+            hooks=self._core.hooks,
         )
 
     @asynccontextmanager

@@ -8,7 +8,7 @@ sleeps with its own clock, so a spawn or a read means the same thing from every 
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from datetime import datetime, timedelta
 from functools import cache
@@ -222,10 +222,12 @@ class ClientCore:
         *,
         parent: UUID | None = None,
         queue: str | None = None,
+        inherited: Mapping[str, Any] | None = None,
     ) -> list[dict[str, Any]]:
         """Validate and serialise spawns of one task with shared options into the rows
         spawn_task takes (options serialised once, each params value on its own). `queue`
-        is the default when the options name none (a child goes to its parent's queue)."""
+        is the default when the options name none (a child goes to its parent's queue);
+        a child starts from its parent's headers (`inherited`), its options' over them."""
         if isinstance(task, str):
             name = checked(validate_name, task, what="task name")
             known = self.registry.get(name)
@@ -238,6 +240,8 @@ class ClientCore:
         if not isinstance(opts, SpawnOptions):
             raise InvalidInput(f"options must be a SpawnOptions, got {opts!r}")
         target = opts.queue or queue or self.queue
+        if inherited:
+            opts = attrs.evolve(opts, headers={**inherited, **opts.headers})
         if self.hooks.before_spawn is not None:
             call = SpawnCall(name, target, opts.headers, parent)
             opts = attrs.evolve(opts, headers=self.hooks.spawn_headers(call))
@@ -260,8 +264,12 @@ class ClientCore:
         *,
         parent: UUID | None = None,
         queue: str | None = None,
+        inherited: Mapping[str, Any] | None = None,
     ) -> dict[str, Any]:
-        return self.spawn_rows(task, [params], options, parent=parent, queue=queue)[0]
+        rows = self.spawn_rows(
+            task, [params], options, parent=parent, queue=queue, inherited=inherited
+        )
+        return rows[0]
 
     def spawn(
         self,

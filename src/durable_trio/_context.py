@@ -49,6 +49,7 @@ from ._errors import (
     SerializationError,
     StepFailed,
 )
+from ._hooks import StepCall
 from ._task import Task, TaskDefinition, as_definition
 
 if TYPE_CHECKING:
@@ -158,6 +159,15 @@ class TaskContext:
         """
         checkpoint = self._next_name(name)
         rtype = _return_type(fn) if result_type is _UNSET else result_type
+        hook = self._run.hooks.around_step
+        if hook is None:
+            return await self._step(checkpoint, fn, args, rtype)
+        async with hook(self, StepCall(name, checkpoint, checkpoint in self._checkpoints)):
+            return await self._step(checkpoint, fn, args, rtype)
+
+    async def _step(
+        self, checkpoint: str, fn: Callable[..., Awaitable[T] | T], args: Any, rtype: Any
+    ) -> T:
         await trio.lowlevel.checkpoint()
         if checkpoint in self._checkpoints:
             return typing.cast(T, self._stored(checkpoint, _read_as(rtype)))
@@ -612,7 +622,9 @@ class TaskContext:
                     requested=checkpoint,
                 )
             return TaskHandle(UUID(stored["task_id"]), task_name, stored["queue"], output_type)
-        row = self._run.prepare_spawn(task, params, options, parent=self.task_id, queue=self.queue)
+        row = self._run.prepare_spawn(
+            task, params, options, parent=self.task_id, queue=self.queue, inherited=self.headers
+        )
 
         async def insert(conn: Any) -> dict[str, Any]:
             await self._run.store.spawn(row, conn)

@@ -52,6 +52,7 @@ from ._errors import (
     ReplayMismatch,
     SerializationError,
 )
+from ._hooks import NO_HOOKS, Hooks
 from ._schedules import schedule_pass
 from ._store import DATA_ERRORS, ClaimArgs, Store
 from ._task import TaskDefinition
@@ -99,6 +100,7 @@ class RunState:
     ending: bool = False
     finished: bool = False
     last_write: Write | None = None  # the latest checkpoint or completion queued for it
+    hooks: Hooks = NO_HOOKS
 
     @classmethod
     def from_claim(
@@ -112,6 +114,7 @@ class RunState:
         worker_id: str,
         claim_timeout: float,
         prepare_spawn: Callable[..., dict[str, Any]],
+        hooks: Hooks = NO_HOOKS,
     ) -> RunState:
         """A run as `Store.claim` returned it, leased for `claim_timeout` from now."""
         run = cls(
@@ -132,6 +135,7 @@ class RunState:
             worker_id=worker_id,
             claim_timeout=claim_timeout,
             prepare_spawn=prepare_spawn,
+            hooks=hooks,
         )
         run.lease_deadline = run.claimed_mono + claim_timeout
         return run
@@ -186,6 +190,7 @@ class Worker:
         registry: dict[str, TaskDefinition[Any, Any]],
         prepare_spawn: Callable[..., dict[str, Any]],
         options: WorkerOptions,
+        hooks: Hooks = NO_HOOKS,
     ) -> None:
         self.options = options
         self._url = url
@@ -194,6 +199,7 @@ class Worker:
         self._queue_turn = 0  # which queue a claim tries first: see _queue_order
         self._registry = registry
         self._prepare_spawn = prepare_spawn
+        self._hooks = hooks
         self._runs: dict[UUID, RunState] = {}
         # Runs whose task code is executing: the concurrency limit counts these. A run
         # whose completion is being written no longer holds a slot, so the next claim
@@ -437,6 +443,7 @@ class Worker:
                 worker_id=self.worker_id,
                 claim_timeout=self.options.claim_timeout,
                 prepare_spawn=self._prepare_spawn,
+                hooks=self._hooks,
             )
         except Exception as ex:  # noqa: BLE001 - any unreadable stored value
             nursery.start_soon(self._reject, row, ex)
@@ -688,7 +695,7 @@ class Worker:
         ctx = TaskContext(run)
         try:
             params = _about(run, "params", _serde.structure, run.params, definition.params_type)
-            result = await definition.fn(ctx, params)
+            result = await _call_task(run, ctx, params)
             ctx._verify_replayed()  # ReplayMismatch: fails like a task error
             text = _about(run, "result", _serde.roundtrip, result, definition.output_type)[0]
         except (Suspended, LeaseLost):
@@ -1019,3 +1026,12 @@ async def _reap_poisoned(store: Store, row: dict[str, Any], ex: Exception) -> st
     except Exception as again:  # noqa: BLE001 - skipped: the next pass tries again
         log.error("run %s: could not fail its task either (%s)", row["run_id"], again)
         return None
+
+
+async def _call_task(run: RunState, ctx: TaskContext, params: Any) -> Any:
+    """The task's code for one attempt, inside the `around_run` hook when there is one."""
+    hook = run.hooks.around_run
+    if hook is None:
+        return await run.definition.fn(ctx, params)
+    async with hook(ctx):
+        return await run.definition.fn(ctx, params)
