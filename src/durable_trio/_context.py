@@ -91,6 +91,7 @@ class TaskContext:
         self._run = run
         self._namer = names.CheckpointNamer()
         self._checkpoints: dict[str, Any] = run.checkpoints
+        self._resumed = bool(run.checkpoints)
         # The trio task that first used each name: see `_checkpoint_name`.
         self._name_users: dict[str, trio.lowlevel.Task] = {}
         # Checkpoints of earlier attempts this attempt has not replayed yet: see
@@ -119,6 +120,12 @@ class TaskContext:
     @property
     def attempt(self) -> int:
         return self._run.attempt
+
+    @property
+    def resumed(self) -> bool:
+        """Whether this run began with checkpoints stored by earlier runs to replay (a
+        resume after a sleep, a wait or a join, or a retry), not from the start."""
+        return self._resumed
 
     @property
     def headers(self) -> dict[str, Any]:

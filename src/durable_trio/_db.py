@@ -39,7 +39,7 @@ from ._errors import DatabaseUnavailable
 
 __all__ = ["Listener", "Pool", "TrioConnection", "connect", "redact_url"]
 
-log = logging.getLogger("durable_trio.db")
+log = logging.getLogger("durable_trio.sql")
 
 Row = dict[str, Any]
 RV = TypeVar("RV")

@@ -155,7 +155,26 @@ class RunState:
     def log_loss(self, *, cancelled: bool = False) -> None:
         """A task cancelled on purpose is logged at INFO; any other loss is a warning."""
         level = logging.INFO if cancelled else logging.WARNING
-        log.log(level, "run %s of task %s abandoned: %s", self.run_id, self.task_id, self.lost)
+        log.log(
+            level,
+            "run %s of task %s abandoned: %s",
+            self.run_id,
+            self.task_id,
+            self.lost,
+            extra=self.log_fields(),
+        )
+
+    def log_fields(self, step: str | None = None) -> dict[str, Any]:
+        """What every log record about this run carries (``extra=``), so that a JSON log
+        formatter shows which task, run and attempt it is about."""
+        return {
+            "task_id": str(self.task_id),
+            "run_id": str(self.run_id),
+            "task_name": self.task_name,
+            "queue": self.queue,
+            "attempt": self.attempt,
+            "step": step,
+        }
 
     async def call(self, fn: Callable[..., Awaitable[T]], *args: Any, **kwargs: Any) -> T:
         """Call a store method, retrying while the database is unreachable, but only while
@@ -298,6 +317,13 @@ class Worker:
                 async with trio.open_nursery() as execs:
                     self._execs = execs
                     task_status.started(self)
+                    log.info(
+                        "worker %s started: queues %s, tasks %s, concurrency %d",
+                        self.worker_id,
+                        ", ".join(self._queues),
+                        ", ".join(names),
+                        self.options.concurrency,
+                    )
                     await self._claim_loop(execs, names)
                     await self._drain()
                     self._execs = None
@@ -309,6 +335,7 @@ class Worker:
                 await self._leave_registry()
                 await exec_pool.aclose()
                 await control_pool.aclose()
+            log.info("worker %s stopped", self.worker_id)
 
     # -- notifications ----------------------------------------------------------------
 
@@ -450,6 +477,7 @@ class Worker:
             return
         self._runs[run.run_id] = run
         self._executing += 1
+        log.debug("claimed run %s of task %r", run.run_id, run.task_name, extra=run.log_fields())
         nursery.start_soon(self._execute, run, name=f"durable_trio run {run.task_name}")
 
     async def _reject(self, row: dict[str, Any], ex: Exception) -> None:
@@ -621,7 +649,13 @@ class Worker:
                 )
             except DATA_ERRORS as bad:
                 why = f"its heartbeat could not be recorded ({_failures.database_error(bad)})"
-                log.error("run %s of task %s: %s; failing the task", run.run_id, run.task_id, why)
+                log.error(
+                    "run %s of task %s: %s; failing the task",
+                    run.run_id,
+                    run.task_id,
+                    why,
+                    extra=run.log_fields(),
+                )
                 error = _failures.unprocessable(why, stage="heartbeat", attempt=run.attempt)
                 with suppress(*DATA_ERRORS):  # else its lease expires: the reaper fails it
                     await self._control.fail(
@@ -720,6 +754,8 @@ class Worker:
         await completion.done.wait()
         if not completion.owned:
             run.lose("completion was fenced")
+        else:
+            log.debug("completed task %r %s", run.task_name, run.task_id, extra=run.log_fields())
 
     async def _fail_attempt(self, run: RunState, ctx: TaskContext, ex: BaseException) -> None:
         """Record the attempt's failure. SystemExit is a failure like any other: one task
@@ -786,7 +822,7 @@ class Worker:
                 f"attempt {run.attempt} failed and its retry in {decision.delay:.6g} s "
                 f"could not be scheduled ({_failures.database_error(db_error)})"
             )
-            log.error("task %r %s: %s", run.task_name, run.task_id, why)
+            log.error("task %r %s: %s", run.task_name, run.task_id, why, extra=run.log_fields())
             error = _failures.unprocessable(why, stage="retry", attempt=run.attempt, cause=error)
             state = await self._record_failure(run, error, FailureDecision(retry=False))
         if state is None:
@@ -935,13 +971,23 @@ def _log_failure(
     # log line (nor the handler, which may raise on a formatting error).
     exc_info = ex if formatted else None
     shown = _failures.summary(ex)
+    fields = run.log_fields()
     if decision.retry:
         log.warning(
-            "%s failed; retrying in %.3g s: %s", what, decision.delay, shown, exc_info=exc_info
+            "%s failed; retrying in %.3g s: %s",
+            what,
+            decision.delay,
+            shown,
+            exc_info=exc_info,
+            extra=fields,
         )
     else:
         log.error(
-            "%s failed; no attempts left or not retryable: %s", what, shown, exc_info=exc_info
+            "%s failed; no attempts left or not retryable: %s",
+            what,
+            shown,
+            exc_info=exc_info,
+            extra=fields,
         )
 
 

@@ -221,7 +221,7 @@ async def test_passwords_never_shown(form: str, caplog: pytest.LogCaptureFixture
 
     # A worker against the unreachable database logs its trouble, never the password.
     seen = trio.Event()
-    wanted = {"durable_trio.db", "durable_trio.worker"}
+    wanted = {"durable_trio.sql", "durable_trio.worker"}
 
     class Watch(logging.Handler):
         def emit(self, record: logging.LogRecord) -> None:

@@ -94,14 +94,6 @@ async def serve(target: Any, options: dt.WorkerOptions) -> None:
 
             await nursery.start(_watch_signals, w, nursery.cancel_scope)
             nursery.start_soon(work)
-            log.info(
-                "worker %s started: queues %s, tasks %s, concurrency %d",
-                w.worker_id,
-                ", ".join(options.queues or [queue]),
-                ", ".join(c.registered),
-                options.concurrency,
-            )
-        log.info("worker %s stopped", w.worker_id)
 
 
 async def _watch_signals(

@@ -1,0 +1,1 @@
+"""Optional integrations, each built on durable_trio's public hooks."""
