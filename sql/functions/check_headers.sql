@@ -1,5 +1,6 @@
--- Headers given to the SQL API: a JSON object whose keys are 1-200 characters without
--- control characters.
+-- Headers given to the SQL API: a JSON object whose keys follow the rules of every name
+-- (as the Python clients check them): 1-200 characters without control characters, not
+-- starting with the reserved '$'.
 CREATE OR REPLACE FUNCTION @schema.check_headers(p_headers jsonb) RETURNS void
 LANGUAGE plpgsql IMMUTABLE AS $$
 DECLARE
@@ -12,6 +13,9 @@ BEGIN
         IF length(v_key) NOT BETWEEN 1 AND 200 OR v_key ~ '[[:cntrl:]]' THEN
             PERFORM @schema.refuse(format('header name %L must be 1-200 characters without '
                 'control characters', v_key));
+        ELSIF left(v_key, 1) = '$' THEN
+            PERFORM @schema.refuse(format('header name %L starts with ''$'', which is '
+                'reserved for durable_trio', v_key));
         END IF;
     END LOOP;
 END

@@ -51,6 +51,10 @@ BEGIN
                 'UTC offset (e.g. "2027-01-01T09:00:00Z"), got %s', v_opts -> 'start_at'));
         END IF;
         v_start := (v_opts ->> 'start_at')::timestamptz;
+        IF v_start > @schema.clock_now() + make_interval(secs => v_max) THEN
+            PERFORM @schema.refuse(format('start_at must be at most %s seconds from now, '
+                'got %s', v_max, v_opts -> 'start_at'));
+        END IF;
     END IF;
     IF v_opts ? 'idempotency_key' AND jsonb_typeof(v_opts -> 'idempotency_key') <> 'null' THEN
         IF jsonb_typeof(v_opts -> 'idempotency_key') <> 'string'

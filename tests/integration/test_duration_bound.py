@@ -43,7 +43,7 @@ async def canary_runs(client: dt.Durable) -> None:
 
 
 async def test_a_stored_retry_delay_over_the_bound_waits_the_bound(client: dt.Durable) -> None:
-    # Reported: recording this retry overflowed (DatetimeFieldOverflow), left the task
+    # Unclamped, recording this retry overflowed (DatetimeFieldOverflow), left the task
     # running, and the reaping pass then crashed every worker of the schema.
     client.register(fails_once, canary)
     spawned = await client.spawn(fails_once, None)

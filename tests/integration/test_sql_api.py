@@ -177,6 +177,10 @@ BAD_SPAWNS = [
         "either delay or start_at",
     ),
     ("'default', 'hello', 'null', '{\"start_at\": \"2030-01-01T00:00\"}'", "UTC offset"),
+    (
+        "'default', 'hello', 'null', '{\"start_at\": \"200000-01-01T00:00:00Z\"}'",
+        "start_at must be at most 3155760000 seconds from now",
+    ),
     ("'default', 'hello', 'null', '{\"retry\": {\"kind\": \"sometimes\"}}'", "retry kind"),
     ("'default', 'hello', 'null', '{\"retry\": {\"kind\": \"fixed\", \"base\": 1e13}}'", "at most"),
     ("'default', 'hello', 'null', '{\"retry\": {\"kind\": \"fixed\", \"wait\": 1}}'", "retry must"),
@@ -190,6 +194,7 @@ BAD_SPAWNS = [
     ),
     ("'default', 'hello', 'null', '{\"headers\": []}'", "headers must be a JSON object"),
     ("'default', 'hello', 'null', '{\"headers\": {\"\": 1}}'", "header name"),
+    ("'default', 'hello', 'null', '{\"headers\": {\"$trace\": 1}}'", "reserved"),
     ("'default', 'hello', 'null', '{\"idempotency_key\": \"\"}'", "idempotency_key must be"),
     ("'default', 'hello', 'null', '{\"idempotency_key\": 5}'", "idempotency_key must be"),
     (

@@ -61,7 +61,7 @@ def test_every_float_over_the_bound_is_refused(seconds: float) -> None:
         to_seconds(seconds, what="delay")
 
 
-# Every duration option, as reported: each refuses a value over the bound, naming itself.
+# Every duration option refuses a value over the bound, naming itself.
 OPTIONS: list[Any] = [
     pytest.param(lambda v: dt.RetryStrategy.fixed(v), "retry delay", id="retry-fixed"),
     pytest.param(lambda v: dt.RetryStrategy.exponential(v), "retry base delay", id="retry-base"),
