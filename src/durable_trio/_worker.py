@@ -61,8 +61,13 @@ from ._writer import TRANSIENT, Write, Writer
 __all__ = ["RunState", "Worker", "reap_expired"]
 
 log = logging.getLogger("durable_trio.worker")
+# How long a worker cancelled from outside may spend handing its runs back (all at once,
+# each in its own task): a database that does not answer by then is not waited for.
+HAND_BACK_GRACE = 2.0
 T = TypeVar("T")
 RETRYABLE_IO = CONNECTION_LOST
+# Best effort: a hand-back that fails leaves the run to its lease.
+HAND_BACK_ERRORS: tuple[type[BaseException], ...] = (psycopg.Error, *RETRYABLE_IO)
 NOTIFY_CHANNEL = "durable_trio"
 CANCEL_CHANNEL = "durable_trio_cancel"
 
@@ -219,6 +224,9 @@ class Worker:
         self._registry = registry
         self._prepare_spawn = prepare_spawn
         self._hooks = hooks
+        # Cancelled from outside, runs are handed back; tests that play a crash (a process
+        # that vanished and can write nothing more) turn this off.
+        self.hand_back_on_cancel = True
         self._runs: dict[UUID, RunState] = {}
         # Runs whose task code is executing: the concurrency limit counts these. A run
         # whose completion is being written no longer holds a slot, so the next claim
@@ -697,6 +705,21 @@ class Worker:
         try:
             with run.scope:
                 await self._run_task(run)
+        except trio.Cancelled:
+            # Not the run's own scope (that one stops here): the worker's task was cancelled
+            # from outside (Ctrl-C under trio.run, a parent scope). Hand the run back at
+            # once so another worker takes it without spending an attempt; checkpoints not
+            # yet written are lost as in a crash (their steps run again).
+            if (
+                self.hand_back_on_cancel
+                and run.lost is None
+                and not run.suspended
+                and not run.ending
+            ):
+                shielded = trio.CancelScope(shield=True)
+                with shielded, trio.move_on_after(HAND_BACK_GRACE), suppress(*HAND_BACK_ERRORS):
+                    await self._exec.release(run.run_id, self.worker_id)
+            raise
         except Exception:
             # A bug or an unexpected database error while recording this run's outcome:
             # abandon the run (its lease expires and it is retried) rather than let one

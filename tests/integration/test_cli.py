@@ -138,7 +138,7 @@ def test_spawn_then_worker_runs_it_and_stops_on_sigterm(
     assert "stopped" in out
 
 
-def test_worker_hands_runs_back_on_one_signal_and_stops_at_once_on_two(
+def test_worker_hands_runs_back_on_signals_and_a_kill_leaves_them_to_their_lease(
     pg_url: str, migrated: str, app_dir: Path
 ) -> None:
     spawned = json.loads(cli(pg_url, migrated, "spawn", "slow", "--json").stdout)
@@ -174,7 +174,16 @@ def test_worker_hands_runs_back_on_one_signal_and_stops_at_once_on_two(
     hard.send_signal(signal.SIGTERM)
     out, _ = hard.communicate(timeout=60)
     assert "SIGTERM again: stopping now" in out, out
-    # Stopped at once: the run is left to its lease, as after a crash.
+    # Stopped at once, without the grace: the run is still handed back, attempt 1.
+    row = task_row(pg_url, migrated, spawned["task_id"])
+    assert (row["state"], row["attempts"]) == ("pending", 1)
+
+    killed = subprocess.Popen(
+        argv, cwd=app_dir, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    wait_state(pg_url, migrated, spawned["task_id"], "running")
+    killed.kill()  # a real crash: nothing is handed back
+    killed.communicate(timeout=60)
     assert task_row(pg_url, migrated, spawned["task_id"])["state"] == "running"
 
 

@@ -75,6 +75,7 @@ async def test_crash_between_steps_resumes_from_checkpoints(client: dt.Durable) 
     worker = client.new_worker(
         dt.WorkerOptions(claim_timeout=CLAIM_TIMEOUT, poll_interval=0.05, worker_id="doomed")
     )
+    worker.hand_back_on_cancel = False  # plays a process that died: nothing handed back
     with trio.fail_after(30):
         async with trio.open_nursery() as nursery:
             await nursery.start(worker.run)
@@ -133,6 +134,7 @@ async def test_crash_of_last_attempt_fails_the_task(client: dt.Durable) -> None:
     GATES["three entered"] = trio.Event()
     spawned = await client.spawn(three_steps, {}, options=dt.SpawnOptions(max_attempts=1))
     worker = client.new_worker(dt.WorkerOptions(claim_timeout=CLAIM_TIMEOUT, poll_interval=0.05))
+    worker.hand_back_on_cancel = False  # plays a process that died: nothing handed back
     with trio.fail_after(30):
         async with trio.open_nursery() as nursery:
             await nursery.start(worker.run)
@@ -372,6 +374,7 @@ async def test_transaction_step_is_not_repeated_after_a_crash(client: dt.Durable
     GATES["hang entered"] = trio.Event()
     spawned = await client.spawn(pays, client.schema)
     worker = client.new_worker(dt.WorkerOptions(claim_timeout=CLAIM_TIMEOUT, poll_interval=0.05))
+    worker.hand_back_on_cancel = False  # plays a process that died: nothing handed back
     with trio.fail_after(30):
         async with trio.open_nursery() as nursery:
             await nursery.start(worker.run)

@@ -1241,6 +1241,7 @@ class StatefulMachine(RuleBasedStateMachine):
     async def _crash(self, gate: Gate) -> None:
         await reap_expired(self.client)  # so that an expired run can reach the gate
         worker = self.client.new_worker(self.options())
+        worker.hand_back_on_cancel = False  # a crashed process writes nothing more
         async with trio.open_nursery() as nursery:
             await nursery.start(worker.run)
             while not gate.hit.is_set():
@@ -1267,6 +1268,7 @@ class StatefulMachine(RuleBasedStateMachine):
     async def _stall(self, gate: Gate) -> None:
         await reap_expired(self.client)  # so that an expired run can reach the gate
         worker = self.client.new_worker(self.options(grace=3600.0))
+        worker.hand_back_on_cancel = False  # torn down as a crash: it writes nothing more
         zombie = Zombie(worker, gate, trio.CancelScope(), trio.Event(), [])
         zombie.count_beats()
         self.zombie = zombie  # from here on, teardown can always crash it

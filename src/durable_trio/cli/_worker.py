@@ -60,8 +60,8 @@ def worker(
     """Run a worker for the tasks APP (module:attribute) registers.
 
     SIGINT or SIGTERM: stop claiming, let runs finish for --shutdown-grace, then hand the
-    rest back without spending an attempt. A second signal stops at once (the runs left
-    are taken over by another worker when their leases expire).
+    rest back without spending an attempt. A second signal stops at once, handing the
+    runs back without waiting for them (checkpoints not yet written are lost).
     """
     logging.basicConfig(
         level=getattr(logging, log_level), format="%(asctime)s %(levelname)s %(name)s %(message)s"
