@@ -9,7 +9,8 @@ small edit is made there (never in the working tree), and tests/stateful runs in
 copy with a fixed Hypothesis seed (the copy's own src/ and sql/ are the ones imported;
 its example database starts empty). A failing run means the bug was caught. The script
 prints a table: bug, caught or missed, examples run, seconds, and the first assertion
-that failed. ``--control`` runs the unmodified copy too, which must pass.
+that failed (unshrunk unless ``--shrink``). ``--control`` runs the unmodified copy too,
+which must pass.
 
 Not collected by pytest (no test_ prefix): it starts its own pytest runs.
 """
@@ -194,7 +195,7 @@ class Outcome:
     first_failure: str
 
 
-def run_machine(tree: Path, seed: int, examples: int | None) -> Outcome:
+def run_machine(tree: Path, seed: int, examples: int | None, shrink: bool) -> Outcome:
     report = tree / "stateful-report.txt"
     env = {
         **os.environ,
@@ -203,6 +204,8 @@ def run_machine(tree: Path, seed: int, examples: int | None) -> Outcome:
         "PYTHONDONTWRITEBYTECODE": "1",
     }
     env.pop("DURABLE_THOROUGH", None)
+    if not shrink:
+        env["DURABLE_STATEFUL_SHRINK"] = "0"
     if examples is not None:
         env["DURABLE_STATEFUL_EXAMPLES"] = str(examples)
     imported = subprocess.run(
@@ -249,6 +252,9 @@ def main() -> None:
     parser.add_argument("--examples", type=int, help="examples per run (default: the profile's)")
     parser.add_argument("--control", action="store_true", help="also run without a bug")
     parser.add_argument("--keep", action="store_true", help="keep the scratch copies")
+    parser.add_argument(
+        "--shrink", action="store_true", help="shrink each failure (slower: minutes each)"
+    )
     args = parser.parse_args()
     known = {bug.name: bug for bug in BUGS}
     unknown = set(args.bugs) - set(known)
@@ -264,7 +270,7 @@ def main() -> None:
             scratch_copy(tree)
             if bug is not None:
                 seed_bug(tree, bug)
-            outcome = run_machine(tree, args.seed, args.examples)
+            outcome = run_machine(tree, args.seed, args.examples, args.shrink)
         finally:
             if not args.keep:
                 shutil.rmtree(tree, ignore_errors=True)

@@ -67,8 +67,8 @@ from uuid import UUID
 import attrs
 import psycopg
 import trio
+from hypothesis import Phase, note, settings
 from hypothesis import event as hypothesis_event
-from hypothesis import note, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import (
     RuleBasedStateMachine,
@@ -1793,7 +1793,7 @@ class StatefulMachine(RuleBasedStateMachine):
             seen = after.tasks[task_id]["state"]
             assert seen == want, (
                 f"cancel of node {target['path']} ({len(below)} below): task"
-                f" {t.get('path') or task_id} went from {t['state']} to {seen}, not {want}"
+                f" {t.get('path') or task_id} is {seen}, want {want} (it was {t['state']})"
             )
         if done and zombie is not None and zombie.gate.info is not None:
             self.after_notify(zombie, beats)
@@ -2051,11 +2051,16 @@ def no_leaks(url: str) -> Iterator[None]:
 
 
 def profile() -> settings:
-    """The profile, with DURABLE_STATEFUL_EXAMPLES=n running n examples instead (used by
+    """The profile, with DURABLE_STATEFUL_EXAMPLES=n running n examples instead and
+    DURABLE_STATEFUL_SHRINK=0 reporting a failure without shrinking it (both used by
     tests/stateful/seeded_bugs.py)."""
     chosen = settings.get_profile(PROFILE)
     examples = os.environ.get("DURABLE_STATEFUL_EXAMPLES")
-    return chosen if examples is None else settings(chosen, max_examples=int(examples))
+    if examples is not None:
+        chosen = settings(chosen, max_examples=int(examples))
+    if os.environ.get("DURABLE_STATEFUL_SHRINK") == "0":
+        chosen = settings(chosen, phases=[p for p in chosen.phases if p is not Phase.shrink])
+    return chosen
 
 
 def test_stateful_machine(pg_url: str) -> None:
