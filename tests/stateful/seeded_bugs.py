@@ -240,7 +240,9 @@ def run_machine(tree: Path, seed: int, examples: int | None, shrink: bool) -> Ou
     counted = stats.get("first failure in example", stats.get("examples (machines run)", "?"))
     failure = ""
     match = re.search(r"^E\s+(\w*(?:Error|Exception|Flaky\w*).*)$", done.stdout, re.MULTILINE)
-    if match:
+    if match is None:  # not an exception named so: pytest's summary line says what
+        match = re.search(r"^FAILED \S+ - (.*)$", done.stdout, re.MULTILINE)
+    if match is not None:
         failure = match[1][:150]
     return Outcome(done.returncode != 0, counted, seconds, failure)
 

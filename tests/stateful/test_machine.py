@@ -44,6 +44,21 @@ nothing changes: every task must be terminal, completed ones with the model's re
 cancelled ones without ledger writes after their cancellation. The test then checks that
 no thread and no database connection was leaked.
 
+Beside the generic tasks, on a second queue ("side") with checks of their own: task
+trees (a node spawns and joins its children, may fail before or after the joins, may
+wait for an event; a rule cancels a node: it and its live descendants, nothing else) and
+event races (waiters and emits of one event from several connections; one waiter is
+stopped inside its await_event by a lock on its task row until every emit returned or
+waits for it). On the main queue: spawns with repeated idempotency keys (same task,
+nothing written) and stale heartbeats (a former owner, or a stranger, beats for a
+running run: nothing renewed, the owner's lease untouched). Invariants over every task:
+attempts within bounds, no live descendant under a failed or cancelled ancestor, nobody
+waiting for an event that was emitted, and every failure the worker reports decided as
+the retry policy says. Draws never depend on the database: numbers are drawn, then
+mapped onto what exists, so failures replay and shrink to their assertion.
+docs/reliability.md describes the machine and tests/stateful/seeded_bugs.py, which
+checks that it catches a list of seeded bugs.
+
 Profiles (tests/stateful/conftest.py): 100 examples x 30 steps by default,
 1000 x 50 with DURABLE_THOROUGH=1.
 """
