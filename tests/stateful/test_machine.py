@@ -1766,11 +1766,12 @@ class StatefulMachine(RuleBasedStateMachine):
         self.side_events[name] = payload
 
     @precondition(lambda self: self.trees)
-    @rule(tree=st.integers(0, MAX_TREES - 1), node=st.integers(0, 15))
+    @rule(tree=st.integers(0, MAX_TREES - 1), node=st.integers(0, 63))
     @_guard
     def cancel_node(self, tree: int, node: int) -> None:
         """Cancel a node of a tree (the tree and node are drawn as numbers, mapped onto
-        the nodes spawned so far in path order): it and every live descendant end
+        the nodes spawned so far in path order, three times in four onto the live ones
+        only): it and every live descendant end
         cancelled at once; nothing else changes, but for a parent joining the node,
         which is woken."""
         prefix = f"t{tree % len(self.trees)}"
@@ -1784,7 +1785,9 @@ class StatefulMachine(RuleBasedStateMachine):
             ),
             key=lambda t: str(t["path"]),
         )
-        target = nodes[node % len(nodes)]
+        live = [t for t in nodes if t["state"] in LIVE]
+        pool = live if live and node % 4 else nodes  # mostly a live node, if there is one
+        target = pool[node // 4 % len(pool)]
         below = descendants(snap, target["task_id"])
         zombie = self.zombie
         beats = zombie.beats_started if zombie is not None else 0
