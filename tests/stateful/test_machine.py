@@ -44,16 +44,34 @@ nothing changes: every task must be terminal, completed ones with the model's re
 cancelled ones without ledger writes after their cancellation. The test then checks that
 no thread and no database connection was leaked.
 
+Beside the generic tasks, on a second queue ("side") with checks of their own: task
+trees (a node spawns and joins its children, may fail before or after the joins, may
+wait for an event; a rule cancels a node: it and its live descendants, nothing else) and
+event races (waiters and emits of one event from several connections; one waiter is
+stopped inside its await_event by a lock on its task row until every emit returned or
+waits for it). On the main queue: spawns with repeated idempotency keys (same task,
+nothing written) and stale heartbeats (a former owner, or a stranger, beats for a
+running run: nothing renewed, the owner's lease untouched). Invariants over every task:
+attempts within bounds, no live descendant under a failed or cancelled ancestor, nobody
+waiting for an event that was emitted, and every failure the worker reports decided as
+the retry policy says. Draws never depend on the database: numbers are drawn, then
+mapped onto what exists, so failures replay and shrink to their assertion.
+docs/reliability.md describes the machine and tests/stateful/seeded_bugs.py, which
+checks that it catches a list of seeded bugs.
+
 Profiles (tests/stateful/conftest.py): 100 examples x 30 steps by default,
 1000 x 50 with DURABLE_THOROUGH=1.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 import os
+import re
 import threading
 import uuid
+from collections import Counter
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from datetime import datetime
@@ -64,7 +82,8 @@ from uuid import UUID
 import attrs
 import psycopg
 import trio
-from hypothesis import event, note, settings
+from hypothesis import Phase, note, settings
+from hypothesis import event as hypothesis_event
 from hypothesis import strategies as st
 from hypothesis.stateful import (
     RuleBasedStateMachine,
@@ -91,6 +110,36 @@ LEASE = 300  # claim_timeout (s): heartbeats every 100 s of real time, i.e. neve
 MAX_TASKS = 12
 RULE_TIMEOUT = 120.0  # real seconds: a hang guard, never an assertion about speed
 GONE = "gone"  # marker for "the database shows something the model cannot express"
+SIDE = "side"  # the queue of task trees and event races (own workers, own checks)
+NODE_NAME = "stateful_node"
+WAITER_NAME = "stateful_waiter"
+HOLDS = ("h0", "h1")  # events tree nodes may wait for (on the side queue)
+MAX_TREES = 4
+MAX_RACES = 4
+KEYS = 3  # idempotency keys are drawn from this few, so they repeat
+SIDE_OPTIONS = dt.SpawnOptions(max_attempts=1)
+# A known worker bug: a worker that claims a run again (same run_id) while the attempt
+# that just suspended it is still unwinding loses track of it — the old attempt's cleanup
+# removes the new one from Worker._runs, and the new one's cleanup then raises KeyError in
+# Worker._execute, which takes the whole worker down. The event race wakes its held
+# waiter at the very instant it suspends, so it stops the worker from claiming before it
+# lets the waiter go; DURABLE_STATEFUL_RECLAIM=1 keeps it claiming, which shows the bug.
+RECLAIM = os.environ.get("DURABLE_STATEFUL_RECLAIM") == "1"
+
+# What happened how often, over the whole test (hypothesis.event only reaches the
+# statistics of @given tests); written to $DURABLE_STATEFUL_REPORT when set.
+STATS: Counter[str] = Counter()
+
+
+def first_failure() -> None:
+    """Note how many examples ran until the first failure (shrinking runs more)."""
+    STATS.setdefault("first failure in example", STATS["examples (machines run)"])
+
+
+def event(value: str) -> None:
+    STATS[value] += 1
+    hypothesis_event(value)
+
 
 # -- the task and its specification ---------------------------------------------------
 
@@ -255,6 +304,89 @@ def _make_task(m: StatefulMachine) -> dt.TaskDefinition[Any, Any]:
         return out
 
     return generic
+
+
+# -- task trees and event races (the side queue) ---------------------------------------
+#
+# A tree node spawns its children (ctx.spawn), may fail at once ("early": its children
+# must be cancelled with it), may wait for one of HOLDS, then joins each child in order
+# (ctx.join; a child's failure or cancellation is caught and reported), may fail after
+# the joins ("late"), and returns {"path", "kids": [each child's end state]}. A waiter
+# awaits one event, after an optional hold point where the machine stops it just before
+# its await_event (see `StatefulMachine.race`).
+
+
+@st.composite
+def trees(draw: st.DrawFn, depth: int = 0) -> dict[str, Any]:
+    """A tree shape: 1-2 children under the root, up to 2 under each child, 3 levels
+    (drawn without looking at the database; paths are given at spawn)."""
+    kids = draw(st.integers(1 if depth == 0 else 0, 2)) if depth < 2 else 0
+    return {
+        "kids": [draw(trees(depth + 1)) for _ in range(kids)],
+        "hold": draw(st.sampled_from((None, None, *HOLDS))),
+        "fail": draw(st.sampled_from(("none", "none", "none", "none", "early", "late"))),
+    }
+
+
+def with_paths(tree: dict[str, Any], path: str) -> dict[str, Any]:
+    return {
+        **tree,
+        "path": path,
+        "kids": [with_paths(k, f"{path}.{i}") for i, k in enumerate(tree["kids"])],
+    }
+
+
+def tree_nodes(tree: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    yield tree
+    for kid in tree["kids"]:
+        yield from tree_nodes(kid)
+
+
+def _make_side_tasks(m: StatefulMachine) -> list[dt.TaskDefinition[Any, Any]]:
+    @dt.task(NODE_NAME, options=SIDE_OPTIONS)
+    async def node(ctx: dt.TaskContext, params: Any) -> Any:
+        handles = [
+            await ctx.spawn(f"k{i}", node, kid, SIDE_OPTIONS)
+            for i, kid in enumerate(params["kids"])
+        ]
+        if params["fail"] == "early":
+            raise dt.NonRetryable(f"node {params['path']} fails before joining")
+        if params["hold"] is not None:
+            await ctx.await_event(params["hold"])
+        ends = []
+        for i, handle in enumerate(handles):
+            try:
+                await ctx.join(f"j{i}", handle)
+                ends.append("completed")
+            except dt.ChildFailed:
+                ends.append("failed")
+            except dt.ChildCancelled:
+                ends.append("cancelled")
+        if params["fail"] == "late":
+            raise dt.NonRetryable(f"node {params['path']} fails after joining")
+        return {"path": params["path"], "kids": ends}
+
+    @dt.task(WAITER_NAME, options=SIDE_OPTIONS)
+    async def waiter(ctx: dt.TaskContext, params: Any) -> Any:
+        if params["held"]:
+            await m.hold_point(ctx)
+        return await ctx.await_event(params["event"])
+
+    return [node, waiter]
+
+
+@attrs.define
+class Hold:
+    """Stops one waiter's await_event half-way: the machine locks the waiter's task row
+    when the waiter reaches its hold point, so its await_event blocks on that lock after
+    it has looked for the event and written its (uncommitted) waits row — the window in
+    which an emit that does not serialise with it loses the wake-up."""
+
+    task_id: UUID
+    reached: trio.Event = attrs.field(factory=trio.Event)
+    locked: trio.Event = attrs.field(factory=trio.Event)
+    release: trio.Event = attrs.field(factory=trio.Event)
+    pid: int = 0
 
 
 # -- the model ------------------------------------------------------------------------
@@ -491,6 +623,7 @@ class Snapshot:
     checkpoints: dict[UUID, dict[str, dict[str, Any]]]
     waits: dict[UUID, dict[str, Any]]
     ledger: dict[UUID, list[dict[str, Any]]]
+    events: frozenset[tuple[str, str]]
     now: datetime
 
 
@@ -498,19 +631,23 @@ _REL = "CASE WHEN isfinite({c}) THEN extract(epoch FROM {c} - {{s}}.clock_now())
 SNAPSHOT = (
     "SELECT {s}.clock_now() AS now,"
     " (SELECT coalesce(json_agg(t), '[]') FROM (SELECT task_id, state, attempts,"
-    "   max_attempts, result, error, last_run_id FROM {s}.tasks) t) AS tasks,"
+    "   max_attempts, result, error, last_run_id, task_name, queue, parent_task_id,"
+    "   params ->> 'path' AS path, params ->> 'fail' AS fail, cancel_reason"
+    "   FROM {s}.tasks) t) AS tasks,"
     " (SELECT coalesce(json_agg(r ORDER BY r.attempt), '[]') FROM (SELECT run_id, task_id,"
-    "   attempt, state, worker_id, lease_expires_at IS NOT NULL AS leased,"
+    "   attempt, state, worker_id, lease_expires_at IS NOT NULL AS leased, wake_reason,"
     f"   {_REL.format(c='available_at')} AS available_rel,"
     f"   {_REL.format(c='lease_expires_at')} AS lease_rel FROM {{s}}.runs) r) AS runs,"
     " (SELECT coalesce(json_agg(c), '[]') FROM (SELECT task_id, name, value, run_id"
     "   FROM {s}.checkpoints) c) AS checkpoints,"
-    " (SELECT coalesce(json_agg(w), '[]') FROM (SELECT task_id, run_id, event_name,"
+    " (SELECT coalesce(json_agg(w), '[]') FROM (SELECT task_id, run_id, queue, event_name,"
     f"   step_name, {_REL.format(c='timeout_at')} AS timeout_rel FROM {{s}}.waits) w) AS waits,"
+    " (SELECT coalesce(json_agg(e), '[]') FROM (SELECT queue, event_name"
+    "   FROM {s}.events) e) AS events,"
     " (SELECT coalesce(json_agg(l ORDER BY l.id), '[]') FROM (SELECT id, task_id, step,"
     "   attempt, run_id FROM {s}.ledger) l) AS ledger"
 )
-_IDS = ("task_id", "run_id", "last_run_id")
+_IDS = ("task_id", "run_id", "last_run_id", "parent_task_id")
 
 
 def take_snapshot(conn: psycopg.Connection[Any], query: sql.Composable) -> Snapshot:
@@ -522,7 +659,7 @@ def take_snapshot(conn: psycopg.Connection[Any], query: sql.Composable) -> Snaps
         out = row[key]
         for r in out:
             for k in _IDS:
-                if k in r:
+                if r.get(k) is not None:
                     r[k] = UUID(r[k])
         return out
 
@@ -541,6 +678,7 @@ def take_snapshot(conn: psycopg.Connection[Any], query: sql.Composable) -> Snaps
         checkpoints=cps,
         waits={r["task_id"]: r for r in rows("waits")},
         ledger=led,
+        events=frozenset((e["queue"], e["event_name"]) for e in row["events"]),
         now=row["now"],
     )
 
@@ -627,9 +765,10 @@ LIVE = ("pending", "running", "sleeping")
 
 
 def check_database(specs_by_id: dict[UUID, Spec], snap: Snapshot) -> None:
-    """Invariants that hold whatever the model predicts."""
-    assert set(snap.tasks) == set(specs_by_id), "tasks appeared or vanished"
-    for task_id, trow in snap.tasks.items():
+    """Invariants of the generic tasks that hold whatever the model predicts."""
+    generic = {i: t for i, t in snap.tasks.items() if t["task_name"] == TASK_NAME}
+    assert set(generic) == set(specs_by_id), "tasks appeared or vanished"
+    for task_id, trow in generic.items():
         spec = specs_by_id[task_id]
         where = f"task {task_id} ({spec})"
         # attempts <= max_attempts
@@ -670,6 +809,29 @@ def check_database(specs_by_id: dict[UUID, Spec], snap: Snapshot) -> None:
         last = runs[-1]
         assert last["run_id"] == trow["last_run_id"], where
         assert last["state"] == trow["state"], f"run {last} vs task {trow['state']}"
+
+
+def check_every_task(snap: Snapshot) -> None:
+    """Invariants of every task, whatever its kind."""
+    for trow in snap.tasks.values():
+        assert 1 <= trow["attempts"] <= trow["max_attempts"], f"attempts out of bounds: {trow}"
+        if trow["state"] not in LIVE:
+            continue
+        # Cascading cancellation: no live descendant under a failed or cancelled ancestor.
+        parent = trow["parent_task_id"]
+        while parent is not None:
+            above = snap.tasks[parent]
+            assert above["state"] not in ("failed", "cancelled"), (
+                f"live task {trow}\n  under the {above['state']} ancestor {above}"
+            )
+            parent = above["parent_task_id"]
+    # No lost wake-up: once an emit has committed, nobody still waits for that event (the
+    # emit deletes every waits row of its event; an await checks for the event first).
+    for w in snap.waits.values():
+        assert (w["queue"], w["event_name"]) not in snap.events, (
+            f"task {w['task_id']} is left waiting for {w['event_name']!r} on {w['queue']!r},"
+            " which was emitted"
+        )
 
 
 # -- the trio side ----------------------------------------------------------------------
@@ -812,6 +974,91 @@ def task_tree() -> str:
     return "\n".join(lines)
 
 
+class FailureLog(logging.Handler):
+    """Collects the worker's report of each failed attempt ("retrying in ..." at WARNING,
+    "no attempts left or not retryable" at ERROR), so the machine can check that the
+    decision it reports is the one the retry policy allows."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if isinstance(record.msg, str) and record.msg.startswith("%s failed; "):
+            self.records.append(record)
+
+    def take(self) -> list[logging.LogRecord]:
+        out, self.records = self.records, []
+        return out
+
+
+_ATTEMPT = re.compile(r"^task '([^']*)' ([0-9a-f-]{36}) attempt (\d+)/(\d+)$")
+
+
+def check_failure_reports(records: list[logging.LogRecord]) -> None:
+    """Bounded attempts, seen from the decision itself: an attempt is retried exactly when
+    it failed with a retryable error and attempts remain (the SQL guard would hide a
+    decision that retried the last attempt; the worker's report does not)."""
+    for record in records:
+        what, ex = record.args[0], record.args[-1]  # type: ignore[index]
+        match = _ATTEMPT.match(str(what))
+        assert match is not None, f"unexpected failure report {record.getMessage()}"
+        attempt, max_attempts = int(match[3]), int(match[4])
+        retry = "retrying" in record.msg
+        retryable = not isinstance(ex, dt.NonRetryable)
+        assert retry == (retryable and attempt < max_attempts), (
+            f"attempt {attempt}/{max_attempts} failed with {ex!r}: the worker decided "
+            f"{'to retry' if retry else 'to fail the task'}: {record.getMessage()}"
+        )
+
+
+async def _blocked_by(monitor: Any, pid: int) -> int:
+    """The backend waiting for a lock `pid` holds (the held waiter's await_event)."""
+    with trio.move_on_after(10):
+        while True:
+            cur = await monitor.execute(
+                "SELECT pid FROM pg_stat_activity WHERE %s = ANY (pg_blocking_pids(pid))", (pid,)
+            )
+            rows = await cur.fetchall()
+            await monitor.rollback()  # pg_stat_activity is read once per transaction
+            if rows:
+                assert len(rows) == 1, f"several backends wait for the held row: {rows}"
+                return int(rows[0]["pid"])
+            await trio.sleep(0.002)
+    raise AssertionError("the held waiter's await_event never blocked on the held row")
+
+
+async def _parked(monitor: Any, waiter_pid: int, count: int, done: list[int]) -> None:
+    """Until each of `count` emits has returned or waits behind the held await_event."""
+    with trio.move_on_after(10):
+        while True:
+            cur = await monitor.execute(
+                "SELECT count(*) AS n FROM pg_stat_activity WHERE %s = ANY (pg_blocking_pids(pid))"
+                " AND query LIKE '%%emit_event(%%'",
+                (waiter_pid,),
+            )
+            row = await cur.fetchone()
+            await monitor.rollback()
+            if len(done) + row["n"] >= count:
+                return
+            await trio.sleep(0.002)
+    raise AssertionError(f"emits neither returned nor waited: {len(done)} of {count} returned")
+
+
+def descendants(snap: Snapshot, task_id: UUID) -> set[UUID]:
+    children: dict[UUID, list[UUID]] = {}
+    for t in snap.tasks.values():
+        if t["parent_task_id"] is not None:
+            children.setdefault(t["parent_task_id"], []).append(t["task_id"])
+    out: set[UUID] = set()
+    todo = list(children.get(task_id, []))
+    while todo:
+        child = todo.pop()
+        out.add(child)
+        todo.extend(children.get(child, []))
+    return out
+
+
 # -- the machine ------------------------------------------------------------------------
 
 
@@ -823,6 +1070,7 @@ def _guard(fn: Callable[..., T]) -> Callable[..., T]:
             return fn(self, *args, **kwargs)
         except BaseException:
             self.broken = True
+            first_failure()
             raise
 
     wrapper.__name__ = fn.__name__
@@ -832,10 +1080,13 @@ def _guard(fn: Callable[..., T]) -> Callable[..., T]:
 
 
 class StatefulMachine(RuleBasedStateMachine):
-    def __init__(self, url: str, portal: Portal) -> None:
+    def __init__(self, url: str, portal: Portal, failures: FailureLog) -> None:
         super().__init__()
+        STATS["examples (machines run)"] += 1
         self.url = url
         self.portal = portal
+        self.failures = failures
+        failures.take()  # a report of the previous example is not this one's
         self.schema = f"st_{uuid.uuid4().hex[:16]}"
         self.now = 0  # virtual seconds advanced so far
         self.events: dict[str, int] = {}
@@ -850,16 +1101,38 @@ class StatefulMachine(RuleBasedStateMachine):
         self.snap: Snapshot | None = None
         self.snapshot_query = sql.SQL(SNAPSHOT).format(s=sql.Identifier(self.schema))
         self.definition = _make_task(self)
+        self.side_tasks = _make_side_tasks(self)
+        # Task trees: each spawned tree (with paths), and the paths cancelled directly.
+        self.trees: list[dict[str, Any]] = []
+        self.node_specs: dict[str, dict[str, Any]] = {}
+        self.cancelled_paths: set[str] = set()
+        self.side_events: dict[str, int] = {}
+        # Event races: how many, each one's waiters and the payloads its emits carried.
+        self.races: list[tuple[list[UUID], set[int]]] = []
+        self.hold: Hold | None = None
+        self.keys: dict[str, UUID] = {}  # idempotency key -> the task it named
         self.resident: Resident | None = None
+        self.side_resident: Resident | None = None
         self.db: psycopg.Connection[Any] | None = None
         try:
             self.resident = portal.run(self._open_client)
+            self.side_resident = portal.run(self._open_side_client)
             self.db = psycopg.connect(url, row_factory=dict_row, autocommit=True)
             self.db.execute(
                 sql.SQL(
-                    "CREATE TABLE {}.ledger (id bigserial PRIMARY KEY, task_id uuid NOT NULL,"
-                    " step integer NOT NULL, attempt integer NOT NULL, run_id uuid NOT NULL)"
-                ).format(sql.Identifier(self.schema))
+                    "CREATE TABLE {s}.ledger (id bigserial PRIMARY KEY, task_id uuid NOT NULL,"
+                    " step integer NOT NULL, attempt integer NOT NULL, run_id uuid NOT NULL);"
+                    # Every worker that ever held each run, so a rule can make a former
+                    # owner beat for a run that another worker holds now.
+                    " CREATE TABLE {s}.owners (run_id uuid, worker_id text,"
+                    "  PRIMARY KEY (run_id, worker_id));"
+                    " CREATE FUNCTION {s}.note_owner() RETURNS trigger LANGUAGE plpgsql AS $$"
+                    " BEGIN INSERT INTO {s}.owners VALUES (NEW.run_id, NEW.worker_id)"
+                    "  ON CONFLICT DO NOTHING; RETURN NULL; END $$;"
+                    " CREATE TRIGGER note_owner AFTER UPDATE OF worker_id ON {s}.runs"
+                    "  FOR EACH ROW WHEN (NEW.worker_id IS NOT NULL)"
+                    "  EXECUTE FUNCTION {s}.note_owner();"
+                ).format(s=sql.Identifier(self.schema))
             )
         except BaseException:
             self._cleanup()
@@ -872,6 +1145,21 @@ class StatefulMachine(RuleBasedStateMachine):
         assert self.resident is not None
         client: dt.Durable = self.resident.value
         return client
+
+    @property
+    def side(self) -> dt.Durable:
+        assert self.side_resident is not None
+        client: dt.Durable = self.side_resident.value
+        return client
+
+    async def _open_side_client(self) -> Resident:
+        assert self.portal.nursery is not None
+        resident = await Resident.open(
+            self.portal.nursery,
+            dt.Durable.connect(self.url, schema=self.schema, queue=SIDE, pool_size=6),
+        )
+        resident.value.register(*self.side_tasks)
+        return resident
 
     async def _open_client(self) -> Resident:
         assert self.portal.nursery is not None
@@ -1067,28 +1355,44 @@ class StatefulMachine(RuleBasedStateMachine):
         if done:
             self.model[task_id] = cancelled(before)
         if done and zombie is not None and zombie.gate.info is not None:
-            # The cancel notification makes the stalled worker heartbeat at once. If it no
-            # longer owns a live lease on its run (this task was cancelled, or the lease
-            # expired, or the run was reaped) it must stop that attempt through its cancel
-            # scope and write nothing more (invariants 2 and 7); a stalled transaction
-            # rolls back and lets go of the row lock.
-            stalled, attempt, _, _ = zombie.gate.info
-            t = self.model[stalled]
-            alive = t.state == "running" and t.attempts == attempt and (t.lease or 0) > self.now
-            if not alive:
-                self.portal.run(self._await_zombie_gone, zombie)
-                assert zombie.gate.cancelled, "the stalled step was not cancelled"
-                event(
-                    "cancel: stalled attempt cancelled"
-                    if stalled == task_id
-                    else "cancel: stalled worker found its lease lost"
-                )
-                self.zombie = None
-            else:
-                # It renews (or, stalled inside its transaction, reports the run held).
-                self.portal.run(self._await_beat, zombie, beats)
-                event(f"cancel: stalled worker ({zombie.gate.phase}) kept its live run")
+            self.after_notify(zombie, beats, stalled_cancelled=zombie.gate.info[0] == task_id)
         self.expect_exact()
+
+    def after_notify(self, zombie: Zombie, beats: int, *, stalled_cancelled: bool = False) -> None:
+        """A cancel notification makes the stalled worker heartbeat at once. If it no
+        longer owns a live lease on its run (its task was cancelled, or the lease expired,
+        or the run was reaped) it must stop that attempt through its cancel scope and
+        write nothing more (invariants 2 and 7); a stalled transaction rolls back and lets
+        go of the row lock. `beats`: how many heartbeats it had started before."""
+        assert zombie.gate.info is not None
+        stalled, attempt, _, _ = zombie.gate.info
+        t = self.model[stalled]
+        alive = t.state == "running" and t.attempts == attempt and (t.lease or 0) > self.now
+        if not alive:
+            self.portal.run(self._await_zombie_gone, zombie)
+            assert zombie.gate.cancelled, "the stalled step was not cancelled"
+            event(
+                "notify: stalled attempt cancelled"
+                if stalled_cancelled
+                else "notify: stalled worker found its lease lost"
+            )
+            self.zombie = None
+        else:
+            # It renews (or, stalled inside its transaction, reports the run held).
+            self.portal.run(self._await_beat, zombie, beats)
+            event(f"notify: stalled worker ({zombie.gate.phase}) kept its live run")
+
+    def settle_zombie(self) -> None:
+        """After a rule that may have sent cancel notifications (side workers failing or
+        cancelling trees): send one more and wait for its heartbeat, so that whether the
+        stalled worker still holds its run does not depend on timing."""
+        zombie = self.zombie
+        if zombie is None or zombie.gate.info is None:
+            return
+        beats = zombie.beats_started
+        assert self.db is not None
+        self.db.execute("SELECT pg_notify('durable_trio_cancel', %s)", (self.schema,))
+        self.after_notify(zombie, beats)
 
     async def _await_beat(self, zombie: Zombie, beats: int) -> None:
         with trio.move_on_after(10):
@@ -1347,6 +1651,304 @@ class StatefulMachine(RuleBasedStateMachine):
         self.zombie = None
         self.expect_exact()
 
+    # -- idempotency keys and stale heartbeats -------------------------------------
+
+    @precondition(lambda self: len(self.ids) - self.respawns < MAX_TASKS)
+    @rule(spec=specs(), key=st.integers(0, KEYS - 1))
+    @_guard
+    def spawn_keyed(self, spec: Spec, key: int) -> None:
+        """Spawn with an idempotency key drawn from a few: a repeated key names the task
+        the first spawn created (whatever the new spec says) and writes nothing."""
+        name = f"key{key}"
+        known = self.keys.get(name)
+        before = self.fingerprint()
+        options = attrs.evolve(spec.options(), idempotency_key=name)
+
+        async def go() -> dt.SpawnResult:
+            return await self.client.spawn(self.definition, spec.to_json(), options=options)
+
+        spawned = self.portal.run(go)
+        if known is None:
+            event("spawn keyed: a new key")
+            assert spawned.created, f"the first spawn with key {name} created nothing"
+            self.keys[name] = spawned.task_id
+            self.ids.append(spawned.task_id)
+            self.specs[spawned.task_id] = spec
+            self.model[spawned.task_id] = new_task(spec, self.now)
+        else:
+            event("spawn keyed: a repeated key")
+            assert (spawned.task_id, spawned.created) == (known, False), (
+                f"key {name} named task {known}; spawning with it again gave {spawned}"
+            )
+            assert self.fingerprint() == before, f"a repeated key {name} wrote something"
+        self.expect_exact()
+
+    def fingerprint(self) -> str:
+        """A digest of every row of the library's tables."""
+        assert self.db is not None
+        parts = sql.SQL(" UNION ALL ").join(
+            sql.SQL("SELECT x::text AS v FROM {}.{} x").format(
+                sql.Identifier(self.schema), sql.Identifier(table)
+            )
+            for table in ("tasks", "runs", "checkpoints", "waits", "events")
+        )
+        query = sql.SQL("SELECT md5(coalesce(string_agg(v, '|' ORDER BY v), '')) AS d FROM ({}) a")
+        row = self.db.execute(query.format(parts)).fetchone()
+        assert row is not None
+        return str(row["d"])
+
+    @rule(index=st.integers(0, 7))
+    @_guard
+    def stale_beat(self, index: int) -> None:
+        """A worker that held a run earlier (the run slept, or was handed back, and another
+        worker claimed it since) was stalled in the middle of a heartbeat, which arrives
+        now: it must renew nothing, and leave the new owner's lease as it was. With no
+        former owner, a worker that never held the run beats for it."""
+        assert self.db is not None
+        rows = self.db.execute(
+            sql.SQL(
+                "SELECT r.run_id, r.task_id, r.worker_id, r.lease_expires_at,"
+                " array(SELECT o.worker_id FROM {s}.owners o WHERE o.run_id = r.run_id"
+                "   AND o.worker_id <> r.worker_id ORDER BY o.worker_id) AS former"
+                " FROM {s}.runs r WHERE r.state = 'running'"
+            ).format(s=sql.Identifier(self.schema))
+        ).fetchall()
+        if not rows:
+            event("stale beat: nothing running")
+            return
+        order = {task_id: i for i, task_id in enumerate(self.ids)}
+        rows.sort(key=lambda r: (order.get(r["task_id"], len(order)), str(r["run_id"])))
+        row = rows[index % len(rows)]
+        former = row["former"]
+        old = former[index % len(former)] if former else "w0"
+        event("stale beat: by a former owner" if former else "stale beat: by a stranger")
+        held = self.portal.run(self.client.store.heartbeat, old, [row["run_id"]], float(10 * LEASE))
+        assert held == {}, f"{old} renewed run {row['run_id']} owned by {row['worker_id']}"
+        after = self.db.execute(
+            sql.SQL("SELECT worker_id, lease_expires_at FROM {}.runs WHERE run_id = %s").format(
+                sql.Identifier(self.schema)
+            ),
+            (row["run_id"],),
+        ).fetchone()
+        assert after == {
+            "worker_id": row["worker_id"],
+            "lease_expires_at": row["lease_expires_at"],
+        }, f"a beat by {old} changed the lease of {row['worker_id']}: {row} -> {after}"
+        self.expect_exact()
+
+    # -- task trees -----------------------------------------------------------------
+
+    @precondition(lambda self: len(self.trees) < MAX_TREES)
+    @rule(tree=trees())
+    @_guard
+    def spawn_tree(self, tree: dict[str, Any]) -> None:
+        """Spawn a tree and work the side queue until idle, so that it grows as far as
+        its holds and joins let it."""
+        tree = with_paths(tree, f"t{len(self.trees)}")
+        self.trees.append(tree)
+        for node in tree_nodes(tree):
+            self.node_specs[node["path"]] = node
+
+        async def go() -> dt.SpawnResult:
+            return await self.side.spawn(self.side_tasks[0], tree, options=SIDE_OPTIONS)
+
+        self.portal.run(go)
+        self.portal.run(run_until_idle, self.side, self.options(concurrency=3))
+        self.settle_zombie()
+
+    @precondition(lambda self: self.trees)
+    @rule(concurrency=st.sampled_from((1, 3)))
+    @_guard
+    def run_side(self, concurrency: int) -> None:
+        """Work the side queue until idle: trees go as far as their holds and joins let
+        them (a failing node cancels its subtree, a cancel notification for every
+        worker)."""
+        self.portal.run(run_until_idle, self.side, self.options(concurrency=concurrency))
+        self.settle_zombie()
+
+    @precondition(lambda self: self.trees)
+    @rule(name=st.sampled_from(HOLDS))
+    @_guard
+    def emit_side(self, name: str) -> None:
+        payload = len(self.side_events)
+        self.portal.run(self.side.emit_event, name, payload)
+        self.side_events[name] = payload
+
+    @precondition(lambda self: self.trees)
+    @rule(tree=st.integers(0, MAX_TREES - 1), node=st.integers(0, 63))
+    @_guard
+    def cancel_node(self, tree: int, node: int) -> None:
+        """Cancel a node of a tree (the tree and node are drawn as numbers, mapped onto
+        the nodes spawned so far in path order, three times in four onto the live ones
+        only): it and every live descendant end
+        cancelled at once; nothing else changes, but for a parent joining the node,
+        which is woken."""
+        prefix = f"t{tree % len(self.trees)}"
+        snap = self.snapshot()
+        nodes = sorted(
+            (
+                t
+                for t in snap.tasks.values()
+                if t["task_name"] == NODE_NAME
+                and (t["path"] == prefix or t["path"].startswith(prefix + "."))
+            ),
+            key=lambda t: str(t["path"]),
+        )
+        live = [t for t in nodes if t["state"] in LIVE]
+        pool = live if live and node % 4 else nodes  # mostly a live node, if there is one
+        target = pool[node // 4 % len(pool)]
+        below = descendants(snap, target["task_id"])
+        zombie = self.zombie
+        beats = zombie.beats_started if zombie is not None else 0
+        done = self.portal.run(self.side.cancel, target["task_id"], "stateful cancel")
+        live = target["state"] in LIVE
+        assert done == live, f"cancel of {target} returned {done}"
+        event(f"cancel node: {target['state']}, {len(below)} below")
+        if done:
+            self.cancelled_paths.add(target["path"])
+        after = self.snapshot()
+        assert set(after.tasks) == set(snap.tasks), "a cancel made or removed tasks"
+        # The parent, if it was joining the node, is woken to see it cancelled.
+        joiner = snap.waits.get(target["parent_task_id"]) if done else None
+        woken = joiner is not None and joiner["event_name"] == f"$task:{target['task_id']}"
+        for task_id, t in snap.tasks.items():
+            want = t["state"]
+            if (task_id == target["task_id"] or task_id in below) and want in LIVE:
+                want = "cancelled"
+            elif woken and task_id == target["parent_task_id"]:
+                want = "pending"
+            seen = after.tasks[task_id]["state"]
+            assert seen == want, (
+                f"cancel of node {target['path']} ({len(below)} below): task"
+                f" {t.get('path') or task_id} is {seen}, want {want} (it was {t['state']})"
+            )
+        if done and zombie is not None and zombie.gate.info is not None:
+            self.after_notify(zombie, beats)
+
+    def check_trees(self, snap: Snapshot) -> None:
+        """Each node spawned its children once each, in order, under itself; a completed
+        node saw each child's real end through ctx.join; only a failing node fails; only
+        a node cancelled directly, or under a failed or cancelled ancestor, is cancelled."""
+        rows = [t for t in snap.tasks.values() if t["task_name"] == NODE_NAME]
+        nodes = {t["path"]: t for t in rows}
+        assert len(nodes) == len(rows), "a node was spawned twice"
+        for path, t in nodes.items():
+            spec = self.node_specs[path]
+            parent = path.rpartition(".")[0]
+            want_parent = nodes[parent]["task_id"] if parent else None
+            assert t["parent_task_id"] == want_parent, f"node {path} has a wrong parent"
+            kids = [nodes.get(f"{path}.{i}") for i in range(len(spec["kids"]))]
+            spawned = [k for k in kids if k is not None]
+            assert kids[: len(spawned)] == spawned, f"node {path} skipped a child"
+            state = t["state"]
+            if state in ("sleeping", "completed", "failed"):
+                assert len(spawned) == len(kids), f"{state} node {path} lacks children"
+            if state == "completed":
+                assert spec["fail"] == "none", f"node {path} should have failed"
+                ends = [k["state"] for k in spawned]
+                want = {"path": path, "kids": ends}
+                assert t["result"] == want, f"node {path}: result {t['result']}, kids {ends}"
+            elif state == "failed":
+                assert spec["fail"] != "none", f"node {path} failed: {t['error']}"
+            elif state == "cancelled":
+                ancestors = [path[:i] for i, c in enumerate(path) if c == "."]
+                assert path in self.cancelled_paths or any(
+                    nodes[a]["state"] in ("failed", "cancelled") for a in ancestors
+                ), f"node {path} was cancelled ({t['cancel_reason']}) with no reason to be"
+
+    # -- event races ----------------------------------------------------------------
+
+    @precondition(lambda self: len(self.races) < MAX_RACES)
+    @rule(free=st.integers(0, 3), emitters=st.integers(1, 3))
+    @_guard
+    def race(self, free: int, emitters: int) -> None:
+        """Waiters and emits of one event, from several connections at once. One waiter
+        is stopped inside its await_event (see `Hold`) until every emit has returned or
+        waits for it; `free` more waiters race the emits unhindered. Then: every waiter
+        was woken exactly once (the emits' counts add up to the runs woken by an event),
+        none is left waiting, each returns a payload one of the emits carried."""
+        number = len(self.races)
+        name = f"x{number}"
+        payloads = [number * 10 + i for i in range(emitters)]
+        woken, ids = self.portal.run(self._race, name, free, payloads)
+        self.races.append((ids, set(payloads)))
+        snap = self.snapshot()
+        check_every_task(snap)
+        runs = [run for i in ids for run in snap.runs[i]]
+        assert runs[0]["wake_reason"] == "event", f"the held waiter did not suspend: {runs[0]}"
+        woke = sum(run["wake_reason"] == "event" for run in runs)
+        event(f"race: {woke} of {len(ids)} waiters suspended")
+        assert sum(woken) == woke, f"emits woke {woken}; runs woken by the event: {runs}"
+        for i in ids:
+            t = snap.tasks[i]
+            assert t["state"] == "completed", f"waiter {t} of {name} did not complete"
+            assert t["result"] in payloads, f"waiter {t} got no payload of {payloads}"
+        self.settle_zombie()
+
+    async def hold_point(self, ctx: dt.TaskContext) -> None:
+        hold = self.hold
+        if hold is None or hold.task_id != ctx.task_id or hold.reached.is_set():
+            return
+        hold.reached.set()
+        await hold.locked.wait()
+
+    async def _race(
+        self, name: str, free: int, payloads: list[int]
+    ) -> tuple[list[int], list[UUID]]:
+        side, waiter = self.side, self.side_tasks[1]
+        ids = []
+        for i in range(free + 1):
+            params = {"event": name, "held": i == 0}
+            ids.append((await side.spawn(waiter, params, options=SIDE_OPTIONS)).task_id)
+        hold = Hold(ids[0])
+        self.hold = hold
+        woken: list[int] = []
+
+        async def emit(payload: int) -> None:
+            woken.append(await side.emit_event(name, payload))
+
+        worker = side.new_worker(self.options(concurrency=free + 1, grace=60.0))
+        try:
+            async with trio.open_nursery() as nursery, side.connection() as monitor:
+                await nursery.start(worker.run)
+                await hold.reached.wait()
+                await nursery.start(self._hold_row, hold)
+                waiter_pid = await _blocked_by(monitor, hold.pid)
+                async with trio.open_nursery() as emits:
+                    for payload in payloads:
+                        emits.start_soon(emit, payload)
+                    await _parked(monitor, waiter_pid, len(payloads), woken)
+                    if not RECLAIM:
+                        # The attempts in flight finish, but the worker claims nothing
+                        # more: woken at the instant it suspends, the held waiter could
+                        # be claimed again by this worker before its suspended attempt
+                        # has unwound, which crashes the worker (see RECLAIM).
+                        worker.shutdown()
+                    hold.release.set()
+                names = side.registered
+                while RECLAIM and (worker.busy or await side.store.claimable_count([SIDE], names)):
+                    await trio.sleep(0.002)
+                worker.shutdown()
+            if not RECLAIM:
+                await run_until_idle(side, self.options(concurrency=free + 1))
+        finally:
+            self.hold = None
+        return woken, ids
+
+    async def _hold_row(
+        self, hold: Hold, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        async with self.side.connection() as conn:
+            query = sql.SQL("SELECT 1 FROM {}.tasks WHERE task_id = %s FOR UPDATE")
+            await conn.execute(query.format(sql.Identifier(self.schema)), (hold.task_id,))
+            row = await (await conn.execute("SELECT pg_backend_pid() AS pid")).fetchone()
+            assert row is not None
+            hold.pid = row["pid"]
+            hold.locked.set()
+            task_status.started()
+            await hold.release.wait()
+            await conn.rollback()
+
     # -- invariants and teardown ----------------------------------------------------
 
     @invariant()
@@ -1354,12 +1956,18 @@ class StatefulMachine(RuleBasedStateMachine):
     def database_invariants(self) -> None:
         snap = self.snap if self.snap is not None else self.snapshot()
         check_database(self.specs, snap)
+        check_every_task(snap)
+        self.check_trees(snap)
+        check_failure_reports(self.failures.take())
         self.snap = None
 
     def teardown(self) -> None:
         try:
             if not self.broken:
                 self.converge()
+        except BaseException:
+            first_failure()
+            raise
         finally:
             self._cleanup()
 
@@ -1381,7 +1989,23 @@ class StatefulMachine(RuleBasedStateMachine):
         for t in self.model.values():
             event(f"end: {t.state} after {t.attempts} attempt(s)")
         assert not not_done, f"tasks never ended: {not_done}"
-        check_database(self.specs, self.snapshot())
+        snap = self.snapshot()
+        check_database(self.specs, snap)
+        if self.trees:
+            # Every hold emitted, the side queue worked until it is idle: every tree ends.
+            for name in HOLDS:
+                self.portal.run(self.side.emit_event, name, 42)
+            self.portal.run(run_until_idle, self.side, self.options())
+            snap = self.snapshot()
+            left = [
+                t
+                for t in snap.tasks.values()
+                if t["state"] not in ("completed", "failed", "cancelled")
+            ]
+            assert not left, f"side tasks never ended: {left}"
+        check_every_task(snap)
+        self.check_trees(snap)
+        check_failure_reports(self.failures.take())
 
     def _cleanup(self) -> None:
         zombie, self.zombie = self.zombie, None
@@ -1393,6 +2017,9 @@ class StatefulMachine(RuleBasedStateMachine):
                     await zombie.done.wait()
 
                 self.portal.run(crash)
+            if self.side_resident is not None:
+                self.portal.run(self.side_resident.close)
+                self.side_resident = None
             if self.resident is not None:
                 self.portal.run(self.resident.close)
                 self.resident = None
@@ -1458,9 +2085,34 @@ def no_leaks(url: str) -> Iterator[None]:
     assert wait_no_connections(url) == 0, "database connections leaked"
 
 
+def profile() -> settings:
+    """The profile, with DURABLE_STATEFUL_EXAMPLES=n running n examples instead and
+    DURABLE_STATEFUL_SHRINK=0 reporting a failure without shrinking it (both used by
+    tests/stateful/seeded_bugs.py)."""
+    chosen = settings.get_profile(PROFILE)
+    examples = os.environ.get("DURABLE_STATEFUL_EXAMPLES")
+    if examples is not None:
+        chosen = settings(chosen, max_examples=int(examples))
+    if os.environ.get("DURABLE_STATEFUL_SHRINK") == "0":
+        chosen = settings(chosen, phases=[p for p in chosen.phases if p is not Phase.shrink])
+    return chosen
+
+
 def test_stateful_machine(pg_url: str) -> None:
     url = with_app_name(pg_url, APP_NAME)
-    with no_leaks(url), Portal() as portal:
-        run_state_machine_as_test(
-            lambda: StatefulMachine(url, portal), settings=settings.get_profile(PROFILE)
-        )
+    STATS.clear()
+    failures = FailureLog()
+    logger = logging.getLogger("durable_trio.worker")
+    logger.addHandler(failures)
+    try:
+        with no_leaks(url), Portal() as portal:
+            run_state_machine_as_test(
+                lambda: StatefulMachine(url, portal, failures),
+                settings=profile(),
+            )
+    finally:
+        logger.removeHandler(failures)
+        report = os.environ.get("DURABLE_STATEFUL_REPORT")
+        if report:
+            with open(report, "w") as out:
+                out.writelines(f"{n}\t{what}\n" for what, n in sorted(STATS.items()))
