@@ -31,10 +31,7 @@ import attrs
 
 ROOT = Path(__file__).resolve().parents[2]
 
-_ADVISORY = (
-    "    PERFORM pg_advisory_xact_lock(hashtextextended(@schema_literal || '.' || p_queue"
-    " || '/' || p_event, 0));\n"
-)
+_ADVISORY = "    PERFORM pg_advisory_xact_lock(@schema.event_lock_key(p_queue, p_event));\n"
 
 
 @attrs.frozen
@@ -51,7 +48,7 @@ BUGS = (
         "emit_event does not take the (queue, event) advisory lock",
         (
             (
-                "sql/migrations/0001_init.sql",
+                "sql/functions/deliver_event.sql",
                 _ADVISORY + "    INSERT INTO @schema.events",
                 "    INSERT INTO @schema.events",
             ),
@@ -62,7 +59,7 @@ BUGS = (
         "await_event does not take the (queue, event) advisory lock",
         (
             (
-                "sql/migrations/0001_init.sql",
+                "sql/functions/await_event.sql",
                 _ADVISORY + "    SELECT value INTO v_value",
                 "    SELECT value INTO v_value",
             ),
@@ -73,9 +70,9 @@ BUGS = (
         "heartbeat renews a run whatever worker owns it",
         (
             (
-                "sql/migrations/0001_init.sql",
-                "WHERE f.run_id = ANY (p_runs) AND f.worker_id = p_worker AND",
-                "WHERE f.run_id = ANY (p_runs) AND",
+                "sql/functions/heartbeat.sql",
+                "holds_lease(f.worker_id, f.state, f.lease_expires_at, p_worker, v_now)",
+                "holds_lease(f.worker_id, f.state, f.lease_expires_at, f.worker_id, v_now)",
             ),
         ),
     ),
@@ -84,7 +81,7 @@ BUGS = (
         "cancel_task cancels the task only, not its descendants",
         (
             (
-                "sql/migrations/0003_deadlines.sql",
+                "sql/functions/cancel_task.sql",
                 "JOIN tree ON c.parent_task_id = tree.task_id",
                 "JOIN tree ON false",
             ),
@@ -117,7 +114,7 @@ BUGS = (
         "spawn ignores the idempotency key (a repeated key creates a second task)",
         (
             (
-                "src/durable_trio/_client.py",
+                "src/durable_trio/_clientcore.py",
                 '"idempotency_key": opts.idempotency_key,',
                 '"idempotency_key": None,',
             ),
@@ -128,9 +125,9 @@ BUGS = (
         "lock_owned_run ignores lease expiry (a zombie's transaction commits)",
         (
             (
-                "sql/migrations/0001_init.sql",
-                "      AND r.lease_expires_at > coalesce(p_now, @schema.clock_now())\n",
-                "",
+                "sql/functions/lock_owned_run.sql",
+                "coalesce(p_now, @schema.clock_now())",
+                "'-infinity'::timestamptz",
             ),
         ),
     ),
@@ -140,8 +137,10 @@ BUGS = (
         (
             (
                 "src/durable_trio/_context.py",
-                "result_type\n        if checkpoint in self._checkpoints:\n",
-                "result_type\n        if False:  # seeded\n",
+                "        if checkpoint in self._checkpoints:\n"
+                "            return typing.cast(T, self._stored(checkpoint, _read_as(rtype)))",
+                "        if False:  # seeded\n"
+                "            return typing.cast(T, self._stored(checkpoint, _read_as(rtype)))",
             ),
         ),
     ),
@@ -155,7 +154,7 @@ BUGS = (
                 "  AND r.lease_expires_at <= @schema.clock_now() + interval '1 hour'\n",
             ),
             (
-                "sql/migrations/0001_init.sql",
+                "sql/functions/fail_run.sql",
                 "AND r.state = 'running' AND r.lease_expires_at <= v_now",
                 "AND r.state = 'running' AND r.lease_expires_at <= v_now + interval '1 hour'",
             ),
