@@ -106,6 +106,7 @@ class RunState:
     finished: bool = False
     last_write: Write | None = None  # the latest checkpoint or completion queued for it
     hooks: Hooks = NO_HOOKS
+    gone: trio.Event = attrs.field(factory=trio.Event)  # its execution has ended
 
     @classmethod
     def from_claim(
@@ -483,10 +484,21 @@ class Worker:
         except Exception as ex:  # noqa: BLE001 - any unreadable stored value
             nursery.start_soon(self._reject, row, ex)
             return
+        previous = self._runs.get(run.run_id)
         self._runs[run.run_id] = run
         self._executing += 1
         log.debug("claimed run %s of task %r", run.run_id, run.task_name, extra=run.log_fields())
-        nursery.start_soon(self._execute, run, name=f"durable_trio run {run.task_name}")
+        name = f"durable_trio run {run.task_name}"
+        if previous is None:
+            nursery.start_soon(self._execute, run, name=name)
+        else:
+            # Claimed again (woken the instant its suspension committed) while the
+            # attempt that suspended it is still unwinding here: run it after that one.
+            nursery.start_soon(self._execute_after, previous, run, name=name)
+
+    async def _execute_after(self, previous: RunState, run: RunState) -> None:
+        await previous.gone.wait()
+        await self._execute(run)
 
     async def _reject(self, row: dict[str, Any], ex: Exception) -> None:
         """A claimed run whose stored data this worker cannot read (a retry strategy or
@@ -731,8 +743,10 @@ class Worker:
         finally:
             self._free_slot(run)
             run.finished = True
+            run.gone.set()
             before = self._free_slots()
-            del self._runs[run.run_id]
+            if self._runs.get(run.run_id) is run:  # not if claimed again meanwhile
+                del self._runs[run.run_id]
             # Finished runs count against the runs in hand (2 x concurrency): wake the
             # claim loop only if this one's leaving freed a slot that is not claimed for.
             if self._free_slots() > before and not self._writer_claims_next():

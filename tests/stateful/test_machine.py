@@ -1000,12 +1000,14 @@ def check_failure_reports(records: list[logging.LogRecord]) -> None:
     it failed with a retryable error and attempts remain (the SQL guard would hide a
     decision that retried the last attempt; the worker's report does not)."""
     for record in records:
-        what, ex = record.args[0], record.args[-1]  # type: ignore[index]
+        what, shown = record.args[0], record.args[-1]  # type: ignore[index]
         match = _ATTEMPT.match(str(what))
         assert match is not None, f"unexpected failure report {record.getMessage()}"
         attempt, max_attempts = int(match[3]), int(match[4])
         retry = "retrying" in record.msg
-        retryable = not isinstance(ex, dt.NonRetryable)
+        # The exception itself when its traceback could be formatted, else its summary.
+        ex = record.exc_info[1] if record.exc_info else shown
+        retryable = not (isinstance(ex, dt.NonRetryable) or str(shown).startswith("NonRetryable:"))
         assert retry == (retryable and attempt < max_attempts), (
             f"attempt {attempt}/{max_attempts} failed with {ex!r}: the worker decided "
             f"{'to retry' if retry else 'to fail the task'}: {record.getMessage()}"
@@ -1034,7 +1036,7 @@ async def _parked(monitor: Any, waiter_pid: int, count: int, done: list[int]) ->
         while True:
             cur = await monitor.execute(
                 "SELECT count(*) AS n FROM pg_stat_activity WHERE %s = ANY (pg_blocking_pids(pid))"
-                " AND query LIKE '%%emit_event(%%'",
+                " AND query LIKE '%%deliver_event(%%'",
                 (waiter_pid,),
             )
             row = await cur.fetchone()
