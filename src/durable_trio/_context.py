@@ -26,7 +26,7 @@ import time
 import typing
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Any, Generic, TypeVar, overload
+from typing import Any, Generic, TypeVar, overload
 from uuid import UUID
 
 import attrs
@@ -50,10 +50,8 @@ from ._errors import (
     StepFailed,
 )
 from ._hooks import StepCall
+from ._run import RunState, Suspended
 from ._task import Task, TaskDefinition, as_definition
-
-if TYPE_CHECKING:
-    from ._worker import RunState
 
 T = TypeVar("T")
 _UNSET: Any = object()
@@ -67,10 +65,6 @@ MAX_FAILURE_TEXT = 4000
 _REPLAY_POLL = 0.05
 
 __all__ = ["Suspended", "TaskContext", "TaskHandle"]
-
-
-class Suspended(BaseException):
-    """Unwinds a task that suspended (its wait is already recorded). Never catch it."""
 
 
 @attrs.frozen

@@ -55,6 +55,8 @@ CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
 )
 # What a failed connection attempt raises: a bad URL, or no server there.
 CONNECT_ERRORS: tuple[type[BaseException], ...] = (psycopg.ProgrammingError, *CONNECTION_ERRORS)
+# A transaction the server rolled back on its own, worth running again as it was.
+TRANSIENT = (psycopg.errors.DeadlockDetected, psycopg.errors.SerializationFailure)
 # What "the database went away" looks like to code above this module.
 CONNECTION_LOST: tuple[type[BaseException], ...] = (DatabaseUnavailable, *CONNECTION_ERRORS)
 

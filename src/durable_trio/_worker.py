@@ -6,8 +6,9 @@ Lifetimes:
   `shutdown_grace` seconds to finish, then they are cancelled and handed back (released)
   without costing an attempt.
 - If the task running `Worker.run()` is cancelled from outside, the worker stops at once
-  and writes nothing more, exactly like a crash: its runs are re-claimed by another worker
-  once their leases expire (costing an attempt).
+  and hands each in-flight run back (within 2 s, without costing an attempt); checkpoints
+  not yet written are lost, so their steps run again. Only a crash leaves runs to their
+  leases.
 - Task code raising KeyboardInterrupt (Ctrl-C) fails that attempt, then the worker hands
   its other runs back and `run()` raises KeyboardInterrupt. SystemExit is an ordinary
   failure of the task.
@@ -19,33 +20,29 @@ with an UnprocessableTask error (docs/reliability.md, "Poison rows").
 
 from __future__ import annotations
 
-import functools
-import json
 import logging
 import os
 import random
 import socket
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Sequence
 from contextlib import suppress
 from datetime import datetime
 from typing import Any, TypeVar
 from uuid import UUID
 
-import attrs
 import psycopg
 import trio
 
 from . import _failures, _serde
-from ._context import Suspended, TaskContext
+from ._context import TaskContext
 from ._core.ids import uuid7
 from ._core.options import UNSERVED_AFTER, UNSERVED_EVERY, WorkerOptions, registry_ttl
 from ._core.report import PassReport, RunOutcome, RunReport, outcome_of
-from ._core.retry import FailureDecision, RetryStrategy, decide_failure
+from ._core.retry import FailureDecision, decide_failure
 from ._db import CONNECTION_LOST, Listener, Pool
 from ._errors import (
     ConfigurationError,
-    DatabaseUnavailable,
     InvalidInput,
     LeaseLost,
     NonRetryable,
@@ -53,12 +50,13 @@ from ._errors import (
     SerializationError,
 )
 from ._hooks import NO_HOOKS, Hooks
+from ._run import RunState, Suspended, retry_strategy
 from ._schedules import schedule_pass
 from ._store import DATA_ERRORS, ClaimArgs, Store
 from ._task import TaskDefinition
-from ._writer import TRANSIENT, Write, Writer
+from ._writer import Writer
 
-__all__ = ["RunState", "Worker", "reap_expired"]
+__all__ = ["Worker", "reap_expired"]
 
 log = logging.getLogger("durable_trio.worker")
 # How long a worker cancelled from outside may spend handing its runs back (all at once,
@@ -70,137 +68,6 @@ RETRYABLE_IO = CONNECTION_LOST
 HAND_BACK_ERRORS: tuple[type[BaseException], ...] = (psycopg.Error, *RETRYABLE_IO)
 NOTIFY_CHANNEL = "durable_trio"
 CANCEL_CHANNEL = "durable_trio_cancel"
-
-
-@attrs.define(eq=False)
-class RunState:
-    """One claimed run, as the worker and the TaskContext see it."""
-
-    run_id: UUID
-    task_id: UUID
-    attempt: int
-    queue: str
-    task_name: str
-    params: Any
-    headers: dict[str, Any]
-    checkpoints: dict[str, Any]
-    retry: RetryStrategy
-    max_attempts: int
-    claimed_at: datetime
-    definition: TaskDefinition[Any, Any]
-    store: Store
-    writer: Writer
-    worker_id: str
-    claim_timeout: float
-    prepare_spawn: Callable[..., dict[str, Any]]
-    claimed_mono: float = attrs.field(factory=time.monotonic)
-    lease_deadline: float = 0.0
-    scope: trio.CancelScope = attrs.field(factory=trio.CancelScope)
-    lost: str | None = None
-    suspended: bool = False
-    release_on_exit: bool = False
-    body_done: bool = False  # the task's code returned; its outcome may still be in writing
-    # Its completion, failure or suspension is queued or being written: a heartbeat
-    # answered meanwhile may no longer list it, without the run being lost.
-    ending: bool = False
-    finished: bool = False
-    last_write: Write | None = None  # the latest checkpoint or completion queued for it
-    hooks: Hooks = NO_HOOKS
-    gone: trio.Event = attrs.field(factory=trio.Event)  # its execution has ended
-
-    @classmethod
-    def from_claim(
-        cls,
-        row: dict[str, Any],
-        *,
-        queue: str,
-        definition: TaskDefinition[Any, Any],
-        store: Store,
-        writer: Writer,
-        worker_id: str,
-        claim_timeout: float,
-        prepare_spawn: Callable[..., dict[str, Any]],
-        hooks: Hooks = NO_HOOKS,
-    ) -> RunState:
-        """A run as `Store.claim` returned it, leased for `claim_timeout` from now."""
-        run = cls(
-            run_id=row["run_id"],
-            task_id=row["task_id"],
-            attempt=row["attempt"],
-            queue=queue,
-            task_name=row["task_name"],
-            params=row["params"],
-            headers=_json_object(row["headers"]),
-            checkpoints=_json_object(row["checkpoints"]),
-            retry=_retry_strategy(row["retry"]),
-            max_attempts=row["max_attempts"],
-            claimed_at=row["claimed_at"],
-            definition=definition,
-            store=store,
-            writer=writer,
-            worker_id=worker_id,
-            claim_timeout=claim_timeout,
-            prepare_spawn=prepare_spawn,
-            hooks=hooks,
-        )
-        run.lease_deadline = run.claimed_mono + claim_timeout
-        return run
-
-    def lose(self, reason: str, *, quiet: bool = False) -> bool:
-        """Stop this run now and write nothing more for it (invariant 2). Returns whether
-        this call lost it (False if it was lost or finished already). `quiet`: the caller
-        logs it (see `log_loss`)."""
-        lost_now = self.lost is None and not self.finished
-        if lost_now:
-            self.lost = reason
-            if not quiet:
-                self.log_loss()
-        self.scope.cancel()
-        return lost_now
-
-    def log_loss(self, *, cancelled: bool = False) -> None:
-        """A task cancelled on purpose is logged at INFO; any other loss is a warning."""
-        level = logging.INFO if cancelled else logging.WARNING
-        log.log(
-            level,
-            "run %s of task %s abandoned: %s",
-            self.run_id,
-            self.task_id,
-            self.lost,
-            extra=self.log_fields(),
-        )
-
-    def log_fields(self, step: str | None = None) -> dict[str, Any]:
-        """What every log record about this run carries (``extra=``), so that a JSON log
-        formatter shows which task, run and attempt it is about."""
-        return {
-            "task_id": str(self.task_id),
-            "run_id": str(self.run_id),
-            "task_name": self.task_name,
-            "queue": self.queue,
-            "attempt": self.attempt,
-            "step": step,
-        }
-
-    async def call(self, fn: Callable[..., Awaitable[T]], *args: Any, **kwargs: Any) -> T:
-        """Call a store method, retrying while the database is unreachable, but only while
-        our lease can still be alive: past that the run is lost anyway."""
-        delay = 0.05
-        while True:
-            if self.lost is not None:
-                self.scope.cancel()
-                await trio.lowlevel.checkpoint()
-                raise LeaseLost(self.lost)
-            try:
-                return await fn(*args, **kwargs)
-            except (DatabaseUnavailable, *TRANSIENT) as ex:
-                # Lost connections, and deadlocks or serialization failures (the
-                # transaction rolled back): all worth another try within the lease.
-                if time.monotonic() + delay >= self.lease_deadline:
-                    self.lose(f"database unreachable until the lease ran out ({ex})")
-                    continue
-                await trio.sleep(delay)
-                delay = min(delay * 2, 1.0)
 
 
 class Worker:
@@ -986,18 +853,6 @@ def _about(run: RunState, what: str, convert: Callable[..., T], *args: Any) -> T
         raise SerializationError(f"{what} of task {run.task_name!r}: {ex}") from None
 
 
-def _json_object(text: str) -> dict[str, Any]:
-    """A claimed run's JSON object column; most are empty. Always a fresh dict."""
-    return {} if text == "{}" else dict(json.loads(text))
-
-
-@functools.lru_cache(maxsize=256)
-def _retry_strategy(text: str) -> RetryStrategy:
-    """Runs of one kind of task share their strategy's JSON (claims and the reaper read
-    it as text): parse each text once."""
-    return RetryStrategy.from_json(json.loads(text))
-
-
 def _log_failure(
     run: RunState, ex: BaseException, decision: FailureDecision, *, formatted: bool
 ) -> None:
@@ -1077,7 +932,7 @@ async def _reap(store: Store, row: dict[str, Any]) -> str | None:
         attempt=row["attempt"],
         max_attempts=row["max_attempts"],
         retryable=True,
-        strategy=_retry_strategy(row["retry"]),
+        strategy=retry_strategy(row["retry"]),
         rand=random.random(),
     )
     return await store.fail(

@@ -18,38 +18,21 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 from uuid import UUID
 
-import attrs
-import psycopg
 import trio
 
 from . import _failures, _serde
 from ._core.ids import uuid7
+from ._db import TRANSIENT
 from ._errors import DatabaseUnavailable
+from ._run import RunState, Write
 from ._store import ClaimArgs, Store
-
-if TYPE_CHECKING:
-    from ._worker import RunState
 
 __all__ = ["Claimer", "Write", "Writer"]
 
 log = logging.getLogger("durable_trio.worker")
-
-# Retried as a whole: the transaction rolled back and may succeed when run again.
-TRANSIENT = (psycopg.errors.DeadlockDetected, psycopg.errors.SerializationFailure)
-
-
-@attrs.define(eq=False)
-class Write:
-    """A checkpoint (``name`` set) or a completion (``name`` None) of one run."""
-
-    run: RunState
-    name: str | None
-    value: str
-    done: trio.Event = attrs.field(factory=trio.Event)
-    owned: bool = False  # set with `done`: written, because the worker still owned the run
 
 
 class Claimer(Protocol):

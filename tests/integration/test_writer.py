@@ -10,8 +10,8 @@ import pytest
 import trio
 
 import durable_trio as dt
+from durable_trio._run import RunState
 from durable_trio._store import Store
-from durable_trio._worker import RunState
 from durable_trio._writer import Write, Writer
 from durable_trio.testing import run_until_idle
 from support import query

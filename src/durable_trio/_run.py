@@ -1,0 +1,193 @@
+"""A claimed run: what the worker, its writer and the TaskContext share about it, and
+the exception that unwinds a task that suspended. A leaf: it imports none of them."""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from datetime import datetime
+from typing import Any, Protocol, TypeVar
+from uuid import UUID
+
+import attrs
+import trio
+
+from ._core.retry import RetryStrategy
+from ._db import TRANSIENT
+from ._errors import DatabaseUnavailable, LeaseLost
+from ._hooks import NO_HOOKS, Hooks
+from ._store import Store
+from ._task import TaskDefinition
+
+__all__ = ["RunState", "RunWriter", "Suspended", "Write", "json_object", "retry_strategy"]
+
+log = logging.getLogger("durable_trio.worker")
+T = TypeVar("T")
+
+
+class Suspended(BaseException):
+    """Unwinds a task that suspended (its wait is already recorded). Never catch it."""
+
+
+@attrs.define(eq=False)
+class Write:
+    """A checkpoint (``name`` set) or a completion (``name`` None) of one run."""
+
+    run: RunState
+    name: str | None
+    value: str
+    done: trio.Event = attrs.field(factory=trio.Event)
+    owned: bool = False  # set with `done`: written, because the worker still owned the run
+
+
+class RunWriter(Protocol):
+    """The worker's writer, as a run and its context see it: it queues a checkpoint
+    (``name`` set) or a completion (``name`` None) and commits them in batches."""
+
+    def submit(self, run: RunState, name: str | None, value: str) -> Write: ...
+
+
+@attrs.define(eq=False)
+class RunState:
+    """One claimed run, as the worker and the TaskContext see it."""
+
+    run_id: UUID
+    task_id: UUID
+    attempt: int
+    queue: str
+    task_name: str
+    params: Any
+    headers: dict[str, Any]
+    checkpoints: dict[str, Any]
+    retry: RetryStrategy
+    max_attempts: int
+    claimed_at: datetime
+    definition: TaskDefinition[Any, Any]
+    store: Store
+    writer: RunWriter
+    worker_id: str
+    claim_timeout: float
+    prepare_spawn: Callable[..., dict[str, Any]]
+    claimed_mono: float = attrs.field(factory=time.monotonic)
+    lease_deadline: float = 0.0
+    scope: trio.CancelScope = attrs.field(factory=trio.CancelScope)
+    lost: str | None = None
+    suspended: bool = False
+    release_on_exit: bool = False
+    body_done: bool = False  # the task's code returned; its outcome may still be in writing
+    # Its completion, failure or suspension is queued or being written: a heartbeat
+    # answered meanwhile may no longer list it, without the run being lost.
+    ending: bool = False
+    finished: bool = False
+    last_write: Write | None = None  # the latest checkpoint or completion queued for it
+    hooks: Hooks = NO_HOOKS
+    gone: trio.Event = attrs.field(factory=trio.Event)  # its execution has ended
+
+    @classmethod
+    def from_claim(
+        cls,
+        row: dict[str, Any],
+        *,
+        queue: str,
+        definition: TaskDefinition[Any, Any],
+        store: Store,
+        writer: RunWriter,
+        worker_id: str,
+        claim_timeout: float,
+        prepare_spawn: Callable[..., dict[str, Any]],
+        hooks: Hooks = NO_HOOKS,
+    ) -> RunState:
+        """A run as `Store.claim` returned it, leased for `claim_timeout` from now."""
+        run = cls(
+            run_id=row["run_id"],
+            task_id=row["task_id"],
+            attempt=row["attempt"],
+            queue=queue,
+            task_name=row["task_name"],
+            params=row["params"],
+            headers=json_object(row["headers"]),
+            checkpoints=json_object(row["checkpoints"]),
+            retry=retry_strategy(row["retry"]),
+            max_attempts=row["max_attempts"],
+            claimed_at=row["claimed_at"],
+            definition=definition,
+            store=store,
+            writer=writer,
+            worker_id=worker_id,
+            claim_timeout=claim_timeout,
+            prepare_spawn=prepare_spawn,
+            hooks=hooks,
+        )
+        run.lease_deadline = run.claimed_mono + claim_timeout
+        return run
+
+    def lose(self, reason: str, *, quiet: bool = False) -> bool:
+        """Stop this run now and write nothing more for it (invariant 2). Returns whether
+        this call lost it (False if it was lost or finished already). `quiet`: the caller
+        logs it (see `log_loss`)."""
+        lost_now = self.lost is None and not self.finished
+        if lost_now:
+            self.lost = reason
+            if not quiet:
+                self.log_loss()
+        self.scope.cancel()
+        return lost_now
+
+    def log_loss(self, *, cancelled: bool = False) -> None:
+        """A task cancelled on purpose is logged at INFO; any other loss is a warning."""
+        level = logging.INFO if cancelled else logging.WARNING
+        log.log(
+            level,
+            "run %s of task %s abandoned: %s",
+            self.run_id,
+            self.task_id,
+            self.lost,
+            extra=self.log_fields(),
+        )
+
+    def log_fields(self, step: str | None = None) -> dict[str, Any]:
+        """What every log record about this run carries (``extra=``), so that a JSON log
+        formatter shows which task, run and attempt it is about."""
+        return {
+            "task_id": str(self.task_id),
+            "run_id": str(self.run_id),
+            "task_name": self.task_name,
+            "queue": self.queue,
+            "attempt": self.attempt,
+            "step": step,
+        }
+
+    async def call(self, fn: Callable[..., Awaitable[T]], *args: Any, **kwargs: Any) -> T:
+        """Call a store method, retrying while the database is unreachable, but only while
+        our lease can still be alive: past that the run is lost anyway."""
+        delay = 0.05
+        while True:
+            if self.lost is not None:
+                self.scope.cancel()
+                await trio.lowlevel.checkpoint()
+                raise LeaseLost(self.lost)
+            try:
+                return await fn(*args, **kwargs)
+            except (DatabaseUnavailable, *TRANSIENT) as ex:
+                # Lost connections, and deadlocks or serialization failures (the
+                # transaction rolled back): all worth another try within the lease.
+                if time.monotonic() + delay >= self.lease_deadline:
+                    self.lose(f"database unreachable until the lease ran out ({ex})")
+                    continue
+                await trio.sleep(delay)
+                delay = min(delay * 2, 1.0)
+
+
+def json_object(text: str) -> dict[str, Any]:
+    """A claimed run's JSON object column; most are empty. Always a fresh dict."""
+    return {} if text == "{}" else dict(json.loads(text))
+
+
+@functools.lru_cache(maxsize=256)
+def retry_strategy(text: str) -> RetryStrategy:
+    """Runs of one kind of task share their strategy's JSON (claims and the reaper read
+    it as text): parse each text once."""
+    return RetryStrategy.from_json(json.loads(text))
