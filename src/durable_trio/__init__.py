@@ -34,6 +34,7 @@ from ._errors import ScheduleNotFound as ScheduleNotFound
 from ._errors import SerializationError as SerializationError
 from ._errors import StepFailed as StepFailed
 from ._errors import TaskCancelled as TaskCancelled
+from ._errors import TaskError as TaskError
 from ._errors import TaskFailed as TaskFailed
 from ._errors import TaskNotFound as TaskNotFound
 from ._errors import UnknownTask as UnknownTask

@@ -52,7 +52,7 @@ from ._inspect import summary as _summary
 from ._inspect import waiting_for as _waiting_for
 from ._schema import query_texts, render
 from ._sql import MIGRATE_HINT, Op, Row, Statement, array_literal, is_current
-from ._task import Task, TaskDefinition, as_definition
+from ._task import Task, TaskDefinition, as_definition, spawnable
 
 __all__ = ["ClientCore", "SpawnResult", "TaskInfo", "queries"]
 
@@ -233,7 +233,7 @@ class ClientCore:
             known = self.registry.get(name)
             defaults = known.options if known is not None else None
         else:
-            known = as_definition(task)
+            known = spawnable(task)
             name = known.name
             defaults = known.options
         opts = options if options is not None else (defaults or _DEFAULT_OPTIONS)
@@ -279,7 +279,7 @@ class ClientCore:
     ) -> Op[SpawnResult[R]]:
         if isinstance(task, str):
             raise InvalidInput("spawn() takes a task definition; use spawn_by_name() for names")
-        definition = as_definition(task)
+        definition = spawnable(task)
         row = self.spawn_row(definition, params, options)
         return insert(self.schema, row, definition.output_type)
 

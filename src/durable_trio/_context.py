@@ -40,7 +40,6 @@ from ._core.options import SpawnOptions, extend_seconds
 from ._errors import (
     ChildCancelled,
     ChildFailed,
-    ConfigurationError,
     DatabaseUnavailable,
     EventTimeout,
     InvalidInput,
@@ -51,7 +50,7 @@ from ._errors import (
 )
 from ._hooks import StepCall
 from ._run import RunState, Suspended
-from ._task import Task, TaskDefinition, as_definition
+from ._task import Task, TaskDefinition, spawnable
 
 T = TypeVar("T")
 _UNSET: Any = object()
@@ -606,10 +605,7 @@ class TaskContext:
         """
         checkpoint = self._next_name(name, kind="spawn")
         if not isinstance(task, str):
-            try:
-                task = as_definition(task)  # a Task subclass too, as client.spawn takes
-            except ConfigurationError as ex:
-                raise InvalidInput(str(ex)) from None
+            task = spawnable(task)  # a Task subclass too, as client.spawn takes
         task_name = task if isinstance(task, str) else task.name
         output_type = Any if isinstance(task, str) else task.output_type
         stored = self._checkpoints.get(checkpoint)

@@ -5,9 +5,11 @@ Each docstring says when the error happens and what to do about it.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 from uuid import UUID
+
+import attrs
 
 __all__ = [
     "ChildCancelled",
@@ -26,6 +28,7 @@ __all__ = [
     "SerializationError",
     "StepFailed",
     "TaskCancelled",
+    "TaskError",
     "TaskFailed",
     "TaskNotFound",
     "UnknownTask",
@@ -105,19 +108,56 @@ class ScheduleNotFound(DurableError):
         self.schedule_id = schedule_id
 
 
+@attrs.frozen
+class TaskError(Mapping[str, Any]):
+    """A task's stored failure, typed: ``type`` (the exception's qualified name),
+    ``message``, ``traceback`` (None where none was kept), ``attempt`` (the attempt that
+    failed) and ``retryable`` (False when it failed the task at once). ``raw`` is the
+    stored JSON, which a `TaskError` also reads as a mapping (``error["type"]``,
+    ``error.get("stage")``) for fields some failures add."""
+
+    type: str
+    message: str
+    traceback: str | None
+    attempt: int | None
+    retryable: bool | None
+    raw: dict[str, Any] = attrs.field(repr=False)
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any] | None) -> TaskError:
+        raw = dict(data or {})
+        attempt = raw.get("attempt")
+        retryable = raw.get("retryable")
+        traceback = raw.get("traceback")
+        return cls(
+            type=str(raw.get("type", "Error")),
+            message=str(raw.get("message", "")),
+            traceback=traceback if isinstance(traceback, str) else None,
+            attempt=attempt if isinstance(attempt, int) else None,
+            retryable=retryable if isinstance(retryable, bool) else None,
+            raw=raw,
+        )
+
+    def __getitem__(self, key: str) -> Any:
+        return self.raw[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.raw)
+
+    def __len__(self) -> int:
+        return len(self.raw)
+
+
 class TaskFailed(DurableError):
     """The awaited task failed for good (attempts exhausted or a non-retryable error).
+    `error` is its stored failure as a `TaskError` (type, message, traceback, attempt).
+    Look at the task with `Durable.get_task` (every attempt's error), fix what failed,
+    then `Durable.retry` it: it resumes from its checkpoints."""
 
-    `error` holds the stored failure: ``{"type", "message", "traceback", ...}``.
-    """
-
-    def __init__(self, task_id: UUID, error: dict[str, Any] | None) -> None:
-        err = error or {}
-        super().__init__(
-            f"task {task_id} failed: {err.get('type', 'Error')}: {err.get('message', '')}"
-        )
+    def __init__(self, task_id: UUID, error: Mapping[str, Any] | None) -> None:
         self.task_id = task_id
-        self.error = err
+        self.error = error if isinstance(error, TaskError) else TaskError.from_json(error)
+        super().__init__(f"task {task_id} failed: {self.error.type}: {self.error.message}")
 
 
 class TaskCancelled(DurableError):

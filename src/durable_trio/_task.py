@@ -11,7 +11,7 @@ import attrs
 
 from ._core.names import validate_name
 from ._core.options import SpawnOptions
-from ._errors import ConfigurationError
+from ._errors import ConfigurationError, InvalidInput
 
 if TYPE_CHECKING:
     from ._context import TaskContext
@@ -143,3 +143,12 @@ def _types_of(fn: Callable[..., Any], *, params_index: int) -> tuple[Any, Any]:
     params_type = hints.get(positional[params_index], Any)
     output_type = hints.get("return", Any)
     return params_type, (None if output_type is type(None) else output_type)
+
+
+def spawnable(obj: Any) -> TaskDefinition[Any, Any]:
+    """`as_definition` for what a spawn was given: anything that is not a task is bad
+    input (`InvalidInput`), whether the client or a task's context spawns it."""
+    try:
+        return as_definition(obj)
+    except ConfigurationError as ex:
+        raise InvalidInput(str(ex)) from None
