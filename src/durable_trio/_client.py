@@ -383,12 +383,7 @@ class Durable:
         now = await self._store.now()
         tasks_cut = cutoff(finished_before, what="finished_before", now=now)
         events_cut = cutoff(events_before, what="events_before", now=now)
-        total = CleanupResult()
-        while True:
-            removed = CleanupResult(**await self._store.cleanup(tasks_cut, events_cut, batch))
-            total += removed
-            if not removed.full(batch):
-                return total
+        return await self._store.cleanup(tasks_cut, events_cut, batch)
 
     # -- schedules --------------------------------------------------------------------
 

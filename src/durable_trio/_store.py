@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator, Mapping, Sequence
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, suppress
 from datetime import datetime, timedelta
 from typing import Any, TypeVar
 from uuid import UUID
@@ -22,6 +22,7 @@ from ._core.durations import MAX_DURATION, interval
 from ._core.names import validate_schema
 from ._db import CONNECTION_ERRORS, Pool, TrioConnection
 from ._errors import ConfigurationError, DatabaseUnavailable, InvalidInput, LeaseLost
+from ._retention import CleanupResult
 from ._schema import migrations, query_texts, render, sql_dir
 from ._sql import array_literal
 
@@ -390,13 +391,41 @@ class Store:
         return await self._all("unserved_tasks", {"threshold": interval(threshold)})
 
     async def cleanup(
-        self, finished_before: datetime | None, events_before: datetime | None, batch: int
-    ) -> Row:
-        """One retention batch, in its own transaction (short locks)."""
+        self,
+        finished_before: datetime | None,
+        events_before: datetime | None,
+        batch: int,
+        conn: TrioConnection | None = None,
+    ) -> CleanupResult:
+        """Retention in batches of at most `batch` rows of each kind, each batch its own
+        transaction (short locks), until one finds less than a full batch."""
         params = {"finished_before": finished_before, "events_before": events_before}
-        row = await self._one("cleanup", {**params, "batch": batch})
-        assert row is not None
-        return row
+        total = CleanupResult()
+        while True:
+            row = await self._one("cleanup", {**params, "batch": batch}, conn)
+            assert row is not None
+            removed = CleanupResult(**row)
+            total += removed
+            if not removed.full(batch):
+                return total
+
+    async def cleanup_alone(self, older_than: float, batch: int) -> CleanupResult | None:
+        """A worker's retention pass: finished tasks and events older than `older_than`
+        seconds, unless another worker of the schema is doing it now (then None)."""
+        key = f"{self.schema}/retention"
+        async with self.pool.acquire() as conn:
+            cur = await conn.execute(
+                "SELECT pg_try_advisory_lock(hashtextextended(%s, 0)) AS mine", (key,)
+            )
+            row = await cur.fetchone()
+            if row is None or not row["mine"]:
+                return None
+            try:
+                cut = await self.now() - timedelta(seconds=older_than)
+                return await self.cleanup(cut, cut, batch, conn)
+            finally:
+                with trio.CancelScope(shield=True), suppress(*CONNECTION_ERRORS):
+                    await conn.execute("SELECT pg_advisory_unlock(hashtextextended(%s, 0))", (key,))
 
     async def now(self) -> datetime:
         value: datetime = await self._value("now", {})

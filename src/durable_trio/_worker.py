@@ -37,7 +37,13 @@ import trio
 from . import _failures, _serde
 from ._context import TaskContext
 from ._core.ids import uuid7
-from ._core.options import UNSERVED_AFTER, UNSERVED_EVERY, WorkerOptions, registry_ttl
+from ._core.options import (
+    RETENTION_EVERY,
+    UNSERVED_AFTER,
+    UNSERVED_EVERY,
+    WorkerOptions,
+    registry_ttl,
+)
 from ._core.report import PassReport, RunOutcome, RunReport, outcome_of
 from ._core.retry import FailureDecision, decide_failure
 from ._db import CONNECTION_LOST, Listener, Pool
@@ -62,6 +68,7 @@ log = logging.getLogger("durable_trio.worker")
 # How long a worker cancelled from outside may spend handing its runs back (all at once,
 # each in its own task): a database that does not answer by then is not waited for.
 HAND_BACK_GRACE = 2.0
+RETENTION_BATCH = 1000  # rows of each kind per retention transaction
 T = TypeVar("T")
 RETRYABLE_IO = CONNECTION_LOST
 # Best effort: a hand-back that fails leaves the run to its lease.
@@ -112,6 +119,7 @@ class Worker:
         self._healthy = False
         self._last_reap = -1e9
         self._last_unserved = -1e9
+        self._last_retention = -1e9
         self._listener: Listener | None = None
         self._writer: Writer | None = None
         self._control_nursery: trio.Nursery | None = None
@@ -444,6 +452,28 @@ class Worker:
         self._last_reap = now
         await reap_expired(self._control, self._queues)
         await self._announce(now)
+        if self.options.retention is not None and now - self._last_retention >= RETENTION_EVERY:
+            self._last_retention = now
+            await self._retain(self.options.retention)
+
+    async def _retain(self, older_than: float) -> None:
+        """`WorkerOptions.retention`: one worker of the schema at a time removes old
+        finished work. A failure is logged, never fatal; the next pass tries again."""
+        try:
+            removed = await self._control.cleanup_alone(older_than, RETENTION_BATCH)
+        except RETRYABLE_IO:
+            raise
+        except Exception:
+            log.exception("worker %s: the retention pass failed", self.worker_id)
+            return
+        if removed is not None and (removed.tasks or removed.events):
+            log.info(
+                "worker %s removed %d finished task(s) and %d event(s) older than %gs",
+                self.worker_id,
+                removed.tasks,
+                removed.events,
+                older_than,
+            )
 
     async def _announce(self, now: float) -> None:
         """Refresh this worker's row in the registry; now and then, warn of due runs that

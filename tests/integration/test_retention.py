@@ -133,3 +133,38 @@ async def test_bad_arguments_are_refused_and_remove_nothing(
     with pytest.raises(dt.InvalidInput, match=message):
         await client.cleanup(**kwargs)
     assert await count(client, "tasks") == 1
+
+
+async def test_workers_with_a_retention_clean_up_one_at_a_time(
+    client: dt.Durable, pg_url: str
+) -> None:
+    import psycopg
+    import trio
+
+    client.register(done)
+    old = await client.spawn(done, 1)
+    await run_until_idle(client)
+    await advance_clock(client, timedelta(days=2))
+    options = dt.WorkerOptions(retention=timedelta(days=1), poll_interval=0.05)
+
+    key = f"{client.schema}/retention"
+    with psycopg.connect(pg_url, autocommit=True) as other:  # another worker's pass
+        other.execute("SELECT pg_advisory_lock(hashtextextended(%s, 0))", (key,))
+        async with client.worker(options):
+            await trio.sleep(0.5)  # several passes: each finds the pass taken
+            assert (await client.get_task(old.task_id)).state is dt.TaskState.COMPLETED
+        other.execute("SELECT pg_advisory_unlock(hashtextextended(%s, 0))", (key,))
+
+    async with client.worker(options):
+        with trio.fail_after(30):
+            while True:
+                try:
+                    await client.get_task(old.task_id)
+                except dt.TaskNotFound:
+                    break
+                await trio.sleep(0.02)
+
+
+def test_a_retention_must_be_a_positive_duration() -> None:
+    with pytest.raises(dt.InvalidInput, match="retention must be more than zero"):
+        dt.WorkerOptions(retention=0)

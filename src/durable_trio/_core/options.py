@@ -43,6 +43,10 @@ def _shutdown_grace(value: Duration) -> float:
     return to_seconds(value, what="shutdown_grace")
 
 
+def _retention(value: Duration | None) -> float | None:
+    return None if value is None else to_seconds(value, what="retention", allow_zero=False)
+
+
 def _queues(value: Iterable[str] | None) -> tuple[str, ...] | None:
     if value is None:
         return None
@@ -183,6 +187,9 @@ class WorkerOptions:
     - ``shutdown_grace``: on shutdown, how long in-flight runs may finish before they are
       cancelled and handed back without costing an attempt.
     - ``queues``: queues to work (default: the client's queue).
+    - ``retention``: remove finished tasks (with their runs and checkpoints) and events
+      older than this on the worker's periodic pass, once a minute, one worker of the
+      schema at a time (`Durable.cleanup`; default None: keep everything).
     - ``version``: the version of the task code this worker runs (any 1-200 printable
       characters). Set, the worker stamps it on each task whose first run it claims, and
       claims only tasks that never ran or carry its version: tasks in flight when the
@@ -198,6 +205,7 @@ class WorkerOptions:
     shutdown_grace: float = attrs.field(default=10.0, converter=_shutdown_grace)
     queues: tuple[str, ...] | None = attrs.field(default=None, converter=_queues)
     version: str | None = attrs.field(default=None)
+    retention: float | None = attrs.field(default=None, converter=_retention)
 
     @concurrency.validator
     def _check_concurrency(self, _: Any, value: int) -> None:
@@ -270,3 +278,6 @@ def registry_ttl(claim_timeout: float, poll_interval: float) -> float:
 # this long (seconds).
 UNSERVED_EVERY = 60.0
 UNSERVED_AFTER = 300.0
+
+# Workers with a retention remove old finished work this often (seconds).
+RETENTION_EVERY = 60.0

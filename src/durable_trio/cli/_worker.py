@@ -12,6 +12,7 @@ import logging
 import signal
 import sys
 from collections.abc import Iterable
+from datetime import timedelta
 from typing import Any
 
 import attrs
@@ -21,6 +22,7 @@ import trio
 import durable_trio as dt
 
 from ._common import BadInput, client, run
+from ._ops import parse_cutoff
 
 log = logging.getLogger("durable_trio.worker")
 
@@ -42,6 +44,11 @@ log = logging.getLogger("durable_trio.worker")
 )
 @click.option("--worker-id", default=None, help="Shown in the runs table (default host:pid).")
 @click.option(
+    "--retention",
+    default=None,
+    help="Remove finished tasks and events older than this (30d, 12h), one worker at a time.",
+)
+@click.option(
     "--log-level",
     type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"]),
     default="INFO",
@@ -55,6 +62,7 @@ def worker(
     poll_interval: float,
     shutdown_grace: float,
     worker_id: str | None,
+    retention: str | None,
     log_level: str,
 ) -> None:
     """Run a worker for the tasks APP (module:attribute) registers.
@@ -73,6 +81,7 @@ def worker(
         poll_interval=poll_interval,
         shutdown_grace=shutdown_grace,
         queues=list(queues) or None,
+        retention=_age(retention),
     )
     if worker_id is not None:
         options = attrs.evolve(options, worker_id=worker_id)
@@ -146,3 +155,12 @@ def register(c: dt.Durable, target: Any) -> None:
         raise BadInput(
             f"APP must name a task, a list of tasks or a function taking the client; got {target!r}"
         )
+
+
+def _age(text: str | None) -> timedelta | None:
+    if text is None:
+        return None
+    age = parse_cutoff(text, "--retention")
+    if not isinstance(age, timedelta):
+        raise BadInput(f"--retention must be an age like 30d or 12h, got {text!r}")
+    return age
