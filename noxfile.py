@@ -39,6 +39,8 @@ def tests(session: nox.Session) -> None:
     if session.posargs or os.environ.get("DURABLE_TEST_DATABASE_URL"):
         return
     found = session.run("python", "-c", _BINDIRS, silent=True)
+    if found is None:  # `nox --install-only`: nothing ran, nothing to compare
+        return
     system, embedded = str(found).split()
     if embedded != "-" and system != embedded:
         session.log(f"integration tests again on the shipped server ({embedded})")
