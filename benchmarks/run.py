@@ -57,6 +57,7 @@ SCENARIOS = [
     "client_spawn",
     "backlog",
     "rss",
+    "otel_overhead",
 ]
 BENCH_DB = "durable_trio_bench"
 
@@ -80,6 +81,8 @@ class Sizes:
     backlog_window: float = 10.0
     backlog_c: int = 32
     rss_tasks: int = 1000
+    otel_n: int = 2000  # tasks per run of the OpenTelemetry overhead pairs
+    otel_rounds: int = 3  # pairs (hooks off, on) per concurrency
 
     def scaled(self, k: float) -> Sizes:
         if k == 1:
@@ -103,6 +106,7 @@ class Sizes:
             backlog=[s(b, 20) for b in self.backlog],
             backlog_window=max(0.5, self.backlog_window * k),
             rss_tasks=s(self.rss_tasks, 10),
+            otel_n=s(self.otel_n, 10),
         )
 
 
@@ -143,6 +147,8 @@ QUICK = Sizes(
     backlog_window=2.0,
     backlog_c=32,
     rss_tasks=200,
+    otel_n=300,
+    otel_rounds=2,
 )
 
 
@@ -416,6 +422,18 @@ def plan(url: str, systems: list[str], scenarios: list[str], sz: Sizes) -> list[
             "dt_rss",
             sz.rss_tasks,
         )
+    if "otel_overhead" in scenarios and has_dt:
+        for c in (8, 64):
+            add_trio(
+                f"durable_trio 1-step c={c}, OpenTelemetry hooks off/on",
+                ("otel_overhead", str(c)),
+                dt_bench.otel_overhead,
+                "dt_otel",
+                sz.otel_n,
+                c,
+                sz.otel_rounds,
+                timeout=sz.run_timeout,
+            )
     return units
 
 
@@ -463,6 +481,9 @@ def print_tables(results: dict[str, Any], path: Path) -> None:
     print()
     print(report.other_table(results))
     print()
+    if results.get("otel_overhead"):
+        print(report.otel_table(results))
+        print()
     print(report.targets_table(results.get("targets") or report.evaluate_targets(results)))
     if results.get("errors"):
         print()
@@ -518,6 +539,7 @@ def main(argv: list[str] | None = None) -> int:
         "client_spawn",
         "claim_backlog",
         "rss",
+        "otel_overhead",
         "peers",
         "errors",
     ):
