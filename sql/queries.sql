@@ -18,8 +18,8 @@ SELECT * FROM @schema.claim_runs(%(queue)s, %(worker)s, %(names)s::text[], %(lim
     %(lease)s::interval, %(version)s)
 
 -- name: claim_runs_singly
-SELECT * FROM @schema.claim_runs_singly(%(queue)s, %(worker)s, %(names)s::text[],
-    %(limit)s, %(lease)s::interval, %(version)s)
+SELECT * FROM @schema.claim_runs(%(queue)s, %(worker)s, %(names)s::text[], %(limit)s,
+    %(lease)s::interval, %(version)s, p_singly => true)
 
 -- name: heartbeat
 SELECT * FROM @schema.heartbeat(%(worker)s, %(runs)s::uuid[], %(lease)s::interval)

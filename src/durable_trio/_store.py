@@ -160,7 +160,7 @@ class Store:
     ) -> list[ClaimedRun]:
         """Claimed runs (see claim_runs). `singly`: one run at a time, each in its own
         subtransaction, for when a claim failed on some run's data: a run whose claim
-        fails has its task failed for good (see claim_runs_singly), the others are
+        fails has its task failed for good (see claim_runs, p_singly), the others are
         claimed as without."""
         params = ClaimArgs(queue, names, limit, lease, version).params(worker)
         rows = await self._all("claim_runs_singly" if singly else "claim_runs", params)
