@@ -29,6 +29,7 @@ from _util import (
     wait_count,
 )
 from durable_trio._db import connect as trio_connect
+from durable_trio.testing import run_until_idle
 
 QUEUE = "bench"
 
@@ -326,63 +327,90 @@ async def spawn_rate(url: str, schema: str, n_single: int, n_batch: int) -> dict
         drop_schema(url, schema)
 
 
-async def preload_clones(client: dt.Durable, url: str, schema: str, n: int) -> float:
-    """n pending one_step tasks, fast: one real spawn through the public API, then n - 1
-    copies of its tasks and runs rows made in SQL (fresh ids and params; every other
-    column copied, so the rows stay whatever shape the current migrations give them).
-    Returns rows per second."""
-    t0 = time.perf_counter()
-    template = await client.spawn(one_step, Job(0))
+def _columns(conn: Any, schema: str, table: str, replace: dict[str, str]) -> tuple[str, str]:
+    """A table's column list and the SELECT list copying row `x` with `replace` applied."""
+    cols = [
+        r[0]
+        for r in conn.execute(
+            "SELECT column_name FROM information_schema.columns "
+            "WHERE table_schema = %s AND table_name = %s ORDER BY ordinal_position",
+            (schema, table),
+        )
+    ]
+    ident = [sql.Identifier(c).as_string(None) for c in cols]
+    exprs = [replace.get(c, "x." + i) for c, i in zip(cols, ident, strict=True)]
+    return ", ".join(ident), ", ".join(exprs)
+
+
+def _clone(
+    url: str, schema: str, task_id: Any, run_id: Any, n: int, *, base_ms: int, shift: str = ""
+) -> None:
+    """n copies of a task with its (one) run and its checkpoints, made in SQL: fresh ids
+    and params, timestamps moved by `shift` (e.g. "- interval '2 days'"), every other
+    column copied, so the rows stay whatever shape the current migrations give them.
+    Ids are time-ordered like the uuid7s real spawns get (a random-uuid backlog would
+    scatter index pages): 48-bit millisecond prefix from `base_ms`, advancing one
+    millisecond per 50 rows, version 7 bits, random rest."""
+    moved = {c: f"x.{c} {shift}" for c in ("created_at", "finished_at")} if shift else {}
     overrides = {
         "tasks": {
             "task_id": "ids.tid",
             "last_run_id": "ids.rid",
             "root_task_id": "ids.tid",
             "params": "jsonb_build_object('x', ids.g)",
+            **moved,
+            **({"first_started_at": f"x.first_started_at {shift}"} if shift else {}),
         },
-        "runs": {"run_id": "ids.rid", "task_id": "ids.tid"},
+        "runs": {
+            "run_id": "ids.rid",
+            "task_id": "ids.tid",
+            **moved,
+            **({"claimed_at": f"x.claimed_at {shift}"} if shift else {}),
+        },
+        "checkpoints": {
+            "task_id": "ids.tid",
+            "run_id": "ids.rid",
+            **({"created_at": f"x.created_at {shift}"} if shift else {}),
+        },
     }
+    uuid7 = (
+        "encode(set_bit(set_bit(overlay(uuid_send(gen_random_uuid()) placing "
+        f"substring(int8send({base_ms}::bigint + (g + %(offset)s) / 50) from 3) "
+        "from 1 for 6), "
+        "52, 1), 53, 1), 'hex')::uuid"
+    )
     with connect(url) as conn:
-        select = {}
-        for table, replace in overrides.items():
-            cols = [
-                r[0]
-                for r in conn.execute(
-                    "SELECT column_name FROM information_schema.columns "
-                    "WHERE table_schema = %s AND table_name = %s ORDER BY ordinal_position",
-                    (schema, table),
-                )
-            ]
-            ident = [sql.Identifier(c).as_string(None) for c in cols]
-            exprs = [replace.get(c, "x." + i) for c, i in zip(cols, ident, strict=True)]
-            select[table] = (", ".join(ident), ", ".join(exprs))
-        # Time-ordered ids like the uuid7s real spawns get (a random-uuid backlog would
-        # scatter index pages and understate throughput): 48-bit millisecond prefix
-        # advancing one millisecond per 50 rows, version 7 bits, random rest.
-        base_ms = int(time.time() * 1000) - n // 50 - 1000
-        uuid7 = (
-            "encode(set_bit(set_bit(overlay(uuid_send(gen_random_uuid()) placing "
-            f"substring(int8send({base_ms}::bigint + (g + %(offset)s) / 50) from 3) "
-            "from 1 for 6), "
-            "52, 1), 53, 1), 'hex')::uuid"
-        )
+        cols = {t: _columns(conn, schema, t, r) for t, r in overrides.items()}
         clone = f"""
         WITH ids AS (
             SELECT g + %(offset)s AS g, {uuid7} AS tid, {uuid7} AS rid
             FROM generate_series(1, %(n)s) g
         ), new_tasks AS (
-            INSERT INTO {{s}}.tasks ({select["tasks"][0]})
-            SELECT {select["tasks"][1]} FROM {{s}}.tasks x, ids WHERE x.task_id = %(task)s
+            INSERT INTO {{s}}.tasks ({cols["tasks"][0]})
+            SELECT {cols["tasks"][1]} FROM {{s}}.tasks x, ids WHERE x.task_id = %(task)s
+        ), new_runs AS (
+            INSERT INTO {{s}}.runs ({cols["runs"][0]})
+            SELECT {cols["runs"][1]} FROM {{s}}.runs x, ids WHERE x.run_id = %(run)s
         )
-        INSERT INTO {{s}}.runs ({select["runs"][0]})
-        SELECT {select["runs"][1]} FROM {{s}}.runs x, ids WHERE x.run_id = %(run)s
+        INSERT INTO {{s}}.checkpoints ({cols["checkpoints"][0]})
+        SELECT {cols["checkpoints"][1]} FROM {{s}}.checkpoints x, ids
+        WHERE x.task_id = %(task)s
         """
         done = 1
         while done < n:
             k = min(100_000, n - done)
-            params = {"n": k, "offset": done, "task": template.task_id, "run": template.run_id}
+            params = {"n": k, "offset": done, "task": task_id, "run": run_id}
             conn.execute(_q(clone, schema), params)
             done += k
+
+
+async def preload_clones(client: dt.Durable, url: str, schema: str, n: int) -> float:
+    """n pending one_step tasks, fast: one real spawn through the public API, then n - 1
+    copies of its rows (`_clone`). Returns rows per second."""
+    t0 = time.perf_counter()
+    template = await client.spawn(one_step, Job(0))
+    base_ms = int(time.time() * 1000) - n // 50 - 1000
+    _clone(url, schema, template.task_id, template.run_id, n, base_ms=base_ms)
     return n / (time.perf_counter() - t0)
 
 
@@ -409,6 +437,171 @@ async def backlog(
         return {**result, "preload_rows_per_s": preload_rate}
     finally:
         drop_schema(url, schema)
+
+
+async def retention(
+    url: str, schema: str, finished: int, pending: int, concurrency: int, window: float, batch: int
+) -> dict[str, Any]:
+    """Drain rate while `Durable.cleanup` removes `finished` old one_step tasks (each with
+    its run and checkpoint), against the drain rate without it, measured back to back.
+
+    One worker drains a backlog of `pending` one_step tasks the whole time. Beside it the
+    cleanup alternates: `window` seconds idle, then `window` seconds removing batches
+    (the statement `Durable.cleanup` repeats, one transaction per batch), until nothing
+    is left; a last idle window closes the series. Each cleanup window is paired with the
+    mean of the idle windows on either side of it (drift in the machine's load cancels
+    out). Completions per window are read afterwards from the tasks' finished_at."""
+    try:
+        async with dt.Durable.connect(url, schema=schema, queue=QUEUE) as client:
+            client.register(one_step)
+            t0 = time.perf_counter()
+            template = await client.spawn(one_step, Job(0))
+            await run_until_idle(client)
+            old_ms = int(time.time() * 1000) - 3 * 86_400_000
+            shift = "- interval '2 days'"
+            _clone(
+                url,
+                schema,
+                template.task_id,
+                template.run_id,
+                finished,
+                base_ms=old_ms,
+                shift=shift,
+            )
+            with connect(url) as conn:
+                conn.execute(
+                    _q(
+                        f"UPDATE {{s}}.tasks SET finished_at = finished_at {shift}, "
+                        f"created_at = created_at {shift} WHERE task_id = %s",
+                        schema,
+                    ),
+                    (template.task_id,),
+                )
+            preload_s = time.perf_counter() - t0
+            await preload_clones(client, url, schema, pending)
+            with connect(url) as conn:
+                for table in ("tasks", "runs", "checkpoints"):
+                    conn.execute(_q("VACUUM ANALYZE {s}." + table, schema))
+                conn.execute("CHECKPOINT")  # the load's WAL, flushed before timing starts
+                size = conn.execute(
+                    _q(
+                        "SELECT pg_total_relation_size(%s) + pg_total_relation_size(%s)"
+                        " + pg_total_relation_size(%s)",
+                        schema,
+                    ),
+                    [f"{schema}.{t}" for t in ("tasks", "runs", "checkpoints")],
+                ).fetchone()
+            with trio.CancelScope() as crash:
+                async with trio.open_nursery() as nursery:
+                    worker = client.new_worker(_options(concurrency))
+                    await nursery.start(worker.run)
+                    series = await _cleanup_windows(url, schema, window, batch)
+                    crash.cancel()  # stop at once; in-flight runs are simply abandoned
+        return {
+            **_retention_result(url, schema, series, batch),
+            "finished": finished,
+            "pending": pending,
+            "concurrency": concurrency,
+            "window_s": window,
+            "preload_s": preload_s,
+            "bytes_before": int(size[0]) if size else None,
+        }
+    finally:
+        drop_schema(url, schema)
+
+
+async def _cleanup_windows(url: str, schema: str, window: float, batch: int) -> dict[str, Any]:
+    """Idle and cleaning windows, alternating, until a batch finds less than it may take.
+    Window bounds come from the database's clock (the one finished_at is written by)."""
+    cleanup = _q(
+        "SELECT * FROM {s}.cleanup(clock_timestamp() - interval '1 day',"
+        " clock_timestamp() - interval '1 day', %s)",
+        schema,
+    )
+    conn = await trio_connect(url)
+    try:
+
+        async def clock() -> Any:
+            row = await (await conn.execute("SELECT clock_timestamp() AS t")).fetchone()
+            return row["t"]
+
+        windows: list[tuple[str, Any, Any]] = []
+        removed = {"tasks": 0, "runs": 0, "checkpoints": 0, "events": 0}
+        batch_s: list[float] = []
+        more = True
+        while True:
+            start = await clock()
+            await trio.sleep(window)
+            windows.append(("idle", start, await clock()))
+            if not more:
+                break
+            start = await clock()
+            until = time.perf_counter() + window
+            while more and time.perf_counter() < until:
+                b0 = time.perf_counter()
+                row = await (await conn.execute(cleanup, (batch,))).fetchone()
+                batch_s.append(time.perf_counter() - b0)
+                for key in removed:
+                    removed[key] += row[key]
+                more = batch in (row["tasks"], row["events"])
+            windows.append(("cleaning", start, await clock()))
+    finally:
+        await conn.close()
+    return {"windows": windows, "removed": removed, "batch_s": batch_s}
+
+
+def _retention_result(url: str, schema: str, series: dict[str, Any], batch: int) -> dict[str, Any]:
+    """Completion rates per window, the cleaning windows' rate paired with the mean of the
+    idle ones either side, and what the cleanup removed and how long it took."""
+    windows = series["windows"]
+    count = _q(
+        "SELECT count(*) FROM {s}.tasks WHERE state = 'completed'"
+        " AND finished_at >= %s AND finished_at < %s",
+        schema,
+    )
+    with connect(url) as conn:
+        # A backlog that ran dry would make later windows idle for want of work.
+        left = conn.execute(_q("SELECT count(*) FROM {s}.runs WHERE state = 'pending'", schema))
+        backlog_left = int(next(iter(left))[0])
+        rates = []
+        for kind, start, end in windows:
+            row = conn.execute(count, (start, end)).fetchone()
+            seconds = (end - start).total_seconds()
+            rates.append((kind, int(row[0]) if row else 0, seconds))
+    pairs = []
+    for i in range(1, len(rates) - 1, 2):
+        (_, before, s_before), (_, done, secs), (_, after, s_after) = rates[i - 1 : i + 2]
+        idle = (before / s_before + after / s_after) / 2
+        pairs.append(
+            {
+                "cleaning_per_s": done / secs,
+                "idle_per_s": idle,
+                "seconds": secs,
+                "ratio": (done / secs) / idle if idle else None,
+            }
+        )
+    cleaning = [r for r in rates if r[0] == "cleaning"]
+    idle = [r for r in rates if r[0] == "idle"]
+    during = sum(r[1] for r in cleaning) / sum(r[2] for r in cleaning)
+    without = sum(r[1] for r in idle) / sum(r[2] for r in idle)
+    ratios = sorted(p["ratio"] for p in pairs if p["ratio"] is not None)
+    removed = series["removed"]
+    clean_s = sum(series["batch_s"])
+    return {
+        "batch": batch,
+        "backlog_left": backlog_left,
+        "tasks_per_s_idle": without,
+        "tasks_per_s_cleaning": during,
+        "ratio": during / without,
+        "ratio_median_pair": ratios[len(ratios) // 2] if ratios else None,
+        "pairs": pairs,
+        "cleanup_s": clean_s,
+        "batches": len(series["batch_s"]),
+        "batch_ms": summarize(series["batch_s"], keep=200),
+        "removed": removed,
+        "rows_removed": sum(removed.values()),
+        "rows_per_s": sum(removed.values()) / clean_s if clean_s else None,
+    }
 
 
 # -- subprocess workers -----------------------------------------------------------------

@@ -56,6 +56,7 @@ SCENARIOS = [
     "spawn_rate",
     "client_spawn",
     "backlog",
+    "retention",
     "rss",
 ]
 BENCH_DB = "durable_trio_bench"
@@ -80,6 +81,10 @@ class Sizes:
     backlog_window: float = 10.0
     backlog_c: int = 32
     rss_tasks: int = 1000
+    retention_finished: int = 1_000_000  # old finished tasks the cleanup removes
+    retention_pending: int = 600_000  # the backlog drained meanwhile (must outlast it)
+    retention_window: float = 5.0  # seconds per idle / cleaning window
+    retention_batch: int = 1000  # Durable.cleanup's default
 
     def scaled(self, k: float) -> Sizes:
         if k == 1:
@@ -103,6 +108,8 @@ class Sizes:
             backlog=[s(b, 20) for b in self.backlog],
             backlog_window=max(0.5, self.backlog_window * k),
             rss_tasks=s(self.rss_tasks, 10),
+            retention_finished=s(self.retention_finished, 100),
+            retention_pending=s(self.retention_pending, 100),
         )
 
 
@@ -143,6 +150,9 @@ QUICK = Sizes(
     backlog_window=2.0,
     backlog_c=32,
     rss_tasks=200,
+    retention_finished=50_000,
+    retention_pending=40_000,
+    retention_window=2.0,
 )
 
 
@@ -408,6 +418,18 @@ def plan(url: str, systems: list[str], scenarios: list[str], sz: Sizes) -> list[
                     c,
                     window,
                 )
+    if "retention" in scenarios and has_dt:
+        add_trio(
+            f"durable_trio cleanup of {sz.retention_finished:,} finished tasks",
+            ("retention", "durable_trio"),
+            dt_bench.retention,
+            "dt_ret",
+            sz.retention_finished,
+            sz.retention_pending,
+            sz.backlog_c,
+            sz.retention_window,
+            sz.retention_batch,
+        )
     if "rss" in scenarios and has_dt:
         add(
             f"durable_trio RSS, {sz.rss_tasks} in flight",
@@ -517,6 +539,7 @@ def main(argv: list[str] | None = None) -> int:
         "spawn_rate",
         "client_spawn",
         "claim_backlog",
+        "retention",
         "rss",
         "peers",
         "errors",
