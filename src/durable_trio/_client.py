@@ -305,15 +305,21 @@ class Durable:
         return await self._store.run(self._core.read(self._core.steps(task_id)))
 
     async def queue_stats(
-        self, queue: str | None = None, *, window: Duration = timedelta(hours=1)
+        self,
+        queue: str | None = None,
+        *,
+        window: Duration = timedelta(hours=1),
+        unserved_after: Duration = timedelta(minutes=5),
     ) -> QueueStats:
         """Counts for monitoring one queue (every queue when `queue` is None): live
         tasks by state, runs due now and the age of the oldest of them, failures and
-        cancellations in the last `window`, in total and per task name. Reads only live
-        runs and the runs that ended badly in `window` (partial indexes), never the
-        finished tasks, so it stays cheap to poll."""
+        cancellations in the last `window`, runs due for longer than `unserved_after`
+        whose task name no live worker has registered, in total and per task name. Reads
+        only live runs, the runs that ended badly in `window` (partial indexes) and the
+        workers registry, never the finished tasks, so it stays cheap to poll."""
         span = timedelta(seconds=to_seconds(window, what="window"))
-        return await self._store.run(self._core.read(self._core.queue_stats(queue, span)))
+        after = timedelta(seconds=to_seconds(unserved_after, what="unserved_after"))
+        return await self._store.run(self._core.read(self._core.queue_stats(queue, span, after)))
 
     async def retry(
         self, task_id: UUID, *, max_attempts: int | None = None, from_scratch: bool = False
