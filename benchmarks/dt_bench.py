@@ -10,6 +10,7 @@ import json
 import sys
 import time
 from collections.abc import Callable
+from datetime import timedelta
 from typing import Any
 
 import attrs
@@ -439,18 +440,31 @@ async def backlog(
         drop_schema(url, schema)
 
 
+SPREAD_MS = 10  # the preloaded finished tasks end this far apart, oldest first
+
+
 async def retention(
-    url: str, schema: str, finished: int, pending: int, concurrency: int, window: float, batch: int
+    url: str,
+    schema: str,
+    finished: int,
+    pending: int,
+    concurrency: int,
+    *,
+    window: float,
+    batch: int,
+    slices: int,
+    duties: tuple[float, ...],
 ) -> dict[str, Any]:
     """Drain rate while `Durable.cleanup` removes `finished` old one_step tasks (each with
     its run and checkpoint), against the drain rate without it, measured back to back.
 
-    One worker drains a backlog of `pending` one_step tasks the whole time. Beside it the
-    cleanup alternates: `window` seconds idle, then `window` seconds removing batches
-    (the statement `Durable.cleanup` repeats, one transaction per batch), until nothing
-    is left; a last idle window closes the series. Each cleanup window is paired with the
-    mean of the idle windows on either side of it (drift in the machine's load cancels
-    out). Completions per window are read afterwards from the tasks' finished_at."""
+    One worker drains a backlog of `pending` one_step tasks the whole time. The finished
+    tasks ended `SPREAD_MS` apart, so a cut-off removes an exact slice of them: beside
+    the worker, `slices` calls of `Durable.cleanup(finished_before=cut, batch=batch,
+    duty=d)` each remove the next slice, `d` taking the values of `duties` in turn, with
+    `window` seconds of no cleanup before the first and after each. Each cleanup is paired
+    with the mean of the idle windows either side of it (drift in the machine's load
+    cancels out). Completions per window are read afterwards from the tasks' finished_at."""
     try:
         async with dt.Durable.connect(url, schema=schema, queue=QUEUE) as client:
             client.register(one_step)
@@ -458,7 +472,7 @@ async def retention(
             template = await client.spawn(one_step, Job(0))
             await run_until_idle(client)
             old_ms = int(time.time() * 1000) - 3 * 86_400_000
-            shift = "- interval '2 days'"
+            shift = f"- interval '2 days' + ids.g * interval '{SPREAD_MS} ms'"
             _clone(
                 url,
                 schema,
@@ -470,12 +484,7 @@ async def retention(
             )
             with connect(url) as conn:
                 conn.execute(
-                    _q(
-                        f"UPDATE {{s}}.tasks SET finished_at = finished_at {shift}, "
-                        f"created_at = created_at {shift} WHERE task_id = %s",
-                        schema,
-                    ),
-                    (template.task_id,),
+                    _q("DELETE FROM {s}.tasks WHERE task_id = %s", schema), (template.task_id,)
                 )
             preload_s = time.perf_counter() - t0
             await preload_clones(client, url, schema, pending)
@@ -483,77 +492,71 @@ async def retention(
                 for table in ("tasks", "runs", "checkpoints"):
                     conn.execute(_q("VACUUM ANALYZE {s}." + table, schema))
                 conn.execute("CHECKPOINT")  # the load's WAL, flushed before timing starts
-                size = conn.execute(
+                loaded, first, last = conn.execute(
                     _q(
-                        "SELECT pg_total_relation_size(%s) + pg_total_relation_size(%s)"
-                        " + pg_total_relation_size(%s)",
+                        "SELECT count(*), min(finished_at), max(finished_at) FROM {s}.tasks"
+                        " WHERE finished_at < now() - interval '1 day'",
                         schema,
-                    ),
-                    [f"{schema}.{t}" for t in ("tasks", "runs", "checkpoints")],
-                ).fetchone()
+                    )
+                ).fetchone() or (0, None, None)
+            step = (last - first) / slices
+            cuts = [first + step * (k + 1) for k in range(slices - 1)]
+            cuts.append(last + timedelta(milliseconds=1))
             with trio.CancelScope() as crash:
                 async with trio.open_nursery() as nursery:
                     worker = client.new_worker(_options(concurrency))
                     await nursery.start(worker.run)
-                    series = await _cleanup_windows(url, schema, window, batch)
+                    series = await _cleanup_windows(client, cuts, window, batch, duties)
                     crash.cancel()  # stop at once; in-flight runs are simply abandoned
         return {
-            **_retention_result(url, schema, series, batch),
-            "finished": finished,
+            **_retention_result(url, schema, series),
+            "finished": loaded,
             "pending": pending,
             "concurrency": concurrency,
+            "batch": batch,
             "window_s": window,
             "preload_s": preload_s,
-            "bytes_before": int(size[0]) if size else None,
         }
     finally:
         drop_schema(url, schema)
 
 
-async def _cleanup_windows(url: str, schema: str, window: float, batch: int) -> dict[str, Any]:
-    """Idle and cleaning windows, alternating, until a batch finds less than it may take.
-    Window bounds come from the database's clock (the one finished_at is written by)."""
-    cleanup = _q(
-        "SELECT * FROM {s}.cleanup(clock_timestamp() - interval '1 day',"
-        " clock_timestamp() - interval '1 day', %s)",
-        schema,
-    )
-    conn = await trio_connect(url)
-    try:
+async def _cleanup_windows(
+    client: dt.Durable, cuts: list[Any], window: float, batch: int, duties: tuple[float, ...]
+) -> list[dict[str, Any]]:
+    """An idle window, then for each cut-off a cleanup up to it and another idle window.
+    Bounds come from the database's clock (the one finished_at is written by)."""
+    windows: list[dict[str, Any]] = []
 
-        async def clock() -> Any:
-            row = await (await conn.execute("SELECT clock_timestamp() AS t")).fetchone()
-            return row["t"]
+    async def idle() -> None:
+        start = await client.store.now()
+        await trio.sleep(window)
+        windows.append({"kind": "idle", "start": start, "end": await client.store.now()})
 
-        windows: list[tuple[str, Any, Any]] = []
-        removed = {"tasks": 0, "runs": 0, "checkpoints": 0, "events": 0}
-        batch_s: list[float] = []
-        more = True
-        while True:
-            start = await clock()
-            await trio.sleep(window)
-            windows.append(("idle", start, await clock()))
-            if not more:
-                break
-            start = await clock()
-            until = time.perf_counter() + window
-            while more and time.perf_counter() < until:
-                b0 = time.perf_counter()
-                row = await (await conn.execute(cleanup, (batch,))).fetchone()
-                batch_s.append(time.perf_counter() - b0)
-                for key in removed:
-                    removed[key] += row[key]
-                more = batch in (row["tasks"], row["events"])
-            windows.append(("cleaning", start, await clock()))
-    finally:
-        await conn.close()
-    return {"windows": windows, "removed": removed, "batch_s": batch_s}
+    await idle()
+    for k, cut in enumerate(cuts):
+        duty = duties[k % len(duties)]
+        start = await client.store.now()
+        removed = await client.cleanup(
+            finished_before=cut, events_before=cut, batch=batch, duty=duty
+        )
+        end = await client.store.now()
+        windows.append(
+            {
+                "kind": "cleanup",
+                "duty": duty,
+                "start": start,
+                "end": end,
+                "removed": attrs.asdict(removed),
+            }
+        )
+        await idle()
+    return windows
 
 
-def _retention_result(url: str, schema: str, series: dict[str, Any], batch: int) -> dict[str, Any]:
-    """Completion rates per window, the cleaning windows' rate paired with the mean of the
-    idle ones either side, and what the cleanup removed and how long it took."""
-    windows = series["windows"]
+def _retention_result(url: str, schema: str, windows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Completion rates per window; per duty, the cleanups' rate against the mean of the
+    idle windows either side, how long the cleanups took and what they removed."""
     count = _q(
         "SELECT count(*) FROM {s}.tasks WHERE state = 'completed'"
         " AND finished_at >= %s AND finished_at < %s",
@@ -563,45 +566,43 @@ def _retention_result(url: str, schema: str, series: dict[str, Any], batch: int)
         # A backlog that ran dry would make later windows idle for want of work.
         left = conn.execute(_q("SELECT count(*) FROM {s}.runs WHERE state = 'pending'", schema))
         backlog_left = int(next(iter(left))[0])
-        rates = []
-        for kind, start, end in windows:
-            row = conn.execute(count, (start, end)).fetchone()
-            seconds = (end - start).total_seconds()
-            rates.append((kind, int(row[0]) if row else 0, seconds))
-    pairs = []
-    for i in range(1, len(rates) - 1, 2):
-        (_, before, s_before), (_, done, secs), (_, after, s_after) = rates[i - 1 : i + 2]
-        idle = (before / s_before + after / s_after) / 2
-        pairs.append(
+        for w in windows:
+            row = conn.execute(count, (w["start"], w["end"])).fetchone()
+            w["seconds"] = (w["end"] - w["start"]).total_seconds()
+            w["tasks_per_s"] = (int(row[0]) if row else 0) / w["seconds"]
+    by_duty: dict[str, Any] = {}
+    for i in range(1, len(windows) - 1, 2):
+        before, clean, after = windows[i - 1 : i + 2]
+        idle = (before["tasks_per_s"] + after["tasks_per_s"]) / 2
+        node = by_duty.setdefault(str(clean["duty"]), {"pairs": []})
+        node["pairs"].append(
             {
-                "cleaning_per_s": done / secs,
-                "idle_per_s": idle,
-                "seconds": secs,
-                "ratio": (done / secs) / idle if idle else None,
+                "tasks_per_s_cleaning": clean["tasks_per_s"],
+                "tasks_per_s_idle": idle,
+                "ratio": clean["tasks_per_s"] / idle if idle else None,
+                "seconds": clean["seconds"],
+                "removed": clean["removed"],
             }
         )
-    cleaning = [r for r in rates if r[0] == "cleaning"]
-    idle = [r for r in rates if r[0] == "idle"]
-    during = sum(r[1] for r in cleaning) / sum(r[2] for r in cleaning)
-    without = sum(r[1] for r in idle) / sum(r[2] for r in idle)
-    ratios = sorted(p["ratio"] for p in pairs if p["ratio"] is not None)
-    removed = series["removed"]
-    clean_s = sum(series["batch_s"])
-    return {
-        "batch": batch,
-        "backlog_left": backlog_left,
-        "tasks_per_s_idle": without,
-        "tasks_per_s_cleaning": during,
-        "ratio": during / without,
-        "ratio_median_pair": ratios[len(ratios) // 2] if ratios else None,
-        "pairs": pairs,
-        "cleanup_s": clean_s,
-        "batches": len(series["batch_s"]),
-        "batch_ms": summarize(series["batch_s"], keep=200),
-        "removed": removed,
-        "rows_removed": sum(removed.values()),
-        "rows_per_s": sum(removed.values()) / clean_s if clean_s else None,
-    }
+    for node in by_duty.values():
+        pairs = node["pairs"]
+        seconds = sum(p["seconds"] for p in pairs)
+        ratios = sorted(p["ratio"] for p in pairs if p["ratio"] is not None)
+        removed = {k: sum(p["removed"][k] for p in pairs) for k in pairs[0]["removed"]}
+        node.update(
+            # Weighted by each cleanup's length: the rate over all the time spent cleaning.
+            tasks_per_s_cleaning=sum(p["tasks_per_s_cleaning"] * p["seconds"] for p in pairs)
+            / seconds,
+            tasks_per_s_idle=sum(p["tasks_per_s_idle"] * p["seconds"] for p in pairs) / seconds,
+            ratio_median_pair=ratios[len(ratios) // 2] if ratios else None,
+            cleanup_s=seconds,
+            removed=removed,
+            rows_removed=sum(removed.values()),
+            rows_per_s=sum(removed.values()) / seconds,
+        )
+        node["ratio"] = node["tasks_per_s_cleaning"] / node["tasks_per_s_idle"]
+    plain = [{**w, "start": str(w["start"]), "end": str(w["end"])} for w in windows]
+    return {"backlog_left": backlog_left, "by_duty": by_duty, "windows": plain}
 
 
 # -- subprocess workers -----------------------------------------------------------------

@@ -82,9 +82,11 @@ class Sizes:
     backlog_c: int = 32
     rss_tasks: int = 1000
     retention_finished: int = 1_000_000  # old finished tasks the cleanup removes
-    retention_pending: int = 600_000  # the backlog drained meanwhile (must outlast it)
-    retention_window: float = 5.0  # seconds per idle / cleaning window
+    retention_pending: int = 800_000  # the backlog drained meanwhile (must outlast it)
+    retention_window: float = 5.0  # seconds of no cleanup between two cleanups
     retention_batch: int = 1000  # Durable.cleanup's default
+    retention_slices: int = 10  # cleanups, each removing the next slice of the tasks
+    retention_duties: tuple[float, ...] = (1.0, 0.2)  # Durable.cleanup(duty=), in turn
 
     def scaled(self, k: float) -> Sizes:
         if k == 1:
@@ -151,8 +153,9 @@ QUICK = Sizes(
     backlog_c=32,
     rss_tasks=200,
     retention_finished=50_000,
-    retention_pending=40_000,
+    retention_pending=60_000,
     retention_window=2.0,
+    retention_slices=4,
 )
 
 
@@ -427,8 +430,10 @@ def plan(url: str, systems: list[str], scenarios: list[str], sz: Sizes) -> list[
             sz.retention_finished,
             sz.retention_pending,
             sz.backlog_c,
-            sz.retention_window,
-            sz.retention_batch,
+            window=sz.retention_window,
+            batch=sz.retention_batch,
+            slices=sz.retention_slices,
+            duties=sz.retention_duties,
         )
     if "rss" in scenarios and has_dt:
         add(
