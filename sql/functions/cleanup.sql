@@ -30,7 +30,7 @@ DECLARE
 BEGIN
     IF p_finished_before IS NOT NULL THEN
         -- The smallest UUIDv7 of the millisecond after the cut-off (ids below it were
-        -- made before then); capped at the largest 48-bit millisecond.
+        -- made up to then), its time kept within the 48 bits a UUIDv7 has for it.
         v_last := (SELECT (substr(h, 1, 8) || '-' || substr(h, 9, 4)
                            || '-0000-0000-000000000000')::uuid
                    FROM (SELECT lpad(to_hex(greatest(0, least(

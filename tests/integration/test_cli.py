@@ -336,7 +336,10 @@ def test_cleanup_removes_old_finished_tasks(pg_url: str, migrated: str) -> None:
     removed = cli(pg_url, migrated, "cleanup", "--finished-before", "2999-01-01T00:00:00Z")
     assert removed.returncode == 0, removed.stderr
     assert removed.stdout.strip() == "removed 1 task(s), 1 run(s), 0 checkpoint(s), 0 event(s)"
+    paced = cli(pg_url, migrated, "cleanup", "--finished-before", "1d", "--duty", "0.2")
+    assert paced.returncode == 0, paced.stderr
     for bad, message in [
+        (["--finished-before", "1d", "--duty", "0"], "duty must be a number above 0"),
         ([], "give --finished-before and/or --events-before"),
         (["--finished-before", "soon"], "must be an age like 30d"),
         (["--events-before", "2030-01-01T00:00:00"], "needs a UTC offset"),
