@@ -21,11 +21,7 @@ DECLARE
     v_start timestamptz;
     v_key text;
 BEGIN
-    PERFORM @schema.check_queue(p_queue);
-    PERFORM @schema.check_name(p_task_name, 'task name');
-    IF octet_length(coalesce(p_params, 'null')::text) > 10485760 THEN
-        PERFORM @schema.refuse('params are larger than 10 MiB of JSON');
-    END IF;
+    PERFORM @schema.check_message(p_queue, p_task_name, 'task name', p_params, 'params are');
     IF jsonb_typeof(v_opts) <> 'object' THEN
         PERFORM @schema.refuse(format('options must be a JSON object, got %s', v_opts));
     END IF;
@@ -76,11 +72,12 @@ BEGIN
 
     RETURN QUERY
     SELECT s.task_id, s.run_id, s.attempt
-    FROM @schema.spawn_task(
-        @schema.option_uuid(v_opts -> 'task_id', 'task_id'),
-        @schema.option_uuid(v_opts -> 'run_id', 'run_id'),
-        p_queue, p_task_name, coalesce(p_params, 'null'), coalesce(v_opts -> 'headers', '{}'),
-        v_retry, v_attempts, v_priority, make_interval(secs => v_delay), v_start, v_key,
+    FROM @schema.spawn_tasks(
+        ARRAY[@schema.option_uuid(v_opts -> 'task_id', 'task_id')],
+        ARRAY[@schema.option_uuid(v_opts -> 'run_id', 'run_id')],
+        ARRAY[coalesce(p_params, 'null')::text], ARRAY[v_key], p_queue, p_task_name,
+        coalesce(v_opts -> 'headers', '{}'), v_retry, v_attempts, v_priority,
+        make_interval(secs => v_delay), v_start,
         make_interval(secs => @schema.option_seconds(
             v_cancel -> 'max_pending_delay', 'max_pending_delay', false, v_max)),
         make_interval(secs => @schema.option_seconds(
