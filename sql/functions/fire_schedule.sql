@@ -24,13 +24,12 @@ BEGIN
         RETURN NULL;
     END IF;
     FOR i IN 1 .. coalesce(array_length(p_keys, 1), 0) LOOP
-        -- One call per slot: each slot's headers differ.
-        SELECT * INTO v_spawned FROM @schema.spawn_tasks(ARRAY[p_tasks[i]], ARRAY[p_runs[i]],
-            ARRAY[s.params::text], ARRAY[p_keys[i]], s.queue, s.task_name,
+        SELECT * INTO v_spawned FROM @schema.spawn_task(p_tasks[i], p_runs[i], s.queue,
+            s.task_name, s.params,
             s.headers || jsonb_build_object('schedule_id', s.schedule_id,
                 'scheduled_at', p_slots[i]),
-            s.retry, s.max_attempts, s.priority, NULL, NULL, s.max_pending_delay,
-            s.max_duration, NULL);
+            s.retry, s.max_attempts, s.priority, NULL, NULL, p_keys[i],
+            s.max_pending_delay, s.max_duration, NULL);
         v_last := v_spawned.task_id;
         v_created := v_created + v_spawned.created::integer;
     END LOOP;

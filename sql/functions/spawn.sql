@@ -72,12 +72,11 @@ BEGIN
 
     RETURN QUERY
     SELECT s.task_id, s.run_id, s.attempt
-    FROM @schema.spawn_tasks(
-        ARRAY[@schema.option_uuid(v_opts -> 'task_id', 'task_id')],
-        ARRAY[@schema.option_uuid(v_opts -> 'run_id', 'run_id')],
-        ARRAY[coalesce(p_params, 'null')::text], ARRAY[v_key], p_queue, p_task_name,
-        coalesce(v_opts -> 'headers', '{}'), v_retry, v_attempts, v_priority,
-        make_interval(secs => v_delay), v_start,
+    FROM @schema.spawn_task(
+        @schema.option_uuid(v_opts -> 'task_id', 'task_id'),
+        @schema.option_uuid(v_opts -> 'run_id', 'run_id'),
+        p_queue, p_task_name, coalesce(p_params, 'null'), coalesce(v_opts -> 'headers', '{}'),
+        v_retry, v_attempts, v_priority, make_interval(secs => v_delay), v_start, v_key,
         make_interval(secs => @schema.option_seconds(
             v_cancel -> 'max_pending_delay', 'max_pending_delay', false, v_max)),
         make_interval(secs => @schema.option_seconds(

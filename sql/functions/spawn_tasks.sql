@@ -1,10 +1,10 @@
--- The one place a task and its first run are written: spawn, spawn_many, the SQL API's
--- spawn, schedules and children all come here. Tasks of one name with shared settings;
--- per item its ids, its params (JSON text) and its idempotency key (NULL: none).
--- An item whose key names a task already on the queue writes nothing and reports that
--- task (created false). Items of one call sharing a key: the first of them (in array
--- order) is spawned and the later ones report it, created false. One NOTIFY per call,
--- when anything was created. p_parent is the parent of every task (NULL: top-level).
+-- The one place a task and its first run are written: the clients' spawns (children's
+-- too) directly, the SQL API's spawn and schedules through spawn_task. Tasks of one name
+-- with shared settings; per item its ids, its params (JSON text) and its idempotency key
+-- (NULL: none). An item whose key names a task already on the queue writes nothing and
+-- reports that task (created false). Items of one call sharing a key: the first of them
+-- (in array order) is spawned and the later ones report it, created false. One NOTIFY
+-- per call, when anything was created. p_parent is every task's parent (NULL: none).
 CREATE OR REPLACE FUNCTION @schema.spawn_tasks(
     p_tasks uuid[], p_runs uuid[], p_params text[], p_keys text[], p_queue text,
     p_name text, p_headers jsonb, p_retry jsonb, p_max_attempts integer,

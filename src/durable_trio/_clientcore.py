@@ -21,7 +21,7 @@ import psycopg
 from . import _serde
 from ._core import inspection
 from ._core.durations import interval
-from ._core.ids import uuid7
+from ._core.ids import uuid7, uuid7_texts
 from ._core.names import validate_name, validate_queue, validate_schema
 from ._core.options import SpawnOptions, check_idempotency_key
 from ._core.states import TaskState
@@ -307,7 +307,7 @@ class ClientCore:
             name,
             known,
             not isinstance(task, str),
-            opts.idempotency_key,
+            common["idempotency_key"],
             tuple(common[field] for field in SPAWN_SHARED),
             output,
         )
@@ -384,11 +384,10 @@ class ClientCore:
         keys = _many_keys(idempotency_keys, len(texts))
         if not texts:
             return []
-        tasks = [uuid7() for _ in texts]
-        runs = [uuid7() for _ in texts]
+        ids = uuid7_texts(2 * len(texts))  # hex digits: nothing to quote
         arrays = (
-            array_literal(str(t) for t in tasks),
-            array_literal(str(r) for r in runs),
+            "{" + ",".join(ids[: len(texts)]) + "}",
+            "{" + ",".join(ids[len(texts) :]) + "}",
             array_literal(texts),
             None if keys is None else nullable_array_literal(keys),
         )
@@ -557,7 +556,8 @@ def poll_delays() -> Iterator[float]:
 
 def spawn_one(schema: str, plan: SpawnPlan, params: str) -> Op[SpawnResult[Any]]:
     """One spawn of `plan` with its params as JSON text: one prepared statement."""
-    values = (uuid7(), uuid7(), params, plan.key, *plan.shared)
+    task_id, run_id = uuid7_texts(2)  # one call for both ids' randomness
+    values = (task_id, run_id, params, plan.key, *plan.shared)
     rows = yield Statement(queries(schema)["spawn_one"], values, prepare=True)
     return spawn_result(rows[0], plan.name, plan.output)
 
