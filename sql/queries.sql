@@ -3,7 +3,7 @@
 
 -- name: spawn_one
 -- One spawn through spawn_tasks, positional (ClientCore's SPAWN_SHARED order after the
--- item's ids, params and key): prepared once per connection, the client's hot path.
+-- item's ids, params and key): the same text every time, so it is prepared per connection.
 SELECT * FROM @schema.spawn_tasks(ARRAY[%s::uuid], ARRAY[%s::uuid], ARRAY[%s::text],
     ARRAY[%s::text], %s::text, %s::text, %s::jsonb, %s::jsonb, %s::integer, %s::integer,
     %s::interval, %s::timestamptz, %s::interval, %s::interval, %s::uuid)

@@ -555,10 +555,12 @@ def poll_delays() -> Iterator[float]:
 
 
 def spawn_one(schema: str, plan: SpawnPlan, params: str) -> Op[SpawnResult[Any]]:
-    """One spawn of `plan` with its params as JSON text: one prepared statement."""
+    """One spawn of `plan` with its params as JSON text: one statement, the same text
+    every time, so psycopg prepares it on each connection after a few uses (and leaves it
+    unprepared on a connection configured not to prepare, e.g. behind pgbouncer)."""
     task_id, run_id = uuid7_texts(2)  # one call for both ids' randomness
     values = (task_id, run_id, params, plan.key, *plan.shared)
-    rows = yield Statement(queries(schema)["spawn_one"], values, prepare=True)
+    rows = yield Statement(queries(schema)["spawn_one"], values)
     return spawn_result(rows[0], plan.name, plan.output)
 
 
@@ -566,7 +568,7 @@ def insert(schema: str, row: dict[str, Any], output: Any = Any) -> Op[SpawnResul
     """One spawn row (see `ClientCore.spawn_row`) into the tables."""
     values = (row["task_id"], row["run_id"], row["params"], row["idempotency_key"])
     shared = tuple(row[field] for field in SPAWN_SHARED)
-    rows = yield Statement(queries(schema)["spawn_one"], (*values, *shared), prepare=True)
+    rows = yield Statement(queries(schema)["spawn_one"], (*values, *shared))
     return spawn_result(rows[0], row["task_name"], output)
 
 
