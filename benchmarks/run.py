@@ -396,6 +396,10 @@ def plan(url: str, systems: list[str], scenarios: list[str], sz: Sizes) -> list[
                 one,
                 batch,
             )
+        for peer in peer_runner.SPAWN_PEERS:
+            if peer in systems:
+                thunk = functools.partial(peer_runner.run_peer_spawn, peer, url, one, batch)
+                units.append((f"{peer} enqueue rate", ("spawn_rate", peer), thunk))
     if "client_spawn" in scenarios and has_dt:
         add(
             "spawn one by one from each client",
@@ -462,6 +466,18 @@ def plan(url: str, systems: list[str], scenarios: list[str], sz: Sizes) -> list[
                 timeout=sz.run_timeout,
             )
     return units
+
+
+def _peer_of(path: tuple[str, ...]) -> str | None:
+    """The peer library a unit of work runs, if any (its results path names it)."""
+    return next((part for part in path[1:] if part in PEERS), None)
+
+
+def _runs_peer(peer: str, scenarios: list[str]) -> bool:
+    """Whether a scenario asked for needs the peer's virtualenv."""
+    return "throughput" in scenarios or (
+        "spawn_rate" in scenarios and peer in peer_runner.SPAWN_PEERS
+    )
 
 
 def _git_revision() -> str | None:
@@ -574,7 +590,7 @@ def main(argv: list[str] | None = None) -> int:
         results[key] = {}
     try:
         results["meta"]["server"] = server_settings(url)
-        peers = [p for p in PEERS if p in args.systems and "throughput" in args.scenarios]
+        peers = [p for p in PEERS if p in args.systems and _runs_peer(p, args.scenarios)]
         with temporary_database(url, BENCH_DB) as bench_url:
             units = plan(bench_url, args.systems, args.scenarios, sz)
             progress = Progress(len(peers) + len(units))
@@ -595,7 +611,8 @@ def main(argv: list[str] | None = None) -> int:
                     progress.advance()
                 for label, path, thunk in units:
                     progress.start(label)
-                    if path[0] == "throughput" and path[1] in PEERS and path[1] not in ready_peers:
+                    peer = _peer_of(path)
+                    if peer is not None and peer not in ready_peers:
                         progress.advance()
                         continue
                     try:
@@ -604,11 +621,10 @@ def main(argv: list[str] | None = None) -> int:
                         detail = "".join(traceback.format_exception(ex))[-4000:]
                         results["errors"][label] = detail
                         _put(results, path, {"error": str(ex)[:2000]})
-                        if path[1] in PEERS:
-                            results["peers"][path[1]]["status"] = "failed"
-                            results["peers"][path[1]].setdefault("errors", {})[path[2]] = str(ex)[
-                                :2000
-                            ]
+                        if peer is not None:
+                            results["peers"][peer]["status"] = "failed"
+                            errors = results["peers"][peer].setdefault("errors", {})
+                            errors[path[-1]] = str(ex)[:2000]
                         progress.write(f"{label}: FAILED: {str(ex)[:300]}")
                     progress.advance()
             finally:
