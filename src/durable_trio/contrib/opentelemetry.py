@@ -14,8 +14,9 @@ Built on `durable_trio.Hooks`, so it sees what they see:
   queue; a suspension (sleep, wait, join) ends it with the event ``suspended`` and a child
   span ``suspend`` naming the checkpoint waited on, a failure records the exception and an
   error status (and ``durable_trio.retried`` when another attempt follows);
-- a span ``step <name>`` per step; a replayed step is marked ``durable_trio.replayed`` and
-  lasts no time (nothing ran);
+- a span ``step <name>`` per step of a recorded run (none in a trace the sampler left
+  out, nor with ``step_spans=False``); a replayed step is marked
+  ``durable_trio.replayed`` and lasts no time (nothing ran);
 - a span ``emit`` (PRODUCER) per event emitted, and ``cancel`` per client cancel;
 - the counters, histograms and in-flight up-down counter listed in docs/observability.md.
 """
@@ -135,13 +136,16 @@ class _Telemetry:
     def before_emit(self, call: dt.EmitCall) -> None:
         # Event names often carry an id (``paid-<order>``): an attribute, not a span name
         # or a metric label, to keep both of low cardinality.
-        attributes: dict[str, AttributeValue] = {
-            "durable_trio.event": call.name,
-            "durable_trio.queue": call.queue,
-        }
-        if call.task_id is not None:
-            attributes["durable_trio.task_id"] = str(call.task_id)
-        self.tracer.start_span("emit", kind=SpanKind.PRODUCER, attributes=attributes).end()
+        span = self.tracer.start_span("emit", kind=SpanKind.PRODUCER)
+        if span.is_recording():
+            attributes: dict[str, AttributeValue] = {
+                "durable_trio.event": call.name,
+                "durable_trio.queue": call.queue,
+            }
+            if call.task_id is not None:
+                attributes["durable_trio.task_id"] = str(call.task_id)
+            span.set_attributes(attributes)
+        span.end()
         self.emitted.add((("queue", call.queue),))
 
     def before_cancel(self, call: dt.CancelCall) -> None:
@@ -158,10 +162,14 @@ class _Telemetry:
     def around_run(self, ctx: dt.TaskContext) -> _RunSpan:
         return _RunSpan(self, ctx)
 
-    def around_step(self, ctx: dt.TaskContext, call: dt.StepCall) -> _StepSpan | _StepTimer:
+    def around_step(
+        self, ctx: dt.TaskContext, call: dt.StepCall
+    ) -> _StepSpan | _StepTimer | _Nothing:
         if self.step_spans and trace.get_current_span().is_recording():
             return _StepSpan(self, ctx, call)
-        return _StepTimer(self, ctx, call)
+        if self.histograms:
+            return _StepTimer(self, ctx, call)
+        return _NOTHING
 
     def kind(self, task_name: str, queue: str) -> _Kind:
         kind = self.kinds.get((task_name, queue))
@@ -299,6 +307,21 @@ class _RunSpan:
         finally:
             otel_context.detach(self.token)
             span.end()
+
+
+class _Nothing:
+    """``around_step`` with neither a span nor a histogram to make."""
+
+    __slots__ = ()
+
+    async def __aenter__(self) -> None:
+        pass
+
+    async def __aexit__(self, *exc: object) -> None:
+        pass
+
+
+_NOTHING = _Nothing()
 
 
 class _StepTimer:
