@@ -430,7 +430,7 @@ class Listener:
         self.max_backoff = max_backoff
         self.connected = False
 
-    async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         started = False
 
         async def not_yet(ex: BaseException, pause: float) -> None:

@@ -18,7 +18,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Sequence
-from typing import Any, Protocol
+from typing import Protocol
 from uuid import UUID
 
 import trio
@@ -29,6 +29,7 @@ from ._core.ids import uuid7
 from ._db import TRANSIENT
 from ._errors import DatabaseUnavailable
 from ._retrying import retrying
+from ._rows import ClaimedRun
 from ._run import RunState, Write
 from ._store import ClaimArgs, Store
 
@@ -46,7 +47,7 @@ class Claimer(Protocol):
     def claim_wanted(self) -> bool:
         """Whether a reserved claim should still be made (False once shutting down)."""
 
-    def claimed(self, args: ClaimArgs, rows: list[dict[str, Any]]) -> None:
+    def claimed(self, args: ClaimArgs, rows: list[ClaimedRun]) -> None:
         """The rows claimed for a reservation (none if the claim was not made)."""
 
 
@@ -118,7 +119,7 @@ class Writer:
 
     async def _write(self, batch: list[Write]) -> None:
         self._claim = self._claimer.reserve_claim() if self._claimer is not None else None
-        rows: list[dict[str, Any]] = []
+        rows: list[ClaimedRun] = []
         try:
             try:
                 owned, rows = await self._write_retrying(batch)
@@ -137,21 +138,19 @@ class Writer:
             write.owned = write.run.run_id in owned
             write.done.set()
 
-    def _settle_claim(self, rows: list[dict[str, Any]]) -> None:
+    def _settle_claim(self, rows: list[ClaimedRun]) -> None:
         """Hand the claimed rows to the worker, ending the reservation (if still open)."""
         claim, self._claim = self._claim, None
         if claim is not None and self._claimer is not None:
             self.claims += len(rows)
             self._claimer.claimed(claim, rows)
 
-    async def _write_retrying(
-        self, batch: Sequence[Write]
-    ) -> tuple[set[UUID], list[dict[str, Any]]]:
+    async def _write_retrying(self, batch: Sequence[Write]) -> tuple[set[UUID], list[ClaimedRun]]:
         """Write `batch` (and the reserved claim), retrying while the database is away;
         a run whose lease runs out meanwhile is lost, and its writes left out."""
         live: list[Write] = []
 
-        async def attempt() -> tuple[set[UUID], list[dict[str, Any]]]:
+        async def attempt() -> tuple[set[UUID], list[ClaimedRun]]:
             nonlocal live
             live = [w for w in batch if w.run.lost is None]
             if self._claimer is not None and not self._claimer.claim_wanted():
@@ -206,7 +205,7 @@ class Writer:
 
     async def _record(
         self, writes: Sequence[Write], claim: ClaimArgs | None
-    ) -> tuple[set[UUID], list[dict[str, Any]]]:
+    ) -> tuple[set[UUID], list[ClaimedRun]]:
         checkpoints = [(w.run.run_id, w.name, w.value) for w in writes if w.name is not None]
         completions = [(w.run.run_id, w.value) for w in writes if w.name is None]
         claims = {w.run.run_id: w.run.claimed_at for w in writes}

@@ -270,7 +270,7 @@ class Durable:
         raise AssertionError("poll_delays never ends")  # pragma: no cover
 
 
-def _caller_connection(conn: Any) -> psycopg.AsyncConnection[Any]:
+def _caller_connection(conn: object) -> psycopg.AsyncConnection[Any]:
     """The `connection=` of a spawn or emit: an asyncio psycopg connection, whose open
     transaction the write joins."""
     if isinstance(conn, psycopg.AsyncConnection):

@@ -282,7 +282,7 @@ class Durable:
         raise AssertionError("poll_delays never ends")  # pragma: no cover
 
 
-def _caller_connection(conn: Any) -> psycopg.Connection[Any]:
+def _caller_connection(conn: object) -> psycopg.Connection[Any]:
     """The `connection=` of a spawn or emit: a blocking psycopg connection, whose open
     transaction the write joins."""
     if isinstance(conn, psycopg.Connection):
