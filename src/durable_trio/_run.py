@@ -153,8 +153,8 @@ class RunState:
         return lost_now
 
     def finish(self) -> RunPhase:
-        """Its execution ended; returns the state it ended in (before FINISHED, when it
-        was still held: HANDING_BACK says to release it)."""
+        """Its execution ended. Returns the state it was in until then: HANDING_BACK
+        says to release it now."""
         ended_in = self.state
         self.advance(RunEvent.FINISH)
         self.gone.set()
