@@ -56,6 +56,7 @@ SCENARIOS = [
     "spawn_rate",
     "client_spawn",
     "backlog",
+    "retention",
     "rss",
 ]
 BENCH_DB = "durable_trio_bench"
@@ -80,6 +81,12 @@ class Sizes:
     backlog_window: float = 10.0
     backlog_c: int = 32
     rss_tasks: int = 1000
+    retention_finished: int = 1_000_000  # old finished tasks the cleanup removes
+    retention_pending: int = 800_000  # the backlog drained meanwhile (must outlast it)
+    retention_window: float = 5.0  # seconds of no cleanup between two cleanups
+    retention_batch: int = 1000  # Durable.cleanup's default
+    retention_slices: int = 10  # cleanups, each removing the next slice of the tasks
+    retention_duties: tuple[float, ...] = (1.0, 0.2)  # Durable.cleanup(duty=), in turn
 
     def scaled(self, k: float) -> Sizes:
         if k == 1:
@@ -103,6 +110,8 @@ class Sizes:
             backlog=[s(b, 20) for b in self.backlog],
             backlog_window=max(0.5, self.backlog_window * k),
             rss_tasks=s(self.rss_tasks, 10),
+            retention_finished=s(self.retention_finished, 100),
+            retention_pending=s(self.retention_pending, 100),
         )
 
 
@@ -143,6 +152,10 @@ QUICK = Sizes(
     backlog_window=2.0,
     backlog_c=32,
     rss_tasks=200,
+    retention_finished=50_000,
+    retention_pending=60_000,
+    retention_window=2.0,
+    retention_slices=4,
 )
 
 
@@ -408,6 +421,20 @@ def plan(url: str, systems: list[str], scenarios: list[str], sz: Sizes) -> list[
                     c,
                     window,
                 )
+    if "retention" in scenarios and has_dt:
+        add_trio(
+            f"durable_trio cleanup of {sz.retention_finished:,} finished tasks",
+            ("retention", "durable_trio"),
+            dt_bench.retention,
+            "dt_ret",
+            sz.retention_finished,
+            sz.retention_pending,
+            sz.backlog_c,
+            window=sz.retention_window,
+            batch=sz.retention_batch,
+            slices=sz.retention_slices,
+            duties=sz.retention_duties,
+        )
     if "rss" in scenarios and has_dt:
         add(
             f"durable_trio RSS, {sz.rss_tasks} in flight",
@@ -517,6 +544,7 @@ def main(argv: list[str] | None = None) -> int:
         "spawn_rate",
         "client_spawn",
         "claim_backlog",
+        "retention",
         "rss",
         "peers",
         "errors",

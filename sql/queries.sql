@@ -282,24 +282,42 @@ WHERE t.task_id = %(task_id)s
 ORDER BY k.created_at, k.name
 
 -- name: queue_live
--- Live runs per queue and task name: the claim and lease indexes only (O(backlog)).
-SELECT r.queue, r.task_name,
-    count(*) FILTER (WHERE r.state = 'pending') AS pending,
-    count(*) FILTER (WHERE r.state = 'sleeping') AS sleeping,
-    count(*) FILTER (WHERE r.state = 'running') AS running,
-    count(*) FILTER (WHERE r.state <> 'running' AND r.available_at <= n.now) AS due_now,
-    max(n.now - r.available_at)
-        FILTER (WHERE r.state <> 'running' AND r.available_at <= n.now) AS oldest_due_age
-FROM (SELECT @schema.clock_now() AS now) n
+-- Live runs per queue and task name: the claim and lease indexes only (O(backlog)). A
+-- name with runs due for longer than "unserved_after" is then looked up once in the
+-- workers registry (a few rows): if no live worker of its queue has registered it, those
+-- runs are unserved (the same rule as unserved_tasks).
+SELECT g.queue, g.task_name, g.pending, g.sleeping, g.running, g.due_now, g.oldest_due_age,
+    CASE WHEN g.stale = 0 OR w.served THEN 0 ELSE g.stale END AS unserved_runs,
+    CASE WHEN g.stale = 0 OR w.served THEN NULL ELSE g.oldest_due_age END
+        AS oldest_unserved_age
+FROM (
+    -- clock_now() reads clock_timestamp(), so n.now is not one value to group by.
+    SELECT r.queue, r.task_name, max(n.now) AS now,
+        count(*) FILTER (WHERE r.state = 'pending') AS pending,
+        count(*) FILTER (WHERE r.state = 'sleeping') AS sleeping,
+        count(*) FILTER (WHERE r.state = 'running') AS running,
+        count(*) FILTER (WHERE r.state <> 'running' AND r.available_at <= n.now) AS due_now,
+        max(n.now - r.available_at)
+            FILTER (WHERE r.state <> 'running' AND r.available_at <= n.now) AS oldest_due_age,
+        count(*) FILTER (WHERE r.state <> 'running'
+            AND r.available_at <= n.now - %(unserved_after)s::interval) AS stale
+    FROM (SELECT @schema.clock_now() AS now) n
+    CROSS JOIN LATERAL (
+        SELECT x.queue, x.task_name, x.state, x.available_at FROM @schema.runs x
+        WHERE x.state IN ('pending', 'sleeping')
+          AND (%(queue)s::text IS NULL OR x.queue = %(queue)s::text)
+        UNION ALL
+        SELECT x.queue, x.task_name, x.state, x.available_at FROM @schema.runs x
+        WHERE x.state = 'running' AND (%(queue)s::text IS NULL OR x.queue = %(queue)s::text)
+    ) r
+    GROUP BY r.queue, r.task_name
+) g
 CROSS JOIN LATERAL (
-    SELECT x.queue, x.task_name, x.state, x.available_at FROM @schema.runs x
-    WHERE x.state IN ('pending', 'sleeping')
-      AND (%(queue)s::text IS NULL OR x.queue = %(queue)s::text)
-    UNION ALL
-    SELECT x.queue, x.task_name, x.state, x.available_at FROM @schema.runs x
-    WHERE x.state = 'running' AND (%(queue)s::text IS NULL OR x.queue = %(queue)s::text)
-) r
-GROUP BY r.queue, r.task_name
+    SELECT g.stale > 0 AND EXISTS (
+        SELECT 1 FROM @schema.workers k
+        WHERE k.expires_at > g.now AND g.queue = ANY (k.queues)
+          AND g.task_name = ANY (k.task_names)) AS served
+) w
 
 -- name: queue_ended
 -- Attempts that failed, and tasks that failed or were cancelled, in the last "window"

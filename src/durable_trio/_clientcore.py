@@ -385,13 +385,15 @@ class ClientCore:
             raise TaskNotFound(target)
         return [_step_info(row) for row in rows if row["name"] is not None]
 
-    def queue_stats(self, queue: str | None, window: timedelta) -> Op[QueueStats]:
+    def queue_stats(
+        self, queue: str | None, window: timedelta, unserved_after: timedelta
+    ) -> Op[QueueStats]:
         target = None if queue is None else checked_queue(queue)
-        params = {"queue": target, "window": window}
+        params = {"queue": target, "window": window, "unserved_after": unserved_after}
         now = (yield named(self.schema, "now", {}))[0]["now"]
         live = yield named(self.schema, "queue_live", params, prepare=False)
         ended = yield named(self.schema, "queue_ended", params, prepare=False)
-        return _queue_stats(target, now, window, live, ended)
+        return _queue_stats(target, now, window, live, ended, unserved_after=unserved_after)
 
     # -- waiting for a result ---------------------------------------------------------
 
