@@ -28,7 +28,7 @@ from ._hooks import Hooks
 from ._retention import CleanupResult, check_batch, cutoff
 from ._schedules import ScheduleInfo
 from ._shell import AsyncShell, Call, resolve_url
-from ._store import Store
+from ._store import Connection, Store
 from ._task import Task, TaskDefinition
 from ._worker import Worker
 
@@ -209,7 +209,7 @@ class Durable(AsyncShell[TrioConnection | psycopg.Connection[Any]]):
 
     async def workers(self) -> list[WorkerInfo]:
         """The live workers of this schema, oldest first."""
-        return [WorkerInfo(**row) for row in await self._store.workers()]
+        return await self._store.workers()
 
     async def unserved_tasks(
         self, threshold: timedelta | float = timedelta(minutes=5)
@@ -217,7 +217,7 @@ class Durable(AsyncShell[TrioConnection | psycopg.Connection[Any]]):
         """Task names with runs due for longer than `threshold` that no live worker of
         their queue has registered (oldest first)."""
         seconds = to_seconds(threshold, what="threshold")
-        return [UnservedTasks(**row) for row in await self._store.unserved_tasks(seconds)]
+        return await self._store.unserved_tasks(seconds)
 
     def new_worker(self, options: WorkerOptions | None = None) -> Worker:
         """A worker for this client's registered tasks; run it with
@@ -320,7 +320,7 @@ def _reraise(ex: BaseException) -> NoReturn:
         ex.__context__ = context
 
 
-def _caller_connection(conn: Any) -> Any:
+def _caller_connection(conn: object) -> Connection | None:
     """The `connection=` of a spawn or emit, checked before anything is written with it.
     An asyncio psycopg connection cannot be driven by trio: refused too."""
     if conn is None or isinstance(conn, (TrioConnection, psycopg.Connection)):

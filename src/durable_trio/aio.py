@@ -98,7 +98,7 @@ class Durable(AsyncShell[psycopg.AsyncConnection[Any]]):
         return await self._execute(Call(_sql.migrate(self.schema)), transaction=True)
 
 
-def _caller_connection(conn: Any) -> psycopg.AsyncConnection[Any]:
+def _caller_connection(conn: object) -> psycopg.AsyncConnection[Any]:
     """The `connection=` of a spawn or emit: an asyncio psycopg connection, whose open
     transaction the write joins."""
     if isinstance(conn, psycopg.AsyncConnection):

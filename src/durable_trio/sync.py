@@ -145,7 +145,7 @@ class Durable(Shell[psycopg.Connection[Any]], Blocking):
         return found[1]
 
 
-def _caller_connection(conn: Any) -> psycopg.Connection[Any]:
+def _caller_connection(conn: object) -> psycopg.Connection[Any]:
     """The `connection=` of a spawn or emit: a blocking psycopg connection, whose open
     transaction the write joins."""
     if isinstance(conn, psycopg.Connection):
