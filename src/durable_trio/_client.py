@@ -25,7 +25,7 @@ from ._errors import (
 )
 from ._fleet import UnservedTasks, WorkerInfo
 from ._hooks import Hooks
-from ._retention import CleanupResult, check_batch, cutoff
+from ._retention import CleanupResult, check_batch, check_duty, cutoff
 from ._schedules import ScheduleInfo
 from ._shell import AsyncShell, Call, resolve_url
 from ._store import Connection, Store
@@ -125,6 +125,7 @@ class Durable(AsyncShell[TrioConnection | psycopg.Connection[Any]]):
         finished_before: datetime | timedelta | float | None = None,
         events_before: datetime | timedelta | float | None = None,
         batch: int = 1000,
+        duty: float = 1.0,
     ) -> CleanupResult:
         """Remove old finished work; return what was removed.
 
@@ -135,12 +136,17 @@ class Durable(AsyncShell[TrioConnection | psycopg.Connection[Any]]):
         it). Children's internal end events go once their parent has finished. Works in
         transactions of at most `batch` rows of each kind, taking no lock a claim or a
         worker's write waits on; a removed task's idempotency key may be used again.
+        ``duty`` (above 0, at most 1) is the share of the time spent removing: after each
+        batch the cleanup rests so that batches take no more (0.2: a batch of 40 ms, then
+        160 ms of rest). Removing rows costs the database CPU that busy workers would use
+        (with 1.0, the default, a cleanup takes about one core); see docs/operations.md.
         """
         batch = check_batch(batch)
+        duty = check_duty(duty)
         now = await self._store.now()
         tasks_cut = cutoff(finished_before, what="finished_before", now=now)
         events_cut = cutoff(events_before, what="events_before", now=now)
-        return await self._store.cleanup(tasks_cut, events_cut, batch)
+        return await self._store.cleanup(tasks_cut, events_cut, batch, duty=duty)
 
     # -- schedules --------------------------------------------------------------------
 

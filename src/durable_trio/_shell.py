@@ -222,12 +222,23 @@ class Shell(Generic[C]):
 
     @operation
     def spawn_many(
-        self, task: TaskRef | str, params: Iterable[Any], *, options: SpawnOptions | None = None
+        self,
+        task: TaskRef | str,
+        params: Iterable[Any],
+        *,
+        options: SpawnOptions | None = None,
+        idempotency_keys: Iterable[str | None] | None = None,
     ) -> Call[list[SpawnResult[Any]]]:
         """Spawn many tasks of one kind with shared options in one statement (all or none).
-        The options are shared, so they cannot carry an idempotency key (one key would make
-        every task after the first a duplicate of it)."""
-        return Call(self._core.op(self._core.spawn_many(task, params, options)))
+
+        The options are shared, so they cannot carry an idempotency key; give each task its
+        own with `idempotency_keys` (one per params value, None for a task without one). A
+        key that already names a task on the queue returns that task (``created`` False)
+        and writes nothing for it, as `spawn` does. Tasks of one call sharing a key: the
+        first of them is spawned, the later ones return it (``created`` False).
+        """
+        op = self._core.spawn_many(task, params, options, idempotency_keys)
+        return Call(self._core.op(op))
 
     # -- reading ----------------------------------------------------------------------
 
@@ -276,15 +287,21 @@ class Shell(Generic[C]):
 
     @operation
     def queue_stats(
-        self, queue: str | None = None, *, window: Duration = timedelta(hours=1)
+        self,
+        queue: str | None = None,
+        *,
+        window: Duration = timedelta(hours=1),
+        unserved_after: Duration = timedelta(minutes=5),
     ) -> Call[QueueStats]:
         """Counts for monitoring one queue (every queue when `queue` is None): live
         tasks by state, runs due now and the age of the oldest of them, failures and
-        cancellations in the last `window`, in total and per task name. Reads only live
-        runs and the runs that ended badly in `window` (partial indexes), never the
-        finished tasks, so it stays cheap to poll."""
+        cancellations in the last `window`, runs due for longer than `unserved_after`
+        whose task name no live worker has registered, in total and per task name. Reads
+        only live runs, the runs that ended badly in `window` (partial indexes) and the
+        workers registry, never the finished tasks, so it stays cheap to poll."""
         span = timedelta(seconds=to_seconds(window, what="window"))
-        return Call(self._core.read(self._core.queue_stats(queue, span)))
+        after = timedelta(seconds=to_seconds(unserved_after, what="unserved_after"))
+        return Call(self._core.read(self._core.queue_stats(queue, span, after)))
 
     # -- steering ---------------------------------------------------------------------
 
