@@ -76,7 +76,8 @@ def test_quick_run_writes_results(pg_url: str, tmp_path: Path) -> None:
         assert cell["spans_exported"] >= 2 * cell["n"] * cell["rounds"]
     assert latest["peers"] == {}
     names = [t["target"] for t in latest["targets"]]
-    assert len(names) >= 10 and len(set(names)) == len(names)
+    assert len(names) >= 10
+    assert len(set(names)) == len(names)
     assert all({"target", "measured", "met"} <= set(t) for t in latest["targets"])
     plots = latest["plots"]
     if isinstance(plots, list):  # matplotlib installed
