@@ -57,6 +57,7 @@ SCENARIOS = [
     "spawn_rate",
     "client_spawn",
     "backlog",
+    "retention",
     "rss",
     "ceiling",
     "server_work",
@@ -94,6 +95,12 @@ class Sizes:
     retained: list[int] = field(default_factory=lambda: [0, 10_000_000])
     retained_load_budget: float = 360.0  # seconds; loading stops there, the size is said
     retained_c: int = 32
+    retention_finished: int = 1_000_000  # old finished tasks the cleanup removes
+    retention_pending: int = 800_000  # the backlog drained meanwhile (must outlast it)
+    retention_window: float = 5.0  # seconds of no cleanup between two cleanups
+    retention_batch: int = 1000  # Durable.cleanup's default
+    retention_slices: int = 10  # cleanups, each removing the next slice of the tasks
+    retention_duties: tuple[float, ...] = (1.0, 0.2)  # Durable.cleanup(duty=), in turn
 
     def scaled(self, k: float) -> Sizes:
         if k == 1:
@@ -120,6 +127,8 @@ class Sizes:
             ceiling_window=max(1.0, self.ceiling_window * k),
             scale_n=s(self.scale_n, 10),
             retained=[s(r, 100) if r else 0 for r in self.retained],
+            retention_finished=s(self.retention_finished, 100),
+            retention_pending=s(self.retention_pending, 100),
         )
 
 
@@ -165,6 +174,10 @@ QUICK = Sizes(
     scale_n=600,
     retained=[0, 100_000],
     retained_load_budget=30.0,
+    retention_finished=50_000,
+    retention_pending=60_000,
+    retention_window=2.0,
+    retention_slices=4,
 )
 
 
@@ -474,6 +487,20 @@ def plan(url: str, systems: list[str], scenarios: list[str], sz: Sizes) -> list[
             sz.retained_load_budget,
             timeout=sz.run_timeout,
         )
+    if "retention" in scenarios and has_dt:
+        add_trio(
+            f"durable_trio cleanup of {sz.retention_finished:,} finished tasks",
+            ("retention", "durable_trio"),
+            dt_bench.retention,
+            "dt_ret",
+            sz.retention_finished,
+            sz.retention_pending,
+            sz.backlog_c,
+            window=sz.retention_window,
+            batch=sz.retention_batch,
+            slices=sz.retention_slices,
+            duties=sz.retention_duties,
+        )
     if "rss" in scenarios and has_dt:
         add(
             f"durable_trio RSS, {sz.rss_tasks} in flight",
@@ -589,6 +616,7 @@ def main(argv: list[str] | None = None) -> int:
         "spawn_rate",
         "client_spawn",
         "claim_backlog",
+        "retention",
         "rss",
         "ceiling",
         "server_work",

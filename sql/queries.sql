@@ -1,5 +1,6 @@
 -- Named queries, loaded by src/durable_trio/_store.py. "@schema" is the quoted schema.
--- Values are always parameters; nothing else is spliced in.
+-- Values are always parameters; nothing else is spliced in. A "-- part:" is no statement
+-- of its own: "@part(name)" in a statement stands for its text (written once, used twice).
 
 -- name: spawn_task
 SELECT * FROM @schema.spawn_task(%(task_id)s, %(run_id)s, %(queue)s, %(task_name)s,
@@ -18,8 +19,8 @@ SELECT * FROM @schema.claim_runs(%(queue)s, %(worker)s, %(names)s::text[], %(lim
     %(lease)s::interval, %(version)s)
 
 -- name: claim_runs_singly
-SELECT * FROM @schema.claim_runs_singly(%(queue)s, %(worker)s, %(names)s::text[],
-    %(limit)s, %(lease)s::interval, %(version)s)
+SELECT * FROM @schema.claim_runs(%(queue)s, %(worker)s, %(names)s::text[], %(limit)s,
+    %(lease)s::interval, %(version)s, p_singly => true)
 
 -- name: heartbeat
 SELECT * FROM @schema.heartbeat(%(worker)s, %(runs)s::uuid[], %(lease)s::interval)
@@ -208,14 +209,11 @@ WHERE (%(after)s::uuid IS NULL OR t.task_id > %(after)s::uuid)
 ORDER BY t.task_id
 LIMIT %(limit)s
 
--- name: list_tasks_ended
--- Failed or cancelled tasks, found through their last run (a task shares its state with
--- it): runs_ended_task is walked in task_id order and the walk stops at a page.
--- OFFSET 0 keeps the task lookup a per-run probe: flattened into a join, the planner
--- scanned every task for the rare failed ones (50 ms at 200k tasks, not 1 ms).
-SELECT t.*
-FROM @schema.runs r
-CROSS JOIN LATERAL (
+-- part: task_of_last_run
+-- The task whose last run is r (a task shares its state with it), filtered as
+-- list_tasks_ended and list_tasks_live ask. OFFSET 0 keeps it a per-run probe: flattened
+-- into a join, the planner scanned every task for the rare failed ones (50 ms at 200k
+-- tasks, not 1 ms).
     SELECT t.task_id, t.queue, t.task_name, t.state, t.attempts, t.max_attempts,
         t.priority, t.parent_task_id, t.cancel_reason, t.created_at, t.first_started_at,
         t.finished_at
@@ -225,7 +223,13 @@ CROSS JOIN LATERAL (
       AND (%(created_after)s::timestamptz IS NULL OR t.created_at >= %(created_after)s)
       AND (%(created_before)s::timestamptz IS NULL OR t.created_at < %(created_before)s)
     OFFSET 0
-) t
+
+-- name: list_tasks_ended
+-- Failed or cancelled tasks, found through their last run (a task shares its state with
+-- it): runs_ended_task is walked in task_id order and the walk stops at a page.
+SELECT t.*
+FROM @schema.runs r
+CROSS JOIN LATERAL (@part(task_of_last_run)) t
 WHERE r.state = %(state)s::text
   AND (%(after)s::uuid IS NULL OR r.task_id > %(after)s::uuid)
   AND (%(queue)s::text IS NULL OR r.queue = %(queue)s::text)
@@ -247,17 +251,7 @@ WITH live AS MATERIALIZED (
 )
 SELECT t.*
 FROM (SELECT * FROM live ORDER BY live.task_id) r
-CROSS JOIN LATERAL (
-    SELECT t.task_id, t.queue, t.task_name, t.state, t.attempts, t.max_attempts,
-        t.priority, t.parent_task_id, t.cancel_reason, t.created_at, t.first_started_at,
-        t.finished_at
-    FROM @schema.tasks t
-    WHERE t.task_id = r.task_id AND t.last_run_id = r.run_id AND t.state = %(state)s::text
-      AND (%(parent)s::uuid IS NULL OR t.parent_task_id = %(parent)s::uuid)
-      AND (%(created_after)s::timestamptz IS NULL OR t.created_at >= %(created_after)s)
-      AND (%(created_before)s::timestamptz IS NULL OR t.created_at < %(created_before)s)
-    OFFSET 0
-) t
+CROSS JOIN LATERAL (@part(task_of_last_run)) t
 ORDER BY r.task_id
 LIMIT %(limit)s
 
@@ -288,24 +282,42 @@ WHERE t.task_id = %(task_id)s
 ORDER BY k.created_at, k.name
 
 -- name: queue_live
--- Live runs per queue and task name: the claim and lease indexes only (O(backlog)).
-SELECT r.queue, r.task_name,
-    count(*) FILTER (WHERE r.state = 'pending') AS pending,
-    count(*) FILTER (WHERE r.state = 'sleeping') AS sleeping,
-    count(*) FILTER (WHERE r.state = 'running') AS running,
-    count(*) FILTER (WHERE r.state <> 'running' AND r.available_at <= n.now) AS due_now,
-    max(n.now - r.available_at)
-        FILTER (WHERE r.state <> 'running' AND r.available_at <= n.now) AS oldest_due_age
-FROM (SELECT @schema.clock_now() AS now) n
+-- Live runs per queue and task name: the claim and lease indexes only (O(backlog)). A
+-- name with runs due for longer than "unserved_after" is then looked up once in the
+-- workers registry (a few rows): if no live worker of its queue has registered it, those
+-- runs are unserved (the same rule as unserved_tasks).
+SELECT g.queue, g.task_name, g.pending, g.sleeping, g.running, g.due_now, g.oldest_due_age,
+    CASE WHEN g.stale = 0 OR w.served THEN 0 ELSE g.stale END AS unserved_runs,
+    CASE WHEN g.stale = 0 OR w.served THEN NULL ELSE g.oldest_due_age END
+        AS oldest_unserved_age
+FROM (
+    -- clock_now() reads clock_timestamp(), so n.now is not one value to group by.
+    SELECT r.queue, r.task_name, max(n.now) AS now,
+        count(*) FILTER (WHERE r.state = 'pending') AS pending,
+        count(*) FILTER (WHERE r.state = 'sleeping') AS sleeping,
+        count(*) FILTER (WHERE r.state = 'running') AS running,
+        count(*) FILTER (WHERE r.state <> 'running' AND r.available_at <= n.now) AS due_now,
+        max(n.now - r.available_at)
+            FILTER (WHERE r.state <> 'running' AND r.available_at <= n.now) AS oldest_due_age,
+        count(*) FILTER (WHERE r.state <> 'running'
+            AND r.available_at <= n.now - %(unserved_after)s::interval) AS stale
+    FROM (SELECT @schema.clock_now() AS now) n
+    CROSS JOIN LATERAL (
+        SELECT x.queue, x.task_name, x.state, x.available_at FROM @schema.runs x
+        WHERE x.state IN ('pending', 'sleeping')
+          AND (%(queue)s::text IS NULL OR x.queue = %(queue)s::text)
+        UNION ALL
+        SELECT x.queue, x.task_name, x.state, x.available_at FROM @schema.runs x
+        WHERE x.state = 'running' AND (%(queue)s::text IS NULL OR x.queue = %(queue)s::text)
+    ) r
+    GROUP BY r.queue, r.task_name
+) g
 CROSS JOIN LATERAL (
-    SELECT x.queue, x.task_name, x.state, x.available_at FROM @schema.runs x
-    WHERE x.state IN ('pending', 'sleeping')
-      AND (%(queue)s::text IS NULL OR x.queue = %(queue)s::text)
-    UNION ALL
-    SELECT x.queue, x.task_name, x.state, x.available_at FROM @schema.runs x
-    WHERE x.state = 'running' AND (%(queue)s::text IS NULL OR x.queue = %(queue)s::text)
-) r
-GROUP BY r.queue, r.task_name
+    SELECT g.stale > 0 AND EXISTS (
+        SELECT 1 FROM @schema.workers k
+        WHERE k.expires_at > g.now AND g.queue = ANY (k.queues)
+          AND g.task_name = ANY (k.task_names)) AS served
+) w
 
 -- name: queue_ended
 -- Attempts that failed, and tasks that failed or were cancelled, in the last "window"

@@ -4,9 +4,17 @@
 -- With p_version (WorkerOptions.version), only tasks that never ran or first ran under that
 -- version are claimed, and a task's first claim stamps it with p_version; runs of other
 -- versions are stepped over (each one costs an index probe of tasks).
+-- With p_singly, one run at a time, each claim in its own subtransaction: what a worker
+-- falls back to after a claim failed because of some due run's data (a stored value that
+-- breaks one of the statements below, and so every claim of the queue, by every worker).
+-- Each round locks the first due run, then claims one run: the locked one, unless a run
+-- of higher priority fell due in between. When that claim fails, and the first due run
+-- is still the locked one, that run's task is failed for good saying why (fail_task) and
+-- the next run is tried; the others are claimed as without p_singly. Taken only after a
+-- failed claim: the normal path costs one test of p_singly.
 CREATE OR REPLACE FUNCTION @schema.claim_runs(
     p_queue text, p_worker text, p_names text[], p_limit integer, p_lease interval,
-    p_version text DEFAULT NULL
+    p_version text DEFAULT NULL, p_singly boolean DEFAULT false
 -- headers, retry and checkpoints come back as JSON text: the worker decodes them with a
 -- cache and a fast path for "{}" (they repeat, or are empty, for most runs).
 ) RETURNS TABLE (run_id uuid, task_id uuid, task_name text, attempt integer,
@@ -33,7 +41,38 @@ DECLARE
     v_over uuid[];
     v_orphans uuid[];
     v_id uuid;
+    v_task uuid;
+    v_state text;
+    v_message text;
 BEGIN
+    IF p_singly THEN
+        FOR i IN 1 .. p_limit LOOP
+            v_id := @schema.first_due_run(p_queue, p_names, p_version);
+            EXIT WHEN v_id IS NULL;
+            BEGIN
+                RETURN QUERY
+                SELECT * FROM @schema.claim_runs(p_queue, p_worker, p_names, 1, p_lease,
+                    p_version);
+            EXCEPTION
+                WHEN deadlock_detected OR serialization_failure OR lock_not_available THEN
+                    EXIT;  -- no run's fault: the next claim tries again
+                WHEN OTHERS THEN
+                    GET STACKED DIAGNOSTICS v_state = RETURNED_SQLSTATE,
+                        v_message = MESSAGE_TEXT;
+                    -- The claim took another run than the one locked: blame nobody.
+                    EXIT WHEN @schema.first_due_run(p_queue, p_names, p_version)
+                        IS DISTINCT FROM v_id;
+                    SELECT r.task_id INTO v_task FROM @schema.runs r WHERE r.run_id = v_id;
+                    PERFORM @schema.fail_task(v_task, v_id, jsonb_build_object(
+                        'type', 'durable_trio.UnprocessableTask',
+                        'message', 'claiming this run failed (' || v_message || ', SQLSTATE '
+                            || v_state || ')',
+                        'stage', 'claim', 'retryable', false, 'attempt',
+                        (SELECT r.attempt FROM @schema.runs r WHERE r.run_id = v_id)));
+            END;
+        END LOOP;
+        RETURN;
+    END IF;
     SELECT array_agg(q.run_id) INTO v_picked FROM (
         SELECT c.run_id FROM @schema.runs c
         WHERE c.queue = p_queue AND c.state IN ('pending', 'sleeping')

@@ -1,6 +1,6 @@
 -- The run claim_runs would take first from p_queue, locked by this transaction (rows
 -- other claimants hold are skipped, as claim_runs skips them; with p_version, only runs
--- that version may claim, as claim_runs). For claim_runs_singly.
+-- that version may claim, as claim_runs). For claim_runs(..., p_singly => true).
 CREATE OR REPLACE FUNCTION @schema.first_due_run(
     p_queue text, p_names text[], p_version text
 ) RETURNS uuid

@@ -35,9 +35,9 @@ from ._inspect import (
     StepInfo,
     TaskPage,
 )
-from ._retention import CleanupResult, check_batch, cutoff
+from ._retention import CleanupResult, check_batch, check_duty, cutoff
 from ._schedules import ScheduleInfo
-from ._store import Store
+from ._store import Connection, Store
 from ._task import Task, TaskDefinition
 from ._worker import Worker
 
@@ -305,15 +305,21 @@ class Durable:
         return await self._store.run(self._core.read(self._core.steps(task_id)))
 
     async def queue_stats(
-        self, queue: str | None = None, *, window: Duration = timedelta(hours=1)
+        self,
+        queue: str | None = None,
+        *,
+        window: Duration = timedelta(hours=1),
+        unserved_after: Duration = timedelta(minutes=5),
     ) -> QueueStats:
         """Counts for monitoring one queue (every queue when `queue` is None): live
         tasks by state, runs due now and the age of the oldest of them, failures and
-        cancellations in the last `window`, in total and per task name. Reads only live
-        runs and the runs that ended badly in `window` (partial indexes), never the
-        finished tasks, so it stays cheap to poll."""
+        cancellations in the last `window`, runs due for longer than `unserved_after`
+        whose task name no live worker has registered, in total and per task name. Reads
+        only live runs, the runs that ended badly in `window` (partial indexes) and the
+        workers registry, never the finished tasks, so it stays cheap to poll."""
         span = timedelta(seconds=to_seconds(window, what="window"))
-        return await self._store.run(self._core.read(self._core.queue_stats(queue, span)))
+        after = timedelta(seconds=to_seconds(unserved_after, what="unserved_after"))
+        return await self._store.run(self._core.read(self._core.queue_stats(queue, span, after)))
 
     async def retry(
         self, task_id: UUID, *, max_attempts: int | None = None, from_scratch: bool = False
@@ -368,6 +374,7 @@ class Durable:
         finished_before: datetime | timedelta | float | None = None,
         events_before: datetime | timedelta | float | None = None,
         batch: int = 1000,
+        duty: float = 1.0,
     ) -> CleanupResult:
         """Remove old finished work; return what was removed.
 
@@ -378,12 +385,17 @@ class Durable:
         it). Children's internal end events go once their parent has finished. Works in
         transactions of at most `batch` rows of each kind, taking no lock a claim or a
         worker's write waits on; a removed task's idempotency key may be used again.
+        ``duty`` (above 0, at most 1) is the share of the time spent removing: after each
+        batch the cleanup rests so that batches take no more (0.2: a batch of 40 ms, then
+        160 ms of rest). Removing rows costs the database CPU that busy workers would use
+        (with 1.0, the default, a cleanup takes about one core); see docs/operations.md.
         """
         batch = check_batch(batch)
+        duty = check_duty(duty)
         now = await self._store.now()
         tasks_cut = cutoff(finished_before, what="finished_before", now=now)
         events_cut = cutoff(events_before, what="events_before", now=now)
-        return await self._store.cleanup(tasks_cut, events_cut, batch)
+        return await self._store.cleanup(tasks_cut, events_cut, batch, duty=duty)
 
     # -- schedules --------------------------------------------------------------------
 
@@ -452,7 +464,7 @@ class Durable:
 
     async def workers(self) -> list[WorkerInfo]:
         """The live workers of this schema, oldest first."""
-        return [WorkerInfo(**row) for row in await self._store.workers()]
+        return await self._store.workers()
 
     async def unserved_tasks(
         self, threshold: timedelta | float = timedelta(minutes=5)
@@ -460,7 +472,7 @@ class Durable:
         """Task names with runs due for longer than `threshold` that no live worker of
         their queue has registered (oldest first)."""
         seconds = to_seconds(threshold, what="threshold")
-        return [UnservedTasks(**row) for row in await self._store.unserved_tasks(seconds)]
+        return await self._store.unserved_tasks(seconds)
 
     def new_worker(self, options: WorkerOptions | None = None) -> Worker:
         """A worker for this client's registered tasks; run it with
@@ -563,7 +575,7 @@ def _reraise(ex: BaseException) -> NoReturn:
         ex.__context__ = context
 
 
-def _caller_connection(conn: Any) -> Any:
+def _caller_connection(conn: object) -> Connection | None:
     """The `connection=` of a spawn or emit, checked before anything is written with it.
     An asyncio psycopg connection cannot be driven by trio: refused too."""
     if conn is None or isinstance(conn, (TrioConnection, psycopg.Connection)):

@@ -51,7 +51,7 @@ from ._inspect import step_info as _step_info
 from ._inspect import summary as _summary
 from ._inspect import waiting_for as _waiting_for
 from ._schema import query_texts, render
-from ._sql import MIGRATE_HINT, Op, Row, Statement, array_literal, is_current
+from ._sql import Op, Row, Statement, array_literal, guarded
 from ._task import Task, TaskDefinition, as_definition, spawnable
 
 __all__ = ["ClientCore", "SpawnResult", "TaskInfo", "queries"]
@@ -62,13 +62,6 @@ R = TypeVar("R")
 _DEFAULT_OPTIONS = SpawnOptions()
 MAX_CHILDREN_SHOWN = 100
 TaskRef = TaskDefinition[Any, Any] | type[Task[Any, Any]]
-
-# A statement on a schema that was never migrated, or is older than this library.
-SCHEMA_ERRORS = (
-    psycopg.errors.InvalidSchemaName,
-    psycopg.errors.UndefinedTable,
-    psycopg.errors.UndefinedFunction,
-)
 
 
 @attrs.frozen
@@ -157,25 +150,6 @@ def snapshot(op: Op[T]) -> Op[T]:
         raise
     yield Statement("COMMIT")
     return value
-
-
-def guarded(schema: str, op: Op[T]) -> Op[T]:
-    """`op`, where a missing table or function of a schema that is missing or older than
-    this library becomes a ConfigurationError saying to migrate."""
-    try:
-        return (yield from op)
-    except SCHEMA_ERRORS as ex:
-        failure = ex
-    try:
-        current = yield from is_current(schema)
-    except psycopg.Error:  # inside the caller's failed transaction: cannot tell
-        current = False
-    if current:
-        raise failure  # the schema is complete: some other mistake, reported as it is
-    raise ConfigurationError(
-        f"durable_trio schema {schema!r} is missing or older than this library "
-        f"({failure.diag.message_primary}): {MIGRATE_HINT}"
-    ) from None
 
 
 class ClientCore:
@@ -411,13 +385,15 @@ class ClientCore:
             raise TaskNotFound(target)
         return [_step_info(row) for row in rows if row["name"] is not None]
 
-    def queue_stats(self, queue: str | None, window: timedelta) -> Op[QueueStats]:
+    def queue_stats(
+        self, queue: str | None, window: timedelta, unserved_after: timedelta
+    ) -> Op[QueueStats]:
         target = None if queue is None else checked_queue(queue)
-        params = {"queue": target, "window": window}
+        params = {"queue": target, "window": window, "unserved_after": unserved_after}
         now = (yield named(self.schema, "now", {}))[0]["now"]
         live = yield named(self.schema, "queue_live", params, prepare=False)
         ended = yield named(self.schema, "queue_ended", params, prepare=False)
-        return _queue_stats(target, now, window, live, ended)
+        return _queue_stats(target, now, window, live, ended, unserved_after=unserved_after)
 
     # -- waiting for a result ---------------------------------------------------------
 

@@ -37,6 +37,7 @@ from ._core import names
 from ._core.durations import Duration, check_instant, to_seconds
 from ._core.ids import uuid7 as make_uuid7
 from ._core.options import SpawnOptions, extend_seconds
+from ._db import TrioConnection
 from ._errors import (
     ChildCancelled,
     ChildFailed,
@@ -569,7 +570,7 @@ class TaskContext:
             await trio.lowlevel.checkpoint()
             return
 
-        async def emit(conn: Any) -> None:
+        async def emit(conn: TrioConnection) -> None:
             await self._run.store.emit_event(self.queue, name, text, conn)
 
         await self._transaction(checkpoint, emit, (), None)
@@ -623,7 +624,7 @@ class TaskContext:
             task, params, options, parent=self.task_id, queue=self.queue, inherited=self.headers
         )
 
-        async def insert(conn: Any) -> dict[str, Any]:
+        async def insert(conn: TrioConnection) -> dict[str, Any]:
             await self._run.store.spawn(row, conn)
             return {"task_id": str(row["task_id"]), "task_name": task_name, "queue": row["queue"]}
 

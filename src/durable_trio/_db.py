@@ -425,7 +425,7 @@ class Listener:
         self.max_backoff = max_backoff
         self.connected = False
 
-    async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         backoff = 0.05
         started = False
         while True:

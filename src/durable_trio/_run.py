@@ -19,6 +19,7 @@ from ._core.retry import RetryStrategy
 from ._db import TRANSIENT
 from ._errors import DatabaseUnavailable, LeaseLost
 from ._hooks import NO_HOOKS, Hooks
+from ._rows import ClaimedRun
 from ._store import Store
 from ._task import TaskDefinition
 
@@ -89,7 +90,7 @@ class RunState:
     @classmethod
     def from_claim(
         cls,
-        row: dict[str, Any],
+        row: ClaimedRun,
         *,
         queue: str,
         definition: TaskDefinition[Any, Any],
@@ -102,17 +103,17 @@ class RunState:
     ) -> RunState:
         """A run as `Store.claim` returned it, leased for `claim_timeout` from now."""
         run = cls(
-            run_id=row["run_id"],
-            task_id=row["task_id"],
-            attempt=row["attempt"],
+            run_id=row.run_id,
+            task_id=row.task_id,
+            attempt=row.attempt,
             queue=queue,
-            task_name=row["task_name"],
-            params=row["params"],
-            headers=json_object(row["headers"]),
-            checkpoints=json_object(row["checkpoints"]),
-            retry=retry_strategy(row["retry"]),
-            max_attempts=row["max_attempts"],
-            claimed_at=row["claimed_at"],
+            task_name=row.task_name,
+            params=row.params,
+            headers=json_object(row.headers),
+            checkpoints=json_object(row.checkpoints),
+            retry=retry_strategy(row.retry),
+            max_attempts=row.max_attempts,
+            claimed_at=row.claimed_at,
             definition=definition,
             store=store,
             writer=writer,

@@ -17,15 +17,12 @@ import logging
 from collections.abc import Callable
 from datetime import datetime
 from typing import Any
-from uuid import UUID
 
-import attrs
 import psycopg
 
 from ._core.ids import uuid7
 from ._core.schedules import (
     Cron,
-    MissedPolicy,
     plan_firing,
     slot_key,
     validate_missed,
@@ -33,41 +30,12 @@ from ._core.schedules import (
 )
 from ._db import CONNECTION_LOST
 from ._errors import ConfigurationError, InvalidInput, ScheduleNotFound
+from ._rows import DueSchedule, ScheduleInfo
 from ._store import Store
 
 __all__ = ["ScheduleInfo", "fire_due_schedules", "schedule_pass"]
 
 log = logging.getLogger("durable_trio.schedules")
-
-
-@attrs.frozen
-class ScheduleInfo:
-    """A snapshot of one schedule. ``next_fire_at`` is the next slot it will spawn (None
-    while paused: resuming starts from the first slot after the resume);
-    ``last_fired_at`` is the latest slot it spawned and ``last_task_id`` that task."""
-
-    schedule_id: str
-    task_name: str
-    queue: str
-    cron: str
-    timezone: str
-    missed: MissedPolicy
-    paused: bool
-    next_fire_at: datetime | None
-    last_fired_at: datetime | None
-    last_task_id: UUID | None
-    params: Any
-    headers: dict[str, Any]
-    created_at: datetime
-    updated_at: datetime
-
-
-def _info(row: dict[str, Any]) -> ScheduleInfo:
-    values = dict(row)
-    if values["paused"]:
-        values["next_fire_at"] = None
-    values["missed"] = validate_missed(values["missed"])
-    return ScheduleInfo(**values)
 
 
 # Spawn settings a schedule cannot take: each slot has its own key and its own time.
@@ -127,11 +95,11 @@ async def get_schedule(store: Store, schedule_id: str) -> ScheduleInfo:
     row = await store.get_schedule(sid)
     if row is None:
         raise ScheduleNotFound(sid)
-    return _info(row)
+    return row
 
 
 async def list_schedules(store: Store) -> list[ScheduleInfo]:
-    return [_info(row) for row in await store.list_schedules()]
+    return await store.list_schedules()
 
 
 async def delete_schedule(store: Store, schedule_id: str) -> bool:
@@ -164,17 +132,17 @@ async def fire_due_schedules(store: Store, limit: int = 100) -> int:
     created. Safe to run in any number of workers at once."""
     created = 0
     for row in await store.due_schedules(limit):
-        sid = row["schedule_id"]
+        sid = row.schedule_id
         try:
-            rule = Cron.parse(row["cron"], row["timezone"])
-            policy = validate_missed(row["missed"])
-            firing = plan_firing(rule, due_at=row["next_fire_at"], now=row["now"], missed=policy)
+            rule = Cron.parse(row.cron, row.timezone)
+            policy = validate_missed(row.missed)
+            firing = plan_firing(rule, due_at=row.next_fire_at, now=row.now, missed=policy)
         except InvalidInput as ex:
             # Say a time zone this machine's tz database lacks: other workers may fire it.
             log.warning("schedule %r cannot be evaluated here (%s); skipping it", sid, ex)
             continue
         slots = [(slot_key(sid, s), s.isoformat(), uuid7(), uuid7()) for s in firing.slots]
-        made = await store.fire_schedule(sid, row["next_fire_at"], slots, firing.next_fire_at)
+        made = await store.fire_schedule(sid, row.next_fire_at, slots, firing.next_fire_at)
         if made is None:
             continue  # another worker fired it first, or it changed meanwhile
         created += made
@@ -182,7 +150,7 @@ async def fire_due_schedules(store: Store, limit: int = 100) -> int:
     return created
 
 
-def _log_firing(sid: str, row: dict[str, Any], slots: tuple[datetime, ...], made: int) -> None:
+def _log_firing(sid: str, row: DueSchedule, slots: tuple[datetime, ...], made: int) -> None:
     if slots:
         log.info(
             "schedule %r fired %d slot(s), %s to %s: %d task(s) spawned",
@@ -196,7 +164,7 @@ def _log_firing(sid: str, row: dict[str, Any], slots: tuple[datetime, ...], made
         log.info(
             "schedule %r skipped the slot(s) missed since %s (missed='skip')",
             sid,
-            row["next_fire_at"].isoformat(),
+            row.next_fire_at.isoformat(),
         )
 
 

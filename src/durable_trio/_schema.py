@@ -5,7 +5,8 @@
 - ``sql/functions/<name>.sql``: the current definition of one SQL function each. `migrate`
   re-creates a function whenever its file's text changes (a digest per function is kept
   in the schema's ``functions`` table), so a function's body is read in one place.
-- ``sql/queries.sql``: the named statements the store executes.
+- ``sql/queries.sql``: the named statements the store executes, and parts that several
+  of them share ("-- part: name", put in where a statement says "@part(name)").
 
 "@schema" in a text becomes the schema as a quoted identifier, "@schema_literal" the same
 name as a string literal.
@@ -23,7 +24,8 @@ from psycopg import sql
 
 __all__ = ["functions", "migrations", "query_texts", "render", "sql_dir"]
 
-_NAME = re.compile(r"^-- name: (\w+)\s*$", re.MULTILINE)
+_SECTION = re.compile(r"^-- (name|part): (\w+)\s*$", re.MULTILINE)
+_PART = re.compile(r"@part\((\w+)\)")
 _MIGRATION = re.compile(r"^(\d{4})_(\w+)\.sql$")
 _FUNCTION = re.compile(r"^CREATE OR REPLACE FUNCTION @schema\.(\w+)\(", re.MULTILINE)
 
@@ -68,9 +70,15 @@ def functions() -> tuple[tuple[str, str, str], ...]:
 
 @cache
 def query_texts() -> dict[str, str]:
-    text = (sql_dir() / "queries.sql").read_text()
-    parts = _NAME.split(text)
-    return {parts[i]: parts[i + 1].strip() for i in range(1, len(parts), 2)}
+    """The statements of sql/queries.sql by name, each "@part(name)" in them replaced by
+    that part's text."""
+    sections = _SECTION.split((sql_dir() / "queries.sql").read_text())
+    named: dict[str, str] = {}
+    parts: dict[str, str] = {}
+    for i in range(1, len(sections), 3):
+        kind, name, text = sections[i : i + 3]
+        (named if kind == "name" else parts)[name] = text.strip()
+    return {name: _PART.sub(lambda m: parts[m[1]], text) for name, text in named.items()}
 
 
 def render(text: str, schema: str) -> str:

@@ -26,6 +26,7 @@ __all__ = [
     "Op",
     "Statement",
     "check_schema",
+    "guarded",
     "is_current",
     "migrate",
     "run_async",
@@ -53,6 +54,12 @@ MIGRATE_LOCK = 0x6475726162_6C65  # "durable" in hex, for pg_advisory_xact_lock
 MIGRATE_HINT = (
     "connect once with migrate=True (the default) as a role that may change the schema, "
     "or call Durable.migrate()"
+)
+# A statement on a schema that was never migrated, or is older than this library.
+SCHEMA_ERRORS = (
+    psycopg.errors.InvalidSchemaName,
+    psycopg.errors.UndefinedTable,
+    psycopg.errors.UndefinedFunction,
 )
 
 
@@ -273,3 +280,23 @@ def check_schema(schema: str) -> Op[None]:
             f"durable_trio schema {schema!r} has other definitions of {', '.join(stale)} "
             f"than this library: {MIGRATE_HINT}"
         )
+
+
+def guarded(schema: str, op: Op[T]) -> Op[T]:
+    """`op`, where a missing table or function of a schema that is missing or older than
+    this library becomes a ConfigurationError saying to migrate. Every statement the
+    clients and the store send goes through here: one mapping for all of them."""
+    try:
+        return (yield from op)
+    except SCHEMA_ERRORS as ex:
+        failure = ex
+    try:
+        current = yield from is_current(schema)
+    except psycopg.Error:  # inside the caller's failed transaction: cannot tell
+        current = False
+    if current:
+        raise failure  # the schema is complete: some other mistake, reported as it is
+    raise ConfigurationError(
+        f"durable_trio schema {schema!r} is missing or older than this library "
+        f"({failure.diag.message_primary}): {MIGRATE_HINT}"
+    ) from None

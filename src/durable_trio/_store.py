@@ -1,6 +1,8 @@
 """The only module that executes SQL: migrations and the named queries in sql/.
 
-It speaks in plain rows and JSON text; what to do with them is decided elsewhere.
+It answers in typed rows (_rows) and JSON text; what to do with them is decided
+elsewhere. Every statement is a sans-IO operation (_sql) driven by `Store.run`, so one
+mapping of schema errors (`_sql.guarded`) serves the store and the clients alike.
 """
 
 from __future__ import annotations
@@ -9,7 +11,7 @@ import json
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager, suppress
 from datetime import datetime, timedelta
-from typing import Any, TypeVar
+from typing import Any, TypeAlias, TypeVar
 from uuid import UUID
 
 import attrs
@@ -17,19 +19,25 @@ import psycopg
 import trio
 
 from . import _sql
-from ._clientcore import SpawnResult, deliver, guarded, insert
+from ._clientcore import SpawnResult, deliver, insert
 from ._core.durations import MAX_DURATION, interval
 from ._core.names import validate_schema
 from ._db import CONNECTION_ERRORS, Pool, TrioConnection
-from ._errors import ConfigurationError, DatabaseUnavailable, InvalidInput, LeaseLost
-from ._retention import CleanupResult
+from ._errors import DatabaseUnavailable, InvalidInput, LeaseLost
+from ._fleet import UnservedTasks, WorkerInfo
+from ._retention import CleanupResult, rest_after
+from ._rows import ClaimedRun, DueSchedule, ExpiredRun, ScheduleInfo, StoredOutcome
 from ._schema import migrations, query_texts, render, sql_dir
-from ._sql import array_literal
+from ._sql import Op, Row, Statement, array_literal, guarded
 
-__all__ = ["DATA_ERRORS", "ClaimArgs", "Store", "migrations", "sql_dir"]
+__all__ = ["DATA_ERRORS", "ClaimArgs", "Connection", "Store", "migrations", "sql_dir"]
 
-Row = dict[str, Any]
 T = TypeVar("T")
+
+# What the store runs statements on: a trio-native connection (pooled, or a worker's
+# owned transaction), or a caller's blocking one whose open transaction a spawn or an
+# emit joins (driven from a worker thread).
+Connection: TypeAlias = TrioConnection | psycopg.Connection[Any]
 
 # What a statement raises because of the data of a row it touched (a timestamp out of
 # range, a value that breaks a cast or a check, a trigger's RAISE): the same statement
@@ -74,33 +82,9 @@ class Store:
 
     # -- plumbing ---------------------------------------------------------------------
 
-    async def _one(self, name: str, params: dict[str, Any], conn: Any = None) -> Row | None:
-        row: Row | None = await self._fetch(name, params, conn, many=False)
-        return row
-
-    async def _all(self, name: str, params: dict[str, Any], conn: Any = None) -> list[Row]:
-        rows: list[Row] = await self._fetch(name, params, conn, many=True)
-        return rows
-
-    async def _fetch(self, name: str, params: dict[str, Any], conn: Any, *, many: bool) -> Any:
-        try:
-            if conn is not None:
-                return await _fetch(conn, self._q[name], params, many)
-            async with self.pool.acquire() as pooled, _lost_connection(pooled):
-                return await _fetch(pooled, self._q[name], params, many)
-        except _SCHEMA_ERRORS as ex:
-            if await self.is_current():
-                raise  # the schema is complete: some other mistake, reported as it is
-            raise ConfigurationError(
-                f"durable_trio schema {self.schema!r} is missing or older than this library "
-                f"({ex.diag.message_primary}): {_MIGRATE_HINT}"
-            ) from None
-
-    async def run(
-        self, op: _sql.Op[T], conn: TrioConnection | psycopg.Connection[Any] | None = None
-    ) -> T:
-        """Drive a client operation (see _clientcore): on `conn`, a caller's connection in
-        its open transaction (a blocking one from a worker thread), or on a pooled one."""
+    async def run(self, op: Op[T], conn: Connection | None = None) -> T:
+        """Drive an operation (see _sql): on `conn`, a caller's connection in its open
+        transaction (a blocking one from a worker thread), or on a pooled one."""
         if isinstance(conn, psycopg.Connection):
             return await trio.to_thread.run_sync(_sql.run_blocking, conn, op)
         if conn is not None:
@@ -108,7 +92,27 @@ class Store:
         async with self.pool.acquire() as pooled, _lost_connection(pooled):
             return await _sql.run_async(pooled, op)
 
-    async def _value(self, name: str, params: dict[str, Any], conn: Any = None) -> Any:
+    def _named(self, name: str, params: Mapping[str, Any]) -> Op[list[Row]]:
+        rows = yield Statement(self._q[name], params)
+        return rows
+
+    async def _all(
+        self, name: str, params: Mapping[str, Any], conn: Connection | None = None
+    ) -> list[Row]:
+        """The rows of the named query; a schema that lacks what it names is a
+        ConfigurationError saying to migrate (`_sql.guarded`)."""
+        return await self.run(guarded(self.schema, self._named(name, params)), conn)
+
+    async def _one(
+        self, name: str, params: Mapping[str, Any], conn: Connection | None = None
+    ) -> Row | None:
+        rows = await self._all(name, params, conn)
+        return rows[0] if rows else None
+
+    async def _value(
+        self, name: str, params: Mapping[str, Any], conn: Connection | None = None
+    ) -> Any:
+        """The one column of the one row the named query returns."""
         row = await self._one(name, params, conn)
         assert row is not None
         return next(iter(row.values()))
@@ -137,7 +141,7 @@ class Store:
 
     # -- spawning ---------------------------------------------------------------------
 
-    async def spawn(self, row: dict[str, Any], conn: Any = None) -> SpawnResult[Any]:
+    async def spawn(self, row: dict[str, Any], conn: Connection | None = None) -> SpawnResult[Any]:
         """A prepared spawn row (ClientCore.spawn_row) inserted, on `conn` if given."""
         return await self.run(guarded(self.schema, insert(self.schema, row)), conn)
 
@@ -151,25 +155,16 @@ class Store:
         limit: int,
         lease: float,
         version: str | None = None,
-    ) -> list[Row]:
-        """Claimed runs; headers, retry and checkpoints as JSON text (see claim_runs)."""
-        args = ClaimArgs(queue, names, limit, lease, version)
-        return await self._all("claim_runs", args.params(worker))
-
-    async def claim_singly(
-        self,
-        queue: str,
-        worker: str,
-        names: Sequence[str],
-        limit: int,
-        lease: float,
-        version: str | None = None,
-    ) -> list[Row]:
-        """`claim` one run at a time, each in its own subtransaction: for when `claim`
-        failed on some run's data. A run whose claim fails has its task failed for good
-        (see claim_runs_singly); the others are claimed as `claim` would."""
+        *,
+        singly: bool = False,
+    ) -> list[ClaimedRun]:
+        """Claimed runs (see claim_runs). `singly`: one run at a time, each in its own
+        subtransaction, for when a claim failed on some run's data: a run whose claim
+        fails has its task failed for good (see claim_runs, p_singly), the others are
+        claimed as without."""
         params = ClaimArgs(queue, names, limit, lease, version).params(worker)
-        return await self._all("claim_runs_singly", params)
+        rows = await self._all("claim_runs_singly" if singly else "claim_runs", params)
+        return [ClaimedRun(**row) for row in rows]
 
     async def heartbeat(
         self, worker: str, runs: Sequence[UUID], lease: float
@@ -214,7 +209,7 @@ class Store:
         completions: Sequence[tuple[UUID, str]],
         claims: Mapping[UUID, datetime],
         claim: ClaimArgs,
-    ) -> tuple[set[UUID], list[Row]]:
+    ) -> tuple[set[UUID], list[ClaimedRun]]:
         """`record`, then `claim` in the same transaction and round trip: the owned runs,
         and the claimed rows as `claim` returns them."""
         params = claim.params(worker)
@@ -224,10 +219,13 @@ class Store:
         else:
             params["writes"] = _writes_json(checkpoints, completions, claims)
             rows = await self._all("record_and_claim", params)
-        owned = set(rows[0].pop("owned"))
-        for row in rows[1:]:
+        owned = set(rows[0]["owned"])
+        claimed = []
+        for row in rows:
             del row["owned"]
-        return owned, [row for row in rows if row["run_id"] is not None]
+            if row["run_id"] is not None:  # NULL claim columns: nothing was claimed
+                claimed.append(ClaimedRun(**row))
+        return owned, claimed
 
     async def set_checkpoint(self, run_id: UUID, worker: str, name: str, value: str) -> bool:
         """One fenced checkpoint; False if `worker` no longer owns the run."""
@@ -250,10 +248,8 @@ class Store:
     async def insert_checkpoint(
         self, conn: TrioConnection, task_id: UUID, run_id: UUID, name: str, value: str
     ) -> None:
-        await conn.execute(
-            self._q["insert_checkpoint"],
-            {"task_id": task_id, "run_id": run_id, "name": name, "value": value},
-        )
+        params = {"task_id": task_id, "run_id": run_id, "name": name, "value": value}
+        await self._all("insert_checkpoint", params, conn)
 
     async def get_checkpoint(self, task_id: UUID, name: str) -> Any:
         """The stored value of one checkpoint, or None."""
@@ -321,8 +317,9 @@ class Store:
     async def release(self, run_id: UUID, worker: str) -> bool:
         return bool(await self._value("release_run", {"run_id": run_id, "worker": worker}))
 
-    async def expired_runs(self, queues: Sequence[str], limit: int) -> list[Row]:
-        return await self._all("expired_runs", {"queues": array_literal(queues), "limit": limit})
+    async def expired_runs(self, queues: Sequence[str], limit: int) -> list[ExpiredRun]:
+        rows = await self._all("expired_runs", {"queues": array_literal(queues), "limit": limit})
+        return [ExpiredRun(**row) for row in rows]
 
     async def enforce_deadlines(self, limit: int) -> int:
         """Cancel up to `limit` tasks past their max_pending_delay or max_duration that
@@ -351,14 +348,18 @@ class Store:
             )
         )
 
-    async def run_outcomes(self, runs: Sequence[UUID]) -> dict[UUID, Row]:
-        """run_id -> {state, error, retried} for the given runs (missing: no such run)."""
+    async def run_outcomes(self, runs: Sequence[UUID]) -> dict[UUID, StoredOutcome]:
+        """How the given runs stand, by run id (missing: no such run)."""
         rows = await self._all("run_outcomes", {"runs": list(runs)})
-        return {row["run_id"]: row for row in rows}
+        return {
+            row["run_id"]: StoredOutcome(row["state"], row["error"], row["retried"]) for row in rows
+        }
 
     # -- client side ------------------------------------------------------------------
 
-    async def emit_event(self, queue: str, event: str, payload: str, conn: Any = None) -> int:
+    async def emit_event(
+        self, queue: str, event: str, payload: str, conn: Connection | None = None
+    ) -> int:
         """An event with checked names and JSON text stored, on `conn` if given."""
         return await self.run(
             guarded(self.schema, deliver(self.schema, queue, event, payload)), conn
@@ -384,11 +385,12 @@ class Store:
     async def unregister_worker(self, worker: str) -> None:
         await self._all("unregister_worker", {"worker": worker})
 
-    async def workers(self) -> list[Row]:
-        return await self._all("workers", {})
+    async def workers(self) -> list[WorkerInfo]:
+        return [WorkerInfo(**row) for row in await self._all("workers", {})]
 
-    async def unserved_tasks(self, threshold: float) -> list[Row]:
-        return await self._all("unserved_tasks", {"threshold": interval(threshold)})
+    async def unserved_tasks(self, threshold: float) -> list[UnservedTasks]:
+        rows = await self._all("unserved_tasks", {"threshold": interval(threshold)})
+        return [UnservedTasks(**row) for row in rows]
 
     async def cleanup(
         self,
@@ -396,18 +398,23 @@ class Store:
         events_before: datetime | None,
         batch: int,
         conn: TrioConnection | None = None,
+        duty: float = 1.0,
     ) -> CleanupResult:
         """Retention in batches of at most `batch` rows of each kind, each batch its own
-        transaction (short locks), until one finds less than a full batch."""
+        transaction (short locks), until one finds less than a full batch; resting
+        between batches so that they take `duty` of the time."""
         params = {"finished_before": finished_before, "events_before": events_before}
         total = CleanupResult()
         while True:
+            started = trio.current_time()
             row = await self._one("cleanup", {**params, "batch": batch}, conn)
             assert row is not None
             removed = CleanupResult(**row)
             total += removed
             if not removed.full(batch):
                 return total
+            if duty < 1:
+                await trio.sleep(rest_after(trio.current_time() - started, duty))
 
     async def cleanup_alone(self, older_than: float, batch: int) -> CleanupResult | None:
         """A worker's retention pass: finished tasks and events older than `older_than`
@@ -451,11 +458,12 @@ class Store:
     async def delete_schedule(self, schedule_id: str) -> bool:
         return await self._one("delete_schedule", {"schedule_id": schedule_id}) is not None
 
-    async def list_schedules(self) -> list[Row]:
-        return await self._all("list_schedules", {})
+    async def list_schedules(self) -> list[ScheduleInfo]:
+        return [ScheduleInfo.from_row(row) for row in await self._all("list_schedules", {})]
 
-    async def get_schedule(self, schedule_id: str) -> Row | None:
-        return await self._one("get_schedule", {"schedule_id": schedule_id})
+    async def get_schedule(self, schedule_id: str) -> ScheduleInfo | None:
+        row = await self._one("get_schedule", {"schedule_id": schedule_id})
+        return None if row is None else ScheduleInfo.from_row(row)
 
     async def pause_schedule(self, schedule_id: str) -> bool:
         """Whether this call paused it (False: paused already, or no such schedule)."""
@@ -474,9 +482,9 @@ class Store:
         }
         return await self._one("resume_schedule", params) is not None
 
-    async def due_schedules(self, limit: int) -> list[Row]:
+    async def due_schedules(self, limit: int) -> list[DueSchedule]:
         """Schedules due now (not paused), each with the database's `now`."""
-        return await self._all("due_schedules", {"limit": limit})
+        return [DueSchedule(**row) for row in await self._all("due_schedules", {"limit": limit})]
 
     async def fire_schedule(
         self,
@@ -563,31 +571,3 @@ def _writes_json(
         f'{{"run_id":"{run_id}"{claim(run_id)},"value":{value}}}' for run_id, value in completions
     ]
     return "[" + ",".join(writes) + "]"
-
-
-_MIGRATE_HINT = _sql.MIGRATE_HINT
-
-# A query on a schema that was never migrated, or is older than this library.
-_SCHEMA_ERRORS = (
-    psycopg.errors.InvalidSchemaName,
-    psycopg.errors.UndefinedTable,
-    psycopg.errors.UndefinedFunction,
-)
-
-
-async def _fetch(conn: Any, query: str, params: dict[str, Any], many: bool) -> Any:
-    """Dict rows: all of them, or the first (None if there is none)."""
-    if isinstance(conn, psycopg.Connection):
-        # A caller's blocking connection (transactional spawn/emit): keep the loop free.
-        return await trio.to_thread.run_sync(_sync_fetch, conn, query, params, many)
-    async with conn.cursor(row_factory=psycopg.rows.dict_row) as cur:
-        await cur.execute(query, params)
-        return await cur.fetchall() if many else await cur.fetchone()
-
-
-def _sync_fetch(
-    conn: psycopg.Connection[Any], query: str, params: dict[str, Any], many: bool
-) -> Any:
-    with conn.cursor(row_factory=psycopg.rows.dict_row) as cur:
-        cur.execute(query, params)
-        return cur.fetchall() if many else cur.fetchone()

@@ -56,6 +56,7 @@ from ._errors import (
     SerializationError,
 )
 from ._hooks import NO_HOOKS, Hooks
+from ._rows import ClaimedRun, ExpiredRun
 from ._run import RunState, Suspended, retry_strategy
 from ._schedules import schedule_pass
 from ._store import DATA_ERRORS, ClaimArgs, Store
@@ -171,7 +172,7 @@ class Worker:
         self._stopping = True
         self._wake.set()
 
-    async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+    async def run(self, *, task_status: trio.TaskStatus[Worker] = trio.TASK_STATUS_IGNORED) -> None:
         """Work the queues until `shutdown()`. Use in your own nursery with ``nursery.start``."""
         names = self._names = sorted(self._registry)
         if not names:
@@ -303,7 +304,7 @@ class Worker:
         self.claimed_total += got
         return asked, got
 
-    async def _claim_from(self, queue: str, names: list[str], limit: int) -> list[dict[str, Any]]:
+    async def _claim_from(self, queue: str, names: list[str], limit: int) -> list[ClaimedRun]:
         lease, version = self.options.claim_timeout, self.options.version
         try:
             return await self._control.claim(queue, self.worker_id, names, limit, lease, version)
@@ -316,8 +317,8 @@ class Worker:
                 queue,
                 _failures.database_error(ex),
             )
-            return await self._control.claim_singly(
-                queue, self.worker_id, names, limit, lease, version
+            return await self._control.claim(
+                queue, self.worker_id, names, limit, lease, version, singly=True
             )
 
     async def _idle_wait(self, names: list[str], *, have_capacity: bool) -> None:
@@ -342,13 +343,13 @@ class Worker:
         with trio.move_on_after(timeout):
             await self._wake.wait()
 
-    def _start(self, nursery: trio.Nursery, row: dict[str, Any], queue: str) -> None:
+    def _start(self, nursery: trio.Nursery, row: ClaimedRun, queue: str) -> None:
         assert self._writer is not None  # made by run() before the claim loop starts
         try:
             run = RunState.from_claim(
                 row,
                 queue=queue,
-                definition=self._registry[row["task_name"]],
+                definition=self._registry[row.task_name],
                 store=self._exec,
                 writer=self._writer,
                 worker_id=self.worker_id,
@@ -375,17 +376,17 @@ class Worker:
         await previous.gone.wait()
         await self._execute(run)
 
-    async def _reject(self, row: dict[str, Any], ex: Exception) -> None:
+    async def _reject(self, row: ClaimedRun, ex: Exception) -> None:
         """A claimed run whose stored data this worker cannot read (a retry strategy or
         headers that no version of this library wrote): fail its task for good, since
         every worker would fail the same way."""
         why = f"the claimed run's stored data could not be read ({_failures.summary(ex)})"
-        log.error("run %s of task %s: %s; failing the task", row["run_id"], row["task_id"], why)
-        error = _failures.unprocessable(why, stage="claim", attempt=row["attempt"])
+        log.error("run %s of task %s: %s; failing the task", row.run_id, row.task_id, why)
+        error = _failures.unprocessable(why, stage="claim", attempt=row.attempt)
         # Should this fail too, the lease expires and the reaper fails the task.
         with suppress(*RETRYABLE_IO, *DATA_ERRORS):
             await self._exec.fail(
-                row["run_id"],
+                row.run_id,
                 self.worker_id,
                 _serde.dumps(error),
                 retry=False,
@@ -433,7 +434,7 @@ class Worker:
     def claim_wanted(self) -> bool:
         return not self._stopping and self._execs is not None and bool(self._names and self._queues)
 
-    def claimed(self, args: ClaimArgs, rows: list[dict[str, Any]]) -> None:
+    def claimed(self, args: ClaimArgs, rows: list[ClaimedRun]) -> None:
         self._reserved -= args.limit
         if rows:
             # The exec nursery outlives every reservation: _drain waits for them.
@@ -494,10 +495,10 @@ class Worker:
                     log.warning(
                         "%d run(s) of task %r on queue %r are due since %s and no live "
                         "worker has registered that name: is it misspelt, or not deployed?",
-                        gap["runs"],
-                        gap["task_name"],
-                        gap["queue"],
-                        gap["oldest_due"].isoformat(timespec="seconds"),
+                        gap.runs,
+                        gap.task_name,
+                        gap.queue,
+                        gap.oldest_due.isoformat(timespec="seconds"),
                     )
         except RETRYABLE_IO:
             raise
@@ -850,21 +851,21 @@ class Worker:
             )
             for row in rows:
                 self._start(execs, row, queue)
-                runs.append(self._runs[row["run_id"]])
+                runs.append(self._runs[row.run_id])
             self.claimed_total += len(rows)
 
     async def _report(self, runs: list[RunState]) -> PassReport:
         stored = await self._control.run_outcomes([run.run_id for run in runs]) if runs else {}
         reports = []
         for run in runs:
-            row = stored.get(run.run_id, {})
+            row = stored.get(run.run_id)
             outcome = outcome_of(
                 suspended=run.suspended,
                 lost=run.lost is not None,
-                state=row.get("state"),
-                retried=bool(row.get("retried")),
+                state=None if row is None else row.state,
+                retried=row is not None and row.retried,
             )
-            error = row.get("error") if outcome in _FAILURES else None
+            error = row.error if row is not None and outcome in _FAILURES else None
             reports.append(
                 RunReport(run.task_id, run.run_id, run.task_name, run.attempt, outcome, error)
             )
@@ -957,42 +958,42 @@ def _lease_expired(attempt: int) -> dict[str, Any]:
     }
 
 
-async def _reap(store: Store, row: dict[str, Any]) -> str | None:
+async def _reap(store: Store, row: ExpiredRun) -> str | None:
     decision = decide_failure(
-        attempt=row["attempt"],
-        max_attempts=row["max_attempts"],
+        attempt=row.attempt,
+        max_attempts=row.max_attempts,
         retryable=True,
-        strategy=retry_strategy(row["retry"]),
+        strategy=retry_strategy(row.retry),
         rand=random.random(),
     )
     return await store.fail(
-        row["run_id"],
+        row.run_id,
         None,
-        _serde.dumps(_lease_expired(row["attempt"])),
+        _serde.dumps(_lease_expired(row.attempt)),
         retry=decision.retry,
         delay=decision.delay,
         new_run_id=uuid7(),
     )
 
 
-async def _reap_poisoned(store: Store, row: dict[str, Any], ex: Exception) -> str | None:
+async def _reap_poisoned(store: Store, row: ExpiredRun, ex: Exception) -> str | None:
     """Fail for good the task of an expired run that could not be reaped (its retry
     strategy unreadable, its retry time out of range): every pass would fail the same."""
     shown = _failures.database_error(ex) if isinstance(ex, psycopg.Error) else _failures.summary(ex)
-    why = f"the lease of attempt {row['attempt']} expired and its retry could not be recorded"
+    why = f"the lease of attempt {row.attempt} expired and its retry could not be recorded"
     why += f" ({shown})"
-    log.error("run %s of task %s: %s; failing the task", row["run_id"], row["task_id"], why)
+    log.error("run %s of task %s: %s; failing the task", row.run_id, row.task_id, why)
     error = _failures.unprocessable(
-        why, stage="reap", attempt=row["attempt"], cause=_lease_expired(row["attempt"])
+        why, stage="reap", attempt=row.attempt, cause=_lease_expired(row.attempt)
     )
     try:
         return await store.fail(
-            row["run_id"], None, _serde.dumps(error), retry=False, delay=0.0, new_run_id=uuid7()
+            row.run_id, None, _serde.dumps(error), retry=False, delay=0.0, new_run_id=uuid7()
         )
     except RETRYABLE_IO:
         raise
     except Exception as again:  # noqa: BLE001 - skipped: the next pass tries again
-        log.error("run %s: could not fail its task either (%s)", row["run_id"], again)
+        log.error("run %s: could not fail its task either (%s)", row.run_id, again)
         return None
 
 

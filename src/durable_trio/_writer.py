@@ -18,7 +18,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Sequence
-from typing import Any, Protocol
+from typing import Protocol
 from uuid import UUID
 
 import trio
@@ -27,6 +27,7 @@ from . import _failures, _serde
 from ._core.ids import uuid7
 from ._db import TRANSIENT
 from ._errors import DatabaseUnavailable
+from ._rows import ClaimedRun
 from ._run import RunState, Write
 from ._store import ClaimArgs, Store
 
@@ -44,7 +45,7 @@ class Claimer(Protocol):
     def claim_wanted(self) -> bool:
         """Whether a reserved claim should still be made (False once shutting down)."""
 
-    def claimed(self, args: ClaimArgs, rows: list[dict[str, Any]]) -> None:
+    def claimed(self, args: ClaimArgs, rows: list[ClaimedRun]) -> None:
         """The rows claimed for a reservation (none if the claim was not made)."""
 
 
@@ -116,7 +117,7 @@ class Writer:
 
     async def _write(self, batch: list[Write]) -> None:
         self._claim = self._claimer.reserve_claim() if self._claimer is not None else None
-        rows: list[dict[str, Any]] = []
+        rows: list[ClaimedRun] = []
         try:
             try:
                 owned, rows = await self._write_retrying(batch)
@@ -135,16 +136,14 @@ class Writer:
             write.owned = write.run.run_id in owned
             write.done.set()
 
-    def _settle_claim(self, rows: list[dict[str, Any]]) -> None:
+    def _settle_claim(self, rows: list[ClaimedRun]) -> None:
         """Hand the claimed rows to the worker, ending the reservation (if still open)."""
         claim, self._claim = self._claim, None
         if claim is not None and self._claimer is not None:
             self.claims += len(rows)
             self._claimer.claimed(claim, rows)
 
-    async def _write_retrying(
-        self, batch: Sequence[Write]
-    ) -> tuple[set[UUID], list[dict[str, Any]]]:
+    async def _write_retrying(self, batch: Sequence[Write]) -> tuple[set[UUID], list[ClaimedRun]]:
         delay = 0.05
         while True:
             live = [w for w in batch if w.run.lost is None]
@@ -198,7 +197,7 @@ class Writer:
 
     async def _record(
         self, writes: Sequence[Write], claim: ClaimArgs | None
-    ) -> tuple[set[UUID], list[dict[str, Any]]]:
+    ) -> tuple[set[UUID], list[ClaimedRun]]:
         checkpoints = [(w.run.run_id, w.name, w.value) for w in writes if w.name is not None]
         completions = [(w.run.run_id, w.value) for w in writes if w.name is None]
         claims = {w.run.run_id: w.run.claimed_at for w in writes}

@@ -216,10 +216,15 @@ class Durable:
         return await self._read(self._core.steps(task_id))
 
     async def queue_stats(
-        self, queue: str | None = None, *, window: Duration = timedelta(hours=1)
+        self,
+        queue: str | None = None,
+        *,
+        window: Duration = timedelta(hours=1),
+        unserved_after: Duration = timedelta(minutes=5),
     ) -> QueueStats:
         span = timedelta(seconds=to_seconds(window, what="window"))
-        return await self._read(self._core.queue_stats(queue, span))
+        after = timedelta(seconds=to_seconds(unserved_after, what="unserved_after"))
+        return await self._read(self._core.queue_stats(queue, span, after))
 
     async def cancel(self, task_id: UUID, reason: str = "cancelled by client") -> bool:
         return await self._op(self._core.cancel(task_id, reason))
@@ -270,7 +275,7 @@ class Durable:
         raise AssertionError("poll_delays never ends")  # pragma: no cover
 
 
-def _caller_connection(conn: Any) -> psycopg.AsyncConnection[Any]:
+def _caller_connection(conn: object) -> psycopg.AsyncConnection[Any]:
     """The `connection=` of a spawn or emit: an asyncio psycopg connection, whose open
     transaction the write joins."""
     if isinstance(conn, psycopg.AsyncConnection):

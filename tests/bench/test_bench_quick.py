@@ -1,6 +1,6 @@
 """The benchmark harness runs end to end (quick mode, tiny counts, raw + durable_trio) and
-writes its JSON report with every section, the limit scenarios included. No timing is asserted: this proves the harness
-works, not how fast anything is."""
+writes its JSON report with every section, the limit scenarios included. No timing is
+asserted: this proves the harness works, not how fast anything is."""
 
 from __future__ import annotations
 

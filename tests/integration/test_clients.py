@@ -19,7 +19,7 @@ import trio
 import durable_trio as dt
 import durable_trio.aio
 import durable_trio.sync
-from durable_trio.testing import run_until_idle
+from durable_trio.testing import advance_clock, run_until_idle
 from support import fetch
 
 T = TypeVar("T")
@@ -195,6 +195,19 @@ async def test_reads_and_steering(any_client: Adapter, client: dt.Durable) -> No
         await any_client.method("wait_result")(pack, pending.task_id, timeout=10)
     with pytest.raises(dt.WaitTimeout):
         await any_client.method("wait_result")("never", retried.task_id, timeout=0.05)
+
+
+async def test_queue_stats_tells_unserved_names(any_client: Adapter, client: dt.Durable) -> None:
+    await client.store.register_worker("w1", "h", 1, ["default"], ["pack"], 4, 3600)
+    await any_client.method("spawn")(pack, Order("tea", 2))
+    await any_client.method("spawn_by_name")("ghost", None)
+    await advance_clock(client, 600)
+    stats = await any_client.method("queue_stats")(unserved_after=60)
+    assert (stats.due_now, stats.unserved_runs) == (2, 1)
+    assert [(s.task_name, s.unserved) for s in stats.by_name] == [("ghost", True), ("pack", False)]
+    assert stats.oldest_unserved_age is not None
+    later = await any_client.method("queue_stats")("default", unserved_after=3600)
+    assert (later.unserved_after.total_seconds(), later.unserved_runs) == (3600, 0)
 
 
 async def test_emit_wakes_a_waiting_task(any_client: Adapter, client: dt.Durable) -> None:

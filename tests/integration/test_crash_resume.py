@@ -164,7 +164,7 @@ async def test_zombie_writes_are_fenced(client: dt.Durable) -> None:
     store = client.store
     spawned = await client.spawn(plain, {})
     claimed = await store.claim(client.queue, "A", ["plain"], 10, CLAIM_TIMEOUT)
-    assert [r["run_id"] for r in claimed] == [spawned.run_id]
+    assert [r.run_id for r in claimed] == [spawned.run_id]
     # A writes a checkpoint while it owns the run: allowed.
     assert await store.set_checkpoint(spawned.run_id, "A", "early", "1")
 
@@ -175,10 +175,10 @@ async def test_zombie_writes_are_fenced(client: dt.Durable) -> None:
     await reap_expired(client)
     claimed_b = await store.claim(client.queue, "B", ["plain"], 10, CLAIM_TIMEOUT)
     assert len(claimed_b) == 1
-    b_run: UUID = claimed_b[0]["run_id"]
+    b_run: UUID = claimed_b[0].run_id
     assert b_run != spawned.run_id
-    assert claimed_b[0]["attempt"] == 2
-    assert json.loads(claimed_b[0]["checkpoints"]) == {"early": 1}
+    assert claimed_b[0].attempt == 2
+    assert json.loads(claimed_b[0].checkpoints) == {"early": 1}
 
     async def snapshot() -> tuple[Any, ...]:
         task = await query(

@@ -357,7 +357,7 @@ async def test_race_await_holds_the_lock_then_emit_wakes_it(client: dt.Durable) 
     client.register(plain_waiter)
     spawned = await client.spawn(plain_waiter, "race")
     (claimed,) = await client.store.claim("default", "w-test", ["plain_waiter"], 1, 60)
-    assert claimed["task_id"] == spawned.task_id
+    assert claimed.task_id == spawned.task_id
     woken: list[int] = []
 
     async def emit() -> None:
@@ -366,7 +366,7 @@ async def test_race_await_holds_the_lock_then_emit_wakes_it(client: dt.Durable) 
     async with client.connection() as conn_a:
         cur = await conn_a.execute(
             f'SELECT * FROM "{client.schema}".await_event(%s, %s, %s, %s, %s, NULL)',
-            (claimed["run_id"], "w-test", "default", "race", "$event:race"),
+            (claimed.run_id, "w-test", "default", "race", "$event:race"),
         )
         assert await cur.fetchone() == {"outcome": "suspended", "payload": None}
         async with trio.open_nursery() as nursery:

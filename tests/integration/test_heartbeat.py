@@ -18,7 +18,7 @@ async def test_heartbeat_reports_a_run_busy_in_its_transaction(client: dt.Durabl
     await client.spawn(noop, 2)
     store = client.store
     rows = await store.claim("default", "w1", ["hb-noop"], 2, 30)
-    busy, idle = rows[0]["run_id"], rows[1]["run_id"]
+    busy, idle = rows[0].run_id, rows[1].run_id
     async with store.owned_transaction(busy, "w1"):
         # Without SKIP LOCKED this waits for the transaction above: a deadlock here.
         with trio.fail_after(10):
@@ -35,4 +35,4 @@ async def test_heartbeat_still_drops_runs_it_does_not_own(client: dt.Durable) ->
     await client.spawn(noop, 1)
     store = client.store
     (row,) = await store.claim("default", "w1", ["hb-noop"], 1, 30)
-    assert await store.heartbeat("w2", [row["run_id"]], 30) == {}
+    assert await store.heartbeat("w2", [row.run_id], 30) == {}

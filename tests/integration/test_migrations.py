@@ -3,6 +3,7 @@ expect (any new table, index or function must be added to the lists below on pur
 
 from __future__ import annotations
 
+import lzma
 from pathlib import Path
 from typing import Any
 
@@ -360,23 +361,13 @@ async def test_a_function_whose_file_is_gone_is_dropped(client: dt.Durable, pg_u
 
 def _build_version_3(url: str, schema: str) -> None:
     """A schema as durable_trio 0.1.0 at schema version 3 left it (functions inside the
-    migrations, no functions table), with a task pending in it."""
-    fixtures = Path(__file__).resolve().parents[1] / "fixtures" / "schema_v3"
+    migrations, no functions table), with a task pending in it: built from the frozen
+    script in tests/fixtures (see its README)."""
+    script = Path(__file__).resolve().parents[1] / "fixtures" / "schema_v3.sql.xz"
+    with lzma.open(script, "rt", encoding="utf-8") as file:
+        text = file.read()
     with psycopg.connect(url, autocommit=True) as conn, conn.transaction():
-        conn.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(schema)))
-        conn.execute(
-            sql.SQL(
-                "CREATE TABLE {}.migrations (version integer PRIMARY KEY,"
-                " name text NOT NULL, applied_at timestamptz NOT NULL DEFAULT now())"
-            ).format(sql.Identifier(schema))
-        )
-        for path in sorted(fixtures.glob("*.sql")):
-            conn.execute(render(path.read_text(), schema).encode())
-            version, name = path.stem.split("_", 1)
-            conn.execute(
-                sql.SQL("INSERT INTO {}.migrations VALUES (%s, %s)").format(sql.Identifier(schema)),
-                (int(version), name),
-            )
+        conn.execute(render(text, schema).encode())
         conn.execute(
             sql.SQL(
                 "SELECT * FROM {}.spawn_task(%s, %s, 'default', 'upgrade', 'null', '{{}}',"

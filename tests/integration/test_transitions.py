@@ -100,7 +100,7 @@ class Driver:
         store, queue = self.store, self.client.queue
         if event is Event.CLAIM:
             rows = await store.claim(queue, WORKER, [t.name], 5, LEASE)
-            assert [r["run_id"] for r in rows] in ([], [t.run_id])
+            assert [r.run_id for r in rows] in ([], [t.run_id])
             return bool(rows)
         if event is Event.SUSPEND:
             if kind == "sleep":

@@ -10,6 +10,7 @@ import pytest
 import trio
 
 import durable_trio as dt
+from durable_trio._rows import ClaimedRun
 from durable_trio._run import RunState
 from durable_trio._store import Store
 from durable_trio._writer import Write, Writer
@@ -77,7 +78,7 @@ async def test_a_step_body_runs_only_after_earlier_checkpoints_are_durable(
     assert await client.wait_result(three_steps, spawned.task_id, timeout=5) == ["a", "b"]
 
 
-def _run_state(row: dict[str, Any], client: dt.Durable, writer: Writer, worker: str) -> RunState:
+def _run_state(row: ClaimedRun, client: dt.Durable, writer: Writer, worker: str) -> RunState:
     return RunState.from_claim(
         row,
         queue=client.queue,
@@ -99,7 +100,7 @@ async def _written(writer: Writer, writes: list[Write]) -> None:
         nursery.cancel_scope.cancel()
 
 
-async def _claim(client: dt.Durable, worker: str, n: int) -> list[dict[str, Any]]:
+async def _claim(client: dt.Durable, worker: str, n: int) -> list[ClaimedRun]:
     return await client.store.claim(client.queue, worker, ["writer_noop"], n, LEASE)
 
 
