@@ -140,13 +140,17 @@ def other_table(results: dict[str, Any]) -> str:
                 f"{fan['children_per_s']:,.0f} children/s",
             ]
         )
-    for system, node in results.get("spawn_rate", {}).items():
+    rates = results.get("spawn_rate", {})
+    raw_rate = rates.get("raw", {})
+    for system, node in rates.items():
         if isinstance(node, dict) and "batch_per_s" in node:
+            one, batch = node["one_by_one_per_s"], node["batch_per_s"]
             rows.append(
                 [
                     f"spawn rate ({system})",
-                    f"one by one {node['one_by_one_per_s']:,.0f}/s",
-                    f"batch of {node['batch_size']:,} {node['batch_per_s']:,.0f}/s",
+                    f"one by one {one:,.0f}/s{_x_raw(one, raw_rate.get('one_by_one_per_s'))}",
+                    f"batch of {node['batch_size']:,} {batch:,.0f}/s"
+                    + _x_raw(batch, raw_rate.get("batch_per_s")),
                 ]
             )
     for kind, node in results.get("client_spawn", {}).items():
@@ -197,6 +201,42 @@ def other_table(results: dict[str, Any]) -> str:
             ]
         )
     return _table(["measurement", "value", "detail"], rows) if rows else "(none)"
+
+
+OTEL_TARGET = 0.85  # one-step throughput with the OpenTelemetry hooks over without
+
+
+def otel_table(results: dict[str, Any]) -> str:
+    """One-step throughput with the OpenTelemetry hooks against without, per concurrency,
+    and whether the ratio meets its target (a separate table: the target list is fixed)."""
+    rows = []
+    for conc, cell in sorted(results.get("otel_overhead", {}).items(), key=lambda kv: int(kv[0])):
+        if not isinstance(cell, dict) or "ratio" not in cell:
+            rows.append([f"c={conc}", "error", "", "", "", ""])
+            continue
+        pairs = " ".join(
+            f"{off:,.0f}/{on:,.0f}"
+            for off, on in zip(cell["off_tasks_per_s"], cell["on_tasks_per_s"], strict=True)
+        )
+        rows.append(
+            [
+                f"c={conc} ({cell['n']} tasks x {cell['rounds']} pairs)",
+                f"{cell['off_median']:,.0f}",
+                f"{cell['on_median']:,.0f}",
+                f"{cell['ratio']:.2f}x",
+                "yes" if cell["ratio"] >= OTEL_TARGET else "NO",
+                pairs,
+            ]
+        )
+    header = [
+        "OpenTelemetry hooks, 1 step",
+        "off tasks/s",
+        "on tasks/s",
+        "on/off",
+        f">= {OTEL_TARGET}x",
+        "pairs off/on",
+    ]
+    return _table(header, rows)
 
 
 def evaluate_targets(results: dict[str, Any]) -> list[dict[str, Any]]:
@@ -290,12 +330,40 @@ def evaluate_targets(results: dict[str, Any]) -> list[dict[str, Any]]:
         )
     else:
         add("1,000 in-flight tasks in one worker <= 150 MB RSS", "not measured", None)
+    for target, measured, met in _spawn_targets(results):
+        add(target, measured, met)
     rate = results.get("spawn_rate", {}).get("durable_trio", {}).get("batch_per_s")
     add(
         "batch spawn >= 20,000 tasks/s",
         f"{rate:,.0f} tasks/s" if rate else "not measured",
         None if rate is None else rate >= 20_000,
     )
+    return out
+
+
+def _x_raw(value: float, raw: float | None) -> str:
+    return f" ({value / raw:.2f}x raw)" if raw else ""
+
+
+def _spawn_targets(results: dict[str, Any]) -> list[tuple[str, str, bool | None]]:
+    """Spawn rates against raw INSERT + NOTIFY and pgqueuer's enqueue, same run."""
+    rates = results.get("spawn_rate", {})
+    dt, raw, pgq = (rates.get(k, {}) for k in ("durable_trio", "raw", "pgqueuer"))
+    out: list[tuple[str, str, bool | None]] = []
+    for key, what, share in (
+        ("one_by_one_per_s", "one spawn", 0.85),
+        ("batch_per_s", "batch spawn", 0.8),
+    ):
+        mine = dt.get(key)
+        for label, other, factor in (("raw", raw.get(key), share), ("pgqueuer", pgq.get(key), 1.0)):
+            target = f"{what} >= {factor:g} x {label} (same run)"
+            if mine is None or other is None:
+                out.append((target, "not measured", None))
+            else:
+                ratio = mine / other
+                out.append(
+                    (target, f"{mine:,.0f} vs {other:,.0f}/s ({ratio:.2f}x)", ratio >= factor)
+                )
     return out
 
 

@@ -63,6 +63,7 @@ SCENARIOS = [
     "server_work",
     "scale",
     "retained",
+    "otel_overhead",
 ]
 BENCH_DB = "durable_trio_bench"
 
@@ -101,6 +102,8 @@ class Sizes:
     retention_batch: int = 1000  # Durable.cleanup's default
     retention_slices: int = 10  # cleanups, each removing the next slice of the tasks
     retention_duties: tuple[float, ...] = (1.0, 0.2)  # Durable.cleanup(duty=), in turn
+    otel_n: int = 2000  # tasks per run of the OpenTelemetry overhead pairs
+    otel_rounds: int = 3  # pairs (hooks off, on) per concurrency
 
     def scaled(self, k: float) -> Sizes:
         if k == 1:
@@ -129,6 +132,7 @@ class Sizes:
             retained=[s(r, 100) if r else 0 for r in self.retained],
             retention_finished=s(self.retention_finished, 100),
             retention_pending=s(self.retention_pending, 100),
+            otel_n=s(self.otel_n, 10),
         )
 
 
@@ -178,6 +182,8 @@ QUICK = Sizes(
     retention_pending=60_000,
     retention_window=2.0,
     retention_slices=4,
+    otel_n=300,
+    otel_rounds=2,
 )
 
 
@@ -412,6 +418,10 @@ def plan(url: str, systems: list[str], scenarios: list[str], sz: Sizes) -> list[
                 one,
                 batch,
             )
+        for peer in peer_runner.SPAWN_PEERS:
+            if peer in systems:
+                thunk = functools.partial(peer_runner.run_peer_spawn, peer, url, one, batch)
+                units.append((f"{peer} enqueue rate", ("spawn_rate", peer), thunk))
     if "client_spawn" in scenarios and has_dt:
         add(
             "spawn one by one from each client",
@@ -509,7 +519,31 @@ def plan(url: str, systems: list[str], scenarios: list[str], sz: Sizes) -> list[
             "dt_rss",
             sz.rss_tasks,
         )
+    if "otel_overhead" in scenarios and has_dt:
+        for c in (8, 64):
+            add_trio(
+                f"durable_trio 1-step c={c}, OpenTelemetry hooks off/on",
+                ("otel_overhead", str(c)),
+                dt_bench.otel_overhead,
+                "dt_otel",
+                sz.otel_n,
+                c,
+                sz.otel_rounds,
+                timeout=sz.run_timeout,
+            )
     return units
+
+
+def _peer_of(path: tuple[str, ...]) -> str | None:
+    """The peer library a unit of work runs, if any (its results path names it)."""
+    return next((part for part in path[1:] if part in PEERS), None)
+
+
+def _runs_peer(peer: str, scenarios: list[str]) -> bool:
+    """Whether a scenario asked for needs the peer's virtualenv."""
+    return "throughput" in scenarios or (
+        "spawn_rate" in scenarios and peer in peer_runner.SPAWN_PEERS
+    )
 
 
 def _git_revision() -> str | None:
@@ -562,6 +596,9 @@ def print_tables(results: dict[str, Any], path: Path) -> None:
         print()
         print(extra)
     print()
+    if results.get("otel_overhead"):
+        print(report.otel_table(results))
+        print()
     print(report.targets_table(results.get("targets") or report.evaluate_targets(results)))
     if results.get("errors"):
         print()
@@ -622,13 +659,14 @@ def main(argv: list[str] | None = None) -> int:
         "server_work",
         "scale",
         "retained",
+        "otel_overhead",
         "peers",
         "errors",
     ):
         results[key] = {}
     try:
         results["meta"]["server"] = server_settings(url)
-        peers = [p for p in PEERS if p in args.systems and "throughput" in args.scenarios]
+        peers = [p for p in PEERS if p in args.systems and _runs_peer(p, args.scenarios)]
         with temporary_database(url, BENCH_DB) as bench_url:
             units = plan(bench_url, args.systems, args.scenarios, sz)
             progress = Progress(len(peers) + len(units))
@@ -649,7 +687,8 @@ def main(argv: list[str] | None = None) -> int:
                     progress.advance()
                 for label, path, thunk in units:
                     progress.start(label)
-                    if path[0] == "throughput" and path[1] in PEERS and path[1] not in ready_peers:
+                    peer = _peer_of(path)
+                    if peer is not None and peer not in ready_peers:
                         progress.advance()
                         continue
                     try:
@@ -658,11 +697,10 @@ def main(argv: list[str] | None = None) -> int:
                         detail = "".join(traceback.format_exception(ex))[-4000:]
                         results["errors"][label] = detail
                         _put(results, path, {"error": str(ex)[:2000]})
-                        if path[1] in PEERS:
-                            results["peers"][path[1]]["status"] = "failed"
-                            results["peers"][path[1]].setdefault("errors", {})[path[2]] = str(ex)[
-                                :2000
-                            ]
+                        if peer is not None:
+                            results["peers"][peer]["status"] = "failed"
+                            errors = results["peers"][peer].setdefault("errors", {})
+                            errors[path[-1]] = str(ex)[:2000]
                         progress.write(f"{label}: FAILED: {str(ex)[:300]}")
                     progress.advance()
             finally:

@@ -2,17 +2,19 @@
 -- Values are always parameters; nothing else is spliced in. A "-- part:" is no statement
 -- of its own: "@part(name)" in a statement stands for its text (written once, used twice).
 
--- name: spawn_task
-SELECT * FROM @schema.spawn_task(%(task_id)s, %(run_id)s, %(queue)s, %(task_name)s,
-    %(params)s::jsonb, %(headers)s::jsonb, %(retry)s::jsonb, %(max_attempts)s,
-    %(priority)s, %(delay)s::interval, %(start_at)s::timestamptz, %(idempotency_key)s,
-    %(max_pending_delay)s::interval, %(max_duration)s::interval, %(parent)s::uuid)
+-- name: spawn_one
+-- One spawn through spawn_tasks, positional (ClientCore's SPAWN_SHARED order after the
+-- item's ids, params and key): the same text every time, so it is prepared per connection.
+SELECT * FROM @schema.spawn_tasks(ARRAY[%s::uuid], ARRAY[%s::uuid], ARRAY[%s::text],
+    ARRAY[%s::text], %s::text, %s::text, %s::jsonb, %s::jsonb, %s::integer, %s::integer,
+    %s::interval, %s::timestamptz, %s::interval, %s::interval, %s::uuid)
 
 -- name: spawn_tasks
-SELECT * FROM @schema.spawn_tasks(%(task_id)s::uuid[], %(run_id)s::uuid[],
-    %(params)s::text[], %(queue)s, %(task_name)s, %(headers)s::jsonb, %(retry)s::jsonb,
-    %(max_attempts)s, %(priority)s, %(delay)s::interval, %(start_at)s::timestamptz,
-    %(idempotency_key)s, %(max_pending_delay)s::interval, %(max_duration)s::interval)
+-- Many spawns of one name with shared settings: spawn_one's parameters with the first
+-- four as array literals.
+SELECT * FROM @schema.spawn_tasks(%s::uuid[], %s::uuid[], %s::text[], %s::text[],
+    %s::text, %s::text, %s::jsonb, %s::jsonb, %s::integer, %s::integer, %s::interval,
+    %s::timestamptz, %s::interval, %s::interval, %s::uuid)
 
 -- name: claim_runs
 SELECT * FROM @schema.claim_runs(%(queue)s, %(worker)s, %(names)s::text[], %(limit)s,

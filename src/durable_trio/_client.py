@@ -185,11 +185,18 @@ class Durable:
         params: Iterable[Any],
         *,
         options: SpawnOptions | None = None,
+        idempotency_keys: Iterable[str | None] | None = None,
     ) -> list[SpawnResult[Any]]:
         """Spawn many tasks of one kind with shared options in one statement (all or none).
-        The options are shared, so they cannot carry an idempotency key (one key would make
-        every task after the first a duplicate of it)."""
-        return await self._store.run(self._core.op(self._core.spawn_many(task, params, options)))
+
+        The options are shared, so they cannot carry an idempotency key; give each task its
+        own with `idempotency_keys` (one per params value, None for a task without one). A
+        key that already names a task on the queue returns that task (``created`` False)
+        and writes nothing for it, as `spawn` does. Tasks of one call sharing a key: the
+        first of them is spawned, the later ones return it (``created`` False).
+        """
+        op = self._core.spawn_many(task, params, options, idempotency_keys)
+        return await self._store.run(self._core.op(op))
 
     @asynccontextmanager
     async def connection(self) -> AsyncIterator[TrioConnection]:

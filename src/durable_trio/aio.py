@@ -168,9 +168,14 @@ class Durable:
         return await self._op(self._core.spawn_by_name(name, params, options), connection)
 
     async def spawn_many(
-        self, task: TaskRef | str, params: Iterable[Any], *, options: SpawnOptions | None = None
+        self,
+        task: TaskRef | str,
+        params: Iterable[Any],
+        *,
+        options: SpawnOptions | None = None,
+        idempotency_keys: Iterable[str | None] | None = None,
     ) -> list[SpawnResult[Any]]:
-        return await self._op(self._core.spawn_many(task, params, options))
+        return await self._op(self._core.spawn_many(task, params, options, idempotency_keys))
 
     async def emit_event(
         self,

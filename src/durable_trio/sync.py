@@ -180,9 +180,14 @@ class Durable:
         return self._op(self._core.spawn_by_name(name, params, options), connection)
 
     def spawn_many(
-        self, task: TaskRef | str, params: Iterable[Any], *, options: SpawnOptions | None = None
+        self,
+        task: TaskRef | str,
+        params: Iterable[Any],
+        *,
+        options: SpawnOptions | None = None,
+        idempotency_keys: Iterable[str | None] | None = None,
     ) -> list[SpawnResult[Any]]:
-        return self._op(self._core.spawn_many(task, params, options))
+        return self._op(self._core.spawn_many(task, params, options, idempotency_keys))
 
     def emit_event(
         self,
