@@ -184,7 +184,7 @@ def other_table(results: dict[str, Any]) -> str:
                 [
                     f"drain while cleanup(duty={duty}) removes finished tasks",
                     f"{cell['tasks_per_s_cleaning']:,.0f} vs {cell['tasks_per_s_idle']:,.0f} "
-                    f"tasks/s ({cell['ratio']:.2f}x)",
+                    f"tasks/s ({_fmt(cell['ratio'], 2)}x)",
                     f"{removed['tasks']:,} tasks + {removed['runs']:,} runs + "
                     f"{removed['checkpoints']:,} checkpoints in {cell['cleanup_s']:.1f} s "
                     f"({cell['rows_per_s']:,.0f} rows/s), {len(cell['pairs'])} pairs, "
@@ -311,12 +311,12 @@ def evaluate_targets(results: dict[str, Any]) -> list[dict[str, Any]]:
     ret = results.get("retention", {}).get("durable_trio", {})
     cells = ret.get("by_duty", {}) if isinstance(ret, dict) else {}
     gentle = min(cells, key=float, default=None)
-    if gentle is not None:
+    if gentle is not None and cells[gentle].get("ratio") is not None:
         cell = cells[gentle]
         add(
             f"drain while cleanup(duty={gentle}) runs >= 0.9 x without",
             f"{cell['tasks_per_s_cleaning']:,.0f} vs {cell['tasks_per_s_idle']:,.0f} tasks/s "
-            f"({cell['ratio']:.2f}x; median pair {cell['ratio_median_pair']:.2f}x)",
+            f"({cell['ratio']:.2f}x; median pair {_fmt(cell['ratio_median_pair'], 2)}x)",
             cell["ratio"] >= 0.9,
         )
     else:
