@@ -7,7 +7,8 @@ without an event loop (the hooks never wait), on a stand-in TaskContext.
 Rows: the SDK recording every span (batched to an exporter that drops them, metrics to an
 in-memory reader), the SDK sampling 10% of traces (ParentBased(TraceIdRatioBased)),
 step spans off, and the no-op API providers; and, for scale, the SDK's own cost of
-starting and ending one span, and of recording one histogram value.
+starting and ending one span (with and without attributes, and left out by the
+sampler), of one trace context extraction, and of recording one histogram value.
 """
 
 from __future__ import annotations
@@ -119,6 +120,27 @@ def main() -> None:
     tracing, meters = _sdk()
     tracer = tracing.get_tracer("bench")
     rows.append(("SDK: one span start+end", _per_call_us(lambda: tracer.start_span("s").end(), n)))
+    run_attributes: dict[str, Any] = {
+        "durable_trio.task_name": "one_step",
+        "durable_trio.queue": "default",
+        "durable_trio.task_id": str(uuid.uuid4()),
+        "durable_trio.run_id": str(uuid.uuid4()),
+        "durable_trio.attempt": 1,
+    }
+    rows.append(
+        (
+            "SDK: same, 5 attributes",
+            _per_call_us(lambda: tracer.start_span("s", attributes=run_attributes).end(), n),
+        )
+    )
+    carrier = {key: str(value) for key, value in _ctx(tracer).headers.items()}
+    rows.append(("API: one propagate.extract", _per_call_us(lambda: propagate.extract(carrier), n)))
+    sampled_out, _ = _sdk(ParentBased(TraceIdRatioBased(0.0)))
+    unsampled = sampled_out.get_tracer("bench")
+    rows.append(
+        ("SDK: one span, sampled out", _per_call_us(lambda: unsampled.start_span("s").end(), n))
+    )
+    sampled_out.shutdown()
     histogram = meters.get_meter("bench").create_histogram("h")
     tags = {"task_name": "one_step"}
     rows.append(("SDK: one histogram record", _per_call_us(lambda: histogram.record(1.0, tags), n)))
