@@ -358,16 +358,15 @@ class _StepSpan:
     async def __aenter__(self) -> None:
         call, ctx = self.call, self.ctx
         name, _ = self.telemetry.kind(ctx.task_name, ctx.queue).step(call.name)
-        span = self.span = self.telemetry.tracer.start_span(name)
-        if span.is_recording():
-            span.set_attributes(
-                {
-                    "durable_trio.task_name": ctx.task_name,
-                    "durable_trio.step": call.name,
-                    "durable_trio.checkpoint": call.checkpoint,
-                    "durable_trio.replayed": call.replayed,
-                }
-            )
+        # Made only inside a recorded run span: the step's is recorded too (with the
+        # default, parent-based, samplers), so its attributes go in with it at once.
+        attributes: dict[str, AttributeValue] = {
+            "durable_trio.task_name": ctx.task_name,
+            "durable_trio.step": call.name,
+            "durable_trio.checkpoint": call.checkpoint,
+            "durable_trio.replayed": call.replayed,
+        }
+        span = self.span = self.telemetry.tracer.start_span(name, attributes=attributes)
         self.token = otel_context.attach(trace.set_span_in_context(span))
         self.started = time.monotonic()
 
@@ -376,8 +375,9 @@ class _StepSpan:
     ) -> None:
         span = self.span
         try:
-            if ex is not None and span.is_recording():
-                # What start_as_current_span did for a step that raised.
+            if isinstance(ex, Exception) and span.is_recording():
+                # What start_as_current_span does for a step that raised (an Exception:
+                # a cancellation is not the step's error).
                 span.record_exception(ex)
                 span.set_status(Status(StatusCode.ERROR, f"{type(ex).__name__}: {ex}"))
         finally:
