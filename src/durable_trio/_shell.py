@@ -47,6 +47,7 @@ __all__ = [
     "Shell",
     "TaskOf",
     "Timeout",
+    "caller_connection",
     "operation",
     "pool_errors",
     "pool_options",
@@ -74,6 +75,17 @@ def resolve_url(url: str | None) -> str:
             "(e.g. postgresql://user:password@localhost:5432/dbname)"
         )
     return resolved
+
+
+def caller_connection(conn: object, kind: type[T]) -> T:
+    """The `connection=` of a spawn or emit, whose open transaction the write joins,
+    checked to be of the `kind` the client drives."""
+    if isinstance(conn, kind):
+        return conn
+    name = f"{kind.__module__.partition('.')[0]}.{kind.__name__}"
+    raise InvalidInput(
+        f"connection must be a {name} (to join its open transaction), got {type(conn).__name__}"
+    )
 
 
 @attrs.frozen

@@ -25,8 +25,15 @@ from psycopg_pool import AsyncConnectionPool
 from . import _sql
 from ._db import CONNECT_ERRORS, unreachable
 from ._ends import AsyncioEnds
-from ._errors import InvalidInput
-from ._shell import AsyncShell, Call, Connects, Opening, pool_errors, pool_options
+from ._shell import (
+    AsyncShell,
+    Call,
+    Connects,
+    Opening,
+    caller_connection,
+    pool_errors,
+    pool_options,
+)
 
 __all__ = ["Durable"]
 
@@ -73,7 +80,9 @@ class Durable(
     async def _execute(self, call: Call[T], *, transaction: bool = False) -> T:
         """As the blocking client's `_execute`, on the asyncio pool."""
         if call.connection is not None:
-            return await _sql.run_async(_caller_connection(call.connection), call.op)
+            return await _sql.run_async(
+                caller_connection(call.connection, psycopg.AsyncConnection), call.op
+            )
         with pool_errors(self.url) as pooled:
             async with self._pool.connection() as conn:
                 pooled.conn = conn
@@ -85,14 +94,3 @@ class Durable(
     async def migrate(self) -> list[int]:
         """Create or upgrade the schema (idempotent; concurrent callers are serialised)."""
         return await self._execute(Call(_sql.migrate(self.schema)), transaction=True)
-
-
-def _caller_connection(conn: object) -> psycopg.AsyncConnection[Any]:
-    """The `connection=` of a spawn or emit: an asyncio psycopg connection, whose open
-    transaction the write joins."""
-    if isinstance(conn, psycopg.AsyncConnection):
-        return conn
-    raise InvalidInput(
-        "connection must be a psycopg.AsyncConnection (to join its open transaction), "
-        f"got {type(conn).__name__}"
-    )

@@ -25,7 +25,6 @@ from . import _sql
 from ._clientcore import SpawnResult
 from ._db import CONNECT_ERRORS, unreachable
 from ._ends import BlockingEnds
-from ._errors import InvalidInput
 from ._shell import (
     Blocking,
     Call,
@@ -34,6 +33,7 @@ from ._shell import (
     Shell,
     TaskOf,
     Timeout,
+    caller_connection,
     pool_errors,
     pool_options,
 )
@@ -89,7 +89,9 @@ class Durable(Shell[psycopg.Connection[Any]], Blocking, Connects["Durable"]):
         pooled one; a connection that breaks or a pool that cannot connect is
         `DatabaseUnavailable`, other database errors pass through."""
         if call.connection is not None:
-            return _sql.run_blocking(_caller_connection(call.connection), call.op)
+            return _sql.run_blocking(
+                caller_connection(call.connection, psycopg.Connection), call.op
+            )
         with pool_errors(self.url) as pooled, self._pool.connection() as conn:
             pooled.conn = conn
             if transaction:
@@ -129,14 +131,3 @@ class Durable(Shell[psycopg.Connection[Any]], Blocking, Connects["Durable"]):
             while not (found := waiting.outcome(self._execute(self._read_task(waiting))))[0]:
                 self._ends.wait(watcher, self._safety_poll)
         return found[1]
-
-
-def _caller_connection(conn: object) -> psycopg.Connection[Any]:
-    """The `connection=` of a spawn or emit: a blocking psycopg connection, whose open
-    transaction the write joins."""
-    if isinstance(conn, psycopg.Connection):
-        return conn
-    raise InvalidInput(
-        "connection must be a psycopg.Connection (to join its open transaction), "
-        f"got {type(conn).__name__}"
-    )
