@@ -103,7 +103,7 @@ class Sizes:
     retention_slices: int = 10  # cleanups, each removing the next slice of the tasks
     retention_duties: tuple[float, ...] = (1.0, 0.2)  # Durable.cleanup(duty=), in turn
     otel_n: int = 2000  # tasks per run of the OpenTelemetry overhead pairs
-    otel_rounds: int = 3  # pairs (hooks off, on) per concurrency
+    otel_rounds: int = 3  # rounds (hooks off, on, 10% sampled) per concurrency
 
     def scaled(self, k: float) -> Sizes:
         if k == 1:
@@ -522,7 +522,7 @@ def plan(url: str, systems: list[str], scenarios: list[str], sz: Sizes) -> list[
     if "otel_overhead" in scenarios and has_dt:
         for c in (8, 64):
             add_trio(
-                f"durable_trio 1-step c={c}, OpenTelemetry hooks off/on",
+                f"durable_trio 1-step c={c}, OpenTelemetry hooks off/on/10% sampled",
                 ("otel_overhead", str(c)),
                 dt_bench.otel_overhead,
                 "dt_otel",

@@ -12,6 +12,7 @@ from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, ParentBased
 
 import durable_trio as dt
 from durable_trio.contrib.opentelemetry import otel_hooks
@@ -243,3 +244,38 @@ async def test_client_emits_and_the_in_flight_count_while_running(
         "elsewhere": 1
     }
     assert total(points, "durable_trio.runs.in_flight") == 0
+
+
+@pytest.mark.parametrize("setting", ["step_spans=False", "histograms=False", "sampled out"])
+async def test_the_cheaper_settings_leave_out_only_what_they_say(
+    pg_url: str, schema: str, setting: str
+) -> None:
+    exporter = InMemorySpanExporter()
+    sampler = ParentBased(ALWAYS_OFF) if setting == "sampled out" else None
+    tracer_provider = TracerProvider(sampler=sampler) if sampler else TracerProvider()
+    tracer_provider.add_span_processor(SimpleSpanProcessor(exporter))
+    reader = InMemoryMetricReader()
+    hooks = otel_hooks(
+        tracer_provider=tracer_provider,
+        meter_provider=MeterProvider(metric_readers=[reader]),
+        step_spans=setting != "step_spans=False",
+        histograms=setting != "histograms=False",
+    )
+    async with dt.Durable.connect(pg_url, schema=schema, hooks=hooks) as client:
+        client.register(ship, weigh)
+        await client.spawn(ship, None)
+        await run_until_idle(client)
+
+    names = sorted(s.name for s in exporter.get_finished_spans())
+    if setting == "sampled out":
+        assert names == []
+    else:
+        assert [n for n in names if n.startswith("step")] == (
+            [] if setting == "step_spans=False" else ["step pack", "step pack", "step scale"]
+        )
+        assert names.count("run ship") == 2  # before and after its join
+    points = metric_points(reader)
+    assert total(points, "durable_trio.runs.completed") == 2  # counters are always kept
+    assert total(points, "durable_trio.runs.suspended") == 1
+    steps = points.get("durable_trio.steps.duration", [])
+    assert sum(p.count for p in steps) == (0 if setting == "histograms=False" else 2)
