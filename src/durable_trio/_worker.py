@@ -46,6 +46,7 @@ from ._core.options import (
 )
 from ._core.report import PassReport, RunOutcome, RunReport, outcome_of
 from ._core.retry import FailureDecision, decide_failure
+from ._core.slots import Slots
 from ._db import CONNECTION_LOST, Listener, Pool
 from ._errors import (
     ConfigurationError,
@@ -110,6 +111,10 @@ class Worker:
         self._executing = 0
         # Slots promised to a claim riding along with the writer's next round trip.
         self._reserved = 0
+        # Runs claimed ahead (`prefetch`) waiting for a slot, first claimed first: each
+        # one's execute task waits on its event, set when it takes a slot.
+        self._held: dict[RunState, trio.Event] = {}
+        self._slots = options.slots
         self._execs: trio.Nursery | None = None
         self._names: list[str] = []
         self._wake = trio.Event()
@@ -175,6 +180,7 @@ class Worker:
     async def run(self, *, task_status: trio.TaskStatus[Worker] = trio.TASK_STATUS_IGNORED) -> None:
         """Work the queues until `shutdown()`. Use in your own nursery with ``nursery.start``."""
         names = self._names = sorted(self._registry)
+        self._slots = self.options.slots
         if not names:
             log.warning("worker %s has no registered tasks: it will claim nothing", self.worker_id)
         size = min(self.options.concurrency, 32)
@@ -277,8 +283,12 @@ class Worker:
             await trio.sleep(3600)
 
     def _free_slots(self) -> int:
-        limit = self.options.concurrency
-        return min(limit - self._executing, 2 * limit - len(self._runs)) - self._reserved
+        return self._slots.claim_room(
+            executing=self._executing,
+            held=len(self._held),
+            in_hand=len(self._runs),
+            reserved=self._reserved,
+        )
 
     async def _claim_once(self, nursery: trio.Nursery, names: list[str]) -> tuple[int, int]:
         free = self._free_slots()
@@ -362,19 +372,41 @@ class Worker:
             return
         previous = self._runs.get(run.run_id)
         self._runs[run.run_id] = run
-        self._executing += 1
+        slot: trio.Event | None = None
+        if self._slots.may_start(executing=self._executing, held=len(self._held)):
+            self._executing += 1
+        else:  # claimed ahead: it starts when a slot frees (_start_held)
+            slot = self._held[run] = trio.Event()
         log.debug("claimed run %s of task %r", run.run_id, run.task_name, extra=run.log_fields())
         name = f"durable_trio run {run.task_name}"
         if previous is None:
-            nursery.start_soon(self._execute, run, name=name)
+            nursery.start_soon(self._execute, run, slot, name=name)
         else:
             # Claimed again (woken the instant its suspension committed) while the
             # attempt that suspended it is still unwinding here: run it after that one.
-            nursery.start_soon(self._execute_after, previous, run, name=name)
+            nursery.start_soon(self._execute_after, previous, run, slot, name=name)
 
-    async def _execute_after(self, previous: RunState, run: RunState) -> None:
+    async def _execute_after(
+        self, previous: RunState, run: RunState, slot: trio.Event | None
+    ) -> None:
         await previous.gone.wait()
-        await self._execute(run)
+        await self._execute(run, slot)
+
+    def _start_held(self) -> None:
+        """Give freed slots to held runs, first claimed first. Not once stopping: held
+        runs are handed back then (_drain), so that another worker starts them now."""
+        if self._stopping:
+            return
+        for _ in range(self._slots.to_start(executing=self._executing, held=len(self._held))):
+            run = next(iter(self._held))
+            self._executing += 1
+            self._held.pop(run).set()
+
+    def _hand_back_held(self) -> None:
+        """Stopping: held runs never started, so they go back at once, attempt unspent."""
+        for run in list(self._held):
+            run.release_on_exit = True
+            run.scope.cancel()
 
     async def _reject(self, row: ClaimedRun, ex: Exception) -> None:
         """A claimed run whose stored data this worker cannot read (a retry strategy or
@@ -397,12 +429,10 @@ class Worker:
     # -- claims riding along with the writer (see _writer.Claimer) ----------------------
 
     def _claim_with_writes(self) -> bool:
-        """Claim along with the writer's next batch? Only when the worker's one run is
-        finishing: nothing then overlaps the claim, and merging it with the completion
-        saves a round trip and a commit (c=1: ~1,150 -> ~1,300 tasks/s). With more runs
-        in hand, a claim and a write side by side on two connections go faster (merged
-        every time, c=64 fell from ~11k to ~6.5k tasks/s)."""
-        return self._executing == 0 and len(self._runs) <= 1
+        """Claim along with the writer's next batch? See `Slots.claim_with_writes`."""
+        return self._slots.claim_with_writes(
+            executing=self._executing, held=len(self._held), in_hand=len(self._runs)
+        )
 
     def _queue_order(self) -> list[str]:
         """The worker's queues, starting one further along at each claim, so that a busy
@@ -611,9 +641,11 @@ class Worker:
 
     # -- executing --------------------------------------------------------------------
 
-    async def _execute(self, run: RunState) -> None:
+    async def _execute(self, run: RunState, slot: trio.Event | None = None) -> None:
         try:
             with run.scope:
+                if slot is not None:  # held: cancelled while waiting, it never starts
+                    await slot.wait()
                 await self._run_task(run)
         except trio.Cancelled:
             # Not the run's own scope (that one stops here): the worker's task was cancelled
@@ -716,9 +748,13 @@ class Worker:
                 run.scope.cancel()
 
     def _free_slot(self, run: RunState) -> None:
+        if self._held.pop(run, None) is not None:  # held, it ends without having started
+            run.body_done = True
+            return
         if not run.body_done:
             run.body_done = True
             self._executing -= 1
+            self._start_held()
             if not self._writer_claims_next():
                 self._wake.set()
 
@@ -782,6 +818,7 @@ class Worker:
         while self._reserved:
             self._reservations_done = trio.Event()
             await self._reservations_done.wait()
+        self._hand_back_held()
         if not self._runs:
             return
         self._drained = trio.Event()
@@ -817,6 +854,8 @@ class Worker:
             self._control = Store(control_pool, self._schema)
             self._exec = Store(exec_pool, self._schema)
             self._writer = Writer(self._exec, self.worker_id)
+            # Every run claimed here starts at once: a pass holds none back.
+            self._slots = Slots(self.options.concurrency)
             async with trio.open_nursery() as control:
                 self._control_nursery = control
                 control.start_soon(self._heartbeat_loop)
