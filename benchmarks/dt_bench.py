@@ -10,6 +10,7 @@ import json
 import sys
 import time
 from collections.abc import Callable
+from datetime import timedelta
 from typing import Any
 
 import attrs
@@ -29,6 +30,7 @@ from _util import (
     wait_count,
 )
 from durable_trio._db import connect as trio_connect
+from durable_trio.testing import run_until_idle
 
 QUEUE = "bench"
 
@@ -334,63 +336,90 @@ async def spawn_rate(url: str, schema: str, n_single: int, n_batch: int) -> dict
         drop_schema(url, schema)
 
 
-async def preload_clones(client: dt.Durable, url: str, schema: str, n: int) -> float:
-    """n pending one_step tasks, fast: one real spawn through the public API, then n - 1
-    copies of its tasks and runs rows made in SQL (fresh ids and params; every other
-    column copied, so the rows stay whatever shape the current migrations give them).
-    Returns rows per second."""
-    t0 = time.perf_counter()
-    template = await client.spawn(one_step, Job(0))
+def _columns(conn: Any, schema: str, table: str, replace: dict[str, str]) -> tuple[str, str]:
+    """A table's column list and the SELECT list copying row `x` with `replace` applied."""
+    cols = [
+        r[0]
+        for r in conn.execute(
+            "SELECT column_name FROM information_schema.columns "
+            "WHERE table_schema = %s AND table_name = %s ORDER BY ordinal_position",
+            (schema, table),
+        )
+    ]
+    ident = [sql.Identifier(c).as_string(None) for c in cols]
+    exprs = [replace.get(c, "x." + i) for c, i in zip(cols, ident, strict=True)]
+    return ", ".join(ident), ", ".join(exprs)
+
+
+def _clone(
+    url: str, schema: str, task_id: Any, run_id: Any, n: int, *, base_ms: int, shift: str = ""
+) -> None:
+    """n copies of a task with its (one) run and its checkpoints, made in SQL: fresh ids
+    and params, timestamps moved by `shift` (e.g. "- interval '2 days'"), every other
+    column copied, so the rows stay whatever shape the current migrations give them.
+    Ids are time-ordered like the uuid7s real spawns get (a random-uuid backlog would
+    scatter index pages): 48-bit millisecond prefix from `base_ms`, advancing one
+    millisecond per 50 rows, version 7 bits, random rest."""
+    moved = {c: f"x.{c} {shift}" for c in ("created_at", "finished_at")} if shift else {}
     overrides = {
         "tasks": {
             "task_id": "ids.tid",
             "last_run_id": "ids.rid",
             "root_task_id": "ids.tid",
             "params": "jsonb_build_object('x', ids.g)",
+            **moved,
+            **({"first_started_at": f"x.first_started_at {shift}"} if shift else {}),
         },
-        "runs": {"run_id": "ids.rid", "task_id": "ids.tid"},
+        "runs": {
+            "run_id": "ids.rid",
+            "task_id": "ids.tid",
+            **moved,
+            **({"claimed_at": f"x.claimed_at {shift}"} if shift else {}),
+        },
+        "checkpoints": {
+            "task_id": "ids.tid",
+            "run_id": "ids.rid",
+            **({"created_at": f"x.created_at {shift}"} if shift else {}),
+        },
     }
+    uuid7 = (
+        "encode(set_bit(set_bit(overlay(uuid_send(gen_random_uuid()) placing "
+        f"substring(int8send({base_ms}::bigint + (g + %(offset)s) / 50) from 3) "
+        "from 1 for 6), "
+        "52, 1), 53, 1), 'hex')::uuid"
+    )
     with connect(url) as conn:
-        select = {}
-        for table, replace in overrides.items():
-            cols = [
-                r[0]
-                for r in conn.execute(
-                    "SELECT column_name FROM information_schema.columns "
-                    "WHERE table_schema = %s AND table_name = %s ORDER BY ordinal_position",
-                    (schema, table),
-                )
-            ]
-            ident = [sql.Identifier(c).as_string(None) for c in cols]
-            exprs = [replace.get(c, "x." + i) for c, i in zip(cols, ident, strict=True)]
-            select[table] = (", ".join(ident), ", ".join(exprs))
-        # Time-ordered ids like the uuid7s real spawns get (a random-uuid backlog would
-        # scatter index pages and understate throughput): 48-bit millisecond prefix
-        # advancing one millisecond per 50 rows, version 7 bits, random rest.
-        base_ms = int(time.time() * 1000) - n // 50 - 1000
-        uuid7 = (
-            "encode(set_bit(set_bit(overlay(uuid_send(gen_random_uuid()) placing "
-            f"substring(int8send({base_ms}::bigint + (g + %(offset)s) / 50) from 3) "
-            "from 1 for 6), "
-            "52, 1), 53, 1), 'hex')::uuid"
-        )
+        cols = {t: _columns(conn, schema, t, r) for t, r in overrides.items()}
         clone = f"""
         WITH ids AS (
             SELECT g + %(offset)s AS g, {uuid7} AS tid, {uuid7} AS rid
             FROM generate_series(1, %(n)s) g
         ), new_tasks AS (
-            INSERT INTO {{s}}.tasks ({select["tasks"][0]})
-            SELECT {select["tasks"][1]} FROM {{s}}.tasks x, ids WHERE x.task_id = %(task)s
+            INSERT INTO {{s}}.tasks ({cols["tasks"][0]})
+            SELECT {cols["tasks"][1]} FROM {{s}}.tasks x, ids WHERE x.task_id = %(task)s
+        ), new_runs AS (
+            INSERT INTO {{s}}.runs ({cols["runs"][0]})
+            SELECT {cols["runs"][1]} FROM {{s}}.runs x, ids WHERE x.run_id = %(run)s
         )
-        INSERT INTO {{s}}.runs ({select["runs"][0]})
-        SELECT {select["runs"][1]} FROM {{s}}.runs x, ids WHERE x.run_id = %(run)s
+        INSERT INTO {{s}}.checkpoints ({cols["checkpoints"][0]})
+        SELECT {cols["checkpoints"][1]} FROM {{s}}.checkpoints x, ids
+        WHERE x.task_id = %(task)s
         """
         done = 1
         while done < n:
             k = min(100_000, n - done)
-            params = {"n": k, "offset": done, "task": template.task_id, "run": template.run_id}
+            params = {"n": k, "offset": done, "task": task_id, "run": run_id}
             conn.execute(_q(clone, schema), params)
             done += k
+
+
+async def preload_clones(client: dt.Durable, url: str, schema: str, n: int) -> float:
+    """n pending one_step tasks, fast: one real spawn through the public API, then n - 1
+    copies of its rows (`_clone`). Returns rows per second."""
+    t0 = time.perf_counter()
+    template = await client.spawn(one_step, Job(0))
+    base_ms = int(time.time() * 1000) - n // 50 - 1000
+    _clone(url, schema, template.task_id, template.run_id, n, base_ms=base_ms)
     return n / (time.perf_counter() - t0)
 
 
@@ -417,6 +446,171 @@ async def backlog(
         return {**result, "preload_rows_per_s": preload_rate}
     finally:
         drop_schema(url, schema)
+
+
+SPREAD_MS = 10  # the preloaded finished tasks end this far apart, oldest first
+
+
+async def retention(
+    url: str,
+    schema: str,
+    finished: int,
+    pending: int,
+    concurrency: int,
+    *,
+    window: float,
+    batch: int,
+    slices: int,
+    duties: tuple[float, ...],
+) -> dict[str, Any]:
+    """Drain rate while `Durable.cleanup` removes `finished` old one_step tasks (each with
+    its run and checkpoint), against the drain rate without it, measured back to back.
+
+    One worker drains a backlog of `pending` one_step tasks the whole time. The finished
+    tasks ended `SPREAD_MS` apart, so a cut-off removes an exact slice of them: beside
+    the worker, `slices` calls of `Durable.cleanup(finished_before=cut, batch=batch,
+    duty=d)` each remove the next slice, `d` taking the values of `duties` in turn, with
+    `window` seconds of no cleanup before the first and after each. Each cleanup is paired
+    with the mean of the idle windows either side of it (drift in the machine's load
+    cancels out). Completions per window are read afterwards from the tasks' finished_at."""
+    try:
+        async with dt.Durable.connect(url, schema=schema, queue=QUEUE) as client:
+            client.register(one_step)
+            t0 = time.perf_counter()
+            template = await client.spawn(one_step, Job(0))
+            await run_until_idle(client)
+            old_ms = int(time.time() * 1000) - 3 * 86_400_000
+            shift = f"- interval '2 days' + ids.g * interval '{SPREAD_MS} ms'"
+            _clone(
+                url,
+                schema,
+                template.task_id,
+                template.run_id,
+                finished,
+                base_ms=old_ms,
+                shift=shift,
+            )
+            with connect(url) as conn:
+                conn.execute(
+                    _q("DELETE FROM {s}.tasks WHERE task_id = %s", schema), (template.task_id,)
+                )
+            preload_s = time.perf_counter() - t0
+            await preload_clones(client, url, schema, pending)
+            with connect(url) as conn:
+                for table in ("tasks", "runs", "checkpoints"):
+                    conn.execute(_q("VACUUM ANALYZE {s}." + table, schema))
+                conn.execute("CHECKPOINT")  # the load's WAL, flushed before timing starts
+                loaded, first, last = conn.execute(
+                    _q(
+                        "SELECT count(*), min(finished_at), max(finished_at) FROM {s}.tasks"
+                        " WHERE finished_at < now() - interval '1 day'",
+                        schema,
+                    )
+                ).fetchone() or (0, None, None)
+            step = (last - first) / slices
+            cuts = [first + step * (k + 1) for k in range(slices - 1)]
+            cuts.append(last + timedelta(milliseconds=1))
+            with trio.CancelScope() as crash:
+                async with trio.open_nursery() as nursery:
+                    worker = client.new_worker(_options(concurrency))
+                    await nursery.start(worker.run)
+                    series = await _cleanup_windows(client, cuts, window, batch, duties)
+                    crash.cancel()  # stop at once; in-flight runs are simply abandoned
+        return {
+            **_retention_result(url, schema, series),
+            "finished": loaded,
+            "pending": pending,
+            "concurrency": concurrency,
+            "batch": batch,
+            "window_s": window,
+            "preload_s": preload_s,
+        }
+    finally:
+        drop_schema(url, schema)
+
+
+async def _cleanup_windows(
+    client: dt.Durable, cuts: list[Any], window: float, batch: int, duties: tuple[float, ...]
+) -> list[dict[str, Any]]:
+    """An idle window, then for each cut-off a cleanup up to it and another idle window.
+    Bounds come from the database's clock (the one finished_at is written by)."""
+    windows: list[dict[str, Any]] = []
+
+    async def idle() -> None:
+        start = await client.store.now()
+        await trio.sleep(window)
+        windows.append({"kind": "idle", "start": start, "end": await client.store.now()})
+
+    await idle()
+    for k, cut in enumerate(cuts):
+        duty = duties[k % len(duties)]
+        start = await client.store.now()
+        removed = await client.cleanup(
+            finished_before=cut, events_before=cut, batch=batch, duty=duty
+        )
+        end = await client.store.now()
+        windows.append(
+            {
+                "kind": "cleanup",
+                "duty": duty,
+                "start": start,
+                "end": end,
+                "removed": attrs.asdict(removed),
+            }
+        )
+        await idle()
+    return windows
+
+
+def _retention_result(url: str, schema: str, windows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Completion rates per window; per duty, the cleanups' rate against the mean of the
+    idle windows either side, how long the cleanups took and what they removed."""
+    count = _q(
+        "SELECT count(*) FROM {s}.tasks WHERE state = 'completed'"
+        " AND finished_at >= %s AND finished_at < %s",
+        schema,
+    )
+    with connect(url) as conn:
+        # A backlog that ran dry would make later windows idle for want of work.
+        left = conn.execute(_q("SELECT count(*) FROM {s}.runs WHERE state = 'pending'", schema))
+        backlog_left = int(next(iter(left))[0])
+        for w in windows:
+            row = conn.execute(count, (w["start"], w["end"])).fetchone()
+            w["seconds"] = (w["end"] - w["start"]).total_seconds()
+            w["tasks_per_s"] = (int(row[0]) if row else 0) / w["seconds"]
+    by_duty: dict[str, Any] = {}
+    for i in range(1, len(windows) - 1, 2):
+        before, clean, after = windows[i - 1 : i + 2]
+        idle = (before["tasks_per_s"] + after["tasks_per_s"]) / 2
+        node = by_duty.setdefault(str(clean["duty"]), {"pairs": []})
+        node["pairs"].append(
+            {
+                "tasks_per_s_cleaning": clean["tasks_per_s"],
+                "tasks_per_s_idle": idle,
+                "ratio": clean["tasks_per_s"] / idle if idle else None,
+                "seconds": clean["seconds"],
+                "removed": clean["removed"],
+            }
+        )
+    for node in by_duty.values():
+        pairs = node["pairs"]
+        seconds = sum(p["seconds"] for p in pairs)
+        ratios = sorted(p["ratio"] for p in pairs if p["ratio"] is not None)
+        removed = {k: sum(p["removed"][k] for p in pairs) for k in pairs[0]["removed"]}
+        node.update(
+            # Weighted by each cleanup's length: the rate over all the time spent cleaning.
+            tasks_per_s_cleaning=sum(p["tasks_per_s_cleaning"] * p["seconds"] for p in pairs)
+            / seconds,
+            tasks_per_s_idle=sum(p["tasks_per_s_idle"] * p["seconds"] for p in pairs) / seconds,
+            ratio_median_pair=ratios[len(ratios) // 2] if ratios else None,
+            cleanup_s=seconds,
+            removed=removed,
+            rows_removed=sum(removed.values()),
+            rows_per_s=sum(removed.values()) / seconds,
+        )
+        node["ratio"] = node["tasks_per_s_cleaning"] / node["tasks_per_s_idle"]
+    plain = [{**w, "start": str(w["start"]), "end": str(w["end"])} for w in windows]
+    return {"backlog_left": backlog_left, "by_duty": by_duty, "windows": plain}
 
 
 # -- subprocess workers -----------------------------------------------------------------

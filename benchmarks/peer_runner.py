@@ -77,16 +77,34 @@ def installed_versions(name: str) -> dict[str, str]:
     return json.loads(done.stdout) if done.returncode == 0 else {}
 
 
+# Peers whose enqueue rate the spawn_rate scenario measures (peers/<name>_spawn.py).
+SPAWN_PEERS = ["pgqueuer"]
+
+
 def run_peer(name: str, url: str, concurrency: int, n: int, timeout: float) -> dict[str, Any]:
     """One throughput run of a peer at `concurrency` on a fresh database."""
+    args = [str(concurrency), str(n), str(timeout)]
+    return _run_script(name, f"{name}_bench.py", url, f"{concurrency}", args, timeout + 600)
+
+
+def run_peer_spawn(name: str, url: str, n_single: int, n_batch: int) -> dict[str, Any]:
+    """A peer's enqueue rate, one by one and in one batch, on a fresh database."""
+    args = [str(n_single), str(n_batch)]
+    return _run_script(name, f"{name}_spawn.py", url, "spawn", args, 600)
+
+
+def _run_script(
+    name: str, file: str, url: str, db_suffix: str, args: list[str], timeout: float
+) -> dict[str, Any]:
+    """Run peers/<file> in the peer's venv on a fresh database; its last JSON line."""
     python = VENVS / name / "bin" / "python"
-    script = HERE / "peers" / f"{name}_bench.py"
-    with temporary_database(url, f"bench_{name}_{concurrency}") as db_url:
+    script = HERE / "peers" / file
+    with temporary_database(url, f"bench_{name}_{db_suffix}") as db_url:
         done = subprocess.run(
-            [str(python), str(script), db_url, str(concurrency), str(n), str(timeout)],
+            [str(python), str(script), db_url, *args],
             capture_output=True,
             text=True,
-            timeout=timeout + 600,
+            timeout=timeout,
             cwd=str(HERE / "peers"),
             env={**os.environ, "PYTHONPATH": str(HERE / "peers")},
         )

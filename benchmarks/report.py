@@ -142,13 +142,17 @@ def other_table(results: dict[str, Any]) -> str:
                 f"{fan['children_per_s']:,.0f} children/s",
             ]
         )
-    for system, node in results.get("spawn_rate", {}).items():
+    rates = results.get("spawn_rate", {})
+    raw_rate = rates.get("raw", {})
+    for system, node in rates.items():
         if isinstance(node, dict) and "batch_per_s" in node:
+            one, batch = node["one_by_one_per_s"], node["batch_per_s"]
             rows.append(
                 [
                     f"spawn rate ({system})",
-                    f"one by one {node['one_by_one_per_s']:,.0f}/s",
-                    f"batch of {node['batch_size']:,} {node['batch_per_s']:,.0f}/s",
+                    f"one by one {one:,.0f}/s{_x_raw(one, raw_rate.get('one_by_one_per_s'))}",
+                    f"batch of {node['batch_size']:,} {batch:,.0f}/s"
+                    + _x_raw(batch, raw_rate.get("batch_per_s")),
                 ]
             )
     for kind, node in results.get("client_spawn", {}).items():
@@ -174,6 +178,21 @@ def other_table(results: dict[str, Any]) -> str:
                         else f"{node['completed_in_db']:,} done",
                     ]
                 )
+    node = results.get("retention", {}).get("durable_trio")
+    if isinstance(node, dict) and "by_duty" in node:
+        for duty, cell in sorted(node["by_duty"].items(), reverse=True):
+            removed = cell["removed"]
+            rows.append(
+                [
+                    f"drain while cleanup(duty={duty}) removes finished tasks",
+                    f"{cell['tasks_per_s_cleaning']:,.0f} vs {cell['tasks_per_s_idle']:,.0f} "
+                    f"tasks/s ({cell['ratio']:.2f}x)",
+                    f"{removed['tasks']:,} tasks + {removed['runs']:,} runs + "
+                    f"{removed['checkpoints']:,} checkpoints in {cell['cleanup_s']:.1f} s "
+                    f"({cell['rows_per_s']:,.0f} rows/s), {len(cell['pairs'])} pairs, "
+                    f"of {node['finished']:,}",
+                ]
+            )
     node = results.get("rss", {}).get("durable_trio")
     if isinstance(node, dict) and "rss_mb_loaded" in node:
         rows.append(
@@ -255,6 +274,19 @@ def evaluate_targets(results: dict[str, Any]) -> list[dict[str, Any]]:
         )
     else:
         add("throughput at 1M pending >= 0.8 x at 10k pending", "not measured", None)
+    ret = results.get("retention", {}).get("durable_trio", {})
+    cells = ret.get("by_duty", {}) if isinstance(ret, dict) else {}
+    gentle = min(cells, key=float, default=None)
+    if gentle is not None:
+        cell = cells[gentle]
+        add(
+            f"drain while cleanup(duty={gentle}) runs >= 0.9 x without",
+            f"{cell['tasks_per_s_cleaning']:,.0f} vs {cell['tasks_per_s_idle']:,.0f} tasks/s "
+            f"({cell['ratio']:.2f}x; median pair {cell['ratio_median_pair']:.2f}x)",
+            cell["ratio"] >= 0.9,
+        )
+    else:
+        add("drain while a cleanup runs >= 0.9 x without", "not measured", None)
     rss = results.get("rss", {}).get("durable_trio", {})
     if "rss_mb_loaded" in rss:
         add(
@@ -264,12 +296,40 @@ def evaluate_targets(results: dict[str, Any]) -> list[dict[str, Any]]:
         )
     else:
         add("1,000 in-flight tasks in one worker <= 150 MB RSS", "not measured", None)
+    for target, measured, met in _spawn_targets(results):
+        add(target, measured, met)
     rate = results.get("spawn_rate", {}).get("durable_trio", {}).get("batch_per_s")
     add(
         "batch spawn >= 20,000 tasks/s",
         f"{rate:,.0f} tasks/s" if rate else "not measured",
         None if rate is None else rate >= 20_000,
     )
+    return out
+
+
+def _x_raw(value: float, raw: float | None) -> str:
+    return f" ({value / raw:.2f}x raw)" if raw else ""
+
+
+def _spawn_targets(results: dict[str, Any]) -> list[tuple[str, str, bool | None]]:
+    """Spawn rates against raw INSERT + NOTIFY and pgqueuer's enqueue, same run."""
+    rates = results.get("spawn_rate", {})
+    dt, raw, pgq = (rates.get(k, {}) for k in ("durable_trio", "raw", "pgqueuer"))
+    out: list[tuple[str, str, bool | None]] = []
+    for key, what, share in (
+        ("one_by_one_per_s", "one spawn", 0.85),
+        ("batch_per_s", "batch spawn", 0.8),
+    ):
+        mine = dt.get(key)
+        for label, other, factor in (("raw", raw.get(key), share), ("pgqueuer", pgq.get(key), 1.0)):
+            target = f"{what} >= {factor:g} x {label} (same run)"
+            if mine is None or other is None:
+                out.append((target, "not measured", None))
+            else:
+                ratio = mine / other
+                out.append(
+                    (target, f"{mine:,.0f} vs {other:,.0f}/s ({ratio:.2f}x)", ratio >= factor)
+                )
     return out
 
 

@@ -56,6 +56,7 @@ SCENARIOS = [
     "spawn_rate",
     "client_spawn",
     "backlog",
+    "retention",
     "rss",
 ]
 BENCH_DB = "durable_trio_bench"
@@ -80,6 +81,12 @@ class Sizes:
     backlog_window: float = 10.0
     backlog_c: int = 32
     rss_tasks: int = 1000
+    retention_finished: int = 1_000_000  # old finished tasks the cleanup removes
+    retention_pending: int = 800_000  # the backlog drained meanwhile (must outlast it)
+    retention_window: float = 5.0  # seconds of no cleanup between two cleanups
+    retention_batch: int = 1000  # Durable.cleanup's default
+    retention_slices: int = 10  # cleanups, each removing the next slice of the tasks
+    retention_duties: tuple[float, ...] = (1.0, 0.2)  # Durable.cleanup(duty=), in turn
 
     def scaled(self, k: float) -> Sizes:
         if k == 1:
@@ -103,6 +110,8 @@ class Sizes:
             backlog=[s(b, 20) for b in self.backlog],
             backlog_window=max(0.5, self.backlog_window * k),
             rss_tasks=s(self.rss_tasks, 10),
+            retention_finished=s(self.retention_finished, 100),
+            retention_pending=s(self.retention_pending, 100),
         )
 
 
@@ -143,6 +152,10 @@ QUICK = Sizes(
     backlog_window=2.0,
     backlog_c=32,
     rss_tasks=200,
+    retention_finished=50_000,
+    retention_pending=60_000,
+    retention_window=2.0,
+    retention_slices=4,
 )
 
 
@@ -389,6 +402,10 @@ def plan(url: str, systems: list[str], scenarios: list[str], sz: Sizes) -> list[
                 one,
                 batch,
             )
+        for peer in peer_runner.SPAWN_PEERS:
+            if peer in systems:
+                thunk = functools.partial(peer_runner.run_peer_spawn, peer, url, one, batch)
+                units.append((f"{peer} enqueue rate", ("spawn_rate", peer), thunk))
     if "client_spawn" in scenarios and has_dt:
         add(
             "spawn one by one from each client",
@@ -420,6 +437,20 @@ def plan(url: str, systems: list[str], scenarios: list[str], sz: Sizes) -> list[
                     c,
                     window,
                 )
+    if "retention" in scenarios and has_dt:
+        add_trio(
+            f"durable_trio cleanup of {sz.retention_finished:,} finished tasks",
+            ("retention", "durable_trio"),
+            dt_bench.retention,
+            "dt_ret",
+            sz.retention_finished,
+            sz.retention_pending,
+            sz.backlog_c,
+            window=sz.retention_window,
+            batch=sz.retention_batch,
+            slices=sz.retention_slices,
+            duties=sz.retention_duties,
+        )
     if "rss" in scenarios and has_dt:
         add(
             f"durable_trio RSS, {sz.rss_tasks} in flight",
@@ -429,6 +460,18 @@ def plan(url: str, systems: list[str], scenarios: list[str], sz: Sizes) -> list[
             sz.rss_tasks,
         )
     return units
+
+
+def _peer_of(path: tuple[str, ...]) -> str | None:
+    """The peer library a unit of work runs, if any (its results path names it)."""
+    return next((part for part in path[1:] if part in PEERS), None)
+
+
+def _runs_peer(peer: str, scenarios: list[str]) -> bool:
+    """Whether a scenario asked for needs the peer's virtualenv."""
+    return "throughput" in scenarios or (
+        "spawn_rate" in scenarios and peer in peer_runner.SPAWN_PEERS
+    )
 
 
 def _git_revision() -> str | None:
@@ -529,6 +572,7 @@ def main(argv: list[str] | None = None) -> int:
         "spawn_rate",
         "client_spawn",
         "claim_backlog",
+        "retention",
         "rss",
         "peers",
         "errors",
@@ -536,7 +580,7 @@ def main(argv: list[str] | None = None) -> int:
         results[key] = {}
     try:
         results["meta"]["server"] = server_settings(url)
-        peers = [p for p in PEERS if p in args.systems and "throughput" in args.scenarios]
+        peers = [p for p in PEERS if p in args.systems and _runs_peer(p, args.scenarios)]
         with temporary_database(url, BENCH_DB) as bench_url:
             units = plan(bench_url, args.systems, args.scenarios, sz)
             progress = Progress(len(peers) + len(units))
@@ -557,7 +601,8 @@ def main(argv: list[str] | None = None) -> int:
                     progress.advance()
                 for label, path, thunk in units:
                     progress.start(label)
-                    if path[0] == "throughput" and path[1] in PEERS and path[1] not in ready_peers:
+                    peer = _peer_of(path)
+                    if peer is not None and peer not in ready_peers:
                         progress.advance()
                         continue
                     try:
@@ -566,11 +611,10 @@ def main(argv: list[str] | None = None) -> int:
                         detail = "".join(traceback.format_exception(ex))[-4000:]
                         results["errors"][label] = detail
                         _put(results, path, {"error": str(ex)[:2000]})
-                        if path[1] in PEERS:
-                            results["peers"][path[1]]["status"] = "failed"
-                            results["peers"][path[1]].setdefault("errors", {})[path[2]] = str(ex)[
-                                :2000
-                            ]
+                        if peer is not None:
+                            results["peers"][peer]["status"] = "failed"
+                            errors = results["peers"][peer].setdefault("errors", {})
+                            errors[path[-1]] = str(ex)[:2000]
                         progress.write(f"{label}: FAILED: {str(ex)[:300]}")
                     progress.advance()
             finally:

@@ -2,17 +2,19 @@
 -- Values are always parameters; nothing else is spliced in. A "-- part:" is no statement
 -- of its own: "@part(name)" in a statement stands for its text (written once, used twice).
 
--- name: spawn_task
-SELECT * FROM @schema.spawn_task(%(task_id)s, %(run_id)s, %(queue)s, %(task_name)s,
-    %(params)s::jsonb, %(headers)s::jsonb, %(retry)s::jsonb, %(max_attempts)s,
-    %(priority)s, %(delay)s::interval, %(start_at)s::timestamptz, %(idempotency_key)s,
-    %(max_pending_delay)s::interval, %(max_duration)s::interval, %(parent)s::uuid)
+-- name: spawn_one
+-- One spawn through spawn_tasks, positional (ClientCore's SPAWN_SHARED order after the
+-- item's ids, params and key): the same text every time, so it is prepared per connection.
+SELECT * FROM @schema.spawn_tasks(ARRAY[%s::uuid], ARRAY[%s::uuid], ARRAY[%s::text],
+    ARRAY[%s::text], %s::text, %s::text, %s::jsonb, %s::jsonb, %s::integer, %s::integer,
+    %s::interval, %s::timestamptz, %s::interval, %s::interval, %s::uuid)
 
 -- name: spawn_tasks
-SELECT * FROM @schema.spawn_tasks(%(task_id)s::uuid[], %(run_id)s::uuid[],
-    %(params)s::text[], %(queue)s, %(task_name)s, %(headers)s::jsonb, %(retry)s::jsonb,
-    %(max_attempts)s, %(priority)s, %(delay)s::interval, %(start_at)s::timestamptz,
-    %(idempotency_key)s, %(max_pending_delay)s::interval, %(max_duration)s::interval)
+-- Many spawns of one name with shared settings: spawn_one's parameters with the first
+-- four as array literals.
+SELECT * FROM @schema.spawn_tasks(%s::uuid[], %s::uuid[], %s::text[], %s::text[],
+    %s::text, %s::text, %s::jsonb, %s::jsonb, %s::integer, %s::integer, %s::interval,
+    %s::timestamptz, %s::interval, %s::interval, %s::uuid)
 
 -- name: claim_runs
 SELECT * FROM @schema.claim_runs(%(queue)s, %(worker)s, %(names)s::text[], %(limit)s,
@@ -282,24 +284,42 @@ WHERE t.task_id = %(task_id)s
 ORDER BY k.created_at, k.name
 
 -- name: queue_live
--- Live runs per queue and task name: the claim and lease indexes only (O(backlog)).
-SELECT r.queue, r.task_name,
-    count(*) FILTER (WHERE r.state = 'pending') AS pending,
-    count(*) FILTER (WHERE r.state = 'sleeping') AS sleeping,
-    count(*) FILTER (WHERE r.state = 'running') AS running,
-    count(*) FILTER (WHERE r.state <> 'running' AND r.available_at <= n.now) AS due_now,
-    max(n.now - r.available_at)
-        FILTER (WHERE r.state <> 'running' AND r.available_at <= n.now) AS oldest_due_age
-FROM (SELECT @schema.clock_now() AS now) n
+-- Live runs per queue and task name: the claim and lease indexes only (O(backlog)). A
+-- name with runs due for longer than "unserved_after" is then looked up once in the
+-- workers registry (a few rows): if no live worker of its queue has registered it, those
+-- runs are unserved (the same rule as unserved_tasks).
+SELECT g.queue, g.task_name, g.pending, g.sleeping, g.running, g.due_now, g.oldest_due_age,
+    CASE WHEN g.stale = 0 OR w.served THEN 0 ELSE g.stale END AS unserved_runs,
+    CASE WHEN g.stale = 0 OR w.served THEN NULL ELSE g.oldest_due_age END
+        AS oldest_unserved_age
+FROM (
+    -- clock_now() reads clock_timestamp(), so n.now is not one value to group by.
+    SELECT r.queue, r.task_name, max(n.now) AS now,
+        count(*) FILTER (WHERE r.state = 'pending') AS pending,
+        count(*) FILTER (WHERE r.state = 'sleeping') AS sleeping,
+        count(*) FILTER (WHERE r.state = 'running') AS running,
+        count(*) FILTER (WHERE r.state <> 'running' AND r.available_at <= n.now) AS due_now,
+        max(n.now - r.available_at)
+            FILTER (WHERE r.state <> 'running' AND r.available_at <= n.now) AS oldest_due_age,
+        count(*) FILTER (WHERE r.state <> 'running'
+            AND r.available_at <= n.now - %(unserved_after)s::interval) AS stale
+    FROM (SELECT @schema.clock_now() AS now) n
+    CROSS JOIN LATERAL (
+        SELECT x.queue, x.task_name, x.state, x.available_at FROM @schema.runs x
+        WHERE x.state IN ('pending', 'sleeping')
+          AND (%(queue)s::text IS NULL OR x.queue = %(queue)s::text)
+        UNION ALL
+        SELECT x.queue, x.task_name, x.state, x.available_at FROM @schema.runs x
+        WHERE x.state = 'running' AND (%(queue)s::text IS NULL OR x.queue = %(queue)s::text)
+    ) r
+    GROUP BY r.queue, r.task_name
+) g
 CROSS JOIN LATERAL (
-    SELECT x.queue, x.task_name, x.state, x.available_at FROM @schema.runs x
-    WHERE x.state IN ('pending', 'sleeping')
-      AND (%(queue)s::text IS NULL OR x.queue = %(queue)s::text)
-    UNION ALL
-    SELECT x.queue, x.task_name, x.state, x.available_at FROM @schema.runs x
-    WHERE x.state = 'running' AND (%(queue)s::text IS NULL OR x.queue = %(queue)s::text)
-) r
-GROUP BY r.queue, r.task_name
+    SELECT g.stale > 0 AND EXISTS (
+        SELECT 1 FROM @schema.workers k
+        WHERE k.expires_at > g.now AND g.queue = ANY (k.queues)
+          AND g.task_name = ANY (k.task_names)) AS served
+) w
 
 -- name: queue_ended
 -- Attempts that failed, and tasks that failed or were cancelled, in the last "window"

@@ -6,11 +6,8 @@ CREATE OR REPLACE FUNCTION @schema.emit_event(p_queue text, p_event text, p_payl
 RETURNS integer
 LANGUAGE plpgsql AS $$
 BEGIN
-    PERFORM @schema.check_queue(p_queue);
-    PERFORM @schema.check_name(p_event, 'event name');
-    IF octet_length(coalesce(p_payload, 'null')::text) > 10485760 THEN
-        PERFORM @schema.refuse('the payload is larger than 10 MiB of JSON');
-    END IF;
+    PERFORM @schema.check_message(p_queue, p_event, 'event name', p_payload,
+        'the payload is');
     RETURN @schema.deliver_event(p_queue, p_event, coalesce(p_payload, 'null'));
 END
 $$;

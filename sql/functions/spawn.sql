@@ -21,11 +21,7 @@ DECLARE
     v_start timestamptz;
     v_key text;
 BEGIN
-    PERFORM @schema.check_queue(p_queue);
-    PERFORM @schema.check_name(p_task_name, 'task name');
-    IF octet_length(coalesce(p_params, 'null')::text) > 10485760 THEN
-        PERFORM @schema.refuse('params are larger than 10 MiB of JSON');
-    END IF;
+    PERFORM @schema.check_message(p_queue, p_task_name, 'task name', p_params, 'params are');
     IF jsonb_typeof(v_opts) <> 'object' THEN
         PERFORM @schema.refuse(format('options must be a JSON object, got %s', v_opts));
     END IF;

@@ -35,7 +35,7 @@ from ._inspect import (
     StepInfo,
     TaskPage,
 )
-from ._retention import CleanupResult, check_batch, cutoff
+from ._retention import CleanupResult, check_batch, check_duty, cutoff
 from ._schedules import ScheduleInfo
 from ._store import Connection, Store
 from ._task import Task, TaskDefinition
@@ -185,11 +185,18 @@ class Durable:
         params: Iterable[Any],
         *,
         options: SpawnOptions | None = None,
+        idempotency_keys: Iterable[str | None] | None = None,
     ) -> list[SpawnResult[Any]]:
         """Spawn many tasks of one kind with shared options in one statement (all or none).
-        The options are shared, so they cannot carry an idempotency key (one key would make
-        every task after the first a duplicate of it)."""
-        return await self._store.run(self._core.op(self._core.spawn_many(task, params, options)))
+
+        The options are shared, so they cannot carry an idempotency key; give each task its
+        own with `idempotency_keys` (one per params value, None for a task without one). A
+        key that already names a task on the queue returns that task (``created`` False)
+        and writes nothing for it, as `spawn` does. Tasks of one call sharing a key: the
+        first of them is spawned, the later ones return it (``created`` False).
+        """
+        op = self._core.spawn_many(task, params, options, idempotency_keys)
+        return await self._store.run(self._core.op(op))
 
     @asynccontextmanager
     async def connection(self) -> AsyncIterator[TrioConnection]:
@@ -305,15 +312,21 @@ class Durable:
         return await self._store.run(self._core.read(self._core.steps(task_id)))
 
     async def queue_stats(
-        self, queue: str | None = None, *, window: Duration = timedelta(hours=1)
+        self,
+        queue: str | None = None,
+        *,
+        window: Duration = timedelta(hours=1),
+        unserved_after: Duration = timedelta(minutes=5),
     ) -> QueueStats:
         """Counts for monitoring one queue (every queue when `queue` is None): live
         tasks by state, runs due now and the age of the oldest of them, failures and
-        cancellations in the last `window`, in total and per task name. Reads only live
-        runs and the runs that ended badly in `window` (partial indexes), never the
-        finished tasks, so it stays cheap to poll."""
+        cancellations in the last `window`, runs due for longer than `unserved_after`
+        whose task name no live worker has registered, in total and per task name. Reads
+        only live runs, the runs that ended badly in `window` (partial indexes) and the
+        workers registry, never the finished tasks, so it stays cheap to poll."""
         span = timedelta(seconds=to_seconds(window, what="window"))
-        return await self._store.run(self._core.read(self._core.queue_stats(queue, span)))
+        after = timedelta(seconds=to_seconds(unserved_after, what="unserved_after"))
+        return await self._store.run(self._core.read(self._core.queue_stats(queue, span, after)))
 
     async def retry(
         self, task_id: UUID, *, max_attempts: int | None = None, from_scratch: bool = False
@@ -368,6 +381,7 @@ class Durable:
         finished_before: datetime | timedelta | float | None = None,
         events_before: datetime | timedelta | float | None = None,
         batch: int = 1000,
+        duty: float = 1.0,
     ) -> CleanupResult:
         """Remove old finished work; return what was removed.
 
@@ -378,12 +392,17 @@ class Durable:
         it). Children's internal end events go once their parent has finished. Works in
         transactions of at most `batch` rows of each kind, taking no lock a claim or a
         worker's write waits on; a removed task's idempotency key may be used again.
+        ``duty`` (above 0, at most 1) is the share of the time spent removing: after each
+        batch the cleanup rests so that batches take no more (0.2: a batch of 40 ms, then
+        160 ms of rest). Removing rows costs the database CPU that busy workers would use
+        (with 1.0, the default, a cleanup takes about one core); see docs/operations.md.
         """
         batch = check_batch(batch)
+        duty = check_duty(duty)
         now = await self._store.now()
         tasks_cut = cutoff(finished_before, what="finished_before", now=now)
         events_cut = cutoff(events_before, what="events_before", now=now)
-        return await self._store.cleanup(tasks_cut, events_cut, batch)
+        return await self._store.cleanup(tasks_cut, events_cut, batch, duty=duty)
 
     # -- schedules --------------------------------------------------------------------
 

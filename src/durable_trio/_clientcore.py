@@ -21,9 +21,9 @@ import psycopg
 from . import _serde
 from ._core import inspection
 from ._core.durations import interval
-from ._core.ids import uuid7
+from ._core.ids import uuid7, uuid7_texts
 from ._core.names import validate_name, validate_queue, validate_schema
-from ._core.options import SpawnOptions
+from ._core.options import SpawnOptions, check_idempotency_key
 from ._core.states import TaskState
 from ._errors import (
     ConfigurationError,
@@ -51,7 +51,7 @@ from ._inspect import step_info as _step_info
 from ._inspect import summary as _summary
 from ._inspect import waiting_for as _waiting_for
 from ._schema import query_texts, render
-from ._sql import Op, Row, Statement, array_literal, guarded
+from ._sql import Op, Row, Statement, array_literal, guarded, nullable_array_literal
 from ._task import Task, TaskDefinition, as_definition, spawnable
 
 __all__ = ["ClientCore", "SpawnResult", "TaskInfo", "queries"]
@@ -60,6 +60,21 @@ T = TypeVar("T")
 R = TypeVar("R")
 
 _DEFAULT_OPTIONS = SpawnOptions()
+# spawn_tasks' shared parameters, in its order after each item's ids, params and key.
+SPAWN_SHARED = (
+    "queue",
+    "task_name",
+    "headers",
+    "retry",
+    "max_attempts",
+    "priority",
+    "delay",
+    "start_at",
+    "max_pending_delay",
+    "max_duration",
+    "parent",
+)
+MAX_PLANS = 256  # cached spawn plans per client (see ClientCore.plan)
 MAX_CHILDREN_SHOWN = 100
 TaskRef = TaskDefinition[Any, Any] | type[Task[Any, Any]]
 
@@ -152,6 +167,34 @@ def snapshot(op: Op[T]) -> Op[T]:
     return value
 
 
+@attrs.frozen
+class SpawnPlan:
+    """What spawns of one task with one SpawnOptions share, checked and serialised: a
+    client spawning in a loop pays for it once (ClientCore.plan), not once per spawn."""
+
+    task: Any  # what the caller passed (a definition, a Task class or a name)
+    options: SpawnOptions | None  # likewise
+    source: SpawnOptions  # the options used: those given, or the task's defaults
+    headers: dict[str, Any]  # a copy of their headers (a dict may change in place)
+    name: str
+    known: TaskDefinition[Any, Any] | None
+    typed: bool  # params go through the Params type (spawned by definition)
+    key: str | None
+    shared: tuple[Any, ...]  # SPAWN_SHARED's values
+    output: Any
+
+    def fits(self, task: Any, options: SpawnOptions | None) -> bool:
+        """Whether this plan is still the one for spawning `task` with `options`."""
+        return self.task is task and self.options is options and self.headers == self.source.headers
+
+    def row(self, params: Any) -> dict[str, Any]:
+        """One spawn's row (the shape `insert` and schedules take)."""
+        text = params_json(self.name, params, self.known, typed=self.typed)
+        shared = dict(zip(SPAWN_SHARED, self.shared, strict=True))
+        row = {"task_id": uuid7(), "run_id": uuid7(), "params": text, **shared}
+        return {**row, "idempotency_key": self.key}
+
+
 class ClientCore:
     """One client's queue, schema and registered tasks, and the operations it runs."""
 
@@ -162,6 +205,7 @@ class ClientCore:
         if hooks is not None and not isinstance(hooks, Hooks):
             raise InvalidInput(f"hooks must be a durable_trio.Hooks, got {hooks!r}")
         self.hooks = hooks or NO_HOOKS
+        self._plans: dict[tuple[int, int], SpawnPlan] = {}
 
     def op(self, op: Op[T]) -> Op[T]:
         return guarded(self.schema, op)
@@ -179,6 +223,7 @@ class ClientCore:
             if existing is not None and existing.fn is not definition.fn:
                 raise ConfigurationError(f"a task named {definition.name!r} is already registered")
             self.registry[definition.name] = definition
+        self._plans.clear()  # a spawn by name now checks its params against the task
 
     def definition(self, name: str) -> TaskDefinition[Any, Any]:
         try:
@@ -188,20 +233,18 @@ class ClientCore:
 
     # -- spawning ---------------------------------------------------------------------
 
-    def spawn_rows(
+    def spawn_plan(
         self,
         task: TaskRef | str,
-        params: Iterable[Any],
         options: SpawnOptions | None,
         *,
         parent: UUID | None = None,
         queue: str | None = None,
         inherited: Mapping[str, Any] | None = None,
-    ) -> list[dict[str, Any]]:
-        """Validate and serialise spawns of one task with shared options into the rows
-        spawn_task takes (options serialised once, each params value on its own). `queue`
-        is the default when the options name none (a child goes to its parent's queue);
-        a child starts from its parent's headers (`inherited`), its options' over them."""
+    ) -> SpawnPlan:
+        """Validate and serialise what spawns of `task` with `options` share. `queue` is
+        the default when the options name none (a child goes to its parent's queue); a
+        child starts from its parent's headers (`inherited`), its options' over them."""
         if isinstance(task, str):
             name = checked(validate_name, task, what="task name")
             known = self.registry.get(name)
@@ -213,6 +256,7 @@ class ClientCore:
         opts = options if options is not None else (defaults or _DEFAULT_OPTIONS)
         if not isinstance(opts, SpawnOptions):
             raise InvalidInput(f"options must be a SpawnOptions, got {opts!r}")
+        source = opts
         target = opts.queue or queue or self.queue
         if inherited:
             opts = attrs.evolve(opts, headers={**inherited, **opts.headers})
@@ -220,15 +264,35 @@ class ClientCore:
             call = SpawnCall(name, target, opts.headers, parent)
             opts = attrs.evolve(opts, headers=self.hooks.spawn_headers(call))
         common = _spawn_options(opts, name, target, parent)
-        return [
-            {
-                "task_id": uuid7(),
-                "run_id": uuid7(),
-                "params": params_json(name, value, known, typed=not isinstance(task, str)),
-                **common,
-            }
-            for value in params
-        ]
+        output = Any if known is None else known.output_type
+        return SpawnPlan(
+            task,
+            options,
+            source,
+            dict(source.headers),
+            name,
+            known,
+            not isinstance(task, str),
+            common["idempotency_key"],
+            tuple(common[field] for field in SPAWN_SHARED),
+            output,
+        )
+
+    def plan(self, task: TaskRef | str, options: SpawnOptions | None) -> SpawnPlan:
+        """`spawn_plan` for a top-level spawn, cached by the identity of `task` and
+        `options` (and checked against headers changed in place since). Not cached with a
+        before_spawn hook, which may give every spawn its own headers."""
+        if self.hooks.before_spawn is not None:
+            return self.spawn_plan(task, options)
+        slot = (id(task), id(options))
+        plan = self._plans.get(slot)
+        if plan is not None and plan.fits(task, options):
+            return plan
+        plan = self.spawn_plan(task, options)
+        if len(self._plans) >= MAX_PLANS:
+            self._plans.clear()
+        self._plans[slot] = plan
+        return plan
 
     def spawn_row(
         self,
@@ -240,10 +304,10 @@ class ClientCore:
         queue: str | None = None,
         inherited: Mapping[str, Any] | None = None,
     ) -> dict[str, Any]:
-        rows = self.spawn_rows(
-            task, [params], options, parent=parent, queue=queue, inherited=inherited
-        )
-        return rows[0]
+        """Validate and serialise one spawn into the row `insert` takes (a task's
+        children and schedules go through here)."""
+        plan = self.spawn_plan(task, options, parent=parent, queue=queue, inherited=inherited)
+        return plan.row(params)
 
     def spawn(
         self,
@@ -253,37 +317,49 @@ class ClientCore:
     ) -> Op[SpawnResult[R]]:
         if isinstance(task, str):
             raise InvalidInput("spawn() takes a task definition; use spawn_by_name() for names")
-        definition = spawnable(task)
-        row = self.spawn_row(definition, params, options)
-        return insert(self.schema, row, definition.output_type)
+        plan = self.plan(task, options)
+        text = params_json(plan.name, params, plan.known, typed=True)
+        return spawn_one(self.schema, plan, text)
 
     def spawn_by_name(
         self, name: str, params: Any, options: SpawnOptions | None
     ) -> Op[SpawnResult[Any]]:
-        row = self.spawn_row(name, params, options)
-        known = self.registry.get(row["task_name"])
-        return insert(self.schema, row, Any if known is None else known.output_type)
+        plan = self.plan(name, options)
+        text = params_json(plan.name, params, plan.known, typed=plan.typed)
+        return spawn_one(self.schema, plan, text)
 
     def spawn_many(
-        self, task: TaskRef | str, params: Iterable[Any], options: SpawnOptions | None
+        self,
+        task: TaskRef | str,
+        params: Iterable[Any],
+        options: SpawnOptions | None,
+        idempotency_keys: Iterable[str | None] | None = None,
     ) -> Op[list[SpawnResult[Any]]]:
-        rows = self.spawn_rows(task, params, options)
-        if not rows:
-            return []
-        if rows[0]["idempotency_key"] is not None:  # given, or the task's default
+        """Many spawns of one task with shared options in one statement. Each may have its
+        own idempotency key (`idempotency_keys`, one per params value, None for none): see
+        the spawn_tasks function for keys that exist or repeat within the batch."""
+        plan = self.plan(task, options)
+        if plan.key is not None:  # given, or the task's default
             raise InvalidInput(
                 "spawn_many shares its options between every task, so an idempotency_key "
-                "would make all but the first a duplicate: spawn them one by one with a key "
-                "each, or drop the key"
+                "in them would make all but the first a duplicate: give each task its own "
+                "key with idempotency_keys=, spawn them one by one with a key each, or drop "
+                "the key"
             )
-        batch = {key: value for key, value in rows[0].items() if key != "parent"}
-        for key in ("task_id", "run_id", "params"):
-            batch[key] = array_literal(str(row[key]) for row in rows)
-        spawned = yield named(self.schema, "spawn_tasks", batch)
-        name = rows[0]["task_name"]
-        known = self.registry.get(name) if isinstance(task, str) else as_definition(task)
-        output = Any if known is None else known.output_type
-        return [spawn_result(row, name, output) for row in spawned]
+        texts = [params_json(plan.name, value, plan.known, typed=plan.typed) for value in params]
+        keys = _many_keys(idempotency_keys, len(texts))
+        if not texts:
+            return []
+        ids = uuid7_texts(2 * len(texts))  # hex digits: nothing to quote
+        arrays = (
+            "{" + ",".join(ids[: len(texts)]) + "}",
+            "{" + ",".join(ids[len(texts) :]) + "}",
+            array_literal(texts),
+            None if keys is None else nullable_array_literal(keys),
+        )
+        query = queries(self.schema)["spawn_tasks"]
+        spawned = yield Statement(query, (*arrays, *plan.shared))
+        return [spawn_result(row, plan.name, plan.output) for row in spawned]
 
     # -- events and cancellation ------------------------------------------------------
 
@@ -385,13 +461,15 @@ class ClientCore:
             raise TaskNotFound(target)
         return [_step_info(row) for row in rows if row["name"] is not None]
 
-    def queue_stats(self, queue: str | None, window: timedelta) -> Op[QueueStats]:
+    def queue_stats(
+        self, queue: str | None, window: timedelta, unserved_after: timedelta
+    ) -> Op[QueueStats]:
         target = None if queue is None else checked_queue(queue)
-        params = {"queue": target, "window": window}
+        params = {"queue": target, "window": window, "unserved_after": unserved_after}
         now = (yield named(self.schema, "now", {}))[0]["now"]
         live = yield named(self.schema, "queue_live", params, prepare=False)
         ended = yield named(self.schema, "queue_ended", params, prepare=False)
-        return _queue_stats(target, now, window, live, ended)
+        return _queue_stats(target, now, window, live, ended, unserved_after=unserved_after)
 
     # -- waiting for a result ---------------------------------------------------------
 
@@ -444,9 +522,21 @@ def poll_delays() -> Iterator[float]:
 # -- operations the worker side shares ----------------------------------------------------
 
 
+def spawn_one(schema: str, plan: SpawnPlan, params: str) -> Op[SpawnResult[Any]]:
+    """One spawn of `plan` with its params as JSON text: one statement, the same text
+    every time, so psycopg prepares it on each connection after a few uses (and leaves it
+    unprepared on a connection configured not to prepare, e.g. behind pgbouncer)."""
+    task_id, run_id = uuid7_texts(2)  # one call for both ids' randomness
+    values = (task_id, run_id, params, plan.key, *plan.shared)
+    rows = yield Statement(queries(schema)["spawn_one"], values)
+    return spawn_result(rows[0], plan.name, plan.output)
+
+
 def insert(schema: str, row: dict[str, Any], output: Any = Any) -> Op[SpawnResult[Any]]:
-    """One prepared spawn row (see `ClientCore.spawn_row`) into the tables."""
-    rows = yield named(schema, "spawn_task", row)
+    """One spawn row (see `ClientCore.spawn_row`) into the tables."""
+    values = (row["task_id"], row["run_id"], row["params"], row["idempotency_key"])
+    shared = tuple(row[field] for field in SPAWN_SHARED)
+    rows = yield Statement(queries(schema)["spawn_one"], (*values, *shared))
     return spawn_result(rows[0], row["task_name"], output)
 
 
@@ -480,6 +570,23 @@ def _spawn_options(
         "max_duration": interval(policy.max_duration if policy else None),
         "parent": parent,
     }
+
+
+def _many_keys(keys: Iterable[str | None] | None, count: int) -> list[str | None] | None:
+    """spawn_many's idempotency keys, checked: one per task (None: no keys at all)."""
+    if keys is None:
+        return None
+    if isinstance(keys, str | bytes):
+        raise InvalidInput("idempotency_keys must be a list of keys (or None), one per task")
+    listed = [
+        check_idempotency_key(key, what=f"idempotency_keys[{i}]") for i, key in enumerate(keys)
+    ]
+    if len(listed) != count:
+        raise InvalidInput(
+            f"idempotency_keys has {len(listed)} keys for {count} tasks: give one per task "
+            "(None for a task without a key)"
+        )
+    return listed
 
 
 def spawn_result(row: Row, task_name: str, output: Any) -> SpawnResult[Any]:

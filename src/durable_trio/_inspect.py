@@ -162,6 +162,14 @@ class NameStats:
     failed: int = 0
     cancelled: int = 0
     failed_attempts: int = 0
+    unserved_runs: int = 0
+    oldest_unserved_age: timedelta | None = None
+
+    @property
+    def unserved(self) -> bool:
+        """Whether runs of this name are due for longer than ``unserved_after`` with no
+        live worker of the queue registered for the name (see `QueueStats`)."""
+        return self.unserved_runs > 0
 
 
 @attrs.frozen
@@ -175,6 +183,13 @@ class QueueStats:
     to alert on. ``failed`` and ``cancelled`` count tasks that ended so in the last
     `window`, ``failed_attempts`` every failed attempt in it (retried ones included).
     Completed tasks are not counted: that would read every finished task.
+
+    ``unserved_runs`` counts runs due for longer than `unserved_after` whose task name no
+    live worker of their queue has registered (the workers registry), and
+    ``oldest_unserved_age`` is how long the oldest of them has been due: work no worker will
+    pick up until one that has the name starts: a typo in a spawned name, or a deploy
+    that dropped a task. A
+    `NameStats` with such runs is ``unserved``.
     """
 
     queue: str | None
@@ -188,6 +203,9 @@ class QueueStats:
     failed: int
     cancelled: int
     failed_attempts: int
+    unserved_after: timedelta
+    unserved_runs: int
+    oldest_unserved_age: timedelta | None
     by_name: list[NameStats]
 
     @property
@@ -265,7 +283,13 @@ def step_info(row: Row) -> StepInfo:
 
 
 def queue_stats(
-    queue: str | None, now: datetime, window: timedelta, live: Sequence[Row], ended: Sequence[Row]
+    queue: str | None,
+    now: datetime,
+    window: timedelta,
+    live: Sequence[Row],
+    ended: Sequence[Row],
+    *,
+    unserved_after: timedelta,
 ) -> QueueStats:
     """Merge the live and ended counts per (queue, task name) and total them."""
     merged: dict[tuple[str, str], dict[str, Any]] = {}
@@ -276,6 +300,7 @@ def queue_stats(
         )
     by_name = [NameStats(q, name, **fields) for (q, name), fields in sorted(merged.items())]
     ages = [s.oldest_due_age for s in by_name if s.oldest_due_age is not None]
+    unserved = [s.oldest_unserved_age for s in by_name if s.oldest_unserved_age is not None]
     return QueueStats(
         queue=queue,
         now=now,
@@ -288,6 +313,9 @@ def queue_stats(
         failed=sum(s.failed for s in by_name),
         cancelled=sum(s.cancelled for s in by_name),
         failed_attempts=sum(s.failed_attempts for s in by_name),
+        unserved_after=unserved_after,
+        unserved_runs=sum(s.unserved_runs for s in by_name),
+        oldest_unserved_age=max(unserved, default=None),
         by_name=by_name,
     )
 

@@ -51,6 +51,22 @@ def cutoff(
     return now - timedelta(seconds=to_seconds(value, what=what))
 
 
+def check_duty(duty: object) -> float:
+    if (
+        isinstance(duty, bool)
+        or not isinstance(duty, (int, float))
+        or not 0 < duty <= 1  # NaN fails this too
+    ):
+        raise InvalidInput(f"duty must be a number above 0 and at most 1, got {duty!r}")
+    return float(duty)
+
+
+def rest_after(seconds: float, duty: float) -> float:
+    """How long to rest after a batch that took `seconds`, so that batches take `duty` of
+    the time: a cleanup beside busy workers leaves them most of the database's CPU."""
+    return seconds * (1 - duty) / duty
+
+
 def check_batch(batch: object) -> int:
     if isinstance(batch, bool) or not isinstance(batch, int) or not 1 <= batch <= MAX_BATCH:
         raise InvalidInput(f"batch must be an integer from 1 to {MAX_BATCH}, got {batch!r}")

@@ -180,10 +180,14 @@ def structure(data: Any, type_: Any = Any) -> Any:
         ) from None
 
 
+# Built once: json.dumps with options makes a new encoder on every call.
+_ENCODER = json.JSONEncoder(allow_nan=False, separators=(",", ":"), ensure_ascii=False)
+
+
 def dumps(data: Any) -> str:
     """Plain JSON data to compact JSON text (NaN and Infinity are refused: not JSON)."""
     try:
-        text = json.dumps(data, allow_nan=False, separators=(",", ":"), ensure_ascii=False)
+        text = _ENCODER.encode(data)
     except (TypeError, ValueError) as ex:
         hint = " (NaN, Infinity and -Infinity have no JSON form)" if "float" in str(ex) else ""
         raise SerializationError(f"value is not JSON-serialisable: {ex}{hint}") from None

@@ -124,6 +124,15 @@ def array_literal(items: Iterable[str]) -> str:
     return '{"' + '","'.join(quoted) + '"}' if quoted else "{}"
 
 
+def nullable_array_literal(items: Iterable[str | None]) -> str:
+    """`array_literal` whose None items are NULL elements."""
+    quoted = [
+        "NULL" if item is None else '"' + item.replace("\\", "\\\\").replace('"', '\\"') + '"'
+        for item in items
+    ]
+    return "{" + ",".join(quoted) + "}"
+
+
 # -- the schema: migrations and function definitions ----------------------------------
 
 

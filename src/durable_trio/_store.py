@@ -25,7 +25,7 @@ from ._core.names import validate_schema
 from ._db import CONNECTION_ERRORS, Pool, TrioConnection
 from ._errors import DatabaseUnavailable, InvalidInput, LeaseLost
 from ._fleet import UnservedTasks, WorkerInfo
-from ._retention import CleanupResult
+from ._retention import CleanupResult, rest_after
 from ._rows import ClaimedRun, DueSchedule, ExpiredRun, ScheduleInfo, StoredOutcome
 from ._schema import migrations, query_texts, render, sql_dir
 from ._sql import Op, Row, Statement, array_literal, guarded
@@ -398,18 +398,23 @@ class Store:
         events_before: datetime | None,
         batch: int,
         conn: TrioConnection | None = None,
+        duty: float = 1.0,
     ) -> CleanupResult:
         """Retention in batches of at most `batch` rows of each kind, each batch its own
-        transaction (short locks), until one finds less than a full batch."""
+        transaction (short locks), until one finds less than a full batch; resting
+        between batches so that they take `duty` of the time."""
         params = {"finished_before": finished_before, "events_before": events_before}
         total = CleanupResult()
         while True:
+            started = trio.current_time()
             row = await self._one("cleanup", {**params, "batch": batch}, conn)
             assert row is not None
             removed = CleanupResult(**row)
             total += removed
             if not removed.full(batch):
                 return total
+            if duty < 1:
+                await trio.sleep(rest_after(trio.current_time() - started, duty))
 
     async def cleanup_alone(self, older_than: float, batch: int) -> CleanupResult | None:
         """A worker's retention pass: finished tasks and events older than `older_than`

@@ -168,9 +168,14 @@ class Durable:
         return await self._op(self._core.spawn_by_name(name, params, options), connection)
 
     async def spawn_many(
-        self, task: TaskRef | str, params: Iterable[Any], *, options: SpawnOptions | None = None
+        self,
+        task: TaskRef | str,
+        params: Iterable[Any],
+        *,
+        options: SpawnOptions | None = None,
+        idempotency_keys: Iterable[str | None] | None = None,
     ) -> list[SpawnResult[Any]]:
-        return await self._op(self._core.spawn_many(task, params, options))
+        return await self._op(self._core.spawn_many(task, params, options, idempotency_keys))
 
     async def emit_event(
         self,
@@ -216,10 +221,15 @@ class Durable:
         return await self._read(self._core.steps(task_id))
 
     async def queue_stats(
-        self, queue: str | None = None, *, window: Duration = timedelta(hours=1)
+        self,
+        queue: str | None = None,
+        *,
+        window: Duration = timedelta(hours=1),
+        unserved_after: Duration = timedelta(minutes=5),
     ) -> QueueStats:
         span = timedelta(seconds=to_seconds(window, what="window"))
-        return await self._read(self._core.queue_stats(queue, span))
+        after = timedelta(seconds=to_seconds(unserved_after, what="unserved_after"))
+        return await self._read(self._core.queue_stats(queue, span, after))
 
     async def cancel(self, task_id: UUID, reason: str = "cancelled by client") -> bool:
         return await self._op(self._core.cancel(task_id, reason))

@@ -180,9 +180,14 @@ class Durable:
         return self._op(self._core.spawn_by_name(name, params, options), connection)
 
     def spawn_many(
-        self, task: TaskRef | str, params: Iterable[Any], *, options: SpawnOptions | None = None
+        self,
+        task: TaskRef | str,
+        params: Iterable[Any],
+        *,
+        options: SpawnOptions | None = None,
+        idempotency_keys: Iterable[str | None] | None = None,
     ) -> list[SpawnResult[Any]]:
-        return self._op(self._core.spawn_many(task, params, options))
+        return self._op(self._core.spawn_many(task, params, options, idempotency_keys))
 
     def emit_event(
         self,
@@ -228,10 +233,15 @@ class Durable:
         return self._read(self._core.steps(task_id))
 
     def queue_stats(
-        self, queue: str | None = None, *, window: Duration = timedelta(hours=1)
+        self,
+        queue: str | None = None,
+        *,
+        window: Duration = timedelta(hours=1),
+        unserved_after: Duration = timedelta(minutes=5),
     ) -> QueueStats:
         span = timedelta(seconds=to_seconds(window, what="window"))
-        return self._read(self._core.queue_stats(queue, span))
+        after = timedelta(seconds=to_seconds(unserved_after, what="unserved_after"))
+        return self._read(self._core.queue_stats(queue, span, after))
 
     def cancel(self, task_id: UUID, reason: str = "cancelled by client") -> bool:
         return self._op(self._core.cancel(task_id, reason))

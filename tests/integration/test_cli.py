@@ -226,6 +226,7 @@ def _closed_port() -> int:
         (["worker", "cli_app:nothing"], 2, "the app registered no task"),
         (["worker", "cli_app:tasks", "--retention", "soon"], 2, "must be an age like 30d"),
         (["worker", "cli_app:tasks", "--prefetch", "-1"], 2, "InvalidInput: prefetch"),
+        (["queues", "--unserved-after", "soon"], 2, "must be an age like 30d"),
         (["frobnicate"], 2, "No such command"),
     ],
 )
@@ -336,7 +337,10 @@ def test_cleanup_removes_old_finished_tasks(pg_url: str, migrated: str) -> None:
     removed = cli(pg_url, migrated, "cleanup", "--finished-before", "2999-01-01T00:00:00Z")
     assert removed.returncode == 0, removed.stderr
     assert removed.stdout.strip() == "removed 1 task(s), 1 run(s), 0 checkpoint(s), 0 event(s)"
+    paced = cli(pg_url, migrated, "cleanup", "--finished-before", "1d", "--duty", "0.2")
+    assert paced.returncode == 0, paced.stderr
     for bad, message in [
+        (["--finished-before", "1d", "--duty", "0"], "duty must be a number above 0"),
         ([], "give --finished-before and/or --events-before"),
         (["--finished-before", "soon"], "must be an age like 30d"),
         (["--events-before", "2030-01-01T00:00:00"], "needs a UTC offset"),
@@ -361,6 +365,30 @@ def _run_worker_until(pg_url: str, schema: str, app_dir: Path, task_id: str, sta
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.communicate(timeout=60)
+
+
+def test_queues_shows_runs_no_live_worker_serves(pg_url: str, migrated: str) -> None:
+    spawned = cli(pg_url, migrated, "spawn", "ghost", "--json")
+    assert spawned.returncode == 0, spawned.stderr
+    with psycopg.connect(pg_url, autocommit=True) as conn:  # ten minutes pass
+        conn.execute(
+            sql.SQL("UPDATE {}.clock SET offset_by = offset_by + interval '10 minutes'").format(
+                sql.Identifier(migrated)
+            )
+        )
+    shown = cli(pg_url, migrated, "queues", "--json")
+    assert shown.returncode == 0, shown.stderr
+    stats = json.loads(shown.stdout)
+    assert (stats["unserved_after"], stats["unserved_runs"]) == (300, 1)
+    assert stats["oldest_unserved_age"] >= 600
+    [ghost] = stats["by_name"]
+    assert (ghost["task_name"], ghost["unserved_runs"]) == ("ghost", 1)
+    assert ghost["oldest_unserved_age"] >= 600
+    table = cli(pg_url, migrated, "queues").stdout
+    assert "unserved (5m)" in table
+    assert "1, oldest 6" in table  # the run count and the oldest's age in seconds
+    patient = json.loads(cli(pg_url, migrated, "queues", "--unserved-after", "1h", "--json").stdout)
+    assert (patient["unserved_runs"], patient["by_name"][0]["oldest_unserved_age"]) == (0, None)
 
 
 def test_tasks_ls_show_queues_and_retry(pg_url: str, migrated: str, app_dir: Path) -> None:

@@ -19,7 +19,7 @@ import trio
 import durable_trio as dt
 import durable_trio.aio
 import durable_trio.sync
-from durable_trio.testing import run_until_idle
+from durable_trio.testing import advance_clock, run_until_idle
 from support import fetch
 
 T = TypeVar("T")
@@ -166,6 +166,32 @@ async def test_spawn_many_and_idempotency(any_client: Adapter, client: dt.Durabl
     assert (await counts(client))[0] == 3
 
 
+async def test_spawn_many_with_a_key_per_task(any_client: Adapter, client: dt.Durable) -> None:
+    spawn_many = any_client.method("spawn_many")
+    existing = await any_client.method("spawn")(
+        pack, Order("old", 1), options=dt.SpawnOptions(idempotency_key="k-old")
+    )
+    orders = [Order("a", 1), Order("b", 2), Order("c", 3), Order("d", 4), Order("e", 5)]
+    keys = ["k-new", None, "k-old", "k-new", None]
+    spawned = await spawn_many(pack, orders, idempotency_keys=keys)
+    assert [r.created for r in spawned] == [True, True, False, False, True]
+    # An existing key returns its task; within one call the first item of a key wins.
+    assert (spawned[2].task_id, spawned[2].run_id) == (existing.task_id, existing.run_id)
+    assert (spawned[3].task_id, spawned[3].run_id) == (spawned[0].task_id, spawned[0].run_id)
+    assert len({r.task_id for r in spawned}) == 4
+    assert (await counts(client))[0] == 4  # the old task and three new ones
+    rows = await fetch(client, "SELECT idempotency_key, params FROM @s.tasks ORDER BY task_id")
+    assert {r["idempotency_key"]: r["params"]["item"] for r in rows if r["idempotency_key"]} == {
+        "k-old": "old",
+        "k-new": "a",
+    }
+    again = await spawn_many(pack, orders[:2], idempotency_keys=["k-new", "k-other"])
+    assert [r.created for r in again] == [False, True]
+    assert again[0].task_id == spawned[0].task_id
+    await run_until_idle(client)
+    assert await any_client.method("wait_result")(spawned[3], timeout=10) == "1 x a"
+
+
 async def test_reads_and_steering(any_client: Adapter, client: dt.Durable) -> None:
     spawned = await any_client.method("spawn")(pack, Order("tea", 2))
     failing = await any_client.method("spawn_by_name")("never", None)
@@ -195,6 +221,19 @@ async def test_reads_and_steering(any_client: Adapter, client: dt.Durable) -> No
         await any_client.method("wait_result")(pack, pending.task_id, timeout=10)
     with pytest.raises(dt.WaitTimeout):
         await any_client.method("wait_result")("never", retried.task_id, timeout=0.05)
+
+
+async def test_queue_stats_tells_unserved_names(any_client: Adapter, client: dt.Durable) -> None:
+    await client.store.register_worker("w1", "h", 1, ["default"], ["pack"], 4, 3600)
+    await any_client.method("spawn")(pack, Order("tea", 2))
+    await any_client.method("spawn_by_name")("ghost", None)
+    await advance_clock(client, 600)
+    stats = await any_client.method("queue_stats")(unserved_after=60)
+    assert (stats.due_now, stats.unserved_runs) == (2, 1)
+    assert [(s.task_name, s.unserved) for s in stats.by_name] == [("ghost", True), ("pack", False)]
+    assert stats.oldest_unserved_age is not None
+    later = await any_client.method("queue_stats")("default", unserved_after=3600)
+    assert (later.unserved_after.total_seconds(), later.unserved_runs) == (3600, 0)
 
 
 async def test_emit_wakes_a_waiting_task(any_client: Adapter, client: dt.Durable) -> None:
@@ -271,6 +310,28 @@ BAD_CALLS: list[tuple[str, tuple[Any, ...], dict[str, Any], type[Exception], str
         dt.InvalidInput,
         "idempotency_key",
     ),
+    (
+        "spawn_many",
+        (pack, [Order("a", 1), Order("b", 2)]),
+        {"idempotency_keys": ["k"]},
+        dt.InvalidInput,
+        "1 keys for 2 tasks",
+    ),
+    (
+        "spawn_many",
+        (pack, [Order("a", 1), Order("b", 2)]),
+        {"idempotency_keys": ["k", ""]},
+        dt.InvalidInput,
+        r"idempotency_keys\[1\] must be a string of 1-500",
+    ),
+    (
+        "spawn_many",
+        (pack, [Order("a", 1), "not an order"]),
+        {"idempotency_keys": ["k", "l"]},
+        dt.SerializationError,
+        "params",
+    ),
+    ("spawn_many", (pack, [Order("a", 1)]), {"idempotency_keys": "k"}, dt.InvalidInput, "list"),
     ("cancel", ("not-a-uuid",), {}, dt.InvalidInput, "task_id must be a UUID"),
     ("get_task", ("01890000-0000-7000-8000-000000000000",), {}, dt.TaskNotFound, "no task"),
     ("list_tasks", (), {"limit": 0}, dt.InvalidInput, "limit"),

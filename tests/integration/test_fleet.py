@@ -9,7 +9,7 @@ import pytest
 import trio
 
 import durable_trio as dt
-from durable_trio.testing import advance_clock
+from durable_trio.testing import advance_clock, run_until_idle
 
 
 async def register(client: dt.Durable, worker: str, names: list[str], ttl: float = 30) -> None:
@@ -95,3 +95,70 @@ async def test_a_worker_registers_itself_warns_of_unserved_work_and_leaves(
     [record] = [r for r in caplog.records if "flakey" in r.getMessage()]
     assert "no live worker has registered that name" in record.getMessage()
     assert record.levelno == logging.WARNING
+
+
+async def test_queue_stats_counts_due_runs_of_names_no_live_worker_has(
+    client: dt.Durable,
+) -> None:
+    await register(client, "w1", ["known"], ttl=3600)
+    await client.spawn_by_name("known", None)
+    await client.spawn_by_name("flakey", None)
+    await client.spawn_by_name("flakey", None)
+    await client.spawn_by_name("later", None, options=dt.SpawnOptions(delay=7200))
+    await client.spawn_by_name("flakey", None, options=dt.SpawnOptions(queue="other"))
+    fresh = await client.queue_stats(unserved_after=60)
+    assert (fresh.unserved_runs, fresh.oldest_unserved_age) == (0, None)
+    assert fresh.unserved_after == timedelta(seconds=60)
+    assert not any(s.unserved for s in fresh.by_name)
+
+    await advance_clock(client, 120)
+    stats = await client.queue_stats(unserved_after=60)
+    by_name = {(s.queue, s.task_name): s for s in stats.by_name}
+    flakey = by_name["default", "flakey"]
+    assert (flakey.unserved, flakey.unserved_runs) == (True, 2)
+    assert flakey.oldest_unserved_age is not None
+    assert timedelta(seconds=120) <= flakey.oldest_unserved_age < timedelta(seconds=600)
+    assert by_name["other", "flakey"].unserved_runs == 1  # w1 is not a worker of "other"
+    assert (by_name["default", "known"].unserved_runs, by_name["default", "later"].unserved) == (
+        0,
+        False,
+    )
+    assert by_name["default", "known"].oldest_unserved_age is None
+    assert stats.unserved_runs == 3
+    assert stats.oldest_unserved_age == flakey.oldest_unserved_age
+    assert (await client.queue_stats("other", unserved_after=60)).unserved_runs == 1
+    assert (await client.queue_stats(unserved_after=600)).unserved_runs == 0
+
+    # A worker of the queue that registers the name serves it; one that expired does not.
+    await register(client, "w3", ["flakey"], ttl=30)
+    assert (await client.queue_stats("default", unserved_after=60)).unserved_runs == 0
+    await advance_clock(client, 3000)  # w3's row expires, w1's does not
+    late = await client.queue_stats("default", unserved_after=60)
+    assert {s.task_name: s.unserved_runs for s in late.by_name} == {
+        "known": 0,
+        "flakey": 2,
+        "later": 0,
+    }
+
+
+async def test_queue_stats_refuses_a_bad_unserved_after(client: dt.Durable) -> None:
+    with pytest.raises(dt.InvalidInput, match="unserved_after"):
+        await client.queue_stats(unserved_after=-1)
+
+
+@dt.task("napper")
+async def napper(ctx: dt.TaskContext, params: None) -> None:
+    await ctx.sleep_for("nap", 100)
+
+
+async def test_a_sleeper_past_its_wake_time_is_due_and_can_be_unserved(
+    client: dt.Durable,
+) -> None:
+    client.register(napper)
+    await client.spawn(napper, None)
+    await run_until_idle(client)  # suspended in its sleep; no worker is left
+    await advance_clock(client, 1000)
+    [gap] = await client.unserved_tasks(threshold=60)
+    assert (gap.task_name, gap.runs) == ("napper", 1)
+    stats = await client.queue_stats(unserved_after=60)
+    assert (stats.sleeping, stats.due_now, stats.unserved_runs) == (1, 1, 1)

@@ -6,8 +6,10 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
+import trio
 
 import durable_trio as dt
+from durable_trio import _store
 from durable_trio.testing import advance_clock, run_until_idle
 from support import fetch
 
@@ -73,6 +75,50 @@ async def test_batches_repeat_until_everything_old_is_gone(client: dt.Durable) -
     assert await count(client, "tasks") == 0
 
 
+async def test_a_paced_cleanup_rests_between_batches_and_removes_the_same(
+    client: dt.Durable, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    client.register(done)
+    await client.spawn_many(done, range(9))
+    await run_until_idle(client)
+    await advance_clock(client, 120)
+    rests: list[float] = []
+    real_sleep = trio.sleep
+
+    async def sleep(seconds: float) -> None:
+        rests.append(seconds)
+        await real_sleep(0)
+
+    monkeypatch.setattr(_store.trio, "sleep", sleep)
+    removed = await client.cleanup(finished_before=60, batch=4, duty=0.25)
+    assert (removed.tasks, removed.runs, removed.checkpoints) == (9, 9, 9)
+    assert len(rests) == 2  # after each full batch; the last (1 task) ends the cleanup
+    assert all(r > 0 for r in rests)
+    assert await count(client, "tasks") == 0
+
+
+async def test_the_walk_stops_at_the_cut_off(client: dt.Durable) -> None:
+    client.register(done)
+    spawned = await client.spawn(done, 1)
+    await run_until_idle(client)
+    # The task's id says when it was made (UUIDv7 milliseconds). Say it finished before
+    # that, as if its id came from a clock running ahead: a cut-off between the two finds
+    # its end old enough, yet the walk in id order stops before it.
+    made = datetime.fromtimestamp((spawned.task_id.int >> 80) / 1000, UTC)
+    await fetch(
+        client,
+        "UPDATE @s.tasks SET finished_at = %s WHERE task_id = %s",
+        made - timedelta(hours=2),
+        spawned.task_id,
+    )
+    assert await client.cleanup(finished_before=made - timedelta(hours=1)) == dt.CleanupResult()
+    assert await client.cleanup(finished_before=datetime(1900, 1, 1, tzinfo=UTC)) == (
+        dt.CleanupResult()
+    )
+    far = datetime(9999, 12, 31, tzinfo=UTC)  # the latest cut-off there is
+    assert (await client.cleanup(finished_before=far)).tasks == 1
+
+
 async def test_failed_and_cancelled_tasks_go_too(client: dt.Durable) -> None:
     client.register(done, boom)
     cancelled = await client.spawn(done, 1, options=dt.SpawnOptions(delay=3600))
@@ -122,6 +168,10 @@ async def test_old_events_go_and_recent_ones_stay(client: dt.Durable) -> None:
         ({"events_before": "yesterday"}, "events_before must be a timedelta"),
         ({"batch": 0}, "batch must be an integer from 1 to 100000"),
         ({"batch": True}, "batch must be an integer"),
+        ({"duty": 0}, "duty must be a number above 0 and at most 1"),
+        ({"duty": 1.5}, "duty must be a number above 0 and at most 1"),
+        ({"duty": float("nan")}, "duty must be a number"),
+        ({"duty": True}, "duty must be a number"),
     ],
 )
 async def test_bad_arguments_are_refused_and_remove_nothing(

@@ -289,3 +289,61 @@ async def test_spawn_many_refuses_a_shared_idempotency_key(client: dt.Durable) -
     again = await client.spawn(greet, Greeting("e"), options=options)
     assert (again.task_id, again.created) == (single.task_id, False)
     assert await counts(client) == (1, 1)
+
+
+async def test_spawn_many_keys_with_array_literal_characters(client: dt.Durable) -> None:
+    client.register(greet)
+    keys = ['say "hi"', "back\\slash\\", "{a,b}", "NULL", " , ", "é ✓ 🦀", None]
+    results = await client.spawn_many(
+        greet, [Greeting(str(i)) for i in range(7)], idempotency_keys=keys
+    )
+    assert all(r.created for r in results)
+    for key, spawned in zip(keys[:-1], results, strict=False):
+        again = await client.spawn(
+            greet, Greeting("x"), options=dt.SpawnOptions(idempotency_key=key)
+        )
+        assert (again.task_id, again.created) == (spawned.task_id, False)
+    (row,) = await query(
+        client, "SELECT count(*) AS n FROM {schema}.tasks WHERE idempotency_key IS NULL"
+    )
+    assert row["n"] == 1
+    assert await counts(client) == (7, 7)
+
+
+async def test_concurrent_spawn_many_with_shared_keys_create_each_task_once(
+    client: dt.Durable,
+) -> None:
+    client.register(greet)
+    results: list[list[dt.SpawnResult[Any]]] = []
+
+    async def spawn_batch(i: int) -> None:
+        keys = [f"k{j}" for j in range(10)]
+        params = [Greeting(f"{i}-{j}") for j in range(10)]
+        results.append(await client.spawn_many(greet, params, idempotency_keys=keys))
+
+    async with trio.open_nursery() as nursery:
+        for i in range(6):
+            nursery.start_soon(spawn_batch, i)
+    assert len(results) == 6
+    for j in range(10):
+        assert len({batch[j].task_id for batch in results}) == 1
+        assert sum(batch[j].created for batch in results) == 1
+    assert await counts(client) == (10, 10)
+
+
+async def test_a_spawn_sees_options_headers_changed_in_place_and_new_registrations(
+    client: dt.Durable,
+) -> None:
+    # A client reuses what it checked for the same task and options: not past a change.
+    options = dt.SpawnOptions(headers={"tenant": "a"})
+    first = await client.spawn(greet, Greeting("a"), options=options)
+    options.headers["tenant"] = "b"
+    second = await client.spawn(greet, Greeting("b"), options=options)
+    assert (await client.get_task(first.task_id)).headers == {"tenant": "a"}
+    assert (await client.get_task(second.task_id)).headers == {"tenant": "b"}
+    name = "greet"
+    await client.spawn_by_name(name, {"nom": 1})  # not registered: plain JSON goes
+    client.register(greet)
+    with pytest.raises(dt.SerializationError):
+        await client.spawn_by_name(name, {"nom": 1})
+    assert await counts(client) == (3, 3)

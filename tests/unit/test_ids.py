@@ -88,3 +88,10 @@ def test_unseeded_ids_differ() -> None:
     generated = {uuid7() for _ in range(1000)}
     assert len(generated) == 1000
     assert all(u.version == 7 for u in generated)
+
+
+@given(MS, st.lists(RAND, max_size=5))
+def test_texts_are_the_same_ids_as_hex(ms: int, rands: list[bytes]) -> None:
+    texts = ids.uuid7_texts(len(rands), ms, b"".join(rands))
+    assert texts == [uuid7(ms, rand).hex for rand in rands]
+    assert len(set(ids.uuid7_texts(100))) == 100

@@ -154,17 +154,21 @@ class SpawnOptions:
 
     @idempotency_key.validator
     def _check_key(self, _: Any, value: str | None) -> None:
-        if value is not None and (not isinstance(value, str) or not 1 <= len(value) <= 500):
-            raise InvalidInput(
-                f"idempotency_key must be a string of 1-500 characters, got {value!r}"
-            )
-        if value is not None and "\x00" in value:  # Postgres text cannot hold NUL
-            raise InvalidInput(f"idempotency_key must not contain NUL characters, got {value!r}")
+        check_idempotency_key(value)
 
     @cancellation.validator
     def _check_cancellation(self, _: Any, value: CancellationPolicy | None) -> None:
         if value is not None and not isinstance(value, CancellationPolicy):
             raise InvalidInput(f"cancellation must be a CancellationPolicy, got {value!r}")
+
+
+def check_idempotency_key(value: Any, what: str = "idempotency_key") -> str | None:
+    """An idempotency key (None: none), or InvalidInput saying what a key must be."""
+    if value is not None and (not isinstance(value, str) or not 1 <= len(value) <= 500):
+        raise InvalidInput(f"{what} must be a string of 1-500 characters, got {value!r}")
+    if value is not None and "\x00" in value:  # Postgres text cannot hold NUL
+        raise InvalidInput(f"{what} must not contain NUL characters, got {value!r}")
+    return value
 
 
 def default_worker_id() -> str:

@@ -66,9 +66,20 @@ def workers(as_json: bool) -> None:
 @click.option("--finished-before", default=None, help="Age (30d, 12h) or ISO time.")
 @click.option("--events-before", default=None, help="Age (30d, 12h) or ISO time.")
 @click.option("--batch", type=int, default=1000, show_default=True)
+@click.option(
+    "--duty",
+    type=float,
+    default=1.0,
+    show_default=True,
+    help="Share of the time spent removing (0.2 beside busy workers: rests between batches).",
+)
 @json_option
 def cleanup(
-    finished_before: str | None, events_before: str | None, batch: int, as_json: bool
+    finished_before: str | None,
+    events_before: str | None,
+    batch: int,
+    duty: float,
+    as_json: bool,
 ) -> None:
     """Remove finished tasks and events older than a cut-off (in batches no claim waits on)."""
     tasks_cut = parse_cutoff(finished_before, "--finished-before")
@@ -78,7 +89,9 @@ def cleanup(
 
     async def go() -> dt.CleanupResult:
         async with client() as c:
-            return await c.cleanup(finished_before=tasks_cut, events_before=events_cut, batch=batch)
+            return await c.cleanup(
+                finished_before=tasks_cut, events_before=events_cut, batch=batch, duty=duty
+            )
 
     removed = run(go)
     if as_json:

@@ -191,16 +191,22 @@ def retry(task_id: str, max_attempts: int | None, from_scratch: bool, as_json: b
 @click.command()
 @click.option("--queue", default=None, help="One queue (default: every queue).")
 @click.option("--window", default="1h", show_default=True, help="Failures counted since.")
+@click.option(
+    "--unserved-after",
+    default="5m",
+    show_default=True,
+    help="Due this long with no live worker for the task name: unserved.",
+)
 @json_option
-def queues(queue: str | None, window: str, as_json: bool) -> None:
-    """Counts by state, runs due now and the oldest due run's age, per task name."""
-    span = parse_cutoff(window, "--window")
-    if not isinstance(span, timedelta):
-        raise BadInput(f"--window must be an age like 1h or 30m, got {window!r}")
+def queues(queue: str | None, window: str, unserved_after: str, as_json: bool) -> None:
+    """Counts by state, runs due now and the oldest due run's age, and runs no live
+    worker has registered the task name of, per task name."""
+    span = _span(window, "--window")
+    after = _span(unserved_after, "--unserved-after")
 
     async def go() -> dt.QueueStats:
         async with client() as c:
-            return await c.queue_stats(queue, window=span)
+            return await c.queue_stats(queue, window=span, unserved_after=after)
 
     stats = run(go)
     if as_json:
@@ -216,6 +222,7 @@ def queues(queue: str | None, window: str, as_json: bool) -> None:
         "oldest due",
         f"failed ({window})",
         f"cancelled ({window})",
+        f"unserved ({unserved_after})",
     )
     for s in stats.by_name:
         table.add_row(
@@ -228,6 +235,7 @@ def queues(queue: str | None, window: str, as_json: bool) -> None:
             _age(s.oldest_due_age),
             str(s.failed),
             str(s.cancelled),
+            _unserved(s.unserved_runs, s.oldest_unserved_age),
         )
     table.add_row(
         stats.queue or "(all)",
@@ -239,5 +247,18 @@ def queues(queue: str | None, window: str, as_json: bool) -> None:
         _age(stats.oldest_due_age),
         str(stats.failed),
         str(stats.cancelled),
+        _unserved(stats.unserved_runs, stats.oldest_unserved_age),
     )
     console().print(table)
+
+
+def _span(text: str, what: str) -> timedelta:
+    span = parse_cutoff(text, what)
+    if not isinstance(span, timedelta):
+        raise BadInput(f"{what} must be an age like 1h or 30m, got {text!r}")
+    return span
+
+
+def _unserved(runs: int, oldest: timedelta | None) -> str:
+    """The run count, with the oldest one's age when there are any ("3, oldest 412.0s")."""
+    return f"{runs}, oldest {_age(oldest)}" if runs else "0"
