@@ -377,7 +377,9 @@ class Worker:
             self._executing += 1
         else:  # claimed ahead: it starts when a slot frees (_start_held)
             slot = self._held[run] = trio.Event()
-        log.debug("claimed run %s of task %r", run.run_id, run.task_name, extra=run.log_fields())
+        if log.isEnabledFor(logging.DEBUG):  # its fields cost more than the rest of a start
+            fields = run.log_fields()
+            log.debug("claimed run %s of task %r", run.run_id, run.task_name, extra=fields)
         name = f"durable_trio run {run.task_name}"
         if previous is None:
             nursery.start_soon(self._execute, run, slot, name=name)
@@ -721,7 +723,7 @@ class Worker:
         await completion.done.wait()
         if not completion.owned:
             run.lose("completion was fenced")
-        else:
+        elif log.isEnabledFor(logging.DEBUG):
             log.debug("completed task %r %s", run.task_name, run.task_id, extra=run.log_fields())
 
     async def _fail_attempt(self, run: RunState, ctx: TaskContext, ex: BaseException) -> None:
