@@ -7,6 +7,7 @@ Also runnable as a worker subprocess (``python dt_bench.py worker URL SCHEMA C T
 from __future__ import annotations
 
 import json
+import statistics
 import sys
 import time
 from collections.abc import Callable
@@ -187,13 +188,14 @@ async def drain(
     *,
     prefetch: int = 0,
     timeout: float = 300,
+    hooks: dt.Hooks | None = None,
 ) -> dict[str, Any]:
     """Throughput: n pending tasks, one in-process worker at `concurrency` (claiming
     `prefetch` runs ahead); timed from the worker's start until the database counts n
     completed tasks."""
     task = TASKS[task_name]
     try:
-        async with dt.Durable.connect(url, schema=schema, queue=QUEUE) as client:
+        async with dt.Durable.connect(url, schema=schema, queue=QUEUE, hooks=hooks) as client:
             client.register(task)
             await spawn_chunks(client, task, n)
             async with Counter(url, schema) as counter, trio.open_nursery() as nursery:
@@ -206,6 +208,60 @@ async def drain(
         return {"n": n, "completed_in_db": done, "seconds": seconds, "tasks_per_s": done / seconds}
     finally:
         drop_schema(url, schema)
+
+
+async def otel_overhead(
+    url: str, schema: str, n: int, concurrency: int, rounds: int, *, timeout: float = 300
+) -> dict[str, Any]:
+    """One-step throughput with durable_trio.contrib.opentelemetry's hooks (SDK providers,
+    spans batched to an in-memory exporter, an in-memory metric reader) against none, in
+    back-to-back pairs whose order alternates, so that drift on a shared machine hits
+    both sides alike. The ratio is of the medians."""
+    from opentelemetry.sdk.metrics import MeterProvider
+    from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    from durable_trio.contrib.opentelemetry import otel_hooks
+
+    rates: dict[str, list[float]] = {"off": [], "on": []}
+    spans = 0
+    for i in range(rounds):
+        for side in ("off", "on") if i % 2 == 0 else ("on", "off"):
+            hooks = exporter = tracing = None
+            if side == "on":
+                exporter = InMemorySpanExporter()
+                tracing = TracerProvider()
+                tracing.add_span_processor(BatchSpanProcessor(exporter))
+                meters = MeterProvider(metric_readers=[InMemoryMetricReader()])
+                hooks = otel_hooks(tracer_provider=tracing, meter_provider=meters)
+            cell = await drain(
+                url,
+                f"{schema}_{i}_{side}",
+                "one_step",
+                n,
+                concurrency,
+                timeout=timeout,
+                hooks=hooks,
+            )
+            rates[side].append(cell["tasks_per_s"])
+            if tracing is not None and exporter is not None:
+                tracing.force_flush()
+                spans += len(exporter.get_finished_spans())
+                tracing.shutdown()
+    off, on = statistics.median(rates["off"]), statistics.median(rates["on"])
+    return {
+        "n": n,
+        "concurrency": concurrency,
+        "rounds": rounds,
+        "off_tasks_per_s": rates["off"],
+        "on_tasks_per_s": rates["on"],
+        "off_median": off,
+        "on_median": on,
+        "ratio": on / off,
+        "spans_exported": spans,  # run and step spans of every hooked task: they were on
+    }
 
 
 async def spawn_latency(

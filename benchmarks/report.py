@@ -205,6 +205,42 @@ def other_table(results: dict[str, Any]) -> str:
     return _table(["measurement", "value", "detail"], rows) if rows else "(none)"
 
 
+OTEL_TARGET = 0.85  # one-step throughput with the OpenTelemetry hooks over without
+
+
+def otel_table(results: dict[str, Any]) -> str:
+    """One-step throughput with the OpenTelemetry hooks against without, per concurrency,
+    and whether the ratio meets its target (a separate table: the target list is fixed)."""
+    rows = []
+    for conc, cell in sorted(results.get("otel_overhead", {}).items(), key=lambda kv: int(kv[0])):
+        if not isinstance(cell, dict) or "ratio" not in cell:
+            rows.append([f"c={conc}", "error", "", "", "", ""])
+            continue
+        pairs = " ".join(
+            f"{off:,.0f}/{on:,.0f}"
+            for off, on in zip(cell["off_tasks_per_s"], cell["on_tasks_per_s"], strict=True)
+        )
+        rows.append(
+            [
+                f"c={conc} ({cell['n']} tasks x {cell['rounds']} pairs)",
+                f"{cell['off_median']:,.0f}",
+                f"{cell['on_median']:,.0f}",
+                f"{cell['ratio']:.2f}x",
+                "yes" if cell["ratio"] >= OTEL_TARGET else "NO",
+                pairs,
+            ]
+        )
+    header = [
+        "OpenTelemetry hooks, 1 step",
+        "off tasks/s",
+        "on tasks/s",
+        "on/off",
+        f">= {OTEL_TARGET}x",
+        "pairs off/on",
+    ]
+    return _table(header, rows)
+
+
 def evaluate_targets(results: dict[str, Any]) -> list[dict[str, Any]]:
     """docs/performance.md's targets with the measured values (None where not measured)."""
     out: list[dict[str, Any]] = []

@@ -58,6 +58,7 @@ SCENARIOS = [
     "backlog",
     "retention",
     "rss",
+    "otel_overhead",
 ]
 BENCH_DB = "durable_trio_bench"
 
@@ -87,6 +88,8 @@ class Sizes:
     retention_batch: int = 1000  # Durable.cleanup's default
     retention_slices: int = 10  # cleanups, each removing the next slice of the tasks
     retention_duties: tuple[float, ...] = (1.0, 0.2)  # Durable.cleanup(duty=), in turn
+    otel_n: int = 2000  # tasks per run of the OpenTelemetry overhead pairs
+    otel_rounds: int = 3  # pairs (hooks off, on) per concurrency
 
     def scaled(self, k: float) -> Sizes:
         if k == 1:
@@ -112,6 +115,7 @@ class Sizes:
             rss_tasks=s(self.rss_tasks, 10),
             retention_finished=s(self.retention_finished, 100),
             retention_pending=s(self.retention_pending, 100),
+            otel_n=s(self.otel_n, 10),
         )
 
 
@@ -156,6 +160,8 @@ QUICK = Sizes(
     retention_pending=60_000,
     retention_window=2.0,
     retention_slices=4,
+    otel_n=300,
+    otel_rounds=2,
 )
 
 
@@ -459,6 +465,18 @@ def plan(url: str, systems: list[str], scenarios: list[str], sz: Sizes) -> list[
             "dt_rss",
             sz.rss_tasks,
         )
+    if "otel_overhead" in scenarios and has_dt:
+        for c in (8, 64):
+            add_trio(
+                f"durable_trio 1-step c={c}, OpenTelemetry hooks off/on",
+                ("otel_overhead", str(c)),
+                dt_bench.otel_overhead,
+                "dt_otel",
+                sz.otel_n,
+                c,
+                sz.otel_rounds,
+                timeout=sz.run_timeout,
+            )
     return units
 
 
@@ -518,6 +536,9 @@ def print_tables(results: dict[str, Any], path: Path) -> None:
     print()
     print(report.other_table(results))
     print()
+    if results.get("otel_overhead"):
+        print(report.otel_table(results))
+        print()
     print(report.targets_table(results.get("targets") or report.evaluate_targets(results)))
     if results.get("errors"):
         print()
@@ -574,6 +595,7 @@ def main(argv: list[str] | None = None) -> int:
         "claim_backlog",
         "retention",
         "rss",
+        "otel_overhead",
         "peers",
         "errors",
     ):

@@ -42,6 +42,8 @@ from ._errors import WaitTimeout as WaitTimeout
 from ._errors import WorkerFailed as WorkerFailed
 from ._fleet import UnservedTasks as UnservedTasks
 from ._fleet import WorkerInfo as WorkerInfo
+from ._hooks import CancelCall as CancelCall
+from ._hooks import EmitCall as EmitCall
 from ._hooks import Hooks as Hooks
 from ._hooks import SpawnCall as SpawnCall
 from ._hooks import StepCall as StepCall

@@ -34,7 +34,7 @@ from ._errors import (
     TaskNotFound,
     UnknownTask,
 )
-from ._hooks import NO_HOOKS, Hooks, SpawnCall
+from ._hooks import NO_HOOKS, CancelCall, EmitCall, Hooks, SpawnCall
 from ._inspect import (
     ChildSummary,
     QueueStats,
@@ -368,6 +368,8 @@ class ClientCore:
         target = checked_queue(self.queue if queue is None else queue)
         with about(f"payload of event {event!r}"):
             text = _serde.dumps(_serde.unstructure(payload))
+        if self.hooks.before_emit is not None:
+            self.hooks.before_emit(EmitCall(event, target))
         return (yield from deliver(self.schema, target, event, text))
 
     def cancel(self, task_id: Any, reason: str) -> Op[bool]:
@@ -378,6 +380,8 @@ class ClientCore:
             )
         if not (yield named(self.schema, "get_task", {"task_id": target})):
             raise TaskNotFound(target)
+        if self.hooks.before_cancel is not None:
+            self.hooks.before_cancel(CancelCall(target, reason))
         rows = yield named(self.schema, "cancel_task", {"task_id": target, "reason": reason})
         return bool(rows[0]["cancelled"])
 

@@ -49,7 +49,7 @@ from ._errors import (
     SerializationError,
     StepFailed,
 )
-from ._hooks import StepCall
+from ._hooks import EmitCall, StepCall
 from ._run import RunState, Suspended
 from ._task import Task, TaskDefinition, spawnable
 
@@ -432,9 +432,9 @@ class TaskContext:
         # Only reached if the cancel scope could not fire (e.g. shielded code).
         raise LeaseLost("this worker no longer owns the run")
 
-    async def _suspend(self) -> typing.NoReturn:
+    async def _suspend(self, checkpoint: str) -> typing.NoReturn:
         self._run.suspended = True
-        raise Suspended()
+        raise Suspended(checkpoint)
 
     # -- deterministic helpers --------------------------------------------------------
 
@@ -503,7 +503,7 @@ class TaskContext:
         )
         if not ok:
             await self._lost()
-        await self._suspend()
+        await self._suspend(checkpoint)
 
     # -- events -----------------------------------------------------------------------
 
@@ -558,7 +558,7 @@ class TaskContext:
         if outcome == "fenced":
             await self._lost()
         if outcome == "suspended":
-            await self._suspend()
+            await self._suspend(checkpoint)
         self._run.ending = False
         stored = {"timeout": True} if outcome == "timeout" else {"payload": payload}
         self._checkpoints[checkpoint] = stored
@@ -578,6 +578,8 @@ class TaskContext:
         if checkpoint in self._checkpoints:
             await trio.lowlevel.checkpoint()
             return
+        if self._run.hooks.before_emit is not None:
+            self._run.hooks.before_emit(EmitCall(name, self.queue, self.task_id))
 
         async def emit(conn: TrioConnection) -> None:
             await self._run.store.emit_event(self.queue, name, text, conn)

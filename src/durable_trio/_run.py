@@ -17,7 +17,7 @@ import trio
 
 from ._core.retry import RetryStrategy
 from ._db import TRANSIENT
-from ._errors import DatabaseUnavailable, LeaseLost
+from ._errors import DatabaseUnavailable, InvalidInput, LeaseLost, NonRetryable, ReplayMismatch
 from ._hooks import NO_HOOKS, Hooks
 from ._rows import ClaimedRun
 from ._store import Store
@@ -30,7 +30,12 @@ T = TypeVar("T")
 
 
 class Suspended(BaseException):
-    """Unwinds a task that suspended (its wait is already recorded). Never catch it."""
+    """Unwinds a task that suspended (its wait is already recorded). Never catch it.
+    `checkpoint` names the sleep, wait or join (empty for a sibling's suspension)."""
+
+    def __init__(self, checkpoint: str = "") -> None:
+        super().__init__(checkpoint)
+        self.checkpoint = checkpoint
 
 
 @attrs.define(eq=False)
@@ -42,6 +47,8 @@ class Write:
     value: str
     done: trio.Event = attrs.field(factory=trio.Event)
     owned: bool = False  # set with `done`: written, because the worker still owned the run
+    queued: float = attrs.field(factory=time.monotonic)
+    written: float | None = None  # set with `done` (time.monotonic())
 
 
 class RunWriter(Protocol):
@@ -124,6 +131,20 @@ class RunState:
         )
         run.lease_deadline = run.claimed_mono + claim_timeout
         return run
+
+    def retryable(self, ex: BaseException) -> bool:
+        """Whether an attempt failing with `ex` may be retried (if attempts are left).
+        Misuse (InvalidInput, SerializationError) and replay divergence fail the same way
+        on every attempt: retrying them only delays the failure."""
+        final: tuple[type[BaseException], ...] = (
+            NonRetryable,
+            InvalidInput,
+            ReplayMismatch,
+            *self.definition.non_retryable,
+        )
+        if isinstance(ex, BaseExceptionGroup):  # from a nursery inside the task: any one
+            return ex.subgroup(final) is None
+        return not isinstance(ex, final)
 
     def lose(self, reason: str, *, quiet: bool = False) -> bool:
         """Stop this run now and write nothing more for it (invariant 2). Returns whether

@@ -52,8 +52,6 @@ from ._errors import (
     ConfigurationError,
     InvalidInput,
     LeaseLost,
-    NonRetryable,
-    ReplayMismatch,
     SerializationError,
 )
 from ._hooks import NO_HOOKS, Hooks
@@ -761,18 +759,7 @@ class Worker:
                 self._wake.set()
 
     async def _fail(self, run: RunState, ex: BaseException) -> None:
-        # Misuse (InvalidInput, SerializationError) and replay divergence fail the same way
-        # on every attempt: retrying them only delays the failure.
-        final: tuple[type[BaseException], ...] = (
-            NonRetryable,
-            InvalidInput,
-            ReplayMismatch,
-            *run.definition.non_retryable,
-        )
-        if isinstance(ex, BaseExceptionGroup):  # from a nursery inside the task: any one
-            retryable = ex.subgroup(final) is None
-        else:
-            retryable = not isinstance(ex, final)
+        retryable = run.retryable(ex)
         decision = decide_failure(
             attempt=run.attempt,
             max_attempts=run.max_attempts,

@@ -132,8 +132,10 @@ class Writer:
         finally:
             self._settle_claim(rows)
         self.batches += 1
+        written = time.monotonic()
         for write in batch:
             write.owned = write.run.run_id in owned
+            write.written = written
             write.done.set()
 
     def _settle_claim(self, rows: list[ClaimedRun]) -> None:

@@ -70,8 +70,13 @@ def test_quick_run_writes_results(pg_url: str, tmp_path: Path) -> None:
     rss = latest["rss"]["durable_trio"]
     assert rss["in_flight"] == latest["meta"]["sizes"]["rss_tasks"]
     assert rss["rss_mb_loaded"] > 0
+    for cell in latest["otel_overhead"].values():
+        assert cell["ratio"] > 0
+        # The hooks were on: a run span and a step span for every task of each hooked drain.
+        assert cell["spans_exported"] >= 2 * cell["n"] * cell["rounds"]
     assert latest["peers"] == {}
-    assert len(latest["targets"]) == 10
+    names = [t["target"] for t in latest["targets"]]
+    assert len(names) >= 10 and len(set(names)) == len(names)
     assert all({"target", "measured", "met"} <= set(t) for t in latest["targets"])
     plots = latest["plots"]
     if isinstance(plots, list):  # matplotlib installed

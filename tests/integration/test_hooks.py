@@ -1,5 +1,6 @@
 """Hooks: before_spawn adds headers (kept through retries, seen by children), around_run
-wraps each attempt, around_step each step (replays marked), in a documented order."""
+wraps each attempt, around_step each step (replays marked), before_emit and before_cancel
+see emits and cancels, in a documented order."""
 
 from __future__ import annotations
 
@@ -118,6 +119,61 @@ async def test_a_bad_header_from_a_hook_is_refused_and_writes_nothing(
         with pytest.raises(dt.InvalidInput, match="header"):
             await client.spawn_by_name("kid", None)
         assert (await client.list_tasks()).items == []
+
+
+@dt.task("shout")
+async def shout(ctx: dt.TaskContext, p: None) -> None:
+    EVENTS.append(f"shout resumed={ctx.resumed}")
+    await ctx.emit_event("heard", 1)
+    await ctx.sleep_for("rest", 60)  # resumed, it replays the first emit: nothing written
+    await ctx.emit_event("heard", 2)
+
+
+async def test_before_emit_and_before_cancel(pg_url: str, schema: str) -> None:
+    calls: list[Any] = []
+    hooks = dt.Hooks(before_emit=calls.append, before_cancel=calls.append)
+    async with dt.Durable.connect(pg_url, schema=schema, hooks=hooks) as client:
+        client.register(shout)
+        spawned = await client.spawn(shout, None)
+        await run_until_idle(client, skip_time=True)
+        await client.emit_event("bell", queue="other")
+        assert await client.cancel(spawned.task_id) is False  # it had ended: still told
+    assert EVENTS == ["shout resumed=False", "shout resumed=True"]
+    assert calls == [
+        dt.EmitCall("heard", "default", spawned.task_id),
+        dt.EmitCall("heard", "default", spawned.task_id),  # heard#2, not the replay
+        dt.EmitCall("bell", "other", None),
+        dt.CancelCall(spawned.task_id, "cancelled by client"),
+    ]
+
+
+@dt.task("ring")
+async def ring(ctx: dt.TaskContext, p: None) -> None:
+    await ctx.await_event("bell")
+
+
+async def test_a_failing_before_hook_writes_nothing(pg_url: str, schema: str) -> None:
+    def refuse(call: object) -> None:
+        raise RuntimeError(f"refused {type(call).__name__}")
+
+    hooks = dt.Hooks(before_emit=refuse, before_cancel=refuse)
+    async with dt.Durable.connect(pg_url, schema=schema, hooks=hooks) as client:
+        client.register(kid)
+        pending = await client.spawn(kid, None)
+        with pytest.raises(RuntimeError, match="refused CancelCall"):
+            await client.cancel(pending.task_id)
+        with pytest.raises(RuntimeError, match="refused EmitCall"):
+            await client.emit_event("bell")
+        assert (await client.get_task(pending.task_id)).state == "pending"
+    async with dt.Durable.connect(pg_url, schema=schema) as plain:
+        plain.register(ring)
+        waiting = await plain.spawn(ring, None)
+        await run_until_idle(plain)
+        # No event was stored: the wait is still waiting, not answered at once.
+        assert (await plain.get_task(waiting.task_id)).state != "completed"
+        await plain.emit_event("bell")
+        await run_until_idle(plain)
+        assert (await plain.get_task(waiting.task_id)).state == "completed"
 
 
 def test_hooks_must_be_hooks() -> None:
