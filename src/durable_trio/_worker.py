@@ -145,8 +145,8 @@ class Worker:
 
     @property
     def in_flight(self) -> int:
-        """How many runs this worker holds: executing, or whose outcome is still being
-        written."""
+        """How many runs this worker holds: executing, claimed ahead and waiting for a
+        slot (`WorkerOptions.prefetch`), or whose outcome is still being written."""
         return len(self._runs)
 
     @property
