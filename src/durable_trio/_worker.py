@@ -290,8 +290,8 @@ class Worker:
 
     async def _claim_once(self, nursery: trio.Nursery, names: list[str]) -> tuple[int, int]:
         free = self._free_slots()
-        if free <= 0 or not names:
-            return 0, 0
+        if free <= 0 or not names or not self._slots.may_claim(reserved=self._reserved):
+            return 0, 0  # a claim in flight wakes the loop when it is answered
         if self._writer_claims_next():
             return 0, 0
         asked = got = 0
@@ -453,6 +453,8 @@ class Worker:
     def reserve_claim(self) -> ClaimArgs | None:
         free = self._free_slots()
         if free <= 0 or not self._claim_with_writes() or not self.claim_wanted():
+            return None
+        if not self._slots.may_claim(reserved=self._reserved):
             return None
         limit = min(free, self.options.effective_batch)
         self._reserved += limit

@@ -98,3 +98,11 @@ def test_claims_ride_with_the_writer() -> None:
     ahead = Slots(1, prefetch=4)
     assert ahead.claim_with_writes(executing=1, held=3, in_hand=5)
     assert not Slots(8, prefetch=4).claim_with_writes(executing=7, held=2, in_hand=10)
+
+
+def test_with_runs_held_one_claim_at_a_time() -> None:
+    # Without prefetch the claim loop and the writer may claim side by side, as before.
+    assert Slots(4).may_claim(reserved=2)
+    # With it, a second claim could answer first and hold a lower priority ahead.
+    assert not Slots(1, prefetch=4).may_claim(reserved=1)
+    assert Slots(1, prefetch=4).may_claim(reserved=0)

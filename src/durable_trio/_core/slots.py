@@ -33,6 +33,13 @@ class Slots:
         ahead = self.concurrency + self.prefetch
         return min(ahead - executing - held, ahead + self.concurrency - in_hand) - reserved
 
+    def may_claim(self, *, reserved: int) -> bool:
+        """Whether a claim may start while another is in flight (``reserved`` > 0: the
+        claim loop's, or one riding with the writer). With runs held, no: two claims
+        answering out of order would hold a run of lower priority before one of higher,
+        and held runs start in the order they were claimed."""
+        return self.prefetch == 0 or reserved == 0
+
     def may_start(self, *, executing: int, held: int) -> bool:
         """Whether a run just claimed starts at once: a slot is free and no run claimed
         before it waits (held runs start first come, first served). Without prefetch,
