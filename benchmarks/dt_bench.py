@@ -664,7 +664,10 @@ def _retention_result(url: str, schema: str, windows: list[dict[str, Any]]) -> d
             rows_removed=sum(removed.values()),
             rows_per_s=sum(removed.values()) / seconds,
         )
-        node["ratio"] = node["tasks_per_s_cleaning"] / node["tasks_per_s_idle"]
+        # No completion in the idle windows (a backlog too small for the run, as with
+        # --scale 0.1): there is nothing to compare with.
+        idle = node["tasks_per_s_idle"]
+        node["ratio"] = node["tasks_per_s_cleaning"] / idle if idle else None
     plain = [{**w, "start": str(w["start"]), "end": str(w["end"])} for w in windows]
     return {"backlog_left": backlog_left, "by_duty": by_duty, "windows": plain}
 

@@ -9,7 +9,7 @@ PREFETCH = 4  # the throughput scenario's prefetch variant (benchmarks/run.py)
 ONE_STEP = ["raw", "durable_trio", "durable_trio_prefetch", "absurd", "dbos"]
 JOB_LIKE = ["raw_zero_step", "durable_trio_zero_step", "procrastinate", "pgqueuer"]
 LABELS = {
-    "raw": "raw SQL ceiling (1 step)",
+    "raw": "raw SQL, simple worker (1 step)",
     "durable_trio": "durable_trio (1 step)",
     "durable_trio_prefetch": f"durable_trio (1 step, prefetch={PREFETCH})",
     "raw_zero_step": "raw SQL (0 steps)",
@@ -186,7 +186,7 @@ def other_table(results: dict[str, Any]) -> str:
                 [
                     f"drain while cleanup(duty={duty}) removes finished tasks",
                     f"{cell['tasks_per_s_cleaning']:,.0f} vs {cell['tasks_per_s_idle']:,.0f} "
-                    f"tasks/s ({cell['ratio']:.2f}x)",
+                    f"tasks/s ({_fmt(cell['ratio'], 2)}x)",
                     f"{removed['tasks']:,} tasks + {removed['runs']:,} runs + "
                     f"{removed['checkpoints']:,} checkpoints in {cell['cleanup_s']:.1f} s "
                     f"({cell['rows_per_s']:,.0f} rows/s), {len(cell['pairs'])} pairs, "
@@ -313,12 +313,12 @@ def evaluate_targets(results: dict[str, Any]) -> list[dict[str, Any]]:
     ret = results.get("retention", {}).get("durable_trio", {})
     cells = ret.get("by_duty", {}) if isinstance(ret, dict) else {}
     gentle = min(cells, key=float, default=None)
-    if gentle is not None:
+    if gentle is not None and cells[gentle].get("ratio") is not None:
         cell = cells[gentle]
         add(
             f"drain while cleanup(duty={gentle}) runs >= 0.9 x without",
             f"{cell['tasks_per_s_cleaning']:,.0f} vs {cell['tasks_per_s_idle']:,.0f} tasks/s "
-            f"({cell['ratio']:.2f}x; median pair {cell['ratio_median_pair']:.2f}x)",
+            f"({cell['ratio']:.2f}x; median pair {_fmt(cell['ratio_median_pair'], 2)}x)",
             cell["ratio"] >= 0.9,
         )
     else:
@@ -440,3 +440,171 @@ def plots(results: dict[str, Any], outdir: Path, suffix: str = "") -> list[str]:
         plt.close(fig)
         files.append(name)
     return files
+
+
+# -- the limit scenarios (ceiling, server_work, scale, retained) -------------------------
+
+
+def server_line(results: dict[str, Any]) -> str:
+    meta = results.get("meta", {})
+    srv = meta.get("server", {})
+    return (
+        f"server: PostgreSQL {srv.get('server_version', '?')}, "
+        f"shared_buffers {srv.get('shared_buffers', '?')}, fsync {srv.get('fsync', '?')}, "
+        f"synchronous_commit {srv.get('synchronous_commit', '?')}; "
+        f"{meta.get('cpus', '?')} CPUs shared by the server, the workers and the harness; "
+        f"load average at start {_load(meta.get('load_average_at_start'))}"
+    )
+
+
+def _load(value: Any) -> str:
+    if isinstance(value, list | tuple) and value:
+        return ", ".join(f"{float(v):.2f}" for v in value)
+    return "?"
+
+
+def _cost_cells(cell: dict[str, Any]) -> list[str]:
+    cost = cell.get("cost") or {}
+    return [
+        _fmt(cost.get("commits_per_s")),
+        _fmt(cost.get("commits_per_task"), 3),
+        _fmt(cost.get("wal_bytes_per_task")),
+        _fmt(cost.get("server_cpu_us_per_task")),
+        _fmt(cost.get("client_cpu_us_per_task")),
+    ]
+
+
+COST_HEADER = ["commits/s", "commits/task", "WAL B/task", "server CPU us/task", "client us/task"]
+
+
+def ceiling_table(results: dict[str, Any]) -> str | None:
+    by_conc = results.get("ceiling") or {}
+    if not by_conc:
+        return None
+    rows = []
+    summary = []
+    for conc in sorted(by_conc, key=int):
+        node = by_conc[conc]
+        if not isinstance(node, dict) or "runs" not in node:
+            rows.append([f"c={conc}", "error", *[""] * len(COST_HEADER)])
+            continue
+        for name, cell in node["runs"].items():
+            label = f"c={conc} {name}" + (" (best raw)" if name == node.get("best") else "")
+            if "tasks_per_s" not in cell:
+                rows.append([label, "error", *[""] * len(COST_HEADER)])
+                continue
+            rows.append([label, _fmt(cell["tasks_per_s"]), *_cost_cells(cell)])
+        if "durable_trio_fraction" in node:
+            summary.append(
+                f"c={conc}: {node['durable_trio_fraction']:.2f} of {node['best']} "
+                f"({node['best_tasks_per_s']:,.0f}/s)"
+            )
+    text = (
+        "Ceiling (LxB: L lanes of B tasks each, one commit per batch; pgbench: the same "
+        "statement with the step in SQL; naive: the throughput table's raw SQL):\n"
+        + _table(["design", "tasks/s", *COST_HEADER], rows)
+    )
+    if summary:
+        text += "\ndurable_trio one-step as a fraction of the best raw design: " + "; ".join(
+            summary
+        )
+    return text
+
+
+def server_work_table(results: dict[str, Any]) -> str | None:
+    node = (results.get("server_work") or {}).get("durable_trio")
+    if not isinstance(node, dict):
+        return None
+    if "error" in node:
+        return f"Row changes per task: error: {node['error'][:200]}"
+    rows = []
+    for conc in sorted((k for k in node if k.isdigit()), key=int):
+        cell = node[conc]
+        if "tables" not in cell:
+            rows.append([f"c={conc}", "error", "", "", "", ""])
+            continue
+        for table, work in cell["tables"].items():
+            ratio = work.get("hot_ratio")
+            rows.append(
+                [
+                    f"c={conc} {table}",
+                    _fmt(work["ins_per_task"], 3),
+                    _fmt(work["upd_per_task"], 3),
+                    _fmt(work["hot_upd_per_task"], 3),
+                    _fmt(work["del_per_task"], 3),
+                    "-" if ratio is None else f"{ratio:.0%}",
+                ]
+            )
+    growth = []
+    for conc in sorted((k for k in node if k.isdigit()), key=int):
+        sizes = node[conc].get("index_bytes_per_task") or {}
+        if sizes:
+            growth.append(
+                f"c={conc}: " + ", ".join(f"{name} {b:,.0f}" for name, b in sizes.items())
+            )
+    text = "Row changes per task, durable_trio one-step drain (pg_stat_user_tables):\n"
+    text += _table(["table", "inserts", "updates", "HOT updates", "deletes", "HOT share"], rows)
+    if growth:
+        text += "\nindex growth, bytes per task: " + "; ".join(growth)
+    return text
+
+
+def scale_table(results: dict[str, Any]) -> str | None:
+    node = (results.get("scale") or {}).get("durable_trio")
+    if not isinstance(node, dict):
+        return None
+    if "error" in node:
+        return f"Worker processes: error: {node['error'][:200]}"
+    rows = []
+    for k in sorted((k for k in node if k.isdigit()), key=int):
+        cell = node[k]
+        if "tasks_per_s" not in cell:
+            rows.append([f"{k} x c={node.get('concurrency_each')}", "error", "", *[""] * 5])
+            continue
+        rows.append(
+            [
+                f"{k} x c={node.get('concurrency_each')}",
+                _fmt(cell["tasks_per_s"]),
+                _fmt(cell["tasks_per_s_per_core"]),
+                *_cost_cells(cell),
+            ]
+        )
+    return (
+        f"Worker processes on one queue ({node.get('cpus')} CPUs for everything; "
+        "client CPU: the worker processes):\n"
+        + _table(["processes", "tasks/s", "tasks/s per core", *COST_HEADER], rows)
+    )
+
+
+def retained_table(results: dict[str, Any]) -> str | None:
+    node = (results.get("retained") or {}).get("durable_trio")
+    if not isinstance(node, dict):
+        return None
+    if "error" in node:
+        return f"Finished tasks retained: error: {node['error'][:200]}"
+    rows = []
+    for size in sorted(node, key=int):
+        cell = node[size]
+        if "tasks_per_s" not in cell:
+            rows.append([f"{int(size):,} asked", "error", "", *[""] * 5])
+            continue
+        load = cell.get("load", {})
+        kept = load.get("retained", 0)
+        note = f"{kept:,}" + (f" (asked {int(size):,})" if kept < int(size) else "")
+        if kept:
+            mib = load["bytes_on_disk"] / 2**20
+            note += f", {mib:,.0f} MiB, loaded in {load['load_seconds']:.0f} s"
+        rows.append([note, _fmt(cell["tasks_per_s"]), *_cost_cells(cell)])
+    return "One-step drain with finished tasks retained (one worker, c=32):\n" + _table(
+        ["finished tasks retained", "tasks/s", *COST_HEADER], rows
+    )
+
+
+def limits_tables(results: dict[str, Any]) -> list[str]:
+    tables = [
+        ceiling_table(results),
+        server_work_table(results),
+        scale_table(results),
+        retained_table(results),
+    ]
+    return [t for t in tables if t]

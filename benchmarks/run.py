@@ -38,6 +38,7 @@ import trio  # noqa: E402
 
 import clients_bench  # noqa: E402
 import dt_bench  # noqa: E402
+import limits  # noqa: E402
 import peer_runner  # noqa: E402
 import raw_ceiling  # noqa: E402
 import report  # noqa: E402
@@ -58,6 +59,10 @@ SCENARIOS = [
     "backlog",
     "retention",
     "rss",
+    "ceiling",
+    "server_work",
+    "scale",
+    "retained",
     "otel_overhead",
 ]
 BENCH_DB = "durable_trio_bench"
@@ -82,6 +87,15 @@ class Sizes:
     backlog_window: float = 10.0
     backlog_c: int = 32
     rss_tasks: int = 1000
+    ceiling_concurrency: list[int] = field(default_factory=lambda: [1, 8, 32, 64])
+    ceiling_window: float = 3.0  # seconds of each pgbench run
+    server_work_concurrency: list[int] = field(default_factory=lambda: [1, 32])
+    scale_processes: list[int] = field(default_factory=lambda: [1, 2, 4])
+    scale_n: int = 10000
+    scale_c: int = 32
+    retained: list[int] = field(default_factory=lambda: [0, 10_000_000])
+    retained_load_budget: float = 360.0  # seconds; loading stops there, the size is said
+    retained_c: int = 32
     retention_finished: int = 1_000_000  # old finished tasks the cleanup removes
     retention_pending: int = 800_000  # the backlog drained meanwhile (must outlast it)
     retention_window: float = 5.0  # seconds of no cleanup between two cleanups
@@ -113,6 +127,9 @@ class Sizes:
             backlog=[s(b, 20) for b in self.backlog],
             backlog_window=max(0.5, self.backlog_window * k),
             rss_tasks=s(self.rss_tasks, 10),
+            ceiling_window=max(1.0, self.ceiling_window * k),
+            scale_n=s(self.scale_n, 10),
+            retained=[s(r, 100) if r else 0 for r in self.retained],
             retention_finished=s(self.retention_finished, 100),
             retention_pending=s(self.retention_pending, 100),
             otel_n=s(self.otel_n, 10),
@@ -156,6 +173,11 @@ QUICK = Sizes(
     backlog_window=2.0,
     backlog_c=32,
     rss_tasks=200,
+    ceiling_concurrency=[1, 32],
+    ceiling_window=1.0,
+    scale_n=600,
+    retained=[0, 100_000],
+    retained_load_budget=30.0,
     retention_finished=50_000,
     retention_pending=60_000,
     retention_window=2.0,
@@ -443,6 +465,50 @@ def plan(url: str, systems: list[str], scenarios: list[str], sz: Sizes) -> list[
                     c,
                     window,
                 )
+    if "ceiling" in scenarios and has_raw and has_dt:
+        for c in sz.ceiling_concurrency:
+            add(
+                f"ceiling: every raw design, pgbench and durable_trio, c={c}",
+                ("ceiling", str(c)),
+                limits.ceiling,
+                "lim_ceil",
+                c,
+                n_for(c),
+                sz.ceiling_window,
+                timeout=sz.run_timeout,
+            )
+    if "server_work" in scenarios and has_dt:
+        add(
+            "durable_trio row changes per task",
+            ("server_work", "durable_trio"),
+            limits.server_work,
+            "lim_work",
+            sz.server_work_concurrency,
+            sz.n_c1,
+            timeout=sz.run_timeout,
+        )
+    if "scale" in scenarios and has_dt:
+        add(
+            f"durable_trio {sz.scale_processes} processes x c={sz.scale_c}",
+            ("scale", "durable_trio"),
+            limits.processes,
+            "lim_scale",
+            sz.scale_processes,
+            sz.scale_n,
+            sz.scale_c,
+        )
+    if "retained" in scenarios and has_dt:
+        add(
+            f"durable_trio with {sz.retained} finished tasks retained",
+            ("retained", "durable_trio"),
+            limits.retained,
+            "lim_ret",
+            sz.retained,
+            sz.n,
+            sz.retained_c,
+            sz.retained_load_budget,
+            timeout=sz.run_timeout,
+        )
     if "retention" in scenarios and has_dt:
         add_trio(
             f"durable_trio cleanup of {sz.retention_finished:,} finished tasks",
@@ -528,6 +594,8 @@ def _meta(args: argparse.Namespace, sz: Sizes, url_source: str) -> dict[str, Any
 
 def print_tables(results: dict[str, Any], path: Path) -> None:
     print()
+    print(report.server_line(results))
+    print()
     print(
         "Throughput (one worker process; completions counted in the database; "
         "* = run stopped at its time limit):"
@@ -535,6 +603,10 @@ def print_tables(results: dict[str, Any], path: Path) -> None:
     print(report.throughput_table(results))
     print()
     print(report.other_table(results))
+    print()
+    for extra in report.limits_tables(results):
+        print()
+        print(extra)
     print()
     if results.get("otel_overhead"):
         print(report.otel_table(results))
@@ -595,6 +667,10 @@ def main(argv: list[str] | None = None) -> int:
         "claim_backlog",
         "retention",
         "rss",
+        "ceiling",
+        "server_work",
+        "scale",
+        "retained",
         "otel_overhead",
         "peers",
         "errors",

@@ -1,4 +1,5 @@
--- A task reached a terminal state: tell a parent that may be joining it.
+-- A task reached a terminal state: tell a parent that may be joining it, and the clients
+-- waiting for its result (notify_end).
 CREATE OR REPLACE FUNCTION @schema.announce_end(p_task uuid) RETURNS void
 LANGUAGE plpgsql AS $$
 DECLARE
@@ -11,5 +12,6 @@ BEGIN
             'state', t.state, 'result', t.result, 'error', t.error,
             'reason', t.cancel_reason));
     END IF;
+    PERFORM @schema.notify_end(ARRAY[p_task]);
 END
 $$;

@@ -40,6 +40,8 @@ BEGIN
         WHERE task_id = v_task RETURNING parent_task_id INTO v_parent;
         IF v_parent IS NOT NULL THEN
             PERFORM @schema.announce_end(v_task);
+        ELSE
+            PERFORM @schema.notify_end(ARRAY[v_task]);  -- announce_end's part for a root
         END IF;
     END IF;
     RETURN true;

@@ -13,6 +13,7 @@ DECLARE
     v_now timestamptz := @schema.clock_now();
     v_owned uuid[];
     v_ended uuid[];
+    v_roots uuid[];
     v_id uuid;
 BEGIN
     -- One statement (one executor start); the fence locks in run_id order, as cancel_task
@@ -55,11 +56,14 @@ BEGIN
     )
     SELECT (SELECT coalesce(array_agg(o.run_id), '{}') FROM owned o),
         (SELECT array_agg(e.task_id ORDER BY e.task_id) FROM ended e
-         WHERE e.parent_task_id IS NOT NULL)
-    INTO v_owned, v_ended;
+         WHERE e.parent_task_id IS NOT NULL),
+        (SELECT array_agg(e.task_id) FROM ended e WHERE e.parent_task_id IS NULL)
+    INTO v_owned, v_ended, v_roots;
     FOREACH v_id IN ARRAY coalesce(v_ended, '{}') LOOP
         PERFORM @schema.announce_end(v_id);
     END LOOP;
+    -- Root tasks need no event, only their waiting clients told: one notification.
+    PERFORM @schema.notify_end(coalesce(v_roots, '{}'));
     RETURN v_owned;
 END
 $$;

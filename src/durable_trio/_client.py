@@ -2,71 +2,52 @@
 
 from __future__ import annotations
 
-import math
-import os
-from collections.abc import AsyncIterator, Iterable, Iterator, Mapping
+from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, suppress
 from datetime import datetime, timedelta
-from typing import Any, NoReturn, TypeVar, overload
-from uuid import UUID
+from typing import Any, NoReturn, TypeVar
 
 import psycopg
 import sniffio
 import trio
 
 from . import _schedules
-from ._clientcore import ClientCore, SpawnResult, TaskInfo, poll_delays
-from ._core.durations import Duration, to_seconds
+from ._clientcore import SpawnResult, TaskInfo
+from ._core.durations import to_seconds
 from ._core.options import SpawnOptions, WorkerOptions
 from ._core.schedules import MissedPolicy
-from ._core.states import TaskState
-from ._db import CONNECTION_LOST, Pool, TrioConnection, connect, redact_url
+from ._db import CONNECTION_LOST, Pool, TrioConnection, connect
+from ._ends import TrioEnds
 from ._errors import (
     ConfigurationError,
     InvalidInput,
-    WaitTimeout,
     WorkerFailed,
 )
 from ._fleet import UnservedTasks, WorkerInfo
 from ._hooks import Hooks
-from ._inspect import (
-    QueueStats,
-    RetryResult,
-    StepInfo,
-    TaskPage,
-)
 from ._retention import CleanupResult, check_batch, check_duty, cutoff
 from ._schedules import ScheduleInfo
+from ._shell import AsyncShell, Call, resolve_url
 from ._store import Connection, Store
 from ._task import Task, TaskDefinition
 from ._worker import Worker
 
 __all__ = ["Durable", "SpawnResult", "TaskInfo"]
 
-R = TypeVar("R")
-URL_ENV = "DURABLE_DATABASE_URL"
-_DEFAULT_OPTIONS = SpawnOptions()
-MAX_CHILDREN_SHOWN = 100
+T = TypeVar("T")
 
 
-class Durable:
-    """A handle on one durable_trio schema and queue. Create it with `Durable.connect`."""
+class Durable(AsyncShell[TrioConnection | psycopg.Connection[Any]]):
+    """A handle on one durable_trio schema and queue. Create it with `Durable.connect`.
 
-    def __init__(
-        self, url: str, *, queue: str, schema: str, pool_size: int, hooks: Hooks | None = None
-    ) -> None:
-        if isinstance(pool_size, bool) or not isinstance(pool_size, int) or pool_size < 1:
-            raise InvalidInput(f"pool_size must be a positive integer, got {pool_size!r}")
-        self.url = url
-        self._core = ClientCore(queue=queue, schema=schema, hooks=hooks)
-        self.queue = self._core.queue
-        self.schema = self._core.schema
+    Spawning, reading, steering and events are the methods every client shares (see
+    `_shell.Shell`); this one also runs workers and keeps schedules."""
+
+    def _setup(self, pool_size: int) -> None:
         self._registry = self._core.registry
-        self._pool = Pool(url, max_size=pool_size)
+        self._pool = Pool(self.url, max_size=pool_size)
         self._store = Store(self._pool, self.schema)
-
-    def __repr__(self) -> str:
-        return f"<Durable {redact_url(self.url)} schema={self.schema} queue={self.queue}>"
+        self._ends = TrioEnds(self.url, self.schema)
 
     @classmethod
     @asynccontextmanager
@@ -87,12 +68,7 @@ class Durable:
         Raises `DatabaseUnavailable` (password redacted) if the database is unreachable.
         """
         _require_trio()
-        resolved = url or os.environ.get(URL_ENV)
-        if not resolved:
-            raise ConfigurationError(
-                f"no database URL: pass url=... or set {URL_ENV} "
-                "(e.g. postgresql://user:password@localhost:5432/dbname)"
-            )
+        resolved = resolve_url(url)
         try:
             client = cls(resolved, queue=queue, schema=schema, pool_size=pool_size, hooks=hooks)
         except ValueError as ex:
@@ -105,14 +81,13 @@ class Durable:
             yield client
         finally:
             with trio.CancelScope(shield=True):
+                await client._ends.aclose()
                 await client._pool.aclose()
 
-    # -- registry ---------------------------------------------------------------------
+    async def _execute(self, call: Call[T]) -> T:
+        return await self._store.run(call.op, _caller_connection(call.connection))
 
-    def register(self, *tasks: TaskDefinition[Any, Any] | type[Task[Any, Any]]) -> None:
-        """Make tasks runnable by this client's workers. Names must be unique and valid
-        (`InvalidInput` otherwise, as for `spawn_by_name`)."""
-        self._core.register(*tasks)
+    # -- registry and schema ----------------------------------------------------------
 
     def definition(self, name: str) -> TaskDefinition[Any, Any]:
         return self._core.definition(name)
@@ -121,82 +96,9 @@ class Durable:
     def registered(self) -> list[str]:
         return sorted(self._registry)
 
-    # -- schema -----------------------------------------------------------------------
-
     async def migrate(self) -> list[int]:
         """Create or upgrade the schema (idempotent; concurrent callers are serialised)."""
         return await self._store.migrate()
-
-    # -- spawning ---------------------------------------------------------------------
-
-    def _prepare_spawn(
-        self,
-        task: TaskDefinition[Any, Any] | type[Task[Any, Any]] | str,
-        params: Any,
-        options: SpawnOptions | None,
-        *,
-        parent: UUID | None = None,
-        queue: str | None = None,
-        inherited: Mapping[str, Any] | None = None,
-    ) -> dict[str, Any]:
-        """Validate and serialise one spawn into the row the store inserts (workers and
-        task contexts spawn children through it)."""
-        return self._core.spawn_row(
-            task, params, options, parent=parent, queue=queue, inherited=inherited
-        )
-
-    async def spawn(
-        self,
-        task: TaskDefinition[Any, R] | type[Task[Any, R]],
-        params: Any,
-        *,
-        options: SpawnOptions | None = None,
-        connection: TrioConnection | psycopg.Connection[Any] | None = None,
-    ) -> SpawnResult[R]:
-        """Spawn `task` with `params` (an instance of its Params type).
-
-        Invalid params or options raise `InvalidInput` / `SerializationError` and write
-        nothing. With `connection` (a connection from `Durable.connection()` or a plain
-        blocking `psycopg.Connection`), the spawn joins that connection's open
-        transaction: it becomes visible when the caller commits, and vanishes on rollback.
-        """
-        op = self._core.spawn(task, params, options)
-        return await self._store.run(self._core.op(op), _caller_connection(connection))
-
-    async def spawn_by_name(
-        self,
-        name: str,
-        params: Any,
-        *,
-        options: SpawnOptions | None = None,
-        connection: TrioConnection | psycopg.Connection[Any] | None = None,
-    ) -> SpawnResult[Any]:
-        """Spawn a task by name with plain-JSON params.
-
-        The name need not be registered here: a worker elsewhere may hold the code. A
-        worker without the code leaves the task for one that has it.
-        """
-        op = self._core.spawn_by_name(name, params, options)
-        return await self._store.run(self._core.op(op), _caller_connection(connection))
-
-    async def spawn_many(
-        self,
-        task: TaskDefinition[Any, Any] | type[Task[Any, Any]] | str,
-        params: Iterable[Any],
-        *,
-        options: SpawnOptions | None = None,
-        idempotency_keys: Iterable[str | None] | None = None,
-    ) -> list[SpawnResult[Any]]:
-        """Spawn many tasks of one kind with shared options in one statement (all or none).
-
-        The options are shared, so they cannot carry an idempotency key; give each task its
-        own with `idempotency_keys` (one per params value, None for a task without one). A
-        key that already names a task on the queue returns that task (``created`` False)
-        and writes nothing for it, as `spawn` does. Tasks of one call sharing a key: the
-        first of them is spawned, the later ones return it (``created`` False).
-        """
-        op = self._core.spawn_many(task, params, options, idempotency_keys)
-        return await self._store.run(self._core.op(op))
 
     @asynccontextmanager
     async def connection(self) -> AsyncIterator[TrioConnection]:
@@ -215,165 +117,7 @@ class Durable:
                 finally:
                     await conn.close()
 
-    # -- reading ----------------------------------------------------------------------
-
-    async def get_task(self, task_id: UUID) -> TaskInfo:
-        """The current state of a task with its attempts (each with its error), what it
-        is waiting for, its children and headers, read in one snapshot; `TaskNotFound`
-        if there is none."""
-        return await self._store.run(self._core.read(self._core.get_task(task_id)))
-
-    @overload
-    async def wait_result(self, task: SpawnResult[R], /, *, timeout: float | None = None) -> R: ...
-
-    @overload
-    async def wait_result(
-        self,
-        task: TaskDefinition[Any, R] | type[Task[Any, R]],
-        task_id: UUID | str,
-        *,
-        timeout: float | None = None,
-    ) -> R: ...
-
-    @overload
-    async def wait_result(
-        self, task: str | None, task_id: UUID | str, *, timeout: float | None = None
-    ) -> Any: ...
-
-    async def wait_result(
-        self,
-        task: TaskDefinition[Any, Any] | type[Task[Any, Any]] | SpawnResult[Any] | str | None,
-        task_id: UUID | str | None = None,
-        *,
-        timeout: float | None = None,
-    ) -> Any:
-        """Wait until the task ends; return its result typed as the task's Output:
-        ``wait_result(spawned)`` with what a spawn returned, or ``wait_result(task,
-        task_id)``.
-
-        Raises `TaskFailed`, `TaskCancelled`, or `WaitTimeout` after `timeout` seconds
-        (the task itself goes on). `task` may be a registered name (`UnknownTask`
-        otherwise), or None for the stored plain JSON; `InvalidInput` if the task with
-        this id is another task.
-        """
-        waiting = self._core.waiting(task, task_id)
-        limit = math.inf if timeout is None else to_seconds(timeout, what="timeout")
-        with trio.move_on_after(limit):
-            for delay in poll_delays():
-                info = await self._store.run(self._core.op(self._core.task_row(waiting.task_id)))
-                done, value = waiting.outcome(info)
-                if done:
-                    return value
-                await trio.sleep(delay)
-        raise WaitTimeout(f"task {waiting.task_id} did not finish within {limit:g} seconds")
-
-    # -- inspection and control -------------------------------------------------------
-
-    async def list_tasks(
-        self,
-        *,
-        queue: str | None = None,
-        state: TaskState | str | None = None,
-        name: str | None = None,
-        created_after: datetime | None = None,
-        created_before: datetime | None = None,
-        parent: UUID | None = None,
-        limit: int = 100,
-        after: UUID | None = None,
-    ) -> TaskPage:
-        """One page of tasks, oldest first, matching every filter given.
-
-        `queue` None means every queue (not only this client's). `state` is a `TaskState`
-        or its value. ``created_after <= created_at < created_before`` (aware
-        datetimes, the database's clock). `parent` lists a task's children. `limit` is
-        1 to 1000. Pages are in task_id order (UUIDv7: creation order to the millisecond,
-        then random within one); pass the page's ``next_after`` as `after` for the next
-        one, until it is None. The cursor is a plain task id, so a page may also start
-        after any task you hold; tasks created while you page appear on later pages.
-        Bad input raises `InvalidInput`.
-        """
-        op = self._core.list_tasks(
-            queue=queue,
-            state=state,
-            name=name,
-            created_after=created_after,
-            created_before=created_before,
-            parent=parent,
-            limit=limit,
-            after=after,
-        )
-        return await self._store.run(self._core.read(op))
-
-    async def steps(self, task_id: UUID) -> list[StepInfo]:
-        """Every checkpoint of a task in the order written (those a worker wrote in one
-        transaction, by name): steps, and the library's own
-        (spawns, joins, sleeps, events, emits, ctx.now/random/uuid7), with their stored
-        JSON values and the attempt that wrote each. `TaskNotFound` if no such task."""
-        return await self._store.run(self._core.read(self._core.steps(task_id)))
-
-    async def queue_stats(
-        self,
-        queue: str | None = None,
-        *,
-        window: Duration = timedelta(hours=1),
-        unserved_after: Duration = timedelta(minutes=5),
-    ) -> QueueStats:
-        """Counts for monitoring one queue (every queue when `queue` is None): live
-        tasks by state, runs due now and the age of the oldest of them, failures and
-        cancellations in the last `window`, runs due for longer than `unserved_after`
-        whose task name no live worker has registered, in total and per task name. Reads
-        only live runs, the runs that ended badly in `window` (partial indexes) and the
-        workers registry, never the finished tasks, so it stays cheap to poll."""
-        span = timedelta(seconds=to_seconds(window, what="window"))
-        after = timedelta(seconds=to_seconds(unserved_after, what="unserved_after"))
-        return await self._store.run(self._core.read(self._core.queue_stats(queue, span, after)))
-
-    async def retry(
-        self, task_id: UUID, *, max_attempts: int | None = None, from_scratch: bool = False
-    ) -> RetryResult:
-        """Give a failed or cancelled task a new attempt, now.
-
-        It keeps its checkpoints, so the new attempt resumes after the last step that
-        finished (deploy the fix, then retry); with ``from_scratch=True`` they are deleted
-        and it starts over. `max_attempts` is the new total limit of attempts (more than
-        the attempts made so far); by default the task keeps its limit, raised to allow
-        this one attempt if it was used up. Its max_duration counts from the new start.
-
-        Without `from_scratch`, the descendants that were cancelled because this task
-        ended get a new attempt too (keeping their checkpoints), so a replayed
-        ``ctx.spawn`` finds the same child running again and ``ctx.join`` waits for its
-        new outcome. A retried child's earlier outcome is forgotten: a parent that has
-        not joined it yet waits for the new one; a parent that already joined keeps what
-        it saw. A child whose parent failed or was cancelled is refused (its claim would
-        cancel it again): retry the parent. `RetryRefused` (nothing written) for a task
-        that has not failed or been cancelled, `TaskNotFound` if there is none.
-        """
-        op = self._core.retry(task_id, max_attempts, from_scratch)
-        return await self._store.run(self._core.op(op))
-
-    # -- events and cancellation ------------------------------------------------------
-
-    async def emit_event(
-        self,
-        name: str,
-        payload: Any = None,
-        *,
-        queue: str | None = None,
-        connection: TrioConnection | psycopg.Connection[Any] | None = None,
-    ) -> int:
-        """Emit an event on the client's queue (or `queue`); return how many waiting
-        tasks it woke. Events are sticky: later waits receive it at once. A second emit of
-        the same name replaces the payload for waits that have not received one yet.
-        With `connection`, the emit joins the caller's open transaction."""
-        op = self._core.emit(name, payload, queue)
-        return await self._store.run(self._core.op(op), _caller_connection(connection))
-
-    async def cancel(self, task_id: UUID, reason: str = "cancelled by client") -> bool:
-        """Cancel a task and all its unfinished descendants. Pending and sleeping tasks stop
-        at once; a running attempt is cancelled through its trio cancel scope within one
-        heartbeat (at once when the worker receives the notification). Returns False if
-        the task had already ended."""
-        return await self._store.run(self._core.op(self._core.cancel(task_id, reason)))
+    # -- maintenance ------------------------------------------------------------------
 
     async def cleanup(
         self,
@@ -431,7 +175,7 @@ class Durable:
         """
         return await _schedules.put_schedule(
             self._store,
-            self._prepare_spawn,
+            self._core.spawn_row,
             schedule_id,
             task,
             params,
@@ -489,7 +233,7 @@ class Durable:
             schema=self.schema,
             queues=[self.queue],
             registry=dict(self._registry),
-            prepare_spawn=self._prepare_spawn,
+            prepare_spawn=self._core.spawn_row,
             options=options or WorkerOptions(),
             hooks=self._core.hooks,
         )

@@ -8,6 +8,7 @@ sleeps with its own clock, so a spawn or a read means the same thing from every 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from datetime import datetime, timedelta
@@ -20,7 +21,7 @@ import psycopg
 
 from . import _serde
 from ._core import inspection
-from ._core.durations import interval
+from ._core.durations import interval, to_seconds
 from ._core.ids import uuid7, uuid7_texts
 from ._core.names import validate_name, validate_queue, validate_schema
 from ._core.options import SpawnOptions, check_idempotency_key
@@ -33,6 +34,7 @@ from ._errors import (
     TaskFailed,
     TaskNotFound,
     UnknownTask,
+    WaitTimeout,
 )
 from ._hooks import NO_HOOKS, CancelCall, EmitCall, Hooks, SpawnCall
 from ._inspect import (
@@ -41,6 +43,7 @@ from ._inspect import (
     RetryResult,
     RunInfo,
     StepInfo,
+    TaskHead,
     TaskPage,
     WaitingFor,
 )
@@ -98,7 +101,7 @@ class SpawnResult(Generic[R]):
 
 
 @attrs.frozen
-class TaskInfo:
+class TaskInfo(TaskHead):
     """A snapshot of one task. ``result`` and ``error`` are stored JSON; use
     `Durable.wait_result` for a typed result. ``error`` is the latest failed attempt's
     error: a task that succeeded on a retry keeps it (with ``state`` COMPLETED).
@@ -111,13 +114,6 @@ class TaskInfo:
     PENDING, attempts > 1, not yet claimed); None otherwise.
     """
 
-    task_id: UUID
-    queue: str
-    task_name: str
-    state: TaskState
-    attempts: int
-    max_attempts: int
-    priority: int
     params: Any
     headers: dict[str, Any]
     result: Any
@@ -435,23 +431,14 @@ class ClientCore:
             child_count=children[0]["total"] if children else 0,
         )
 
-    def list_tasks(
-        self,
-        *,
-        queue: str | None,
-        state: TaskState | str | None,
-        name: str | None,
-        created_after: datetime | None,
-        created_before: datetime | None,
-        parent: UUID | None,
-        limit: int,
-        after: UUID | None,
-    ) -> Op[TaskPage]:
-        filters = _list_filters(queue, state, name, created_after, created_before, parent)
+    def list_tasks(self, filters: tuple[Any, ...], limit: int, after: UUID | None) -> Op[TaskPage]:
+        """`filters`: queue, state, name, created_after, created_before and parent, as
+        `Durable.list_tasks` takes them."""
+        checked = _list_filters(*filters)
         wanted = inspection.page_limit(limit)
-        params = {**filters, "after": None if after is None else as_uuid(after, "after")}
+        params = {**checked, "after": None if after is None else as_uuid(after, "after")}
         params["limit"] = wanted + 1  # one more tells whether another page follows
-        chosen = None if state is None else TaskState(filters["state"])
+        chosen = None if checked["state"] is None else TaskState(checked["state"])
         query = inspection.list_query(chosen)
         rows = yield named(self.schema, query, params, prepare=False)
         items = [_summary(row) for row in rows[:wanted]]
@@ -477,16 +464,19 @@ class ClientCore:
 
     # -- waiting for a result ---------------------------------------------------------
 
-    def waiting(self, task: TaskRef | str | SpawnResult[Any] | None, task_id: Any) -> Waiting:
+    def waiting(
+        self, task: TaskRef | str | SpawnResult[Any] | None, task_id: Any, timeout: Any
+    ) -> Waiting:
         """What `wait_result(task, task_id)` or `wait_result(spawned)` waits for."""
+        limit = math.inf if timeout is None else to_seconds(timeout, what="timeout")
         if isinstance(task, SpawnResult):
             if task_id is not None:
                 raise InvalidInput("wait_result(spawned) takes no task_id: it is in `spawned`")
-            return Waiting(task.task_id, task.task_name, task.output_type)
+            return Waiting(task.task_id, task.task_name, task.output_type, limit)
         if task_id is None:
             raise InvalidInput("wait_result needs a task_id (or a SpawnResult alone)")
         expected = task if task is None or isinstance(task, str) else as_definition(task).name
-        return Waiting(as_uuid(task_id), expected, output_type(task, self.registry))
+        return Waiting(as_uuid(task_id), expected, output_type(task, self.registry), limit)
 
 
 @attrs.frozen
@@ -496,6 +486,10 @@ class Waiting:
     task_id: UUID
     expected: str | None
     output_type: Any
+    limit: float  # seconds, from the `timeout`
+
+    def timed_out(self) -> WaitTimeout:
+        return WaitTimeout(f"task {self.task_id} did not finish within {self.limit:g} seconds")
 
     def outcome(self, info: TaskInfo) -> tuple[bool, Any]:
         """(True, typed result) once completed; (False, None) while unfinished; raises
@@ -515,12 +509,66 @@ class Waiting:
         return False, None
 
 
-def poll_delays() -> Iterator[float]:
-    """How long to sleep between polls of a task: quick at first, then every 0.1 s."""
-    delay = 0.002
-    while True:
-        yield delay
-        delay = min(delay * 1.5, 0.1)
+# The channel notify_end.sql announces ended tasks on: "<schema> <task_id>,<task_id>,...".
+END_CHANNEL = "durable_trio_end"
+# How often `wait_result` reads the task anyway, should a notification never come (a
+# listening connection that dropped is noticed at once; this covers the rest).
+SAFETY_POLL = 1.5
+
+
+def ended_tasks(schema: str, payload: str) -> list[str]:
+    """The task ids an END_CHANNEL payload announces for `schema` (none for another)."""
+    where, _, ids = payload.partition(" ")
+    return ids.split(",") if where == schema and ids else []
+
+
+class Watcher:
+    """One `wait_result` call's interest in one task, woken by `Watchers.announce`."""
+
+    def __init__(self, task_id: UUID) -> None:
+        self.key = str(task_id)
+        self.ended = False
+
+    def wake(self) -> None:
+        """The task ended, or its end may have been missed: read it again (each client
+        adds how a sleeping waiter is woken)."""
+        self.ended = True
+
+    def nudge(self) -> None:
+        """Another waiter stopped reading the notifications: one asleep should take over."""
+
+
+class Watchers:
+    """Who waits for which task, and telling them (shared by every client's waiters)."""
+
+    def __init__(self, schema: str) -> None:
+        self.schema = schema
+        self._by_key: dict[str, list[Watcher]] = {}
+
+    def add(self, watcher: Watcher) -> None:
+        self._by_key.setdefault(watcher.key, []).append(watcher)
+
+    def remove(self, watcher: Watcher) -> None:
+        others = self._by_key.get(watcher.key, [])
+        others.remove(watcher)
+        if not others:
+            del self._by_key[watcher.key]
+
+    def announce(self, payload: str) -> None:
+        for key in ended_tasks(self.schema, payload):
+            for watcher in self._by_key.get(key, ()):
+                watcher.wake()
+
+    def wake_all(self) -> None:
+        """Notifications may have been missed (a new or lost connection): all read again."""
+        for watchers in self._by_key.values():
+            for watcher in watchers:
+                watcher.wake()
+
+    def nudge_all(self) -> None:
+        for watchers in self._by_key.values():
+            for watcher in watchers:
+                watcher.nudge()
 
 
 # -- operations the worker side shares ----------------------------------------------------

@@ -36,6 +36,7 @@ from . import _serde
 from ._core import names
 from ._core.durations import Duration, check_instant, to_seconds
 from ._core.ids import uuid7 as make_uuid7
+from ._core.lifecycle import RunEvent, RunPhase
 from ._core.options import SpawnOptions, extend_seconds
 from ._db import TrioConnection
 from ._errors import (
@@ -50,6 +51,7 @@ from ._errors import (
     StepFailed,
 )
 from ._hooks import EmitCall, StepCall
+from ._retrying import retrying
 from ._run import RunState, Suspended
 from ._task import Task, TaskDefinition, spawnable
 
@@ -231,8 +233,10 @@ class TaskContext:
         if checkpoint not in self._checkpoints and self._unreplayed:
             await self._replay_gate(checkpoint)
         await self.settle()
-        delay = 0.05
-        while checkpoint not in self._checkpoints:
+        if checkpoint in self._checkpoints:
+            return self._stored(checkpoint, _read_as(rtype))
+
+        async def attempt() -> Any:
             try:
                 return await self._transaction_once(checkpoint, fn, args, rtype)
             except DatabaseUnavailable:
@@ -241,14 +245,19 @@ class TaskContext:
                 stored = await self._run.call(
                     self._run.store.get_checkpoint, self.task_id, checkpoint
                 )
-                if stored is not None:
-                    self._checkpoints[checkpoint] = stored
-                    break
-                if time.monotonic() + delay >= self._run.lease_deadline:
-                    await self._lost()
-                await trio.sleep(delay)
-                delay = min(delay * 2, 1.0)
-        return self._stored(checkpoint, _read_as(rtype))
+                if stored is None:
+                    raise
+                self._checkpoints[checkpoint] = stored
+                return self._stored(checkpoint, _read_as(rtype))
+
+        try:
+            return await retrying(
+                attempt,
+                retry_on=(DatabaseUnavailable,),
+                deadline=lambda: self._run.lease_deadline,
+            )
+        except DatabaseUnavailable:
+            await self._lost()
 
     async def _transaction_once(
         self, checkpoint: str, fn: Callable[..., Awaitable[Any]], args: Any, rtype: Any
@@ -281,7 +290,7 @@ class TaskContext:
         """Hand the checkpoint to the worker's writer and go on; see `settle`."""
         if self._run.lost is not None:  # shielded code still writing after the loss
             raise LeaseLost(self._run.lost)
-        if self._run.suspended:  # a sibling task in the task's nursery suspended the run
+        if self._run.state is RunPhase.SUSPENDED:  # a sibling trio task suspended the run
             raise Suspended()
         text, replayed = _roundtrip(checkpoint, value, rtype)
         self._run.writer.submit(self._run, checkpoint, text)
@@ -433,7 +442,7 @@ class TaskContext:
         raise LeaseLost("this worker no longer owns the run")
 
     async def _suspend(self, checkpoint: str) -> typing.NoReturn:
-        self._run.suspended = True
+        self._run.advance(RunEvent.SUSPEND)
         raise Suspended(checkpoint)
 
     # -- deterministic helpers --------------------------------------------------------
@@ -497,7 +506,7 @@ class TaskContext:
         if self._db_now() >= wake_at:  # already due (a replay, or a zero sleep)
             return
         await self.settle()
-        self._run.ending = True  # a heartbeat racing the suspension must not call it lost
+        self._run.advance(RunEvent.RECORD_WAIT)  # a heartbeat racing it: not a loss
         ok = await self._run.call(
             self._run.store.suspend, self.run_id, self._run.worker_id, wake_at
         )
@@ -545,7 +554,7 @@ class TaskContext:
         if self._unreplayed:
             await self._replay_gate(checkpoint)
         await self.settle()
-        self._run.ending = True  # it may suspend: see _sleep
+        self._run.advance(RunEvent.RECORD_WAIT)  # it may suspend: see _sleep
         outcome, payload = await self._run.call(
             self._run.store.await_event,
             self.run_id,
@@ -559,7 +568,7 @@ class TaskContext:
             await self._lost()
         if outcome == "suspended":
             await self._suspend(checkpoint)
-        self._run.ending = False
+        self._run.advance(RunEvent.WAIT_MET)
         stored = {"timeout": True} if outcome == "timeout" else {"payload": payload}
         self._checkpoints[checkpoint] = stored
         return stored

@@ -24,6 +24,7 @@ from contextlib import asynccontextmanager
 from typing import Any, Self, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
+import attrs
 import psycopg
 import trio
 from psycopg import errors as pg_errors
@@ -35,7 +36,9 @@ from psycopg.generators import notifies as notifies_gen
 from psycopg.rows import dict_row
 from psycopg.waiting import READY_R, READY_W, WAIT_R, WAIT_W
 
+from ._core.backoff import BackoffPolicy
 from ._errors import DatabaseUnavailable
+from ._retrying import retrying
 
 __all__ = ["Listener", "Pool", "TrioConnection", "connect", "redact_url"]
 
@@ -59,6 +62,8 @@ CONNECT_ERRORS: tuple[type[BaseException], ...] = (psycopg.ProgrammingError, *CO
 TRANSIENT = (psycopg.errors.DeadlockDetected, psycopg.errors.SerializationFailure)
 # What "the database went away" looks like to code above this module.
 CONNECTION_LOST: tuple[type[BaseException], ...] = (DatabaseUnavailable, *CONNECTION_ERRORS)
+# The listener's pauses between attempts to reconnect (capped by `Listener.max_backoff`).
+LISTEN_BACKOFF = BackoffPolicy(first=0.05, cap=5.0)
 
 
 def redact_url(url: str) -> str:
@@ -462,26 +467,24 @@ class Listener:
         self.connected = False
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        backoff = 0.05
         started = False
+
+        async def not_yet(ex: BaseException, pause: float) -> None:
+            nonlocal started
+            log.warning("listener cannot connect (%s); retrying in %.2fs", ex, pause)
+            if not started:  # the owner polls meanwhile (`connected` is False)
+                started = True
+                task_status.started()
+
         while True:
+            conn = await retrying(
+                self._listen,
+                retry_on=CONNECTION_LOST,
+                policy=attrs.evolve(LISTEN_BACKOFF, cap=self.max_backoff),
+                on_retry=not_yet,
+            )
             try:
-                conn = await connect(self.url)
-            except DatabaseUnavailable as ex:
-                log.warning("listener cannot connect (%s); retrying in %.2fs", ex, backoff)
-                if not started:
-                    started = True
-                    task_status.started()
-                await trio.sleep(backoff)
-                backoff = min(backoff * 2, self.max_backoff)
-                continue
-            try:
-                for channel in self.channels:
-                    await conn.execute(
-                        psycopg.sql.SQL("LISTEN {}").format(psycopg.sql.Identifier(channel))
-                    )
                 self.connected = True
-                backoff = 0.05
                 self.on_reconnect()
                 if not started:
                     started = True
@@ -493,6 +496,20 @@ class Listener:
                 self.connected = False
                 with trio.CancelScope(shield=True):
                     await conn.close()
+
+    async def _listen(self) -> TrioConnection:
+        """A new connection LISTENing on every channel."""
+        conn = await connect(self.url)
+        try:
+            for channel in self.channels:
+                await conn.execute(
+                    psycopg.sql.SQL("LISTEN {}").format(psycopg.sql.Identifier(channel))
+                )
+        except BaseException:
+            with trio.CancelScope(shield=True):
+                await conn.close()
+            raise
+        return conn
 
     async def _pump(self, conn: TrioConnection) -> None:
         while True:

@@ -25,6 +25,7 @@ __all__ = [
     "RunError",
     "RunInfo",
     "StepInfo",
+    "TaskHead",
     "TaskPage",
     "TaskSummary",
     "WaitingFor",
@@ -37,8 +38,8 @@ Row = Mapping[str, Any]
 
 
 @attrs.frozen
-class TaskSummary:
-    """One task in a `TaskPage`: who it is and where it stands (no params or results)."""
+class TaskHead:
+    """The fields `TaskSummary` and `TaskInfo` both begin with."""
 
     task_id: UUID
     queue: str
@@ -47,6 +48,12 @@ class TaskSummary:
     attempts: int
     max_attempts: int
     priority: int
+
+
+@attrs.frozen
+class TaskSummary(TaskHead):
+    """One task in a `TaskPage`: who it is and where it stands (no params or results)."""
+
     parent_task_id: UUID | None
     cancel_reason: str | None
     created_at: datetime

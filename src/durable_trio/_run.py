@@ -15,10 +15,13 @@ from uuid import UUID
 import attrs
 import trio
 
+from ._core import lifecycle
+from ._core.lifecycle import RunEvent, RunPhase
 from ._core.retry import RetryStrategy
 from ._db import TRANSIENT
 from ._errors import DatabaseUnavailable, InvalidInput, LeaseLost, NonRetryable, ReplayMismatch
 from ._hooks import NO_HOOKS, Hooks
+from ._retrying import retrying
 from ._rows import ClaimedRun
 from ._store import Store
 from ._task import TaskDefinition
@@ -82,17 +85,12 @@ class RunState:
     claimed_mono: float = attrs.field(factory=time.monotonic)
     lease_deadline: float = 0.0
     scope: trio.CancelScope = attrs.field(factory=trio.CancelScope)
-    lost: str | None = None
-    suspended: bool = False
-    release_on_exit: bool = False
-    body_done: bool = False  # the task's code returned; its outcome may still be in writing
-    # Its completion, failure or suspension is queued or being written: a heartbeat
-    # answered meanwhile may no longer list it, without the run being lost.
-    ending: bool = False
-    finished: bool = False
+    # Where it is in its life on this worker (`_core.lifecycle`): the one truth about it.
+    state: RunPhase = attrs.field(default=RunPhase.EXECUTING, init=False)
+    _lost_reason: str = attrs.field(default="", init=False)  # once LOST: why
     last_write: Write | None = None  # the latest checkpoint or completion queued for it
     hooks: Hooks = NO_HOOKS
-    gone: trio.Event = attrs.field(factory=trio.Event)  # its execution has ended
+    gone: trio.Event = attrs.field(factory=trio.Event)  # set by `finish`: its execution ended
 
     @classmethod
     def from_claim(
@@ -132,6 +130,22 @@ class RunState:
         run.lease_deadline = run.claimed_mono + claim_timeout
         return run
 
+    def advance(self, event: RunEvent) -> RunPhase:
+        """Apply `event` to the run's lifecycle (`IllegalRunTransition` if it may not
+        happen now); returns the new state."""
+        self.state = lifecycle.advance(self.state, event)
+        return self.state
+
+    @property
+    def lost(self) -> str | None:
+        """Why the run was abandoned, or None while it was not."""
+        return self._lost_reason if self.state is RunPhase.LOST else None
+
+    def explain_loss(self, reason: str) -> None:
+        """A better reason for a loss already made (the database said why)."""
+        if self.state is RunPhase.LOST:
+            self._lost_reason = reason
+
     def retryable(self, ex: BaseException) -> bool:
         """Whether an attempt failing with `ex` may be retried (if attempts are left).
         Misuse (InvalidInput, SerializationError) and replay divergence fail the same way
@@ -148,15 +162,24 @@ class RunState:
 
     def lose(self, reason: str, *, quiet: bool = False) -> bool:
         """Stop this run now and write nothing more for it (invariant 2). Returns whether
-        this call lost it (False if it was lost or finished already). `quiet`: the caller
-        logs it (see `log_loss`)."""
-        lost_now = self.lost is None and not self.finished
+        this call lost it (False if it was lost, suspended or finished already). `quiet`:
+        the caller logs it (see `log_loss`)."""
+        before = self.state
+        lost_now = self.advance(RunEvent.LOSE) is RunPhase.LOST and before is not RunPhase.LOST
         if lost_now:
-            self.lost = reason
+            self._lost_reason = reason
             if not quiet:
                 self.log_loss()
         self.scope.cancel()
         return lost_now
+
+    def finish(self) -> RunPhase:
+        """Its execution ended. Returns the state it was in until then: HANDING_BACK
+        says to release it now."""
+        ended_in = self.state
+        self.advance(RunEvent.FINISH)
+        self.gone.set()
+        return ended_in
 
     def log_loss(self, *, cancelled: bool = False) -> None:
         """A task cancelled on purpose is logged at INFO; any other loss is a warning."""
@@ -183,24 +206,33 @@ class RunState:
         }
 
     async def call(self, fn: Callable[..., Awaitable[T]], *args: Any, **kwargs: Any) -> T:
-        """Call a store method, retrying while the database is unreachable, but only while
-        our lease can still be alive: past that the run is lost anyway."""
-        delay = 0.05
-        while True:
-            if self.lost is not None:
-                self.scope.cancel()
-                await trio.lowlevel.checkpoint()
-                raise LeaseLost(self.lost)
-            try:
-                return await fn(*args, **kwargs)
-            except (DatabaseUnavailable, *TRANSIENT) as ex:
-                # Lost connections, and deadlocks or serialization failures (the
-                # transaction rolled back): all worth another try within the lease.
-                if time.monotonic() + delay >= self.lease_deadline:
-                    self.lose(f"database unreachable until the lease ran out ({ex})")
-                    continue
-                await trio.sleep(delay)
-                delay = min(delay * 2, 1.0)
+        """Call a store method, retrying while the database is unreachable (lost
+        connections, and deadlocks or serialization failures: the transaction rolled
+        back), but only while our lease can still be alive: past that the run is lost
+        anyway."""
+
+        async def attempt() -> T:
+            await self.stop_if_lost()
+            return await fn(*args, **kwargs)
+
+        try:
+            return await retrying(
+                attempt,
+                retry_on=(DatabaseUnavailable, *TRANSIENT),
+                deadline=lambda: self.lease_deadline,
+            )
+        except (DatabaseUnavailable, *TRANSIENT) as ex:
+            reason = f"database unreachable until the lease ran out ({ex})"
+            self.lose(reason)
+            await trio.lowlevel.checkpoint()
+            raise LeaseLost(self.lost or reason) from None
+
+    async def stop_if_lost(self) -> None:
+        """Raise `LeaseLost` (after cancelling the run's scope) if the run was lost."""
+        if self.lost is not None:
+            self.scope.cancel()
+            await trio.lowlevel.checkpoint()
+            raise LeaseLost(self.lost)
 
 
 def json_object(text: str) -> dict[str, Any]:

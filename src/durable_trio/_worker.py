@@ -20,6 +20,7 @@ with an UnprocessableTask error (docs/reliability.md, "Poison rows").
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import random
@@ -36,7 +37,10 @@ import trio
 
 from . import _failures, _serde
 from ._context import TaskContext
+from ._core.backoff import BackoffPolicy
+from ._core.capacity import QueueRotation, Slots
 from ._core.ids import uuid7
+from ._core.lifecycle import RunEvent, RunPhase
 from ._core.options import (
     RETENTION_EVERY,
     UNSERVED_AFTER,
@@ -46,7 +50,6 @@ from ._core.options import (
 )
 from ._core.report import PassReport, RunOutcome, RunReport, outcome_of
 from ._core.retry import FailureDecision, decide_failure
-from ._core.slots import Slots
 from ._db import CONNECTION_LOST, Listener, Pool
 from ._errors import (
     ConfigurationError,
@@ -55,6 +58,7 @@ from ._errors import (
     SerializationError,
 )
 from ._hooks import NO_HOOKS, Hooks
+from ._retrying import retrying
 from ._rows import ClaimedRun, ExpiredRun
 from ._run import RunState, Suspended, retry_strategy
 from ._schedules import schedule_pass
@@ -68,6 +72,10 @@ log = logging.getLogger("durable_trio.worker")
 # How long a worker cancelled from outside may spend handing its runs back (all at once,
 # each in its own task): a database that does not answer by then is not waited for.
 HAND_BACK_GRACE = 2.0
+# A graceful stop hands runs back once their queued checkpoints are written: longer.
+DRAIN_HAND_BACK_GRACE = 5.0
+# The claim loop's pauses while the database is away (the listener's are longer still).
+CLAIM_BACKOFF = BackoffPolicy(first=0.05, cap=2.0)
 RETENTION_BATCH = 1000  # rows of each kind per retention transaction
 T = TypeVar("T")
 RETRYABLE_IO = CONNECTION_LOST
@@ -95,7 +103,7 @@ class Worker:
         self._url = url
         self._schema = schema
         self._queues = list(options.queues or queues)
-        self._queue_turn = 0  # which queue a claim tries first: see _queue_order
+        self._rotation = QueueRotation(self._queues)  # which queue a claim tries first
         self._registry = registry
         self._prepare_spawn = prepare_spawn
         self._hooks = hooks
@@ -103,16 +111,11 @@ class Worker:
         # that vanished and can write nothing more) turn this off.
         self.hand_back_on_cancel = True
         self._runs: dict[UUID, RunState] = {}
-        # Runs whose task code is executing: the concurrency limit counts these. A run
-        # whose completion is being written no longer holds a slot, so the next claim
-        # overlaps that write (at most `concurrency` such runs more).
-        self._executing = 0
-        # Slots promised to a claim riding along with the writer's next round trip.
-        self._reserved = 0
-        # Runs claimed ahead (`prefetch`) waiting for a slot, first claimed first: each
-        # one's execute task waits on its event, set when it takes a slot.
-        self._held: dict[RunState, trio.Event] = {}
-        self._slots = options.slots
+        # Runs whose task code is executing hold slots; claims in flight reserve some;
+        # runs claimed ahead (`prefetch`) are held until a slot frees.
+        self._slots: Slots[RunState] = Slots(options.concurrency, options.prefetch)
+        # A held run's execute task waits on its event, set when the run takes a slot.
+        self._slot_events: dict[RunState, trio.Event] = {}
         self._execs: trio.Nursery | None = None
         self._names: list[str] = []
         self._wake = trio.Event()
@@ -178,7 +181,7 @@ class Worker:
     async def run(self, *, task_status: trio.TaskStatus[Worker] = trio.TASK_STATUS_IGNORED) -> None:
         """Work the queues until `shutdown()`. Use in your own nursery with ``nursery.start``."""
         names = self._names = sorted(self._registry)
-        self._slots = self.options.slots
+        self._slots = Slots(self.options.concurrency, self.options.prefetch)
         if not names:
             log.warning("worker %s has no registered tasks: it will claim nothing", self.worker_id)
         size = min(self.options.concurrency, 32)
@@ -240,35 +243,15 @@ class Worker:
     # -- claiming ---------------------------------------------------------------------
 
     async def _claim_loop(self, nursery: trio.Nursery, names: list[str]) -> None:
-        backoff = 0.05
         while not self._stopping:
             self._wake = trio.Event()
-            try:
-                self._claiming = True
-                try:
-                    asked, got = await self._claim_once(nursery, names)
-                    await self._maybe_reap()
-                finally:
-                    self._claiming = False
-                self._healthy = True
-                backoff = 0.05
-            except RETRYABLE_IO as ex:
-                self._healthy = False
-                log.warning("worker %s: database unavailable (%s); retrying", self.worker_id, ex)
-                await self._exec.pool.discard_idle()
-                await self._control.pool.discard_idle()
-                with trio.move_on_after(backoff):
-                    await self._wait_stop()
-                backoff = min(backoff * 2, 2.0)
-                continue
-            except DATA_ERRORS as ex:
-                # Not even run by run could the claim get past some row (see
-                # _claim_from): keep the worker, and its runs in hand, alive.
-                log.error("worker %s: claiming failed (%s); retrying", self.worker_id, ex)
-                with trio.move_on_after(backoff):
-                    await self._wait_stop()
-                backoff = min(backoff * 2, 2.0)
-                continue
+            asked, got = await retrying(
+                functools.partial(self._claim_round, nursery, names),
+                retry_on=(*RETRYABLE_IO, *DATA_ERRORS),
+                policy=CLAIM_BACKOFF,
+                on_retry=self._claim_failed,
+                sleep=self._sleep_unless_stopping,
+            )
             if got and got == asked:
                 await trio.lowlevel.checkpoint()
                 continue
@@ -276,21 +259,43 @@ class Worker:
             # its own runs finishing (asked == 0 means no free slot, or nothing to claim).
             await self._idle_wait(names, have_capacity=got < asked)
 
+    async def _claim_round(self, nursery: trio.Nursery, names: list[str]) -> tuple[int, int]:
+        if self._stopping:  # asked to stop during a pause: nothing more to claim
+            return 0, 0
+        self._claiming = True
+        try:
+            asked, got = await self._claim_once(nursery, names)
+            await self._maybe_reap()
+        finally:
+            self._claiming = False
+        self._healthy = True
+        return asked, got
+
+    async def _claim_failed(self, ex: BaseException, pause: float) -> None:
+        if isinstance(ex, RETRYABLE_IO):
+            self._healthy = False
+            log.warning("worker %s: database unavailable (%s); retrying", self.worker_id, ex)
+            await self._exec.pool.discard_idle()
+            await self._control.pool.discard_idle()
+        else:
+            # Not even run by run could the claim get past some row (see
+            # _claim_from): keep the worker, and its runs in hand, alive.
+            log.error("worker %s: claiming failed (%s); retrying", self.worker_id, ex)
+
+    async def _sleep_unless_stopping(self, seconds: float) -> None:
+        with trio.move_on_after(seconds):
+            await self._wait_stop()
+
     async def _wait_stop(self) -> None:
         while not self._stopping:
             await trio.sleep(3600)
 
     def _free_slots(self) -> int:
-        return self._slots.claim_room(
-            executing=self._executing,
-            held=len(self._held),
-            in_hand=len(self._runs),
-            reserved=self._reserved,
-        )
+        return self._slots.free(len(self._runs))
 
     async def _claim_once(self, nursery: trio.Nursery, names: list[str]) -> tuple[int, int]:
         free = self._free_slots()
-        if free <= 0 or not names or not self._slots.may_claim(reserved=self._reserved):
+        if free <= 0 or not names or not self._slots.may_claim():
             return 0, 0  # a claim in flight wakes the loop when it is answered
         if self._writer_claims_next():
             return 0, 0
@@ -301,11 +306,11 @@ class Worker:
                 break
             asked += limit
             # Reserved while in flight, or the writer could claim the same slots meanwhile.
-            self._reserved += limit
+            self._slots.reserved += limit
             try:
                 rows = await self._claim_from(queue, names, limit)
             finally:
-                self._reserved -= limit
+                self._slots.reserved -= limit
             for row in rows:
                 self._start(nursery, row, queue)
             got += len(rows)
@@ -370,11 +375,9 @@ class Worker:
             return
         previous = self._runs.get(run.run_id)
         self._runs[run.run_id] = run
-        slot: trio.Event | None = None
-        if self._slots.may_start(executing=self._executing, held=len(self._held)):
-            self._executing += 1
-        else:  # claimed ahead: it starts when a slot frees (_start_held)
-            slot = self._held[run] = trio.Event()
+        slot = None
+        if not self._slots.place(run):  # claimed ahead: it starts when a slot frees
+            slot = self._slot_events[run] = trio.Event()
         if log.isEnabledFor(logging.DEBUG):  # its fields cost more than the rest of a start
             fields = run.log_fields()
             log.debug("claimed run %s of task %r", run.run_id, run.task_name, extra=fields)
@@ -397,16 +400,13 @@ class Worker:
         runs are handed back then (_drain), so that another worker starts them now."""
         if self._stopping:
             return
-        for _ in range(self._slots.to_start(executing=self._executing, held=len(self._held))):
-            run = next(iter(self._held))
-            self._executing += 1
-            self._held.pop(run).set()
+        for run in self._slots.promote():
+            self._slot_events.pop(run).set()
 
     def _hand_back_held(self) -> None:
         """Stopping: held runs never started, so they go back at once, attempt unspent."""
-        for run in list(self._held):
-            run.release_on_exit = True
-            run.scope.cancel()
+        for run in self._slots.held_runs():
+            self._stop_for_hand_back(run)
 
     async def _reject(self, row: ClaimedRun, ex: Exception) -> None:
         """A claimed run whose stored data this worker cannot read (a retry strategy or
@@ -429,19 +429,10 @@ class Worker:
     # -- claims riding along with the writer (see _writer.Claimer) ----------------------
 
     def _claim_with_writes(self) -> bool:
-        """Claim along with the writer's next batch? See `Slots.claim_with_writes`."""
-        return self._slots.claim_with_writes(
-            executing=self._executing, held=len(self._held), in_hand=len(self._runs)
-        )
+        return self._slots.claim_with_writes(len(self._runs))
 
     def _queue_order(self) -> list[str]:
-        """The worker's queues, starting one further along at each claim, so that a busy
-        first queue cannot starve the others (priority orders runs within a queue)."""
-        if not self._queues:
-            return []
-        turn = self._queue_turn % len(self._queues)
-        self._queue_turn = turn + 1
-        return self._queues[turn:] + self._queues[:turn]
+        return self._rotation.next_order()
 
     def _writer_claims_next(self) -> bool:
         """The writer's round trip starts now and claims for the free slots: one round
@@ -454,10 +445,10 @@ class Worker:
         free = self._free_slots()
         if free <= 0 or not self._claim_with_writes() or not self.claim_wanted():
             return None
-        if not self._slots.may_claim(reserved=self._reserved):
+        if not self._slots.may_claim():  # one claim at a time while runs are held
             return None
         limit = min(free, self.options.effective_batch)
-        self._reserved += limit
+        self._slots.reserved += limit
         queue = self._queue_order()[0]
         return ClaimArgs(
             queue, self._names, limit, self.options.claim_timeout, self.options.version
@@ -467,7 +458,7 @@ class Worker:
         return not self._stopping and self._execs is not None and bool(self._names and self._queues)
 
     def claimed(self, args: ClaimArgs, rows: list[ClaimedRun]) -> None:
-        self._reserved -= args.limit
+        self._slots.reserved -= args.limit
         if rows:
             # The exec nursery outlives every reservation: _drain waits for them.
             assert self._execs is not None
@@ -552,7 +543,8 @@ class Worker:
             await self._beat()
 
     async def _beat(self) -> None:
-        runs = [r for r in self._runs.values() if r.lost is None and not r.finished]
+        gone = (RunPhase.LOST, RunPhase.FINISHED)  # nothing to renew
+        runs = [r for r in self._runs.values() if r.state not in gone]
         if not runs:
             return
         sent = time.monotonic()
@@ -574,7 +566,7 @@ class Worker:
             if run.run_id in renewed:
                 if renewed[run.run_id][1]:  # a busy run is held but keeps its old lease
                     run.lease_deadline = sent + self.options.claim_timeout
-            elif not (run.finished or run.suspended or run.ending):
+            elif not run.state.ending:
                 # An ending run missing from the answer was ended by its own write (the
                 # completion or failure committed while the heartbeat was in flight); had
                 # the run been lost, that write's fence says so.
@@ -636,14 +628,15 @@ class Worker:
             for run in lost:
                 state, reason = states.get(run.run_id, (None, None))
                 if state == "cancelled":  # the run itself, not only its task
-                    run.lost = f"task cancelled: {reason}"
+                    run.explain_loss(f"task cancelled: {reason}")
                 elif state is not None:
-                    run.lost = "lease lost (expired, or the run was taken over)"
+                    run.explain_loss("lease lost (expired, or the run was taken over)")
                 run.log_loss(cancelled=state == "cancelled")
 
     # -- executing --------------------------------------------------------------------
 
     async def _execute(self, run: RunState, slot: trio.Event | None = None) -> None:
+        cancelled = False
         try:
             with run.scope:
                 if slot is not None:  # held: cancelled while waiting, it never starts
@@ -654,15 +647,9 @@ class Worker:
             # from outside (Ctrl-C under trio.run, a parent scope). Hand the run back at
             # once so another worker takes it without spending an attempt; checkpoints not
             # yet written are lost as in a crash (their steps run again).
-            if (
-                self.hand_back_on_cancel
-                and run.lost is None
-                and not run.suspended
-                and not run.ending
-            ):
-                shielded = trio.CancelScope(shield=True)
-                with shielded, trio.move_on_after(HAND_BACK_GRACE), suppress(*HAND_BACK_ERRORS):
-                    await self._exec.release(run.run_id, self.worker_id)
+            cancelled = True
+            if self.hand_back_on_cancel:
+                run.advance(RunEvent.HAND_BACK)
             raise
         except Exception:
             # A bug or an unexpected database error while recording this run's outcome:
@@ -674,8 +661,7 @@ class Worker:
             run.lose("internal error while recording the outcome")
         finally:
             self._free_slot(run)
-            run.finished = True
-            run.gone.set()
+            ended_in = run.finish()
             before = self._free_slots()
             if self._runs.get(run.run_id) is run:  # not if claimed again meanwhile
                 del self._runs[run.run_id]
@@ -685,13 +671,23 @@ class Worker:
                 self._wake.set()
             if not self._runs:
                 self._drained.set()
-        if run.release_on_exit and run.lost is None and not run.suspended:
-            # If the database is gone the lease simply expires instead.
-            with trio.CancelScope(shield=True), trio.move_on_after(5), suppress(*RETRYABLE_IO):
-                # Checkpoints already queued are kept: written before the hand-back.
-                if run.last_write is not None:
-                    await run.last_write.done.wait()
-                await self._exec.release(run.run_id, self.worker_id)
+            if ended_in is RunPhase.HANDING_BACK and not cancelled:
+                await self._hand_back(run, DRAIN_HAND_BACK_GRACE, settle=True)
+            elif ended_in is RunPhase.HANDING_BACK and self.hand_back_on_cancel:
+                # The writer is cancelled too: nothing still queued will be written.
+                await self._hand_back(run, HAND_BACK_GRACE, settle=False)
+
+    async def _hand_back(self, run: RunState, grace: float, *, settle: bool) -> None:
+        """Release a run that stopped while still held, so that another worker takes it
+        at once without spending an attempt: a graceful stop, or the worker cancelled
+        from outside. Best effort within `grace` seconds, shielded: a database that does
+        not answer (or refuses) leaves the run to its lease. `settle`: the checkpoints
+        already queued are written first (the writer still runs)."""
+        shielded = trio.CancelScope(shield=True)
+        with shielded, trio.move_on_after(grace), suppress(*HAND_BACK_ERRORS):
+            if settle and run.last_write is not None:
+                await run.last_write.done.wait()
+            await self._exec.release(run.run_id, self.worker_id)
 
     async def _run_task(self, run: RunState) -> None:
         definition = run.definition
@@ -716,8 +712,10 @@ class Worker:
         except BaseException as ex:  # noqa: BLE001 - every task error is recorded
             await self._fail_attempt(run, ctx, ex)
             return
+        if run.lost is not None:  # its code returned after the loss: nothing to write
+            return
         # Written with the checkpoint of a last step that is still queued, if any.
-        run.ending = True
+        run.advance(RunEvent.COMPLETE)
         completion = run.writer.submit(run, None, text)
         self._free_slot(run)
         await completion.done.wait()
@@ -745,17 +743,22 @@ class Worker:
         self._interrupted = True
         self.shutdown()
         for run in self._runs.values():
-            if run is not interrupted and not run.body_done:
-                run.release_on_exit = True
-                run.scope.cancel()
+            if run is not interrupted:
+                self._stop_for_hand_back(run)
+
+    def _stop_for_hand_back(self, run: RunState) -> None:
+        """Cancel a run whose code still runs, to hand it back when it exits. A run whose
+        code returned is left alone: only its completion's write is left to finish. A
+        held run, which never started, goes back too."""
+        if self._slots.holds(run) or self._slots.is_held(run):
+            run.advance(RunEvent.HAND_BACK)
+            run.scope.cancel()
 
     def _free_slot(self, run: RunState) -> None:
-        if self._held.pop(run, None) is not None:  # held, it ends without having started
-            run.body_done = True
+        if self._slots.drop(run):  # held, it ends without having started
+            del self._slot_events[run]
             return
-        if not run.body_done:
-            run.body_done = True
-            self._executing -= 1
+        if self._slots.vacate(run):
             self._start_held()
             if not self._writer_claims_next():
                 self._wake.set()
@@ -771,7 +774,7 @@ class Worker:
         )
         error = _failures.error_record(ex, retryable=retryable, attempt=run.attempt)
         _log_failure(run, ex, decision, formatted=error["traceback"] != _failures.NO_TRACEBACK)
-        run.ending = True
+        run.advance(RunEvent.RECORD_FAILURE)
         try:
             state = await self._record_failure(run, error, decision)
         except DATA_ERRORS as db_error:
@@ -806,7 +809,7 @@ class Worker:
     async def _drain(self) -> None:
         """Graceful stop: let runs finish within the grace period, then hand them back."""
         # A claim made with the writer's round trip in flight still starts its runs here.
-        while self._reserved:
+        while self._slots.reserved:
             self._reservations_done = trio.Event()
             await self._reservations_done.wait()
         self._hand_back_held()
@@ -816,10 +819,7 @@ class Worker:
         with trio.move_on_after(self.options.shutdown_grace):
             await self._drained.wait()
         for run in list(self._runs.values()):
-            if run.body_done:
-                continue  # its code returned: only its completion's write is left to finish
-            run.release_on_exit = True
-            run.scope.cancel()
+            self._stop_for_hand_back(run)
 
     # -- one deterministic pass (tests, scripts) ----------------------------------------
 
@@ -838,6 +838,8 @@ class Worker:
         if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
             raise InvalidInput(f"limit must be a positive integer, got {limit!r}")
         names = self._names = sorted(self._registry)
+        # Every run claimed here starts at once: a pass holds none back.
+        self._slots = Slots(self.options.concurrency)
         control_pool = Pool(self._url, max_size=1)
         exec_pool = Pool(self._url, max_size=min(limit, 32))
         runs: list[RunState] = []
@@ -845,8 +847,6 @@ class Worker:
             self._control = Store(control_pool, self._schema)
             self._exec = Store(exec_pool, self._schema)
             self._writer = Writer(self._exec, self.worker_id)
-            # Every run claimed here starts at once: a pass holds none back.
-            self._slots = Slots(self.options.concurrency)
             async with trio.open_nursery() as control:
                 self._control_nursery = control
                 control.start_soon(self._heartbeat_loop)
@@ -890,7 +890,7 @@ class Worker:
         for run in runs:
             row = stored.get(run.run_id)
             outcome = outcome_of(
-                suspended=run.suspended,
+                suspended=run.state is RunPhase.SUSPENDED,
                 lost=run.lost is not None,
                 state=None if row is None else row.state,
                 retried=row is not None and row.retried,

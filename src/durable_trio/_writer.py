@@ -24,9 +24,11 @@ from uuid import UUID
 import trio
 
 from . import _failures, _serde
+from ._core.backoff import gives_up
 from ._core.ids import uuid7
 from ._db import TRANSIENT
 from ._errors import DatabaseUnavailable
+from ._retrying import retrying
 from ._rows import ClaimedRun
 from ._run import RunState, Write
 from ._store import ClaimArgs, Store
@@ -146,22 +148,28 @@ class Writer:
             self._claimer.claimed(claim, rows)
 
     async def _write_retrying(self, batch: Sequence[Write]) -> tuple[set[UUID], list[ClaimedRun]]:
-        delay = 0.05
-        while True:
+        """Write `batch` (and the reserved claim), retrying while the database is away;
+        a run whose lease runs out meanwhile is lost, and its writes left out."""
+        live: list[Write] = []
+
+        async def attempt() -> tuple[set[UUID], list[ClaimedRun]]:
+            nonlocal live
             live = [w for w in batch if w.run.lost is None]
             if self._claimer is not None and not self._claimer.claim_wanted():
                 self._settle_claim([])  # shutting down: the writes alone
             if not live and self._claim is None:
                 return set(), []
-            try:
-                return await self._record(live, self._claim)
-            except (DatabaseUnavailable, *TRANSIENT) as ex:
-                now = time.monotonic()
-                for write in live:
-                    if now + delay >= write.run.lease_deadline:
-                        write.run.lose(f"database unreachable until the lease ran out ({ex})")
-                await trio.sleep(delay)
-                delay = min(delay * 2, 1.0)
+            return await self._record(live, self._claim)
+
+        async def lose_expired(ex: BaseException, pause: float) -> None:
+            now = time.monotonic()
+            for write in live:
+                if gives_up(now=now, delay=pause, deadline=write.run.lease_deadline):
+                    write.run.lose(f"database unreachable until the lease ran out ({ex})")
+
+        return await retrying(
+            attempt, retry_on=(DatabaseUnavailable, *TRANSIENT), on_retry=lose_expired
+        )
 
     async def _write_singly(self, batch: Sequence[Write]) -> set[UUID]:
         owned: set[UUID] = set()

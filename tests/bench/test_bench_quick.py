@@ -1,6 +1,6 @@
 """The benchmark harness runs end to end (quick mode, tiny counts, raw + durable_trio) and
-writes its JSON report with every section. No timing is asserted: this proves the harness
-works, not how fast anything is."""
+writes its JSON report with every section, the limit scenarios included. No timing is
+asserted: this proves the harness works, not how fast anything is."""
 
 from __future__ import annotations
 
@@ -70,13 +70,34 @@ def test_quick_run_writes_results(pg_url: str, tmp_path: Path) -> None:
     rss = latest["rss"]["durable_trio"]
     assert rss["in_flight"] == latest["meta"]["sizes"]["rss_tasks"]
     assert rss["rss_mb_loaded"] > 0
+    for conc, node in latest["ceiling"].items():
+        assert node["concurrency"] == int(conc)
+        for name, cell in node["runs"].items():
+            assert cell["completed_in_db"] > 0, name
+            assert cell["cost"]["commits"] > 0, name
+        assert node["best"] in node["runs"]
+        assert node["durable_trio_fraction"] > 0
+    work = latest["server_work"]["durable_trio"]
+    assert "runs" in work["indexes"]
+    for conc in (str(c) for c in latest["meta"]["sizes"]["server_work_concurrency"]):
+        tables = work[conc]["tables"]
+        # every task completed: one checkpoint inserted per task, its run updated
+        assert tables["checkpoints"]["ins_per_task"] == 1
+        assert tables["runs"]["upd_per_task"] >= 2
+    scale = latest["scale"]["durable_trio"]
+    for k in latest["meta"]["sizes"]["scale_processes"]:
+        assert scale[str(k)]["completed_in_db"] == scale[str(k)]["n"]
+    for size, cell in latest["retained"]["durable_trio"].items():
+        assert cell["completed_in_db"] == cell["n"], size
+        assert cell["load"]["retained"] == int(size)
     for cell in latest["otel_overhead"].values():
         assert cell["ratio"] > 0
         # The hooks were on: a run span and a step span for every task of each hooked drain.
         assert cell["spans_exported"] >= 2 * cell["n"] * cell["rounds"]
     assert latest["peers"] == {}
     names = [t["target"] for t in latest["targets"]]
-    assert len(names) >= 10 and len(set(names)) == len(names)
+    assert len(names) >= 10
+    assert len(set(names)) == len(names)
     assert all({"target", "measured", "met"} <= set(t) for t in latest["targets"])
     plots = latest["plots"]
     if isinstance(plots, list):  # matplotlib installed

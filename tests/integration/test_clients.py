@@ -387,3 +387,117 @@ async def test_wait_result_of_what_a_spawn_returned_is_typed(
         await wait(spawned, spawned.task_id, timeout=10)
     with pytest.raises(dt.InvalidInput, match="needs a task_id"):
         await wait(bill, timeout=10)
+
+
+# -- wait_result is woken by the end notification ----------------------------------------
+
+NEVER_POLLS = 3600.0  # a fallback poll that never comes within a test's fail_after
+
+
+async def asleep(adapter: Adapter, waiters: int = 1) -> None:
+    """Until `waiters` wait_result calls of the adapter's client have read their task and
+    wait for its end (one of them reading the notifications)."""
+    ends = adapter.client._ends
+    while not (ends._pumping and len(list(ends.watchers._by_key)) >= waiters):
+        await trio.sleep(0.01)
+
+
+async def end_task(client: dt.Durable, spawned: dt.SpawnResult[Any], outcome: str) -> None:
+    if outcome == "cancelled":
+        assert await client.cancel(spawned.task_id)
+    else:
+        await run_until_idle(client)
+
+
+@pytest.mark.parametrize("outcome", ["completed", "failed", "cancelled"])
+async def test_wait_result_wakes_on_the_end_notification(
+    any_client: Adapter, client: dt.Durable, outcome: str
+) -> None:
+    any_client.client._safety_poll = NEVER_POLLS
+    if outcome == "failed":
+        spawned = await client.spawn_by_name("never", None)
+    else:
+        delay = 60 if outcome == "cancelled" else None
+        spawned = await client.spawn(pack, Order("tea", 1), options=dt.SpawnOptions(delay=delay))
+    seen: list[Any] = []
+
+    async def wait() -> None:
+        try:
+            seen.append(await any_client.method("wait_result")(None, spawned.task_id))
+        except (dt.TaskFailed, dt.TaskCancelled) as ex:
+            seen.append(type(ex))
+
+    with trio.fail_after(30):  # only the notification can wake it this soon
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(wait)
+            await asleep(any_client)
+            await end_task(client, spawned, outcome)
+    expected = {"completed": "1 x tea", "failed": dt.TaskFailed, "cancelled": dt.TaskCancelled}
+    assert seen == [expected[outcome]]
+
+
+async def test_waiters_of_one_client_take_turns_reading_the_notifications(
+    any_client: Adapter, client: dt.Durable
+) -> None:
+    any_client.client._safety_poll = NEVER_POLLS
+    later = dt.SpawnOptions(delay=60)
+    first = await client.spawn(pack, Order("a", 1), options=later)
+    second = await client.spawn(pack, Order("b", 1), options=later)
+    woken: list[Any] = []
+
+    async def wait(spawned: dt.SpawnResult[Any]) -> None:
+        with pytest.raises(dt.TaskCancelled):
+            await any_client.method("wait_result")(pack, spawned.task_id)
+        woken.append(spawned.task_id)
+
+    with trio.fail_after(30):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(wait, first)
+            nursery.start_soon(wait, second)
+            await asleep(any_client, waiters=2)
+            # Whichever reads the notifications, the other must take over after it.
+            await client.cancel(first.task_id)
+            while woken != [first.task_id]:
+                await trio.sleep(0.01)
+            await client.cancel(second.task_id)
+    assert woken == [first.task_id, second.task_id]
+
+
+async def complete_silently(client: dt.Durable, task_id: Any) -> None:
+    """End a task the way no worker does: without a notification."""
+    await fetch(
+        client,
+        "UPDATE @s.tasks SET state = 'completed', result = '\"quiet\"' WHERE task_id = %s",
+        task_id,
+    )
+
+
+async def test_a_missed_notification_is_found_by_the_safety_poll(
+    any_client: Adapter, client: dt.Durable
+) -> None:
+    any_client.client._safety_poll = 0.2
+    spawned = await client.spawn(pack, Order("tea", 1), options=dt.SpawnOptions(delay=60))
+    with trio.fail_after(30):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(complete_silently, client, spawned.task_id)
+            assert await any_client.method("wait_result")(None, spawned.task_id) == "quiet"
+
+
+async def test_a_lost_listening_connection_makes_waiters_read_again(
+    any_client: Adapter, client: dt.Durable
+) -> None:
+    any_client.client._safety_poll = NEVER_POLLS
+    spawned = await client.spawn(pack, Order("tea", 1), options=dt.SpawnOptions(delay=60))
+    seen: list[Any] = []
+
+    async def wait() -> None:
+        seen.append(await any_client.method("wait_result")(None, spawned.task_id))
+
+    with trio.fail_after(30):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(wait)
+            await asleep(any_client)
+            await complete_silently(client, spawned.task_id)
+            pid = any_client.client._ends._conn.pgconn.backend_pid
+            await fetch(client, "SELECT pg_terminate_backend(%s)", pid)
+    assert seen == ["quiet"]  # read again once listening anew, not at the safety poll

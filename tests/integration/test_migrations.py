@@ -158,6 +158,20 @@ async def test_migrated_schema_has_exactly_the_expected_objects(
     assert found["versions"] == [v for v, _, _ in migrations()]
 
 
+async def test_hot_updated_tables_leave_room_on_their_pages(client: dt.Durable) -> None:
+    """A task's row is updated twice in quick succession: with room left on its page the
+    second update stays HOT (no new index entries)."""
+    rows = await fetch(
+        client,
+        "SELECT c.relname, c.reloptions FROM pg_class c JOIN pg_namespace n"
+        " ON n.oid = c.relnamespace WHERE n.nspname = %s AND c.relname IN ('tasks', 'runs')",
+        client.schema,
+    )
+    options = {r["relname"]: set(r["reloptions"] or []) for r in rows}
+    assert "fillfactor=50" in options["tasks"]
+    assert "fillfactor=80" in options["runs"]
+
+
 async def test_migrate_is_idempotent(client: dt.Durable, pg_url: str) -> None:
     before = await trio.to_thread.run_sync(_catalog, pg_url, client.schema)
     assert await client.migrate() == []

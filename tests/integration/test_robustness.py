@@ -58,7 +58,7 @@ async def test_child_of_an_ended_parent_is_cancelled_when_claimed(client: dt.Dur
     await client.cancel(parent_task.task_id)
     # A child committed after the parent's cancellation walked the tree (the race a
     # spawn inside the parent's own transaction can lose).
-    row = client._prepare_spawn(fine, 1, None, parent=parent_task.task_id)
+    row = client._core.spawn_row(fine, 1, None, parent=parent_task.task_id)
     await client.store.spawn(row)
     await run_until_idle(client)
     info = await client.get_task(row["task_id"])

@@ -1192,7 +1192,7 @@ class StatefulMachine(RuleBasedStateMachine):
         except trio.Cancelled:
             gate.cancelled = True
             # Diagnostics only (private): why the worker cancelled the stalled step.
-            gate.why = f"lost={ctx._run.lost!r} release_on_exit={ctx._run.release_on_exit}"
+            gate.why = f"lost={ctx._run.lost!r} state={ctx._run.state.value}"
             raise
         finally:
             gate.exited.set()

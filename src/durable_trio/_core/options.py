@@ -15,7 +15,6 @@ from .._errors import InvalidInput
 from .durations import Duration, check_instant, to_seconds
 from .names import validate_name, validate_queue
 from .retry import RetryStrategy
-from .slots import Slots
 
 MAX_PRIORITY = 1_000_000
 
@@ -261,11 +260,8 @@ class WorkerOptions:
 
     @property
     def effective_batch(self) -> int:
-        return self.slots.batch(self.batch_size)
-
-    @property
-    def slots(self) -> Slots:
-        return Slots(self.concurrency, self.prefetch)
+        """Most runs claimed in one statement: ``batch_size``, else all that fit."""
+        return self.batch_size or self.concurrency + self.prefetch
 
     @property
     def heartbeat_interval(self) -> float:

@@ -31,7 +31,6 @@ from .._core.report import PassReport, RunOutcome, RunReport
 from .._ephemeral import EphemeralPostgres, PostgresUnavailable
 from .._errors import InvalidInput, NeverIdle
 from .._schedules import fire_due_schedules
-from .._worker import Worker
 from .._worker import reap_expired as _reap
 
 __all__ = [
@@ -79,10 +78,10 @@ class DatabaseClock:
         return await advance_clock(self.client, by)
 
 
-async def reap_expired(client: Durable, worker: Worker | None = None) -> int:
+async def reap_expired(client: Durable) -> int:
     """Fail runs whose lease has expired now, enforce cancellation deadlines and spawn
     due schedule slots (what every worker's claim loop does periodically); return how
-    many runs were reaped. `worker` is accepted for compatibility and unused."""
+    many runs were reaped."""
     return await _reap(client.store, [client.queue])
 
 
