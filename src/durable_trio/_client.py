@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager, suppress
+from contextlib import AbstractAsyncContextManager, asynccontextmanager, suppress
 from datetime import datetime, timedelta
 from typing import Any, NoReturn, TypeVar
 
@@ -16,18 +16,18 @@ from ._clientcore import SpawnResult, TaskInfo
 from ._core.durations import to_seconds
 from ._core.options import SpawnOptions, WorkerOptions
 from ._core.schedules import MissedPolicy
-from ._db import CONNECTION_LOST, Pool, TrioConnection, connect
+from ._db import CONNECTION_LOST, Pool, TrioConnection, connect, redact_url
 from ._ends import TrioEnds
 from ._errors import (
     ConfigurationError,
+    DatabaseUnavailable,
     InvalidInput,
     WorkerFailed,
 )
 from ._fleet import UnservedTasks, WorkerInfo
-from ._hooks import Hooks
 from ._retention import CleanupResult, check_batch, check_duty, cutoff
 from ._schedules import ScheduleInfo
-from ._shell import AsyncShell, Call, resolve_url
+from ._shell import AsyncShell, Call, Connects, Opening
 from ._store import Connection, Store
 from ._task import Task, TaskDefinition
 from ._worker import Worker
@@ -37,7 +37,10 @@ __all__ = ["Durable", "SpawnResult", "TaskInfo"]
 T = TypeVar("T")
 
 
-class Durable(AsyncShell[TrioConnection | psycopg.Connection[Any]]):
+class Durable(
+    AsyncShell[TrioConnection | psycopg.Connection[Any]],
+    Connects[AbstractAsyncContextManager["Durable"]],
+):
     """A handle on one durable_trio schema and queue. Create it with `Durable.connect`.
 
     Spawning, reading, steering and events are the methods every client shares (see
@@ -51,32 +54,18 @@ class Durable(AsyncShell[TrioConnection | psycopg.Connection[Any]]):
 
     @classmethod
     @asynccontextmanager
-    async def connect(
-        cls,
-        url: str | None = None,
-        *,
-        queue: str = "default",
-        schema: str = "durable",
-        migrate: bool = True,
-        pool_size: int = 10,
-        hooks: Hooks | None = None,
-    ) -> AsyncIterator[Durable]:
-        """Open a client. `url` defaults to ``$DURABLE_DATABASE_URL``.
-
-        With ``migrate=True`` (the default) the schema is created or upgraded first;
-        pass False when running under a role that may not change the schema.
-        Raises `DatabaseUnavailable` (password redacted) if the database is unreachable.
-        """
+    async def _open(cls, opening: Opening) -> AsyncIterator[Durable]:
         _require_trio()
-        resolved = resolve_url(url)
+        client = cls._made(opening)
         try:
-            client = cls(resolved, queue=queue, schema=schema, pool_size=pool_size, hooks=hooks)
-        except ValueError as ex:
-            raise InvalidInput(str(ex)) from None
-        try:
-            async with client._pool.acquire():
-                pass  # fail fast, with a clear error, if the database is unreachable
-            if migrate:
+            with trio.move_on_after(opening.timeout) as waited:
+                async with client._pool.acquire():
+                    pass  # fail fast, with a clear error, if the database is unreachable
+            if waited.cancelled_caught:
+                raise DatabaseUnavailable(
+                    f"cannot connect to {redact_url(opening.url)} within {opening.timeout:g}s"
+                )
+            if opening.migrate:
                 await client.migrate()
             yield client
         finally:

@@ -41,10 +41,13 @@ __all__ = [
     "AsyncShell",
     "Blocking",
     "Call",
+    "Connects",
+    "Opening",
     "Pooled",
     "Shell",
     "TaskOf",
     "Timeout",
+    "caller_connection",
     "operation",
     "pool_errors",
     "pool_options",
@@ -55,6 +58,7 @@ P = ParamSpec("P")
 T = TypeVar("T")
 R = TypeVar("R")
 C = TypeVar("C")
+Opened = TypeVar("Opened")  # what a client's `connect` returns
 
 URL_ENV = "DURABLE_DATABASE_URL"
 # The blocking client's wait_result overloads, spelled short.
@@ -73,6 +77,17 @@ def resolve_url(url: str | None) -> str:
     return resolved
 
 
+def caller_connection(conn: object, kind: type[T]) -> T:
+    """The `connection=` of a spawn or emit, whose open transaction the write joins,
+    checked to be of the `kind` the client drives."""
+    if isinstance(conn, kind):
+        return conn
+    name = f"{kind.__module__.partition('.')[0]}.{kind.__name__}"
+    raise InvalidInput(
+        f"connection must be a {name} (to join its open transaction), got {type(conn).__name__}"
+    )
+
+
 @attrs.frozen
 class Call(Generic[T]):
     """One operation to run, on the caller's `connection` (in its open transaction) or,
@@ -80,6 +95,53 @@ class Call(Generic[T]):
 
     op: Op[T]
     connection: Any = None
+
+
+@attrs.frozen
+class Opening:
+    """`connect`'s arguments, the URL resolved: what a client's `_open` works from."""
+
+    url: str
+    queue: str
+    schema: str
+    migrate: bool
+    pool_size: int
+    hooks: Hooks | None
+    timeout: float
+
+
+class Connects(Generic[Opened]):
+    """`connect`, written once: each client opens itself in its own way (`_open`) and
+    returns what its callers use (`Opened`): the blocking client itself, an async context
+    manager for the trio and asyncio ones."""
+
+    @classmethod
+    def connect(
+        cls,
+        url: str | None = None,
+        *,
+        queue: str = "default",
+        schema: str = "durable",
+        migrate: bool = True,
+        pool_size: int = 10,
+        hooks: Hooks | None = None,
+        timeout: float = 30.0,
+    ) -> Opened:
+        """Open a client: ``async with Durable.connect(...) as client`` (trio, asyncio),
+        ``client = Durable.connect(...)`` (blocking; close it with `close()` or use it as
+        a context manager). `url` defaults to ``$DURABLE_DATABASE_URL``.
+
+        With ``migrate=True`` (the default) the schema is created or upgraded first; pass
+        False when running under a role that may not change the schema. Raises
+        `DatabaseUnavailable` (password redacted) if the database cannot be reached within
+        `timeout` seconds, `InvalidInput` for a bad queue or schema name or pool size.
+        """
+        opening = Opening(resolve_url(url), queue, schema, migrate, pool_size, hooks, timeout)
+        return cls._open(opening)
+
+    @classmethod
+    def _open(cls, opening: Opening) -> Opened:
+        raise NotImplementedError
 
 
 class Blocking(ABC):
@@ -160,6 +222,20 @@ class Shell(Generic[C]):
         self.schema = self._core.schema
         self._safety_poll = SAFETY_POLL  # see `SAFETY_POLL`; tests stretch it
         self._setup(pool_size)
+
+    @classmethod
+    def _made(cls, opening: Opening) -> Self:
+        """The client `connect` opens (its pool and listener not connected yet)."""
+        try:
+            return cls(
+                opening.url,
+                queue=opening.queue,
+                schema=opening.schema,
+                pool_size=opening.pool_size,
+                hooks=opening.hooks,
+            )
+        except ValueError as ex:
+            raise InvalidInput(str(ex)) from None
 
     def _setup(self, pool_size: int) -> None:
         """Make the client's pool and end listener (not connected yet)."""

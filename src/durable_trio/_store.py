@@ -416,7 +416,9 @@ class Store:
             if duty < 1:
                 await trio.sleep(rest_after(trio.current_time() - started, duty))
 
-    async def cleanup_alone(self, older_than: float, batch: int) -> CleanupResult | None:
+    async def cleanup_alone(
+        self, older_than: float, batch: int, duty: float = 1.0
+    ) -> CleanupResult | None:
         """A worker's retention pass: finished tasks and events older than `older_than`
         seconds, unless another worker of the schema is doing it now (then None)."""
         key = f"{self.schema}/retention"
@@ -428,14 +430,14 @@ class Store:
             if row is None or not row["mine"]:
                 return None
             try:
-                cut = await self.now() - timedelta(seconds=older_than)
-                return await self.cleanup(cut, cut, batch, conn)
+                cut = await self.now(conn) - timedelta(seconds=older_than)
+                return await self.cleanup(cut, cut, batch, conn, duty)
             finally:
                 with trio.CancelScope(shield=True), suppress(*CONNECTION_ERRORS):
                     await conn.execute("SELECT pg_advisory_unlock(hashtextextended(%s, 0))", (key,))
 
-    async def now(self) -> datetime:
-        value: datetime = await self._value("now", {})
+    async def now(self, conn: TrioConnection | None = None) -> datetime:
+        value: datetime = await self._value("now", {}, conn)
         return value
 
     async def advance_clock(self, seconds: float) -> timedelta:

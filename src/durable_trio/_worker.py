@@ -42,6 +42,7 @@ from ._core.capacity import QueueRotation, Slots
 from ._core.ids import uuid7
 from ._core.lifecycle import RunEvent, RunPhase
 from ._core.options import (
+    RETENTION_DUTY,
     RETENTION_EVERY,
     UNSERVED_AFTER,
     UNSERVED_EVERY,
@@ -126,7 +127,6 @@ class Worker:
         self._healthy = False
         self._last_reap = -1e9
         self._last_unserved = -1e9
-        self._last_retention = -1e9
         self._listener: Listener | None = None
         self._writer: Writer | None = None
         self._control_nursery: trio.Nursery | None = None
@@ -206,6 +206,8 @@ class Worker:
                 await control.start(self._listener.run)
                 control.start_soon(self._heartbeat_loop)
                 control.start_soon(self._writer.run)
+                if self.options.retention is not None:
+                    control.start_soon(self._retention_loop, self.options.retention)
                 async with trio.open_nursery() as execs:
                     self._execs = execs
                     task_status.started(self)
@@ -476,17 +478,31 @@ class Worker:
         self._last_reap = now
         await reap_expired(self._control, self._queues)
         await self._announce(now)
-        if self.options.retention is not None and now - self._last_retention >= RETENTION_EVERY:
-            self._last_retention = now
-            await self._retain(self.options.retention)
 
-    async def _retain(self, older_than: float) -> None:
-        """`WorkerOptions.retention`: one worker of the schema at a time removes old
-        finished work. A failure is logged, never fatal; the next pass tries again."""
+    async def _retention_loop(self, older_than: float) -> None:
+        """`WorkerOptions.retention`, beside the claim loop rather than in it: a first pass
+        over millions of old tasks takes minutes, which must delay neither claims nor the
+        heartbeat nor the registry refresh. Its own connection (the advisory lock that
+        makes it one worker at a time is held for the whole pass), paced to
+        RETENTION_DUTY so that the runs keep the database."""
+        pool = Pool(self._url, max_size=1)
         try:
-            removed = await self._control.cleanup_alone(older_than, RETENTION_BATCH)
-        except RETRYABLE_IO:
-            raise
+            store = Store(pool, self._schema)
+            while True:
+                await self._retain(store, older_than)
+                await trio.sleep(RETENTION_EVERY)
+        finally:
+            with trio.CancelScope(shield=True):
+                await pool.aclose()
+
+    async def _retain(self, store: Store, older_than: float) -> None:
+        """One retention pass, unless another worker of the schema is doing one. A failure
+        is logged, never fatal; the next pass tries again."""
+        try:
+            removed = await store.cleanup_alone(older_than, RETENTION_BATCH, RETENTION_DUTY)
+        except RETRYABLE_IO as ex:
+            log.warning("worker %s: retention pass skipped (%s)", self.worker_id, ex)
+            return
         except Exception:
             log.exception("worker %s: the retention pass failed", self.worker_id)
             return

@@ -16,7 +16,7 @@ the task exists when you commit, and never if you roll back::
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any, TypeVar
 
 import psycopg
@@ -25,9 +25,15 @@ from psycopg_pool import AsyncConnectionPool
 from . import _sql
 from ._db import CONNECT_ERRORS, unreachable
 from ._ends import AsyncioEnds
-from ._errors import InvalidInput
-from ._hooks import Hooks
-from ._shell import AsyncShell, Call, pool_errors, pool_options, resolve_url
+from ._shell import (
+    AsyncShell,
+    Call,
+    Connects,
+    Opening,
+    caller_connection,
+    pool_errors,
+    pool_options,
+)
 
 __all__ = ["Durable"]
 
@@ -36,7 +42,10 @@ T = TypeVar("T")
 URL_ENV = "DURABLE_DATABASE_URL"
 
 
-class Durable(AsyncShell[psycopg.AsyncConnection[Any]]):
+class Durable(
+    AsyncShell[psycopg.AsyncConnection[Any]],
+    Connects[AbstractAsyncContextManager["Durable"]],
+):
     """An asyncio handle on one durable_trio schema and queue; `Durable.connect` opens
     one for an ``async with`` block. Use it from the event loop that opened it. Methods
     behave as those of the trio `durable_trio.Durable` of the same name."""
@@ -49,32 +58,19 @@ class Durable(AsyncShell[psycopg.AsyncConnection[Any]]):
 
     @classmethod
     @asynccontextmanager
-    async def connect(
-        cls,
-        url: str | None = None,
-        *,
-        queue: str = "default",
-        schema: str = "durable",
-        migrate: bool = True,
-        pool_size: int = 10,
-        hooks: Hooks | None = None,
-        timeout: float = 30.0,
-    ) -> AsyncIterator[Durable]:
-        """Open a client for the block. `url` defaults to ``$DURABLE_DATABASE_URL``; with
-        ``migrate=True`` the schema is created or upgraded first. `DatabaseUnavailable`
-        (password redacted) if the database cannot be reached within `timeout` seconds."""
-        resolved = resolve_url(url)
-        client = cls(resolved, queue=queue, schema=schema, pool_size=pool_size, hooks=hooks)
+    async def _open(cls, opening: Opening) -> AsyncIterator[Durable]:
+        client = cls._made(opening)
+        url, timeout = opening.url, opening.timeout
         try:
             conn = await psycopg.AsyncConnection.connect(
-                resolved, connect_timeout=max(1, round(timeout))
+                url, connect_timeout=max(1, round(timeout))
             )
         except CONNECT_ERRORS as ex:
-            raise unreachable(resolved, ex) from None
+            raise unreachable(url, ex) from None
         await conn.close()  # reachable: fail fast, with a clear error, if not
         await client._pool.open(wait=True, timeout=timeout)
         try:
-            if migrate:
+            if opening.migrate:
                 await client.migrate()
             yield client
         finally:
@@ -84,7 +80,9 @@ class Durable(AsyncShell[psycopg.AsyncConnection[Any]]):
     async def _execute(self, call: Call[T], *, transaction: bool = False) -> T:
         """As the blocking client's `_execute`, on the asyncio pool."""
         if call.connection is not None:
-            return await _sql.run_async(_caller_connection(call.connection), call.op)
+            return await _sql.run_async(
+                caller_connection(call.connection, psycopg.AsyncConnection), call.op
+            )
         with pool_errors(self.url) as pooled:
             async with self._pool.connection() as conn:
                 pooled.conn = conn
@@ -96,14 +94,3 @@ class Durable(AsyncShell[psycopg.AsyncConnection[Any]]):
     async def migrate(self) -> list[int]:
         """Create or upgrade the schema (idempotent; concurrent callers are serialised)."""
         return await self._execute(Call(_sql.migrate(self.schema)), transaction=True)
-
-
-def _caller_connection(conn: object) -> psycopg.AsyncConnection[Any]:
-    """The `connection=` of a spawn or emit: an asyncio psycopg connection, whose open
-    transaction the write joins."""
-    if isinstance(conn, psycopg.AsyncConnection):
-        return conn
-    raise InvalidInput(
-        "connection must be a psycopg.AsyncConnection (to join its open transaction), "
-        f"got {type(conn).__name__}"
-    )

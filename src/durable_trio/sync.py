@@ -25,17 +25,17 @@ from . import _sql
 from ._clientcore import SpawnResult
 from ._db import CONNECT_ERRORS, unreachable
 from ._ends import BlockingEnds
-from ._errors import InvalidInput
-from ._hooks import Hooks
 from ._shell import (
     Blocking,
     Call,
+    Connects,
+    Opening,
     Shell,
     TaskOf,
     Timeout,
+    caller_connection,
     pool_errors,
     pool_options,
-    resolve_url,
 )
 
 __all__ = ["Durable"]
@@ -45,7 +45,7 @@ T = TypeVar("T")
 URL_ENV = "DURABLE_DATABASE_URL"
 
 
-class Durable(Shell[psycopg.Connection[Any]], Blocking):
+class Durable(Shell[psycopg.Connection[Any]], Blocking, Connects["Durable"]):
     """A blocking handle on one durable_trio schema and queue; `Durable.connect` opens
     one. Safe to share between threads. Methods behave as those of the trio
     `durable_trio.Durable` of the same name."""
@@ -57,31 +57,17 @@ class Durable(Shell[psycopg.Connection[Any]], Blocking):
         self._ends = BlockingEnds(self.url, self.schema)
 
     @classmethod
-    def connect(
-        cls,
-        url: str | None = None,
-        *,
-        queue: str = "default",
-        schema: str = "durable",
-        migrate: bool = True,
-        pool_size: int = 10,
-        hooks: Hooks | None = None,
-        timeout: float = 30.0,
-    ) -> Durable:
-        """Open a client (close it with `close`, or use it as a context manager). `url`
-        defaults to ``$DURABLE_DATABASE_URL``; with ``migrate=True`` the schema is created
-        or upgraded first. `DatabaseUnavailable` (password redacted) if the database
-        cannot be reached within `timeout` seconds."""
-        resolved = resolve_url(url)
-        client = cls(resolved, queue=queue, schema=schema, pool_size=pool_size, hooks=hooks)
+    def _open(cls, opening: Opening) -> Durable:
+        client = cls._made(opening)
+        url, timeout = opening.url, opening.timeout
         try:
-            with psycopg.connect(resolved, connect_timeout=max(1, round(timeout))):
+            with psycopg.connect(url, connect_timeout=max(1, round(timeout))):
                 pass  # fail fast, with a clear error, if the database is unreachable
         except CONNECT_ERRORS as ex:
-            raise unreachable(resolved, ex) from None
+            raise unreachable(url, ex) from None
         client._pool.open(wait=True, timeout=timeout)
         try:
-            if migrate:
+            if opening.migrate:
                 client.migrate()
         except BaseException:
             client.close()
@@ -103,7 +89,9 @@ class Durable(Shell[psycopg.Connection[Any]], Blocking):
         pooled one; a connection that breaks or a pool that cannot connect is
         `DatabaseUnavailable`, other database errors pass through."""
         if call.connection is not None:
-            return _sql.run_blocking(_caller_connection(call.connection), call.op)
+            return _sql.run_blocking(
+                caller_connection(call.connection, psycopg.Connection), call.op
+            )
         with pool_errors(self.url) as pooled, self._pool.connection() as conn:
             pooled.conn = conn
             if transaction:
@@ -143,14 +131,3 @@ class Durable(Shell[psycopg.Connection[Any]], Blocking):
             while not (found := waiting.outcome(self._execute(self._read_task(waiting))))[0]:
                 self._ends.wait(watcher, self._safety_poll)
         return found[1]
-
-
-def _caller_connection(conn: object) -> psycopg.Connection[Any]:
-    """The `connection=` of a spawn or emit: a blocking psycopg connection, whose open
-    transaction the write joins."""
-    if isinstance(conn, psycopg.Connection):
-        return conn
-    raise InvalidInput(
-        "connection must be a psycopg.Connection (to join its open transaction), "
-        f"got {type(conn).__name__}"
-    )

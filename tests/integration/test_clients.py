@@ -501,3 +501,32 @@ async def test_a_lost_listening_connection_makes_waiters_read_again(
             pid = any_client.client._ends._conn.pgconn.backend_pid
             await fetch(client, "SELECT pg_terminate_backend(%s)", pid)
     assert seen == ["quiet"]  # read again once listening anew, not at the safety poll
+
+
+async def _connect_once(kind: str, url: str) -> None:
+    if kind == "trio":
+        async with dt.Durable.connect(url, timeout=1):
+            pass
+    elif kind == "sync":
+        await trio.to_thread.run_sync(lambda: durable_trio.sync.Durable.connect(url, timeout=1))
+    else:
+        loop = AsyncioLoop()
+        try:
+            await loop.run(durable_trio.aio.Durable.connect(url, timeout=1).__aenter__())
+        finally:
+            loop.close()
+
+
+@pytest.mark.parametrize("kind", KINDS)
+async def test_connect_gives_up_on_a_silent_server_after_its_timeout(kind: str) -> None:
+    """A server that takes the connection and never answers: every client's `connect`
+    raises DatabaseUnavailable once `timeout` has passed, instead of hanging."""
+    import socket
+
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)  # the kernel completes the handshake; nobody ever replies
+        port = silent.getsockname()[1]
+        url = f"postgresql://nobody@127.0.0.1:{port}/db"
+        with trio.fail_after(60), pytest.raises(dt.DatabaseUnavailable, match=r"127\.0\.0\.1"):
+            await _connect_once(kind, url)

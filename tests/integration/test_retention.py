@@ -218,3 +218,51 @@ async def test_workers_with_a_retention_clean_up_one_at_a_time(
 def test_a_retention_must_be_a_positive_duration() -> None:
     with pytest.raises(dt.InvalidInput, match="retention must be more than zero"):
         dt.WorkerOptions(retention=0)
+
+
+async def test_a_long_retention_pass_delays_no_claim(client: dt.Durable, pg_url: str) -> None:
+    """The retention pass runs beside the claim loop: while it is stuck (here on a lock a
+    delete trigger waits for), new work is still claimed and finished."""
+    import psycopg
+
+    client.register(done)
+    old = await client.spawn(done, 1)
+    await run_until_idle(client)
+    await advance_clock(client, timedelta(days=2))
+    await fetch(
+        client,
+        "CREATE FUNCTION @s.stall() RETURNS trigger LANGUAGE plpgsql AS"
+        " $$ BEGIN PERFORM pg_advisory_xact_lock(4242); RETURN OLD; END $$",
+    )
+    await fetch(
+        client,
+        "CREATE TRIGGER stall BEFORE DELETE ON @s.tasks FOR EACH ROW EXECUTE FUNCTION @s.stall()",
+    )
+    options = dt.WorkerOptions(retention=timedelta(days=1), poll_interval=0.05)
+    with psycopg.connect(pg_url, autocommit=True) as other:
+        other.execute("SELECT pg_advisory_lock(4242)")
+        async with client.worker(options) as worker:
+            with trio.fail_after(30):
+                while not await _retention_waiting(client):
+                    await trio.sleep(0.02)
+            fresh = await client.spawn(done, 5)
+            assert await client.wait_result(done, fresh.task_id, timeout=30) == 10
+            assert worker.healthy
+            assert (await client.get_task(old.task_id)).state is dt.TaskState.COMPLETED
+            other.execute("SELECT pg_advisory_unlock(4242)")
+            with trio.fail_after(30):
+                while True:
+                    try:
+                        await client.get_task(old.task_id)
+                    except dt.TaskNotFound:
+                        break
+                    await trio.sleep(0.02)
+
+
+async def _retention_waiting(client: dt.Durable) -> bool:
+    rows = await fetch(
+        client,
+        "SELECT 1 FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
+        " AND wait_event = 'advisory' AND position('cleanup' in query) > 0",
+    )
+    return bool(rows)
