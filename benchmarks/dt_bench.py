@@ -186,18 +186,20 @@ async def drain(
     n: int,
     concurrency: int,
     *,
+    prefetch: int = 0,
     timeout: float = 300,
     hooks: dt.Hooks | None = None,
 ) -> dict[str, Any]:
-    """Throughput: n pending tasks, one in-process worker at `concurrency`; timed from the
-    worker's start until the database counts n completed tasks."""
+    """Throughput: n pending tasks, one in-process worker at `concurrency` (claiming
+    `prefetch` runs ahead); timed from the worker's start until the database counts n
+    completed tasks."""
     task = TASKS[task_name]
     try:
         async with dt.Durable.connect(url, schema=schema, queue=QUEUE, hooks=hooks) as client:
             client.register(task)
             await spawn_chunks(client, task, n)
             async with Counter(url, schema) as counter, trio.open_nursery() as nursery:
-                worker = client.new_worker(_options(concurrency))
+                worker = client.new_worker(_options(concurrency, prefetch=prefetch))
                 await nursery.start(worker.run)
                 t0 = time.perf_counter()
                 done = await counter.wait(n, timeout=timeout)

@@ -5,11 +5,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-ONE_STEP = ["raw", "durable_trio", "absurd", "dbos"]
+PREFETCH = 4  # the throughput scenario's prefetch variant (benchmarks/run.py)
+ONE_STEP = ["raw", "durable_trio", "durable_trio_prefetch", "absurd", "dbos"]
 JOB_LIKE = ["raw_zero_step", "durable_trio_zero_step", "procrastinate", "pgqueuer"]
 LABELS = {
     "raw": "raw SQL, simple worker (1 step)",
     "durable_trio": "durable_trio (1 step)",
+    "durable_trio_prefetch": f"durable_trio (1 step, prefetch={PREFETCH})",
     "raw_zero_step": "raw SQL (0 steps)",
     "durable_trio_zero_step": "durable_trio (0 steps)",
     "procrastinate": "procrastinate (job)",

@@ -288,6 +288,18 @@ def plan(url: str, systems: list[str], scenarios: list[str], sz: Sizes) -> list[
                     c,
                     timeout=t,
                 )
+                if c == 1:  # the claim round trip between short tasks, hidden
+                    add_trio(
+                        f"durable_trio 1-step c={c} prefetch={report.PREFETCH}",
+                        ("throughput", "durable_trio_prefetch", key),
+                        dt_bench.drain,
+                        "dt_tp",
+                        "one_step",
+                        n,
+                        c,
+                        prefetch=report.PREFETCH,
+                        timeout=t,
+                    )
                 add_trio(
                     f"durable_trio 0-step c={c}",
                     ("throughput", "durable_trio_zero_step", key),

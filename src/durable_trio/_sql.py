@@ -16,7 +16,7 @@ from typing import Any, Generic, TypeAlias, TypeVar
 
 import attrs
 import psycopg
-from psycopg import sql
+from psycopg import pq, sql
 from psycopg.rows import dict_row
 
 from ._errors import ConfigurationError
@@ -89,6 +89,16 @@ class _Drive(Generic[T]):
         self._resume = lambda: self._op.throw(error)
 
 
+_ROWS_STATUS = (pq.ExecStatus.TUPLES_OK, pq.ExecStatus.SINGLE_TUPLE, pq.ExecStatus.TUPLES_CHUNK)
+
+
+def _returns_rows(cur: psycopg.AsyncCursor[Any] | psycopg.Cursor[Any]) -> bool:
+    """``cur.description is not None``, the same test, without building a `Column` per
+    field (each one looks its type up): a dozen per claim, every round trip."""
+    res = cur.pgresult
+    return res is not None and (res.nfields > 0 or res.status in _ROWS_STATUS)
+
+
 async def run_async(conn: psycopg.AsyncConnection[Any], op: Op[T]) -> T:
     """Drive `op` over an async psycopg connection (trio-native or asyncio)."""
     drive = _Drive(op)
@@ -96,7 +106,7 @@ async def run_async(conn: psycopg.AsyncConnection[Any], op: Op[T]) -> T:
         try:
             async with conn.cursor(row_factory=dict_row) as cur:
                 await cur.execute(statement.query, statement.params, prepare=statement.prepare)
-                drive.answer(await cur.fetchall() if cur.description else [])
+                drive.answer(await cur.fetchall() if _returns_rows(cur) else [])
         except psycopg.Error as ex:
             drive.fail(ex)
     return drive.result
@@ -109,7 +119,7 @@ def run_blocking(conn: psycopg.Connection[Any], op: Op[T]) -> T:
         try:
             with conn.cursor(row_factory=dict_row) as cur:
                 cur.execute(statement.query, statement.params, prepare=statement.prepare)
-                drive.answer(cur.fetchall() if cur.description else [])
+                drive.answer(cur.fetchall() if _returns_rows(cur) else [])
         except psycopg.Error as ex:
             drive.fail(ex)
     return drive.result

@@ -112,8 +112,11 @@ class Worker:
         # that vanished and can write nothing more) turn this off.
         self.hand_back_on_cancel = True
         self._runs: dict[UUID, RunState] = {}
-        # Runs whose task code is executing hold slots; claims in flight reserve some.
-        self._slots = Slots(options.concurrency)
+        # Runs whose task code is executing hold slots; claims in flight reserve some;
+        # runs claimed ahead (`prefetch`) are held until a slot frees.
+        self._slots: Slots[RunState] = Slots(options.concurrency, options.prefetch)
+        # A held run's execute task waits on its event, set when the run takes a slot.
+        self._slot_events: dict[RunState, trio.Event] = {}
         self._execs: trio.Nursery | None = None
         self._names: list[str] = []
         self._wake = trio.Event()
@@ -145,8 +148,8 @@ class Worker:
 
     @property
     def in_flight(self) -> int:
-        """How many runs this worker holds: executing, or whose outcome is still being
-        written."""
+        """How many runs this worker holds: executing, claimed ahead and waiting for a
+        slot (`WorkerOptions.prefetch`), or whose outcome is still being written."""
         return len(self._runs)
 
     @property
@@ -178,6 +181,7 @@ class Worker:
     async def run(self, *, task_status: trio.TaskStatus[Worker] = trio.TASK_STATUS_IGNORED) -> None:
         """Work the queues until `shutdown()`. Use in your own nursery with ``nursery.start``."""
         names = self._names = sorted(self._registry)
+        self._slots = Slots(self.options.concurrency, self.options.prefetch)
         if not names:
             log.warning("worker %s has no registered tasks: it will claim nothing", self.worker_id)
         size = min(self.options.concurrency, 32)
@@ -293,8 +297,8 @@ class Worker:
 
     async def _claim_once(self, nursery: trio.Nursery, names: list[str]) -> tuple[int, int]:
         free = self._free_slots()
-        if free <= 0 or not names:
-            return 0, 0
+        if free <= 0 or not names or not self._slots.may_claim():
+            return 0, 0  # a claim in flight wakes the loop when it is answered
         if self._writer_claims_next():
             return 0, 0
         asked = got = 0
@@ -373,19 +377,38 @@ class Worker:
             return
         previous = self._runs.get(run.run_id)
         self._runs[run.run_id] = run
-        self._slots.occupy(run)
-        log.debug("claimed run %s of task %r", run.run_id, run.task_name, extra=run.log_fields())
+        slot = None
+        if not self._slots.place(run):  # claimed ahead: it starts when a slot frees
+            slot = self._slot_events[run] = trio.Event()
+        if log.isEnabledFor(logging.DEBUG):  # its fields cost more than the rest of a start
+            fields = run.log_fields()
+            log.debug("claimed run %s of task %r", run.run_id, run.task_name, extra=fields)
         name = f"durable_trio run {run.task_name}"
         if previous is None:
-            nursery.start_soon(self._execute, run, name=name)
+            nursery.start_soon(self._execute, run, slot, name=name)
         else:
             # Claimed again (woken the instant its suspension committed) while the
             # attempt that suspended it is still unwinding here: run it after that one.
-            nursery.start_soon(self._execute_after, previous, run, name=name)
+            nursery.start_soon(self._execute_after, previous, run, slot, name=name)
 
-    async def _execute_after(self, previous: RunState, run: RunState) -> None:
+    async def _execute_after(
+        self, previous: RunState, run: RunState, slot: trio.Event | None
+    ) -> None:
         await previous.gone.wait()
-        await self._execute(run)
+        await self._execute(run, slot)
+
+    def _start_held(self) -> None:
+        """Give freed slots to held runs, first claimed first. Not once stopping: held
+        runs are handed back then (_drain), so that another worker starts them now."""
+        if self._stopping:
+            return
+        for run in self._slots.promote():
+            self._slot_events.pop(run).set()
+
+    def _hand_back_held(self) -> None:
+        """Stopping: held runs never started, so they go back at once, attempt unspent."""
+        for run in self._slots.held_runs():
+            self._stop_for_hand_back(run)
 
     async def _reject(self, row: ClaimedRun, ex: Exception) -> None:
         """A claimed run whose stored data this worker cannot read (a retry strategy or
@@ -423,6 +446,8 @@ class Worker:
     def reserve_claim(self) -> ClaimArgs | None:
         free = self._free_slots()
         if free <= 0 or not self._claim_with_writes() or not self.claim_wanted():
+            return None
+        if not self._slots.may_claim():  # one claim at a time while runs are held
             return None
         limit = min(free, self.options.effective_batch)
         self._slots.reserved += limit
@@ -626,10 +651,12 @@ class Worker:
 
     # -- executing --------------------------------------------------------------------
 
-    async def _execute(self, run: RunState) -> None:
+    async def _execute(self, run: RunState, slot: trio.Event | None = None) -> None:
         cancelled = False
         try:
             with run.scope:
+                if slot is not None:  # held: cancelled while waiting, it never starts
+                    await slot.wait()
                 await self._run_task(run)
         except trio.Cancelled:
             # Not the run's own scope (that one stops here): the worker's task was cancelled
@@ -710,7 +737,7 @@ class Worker:
         await completion.done.wait()
         if not completion.owned:
             run.lose("completion was fenced")
-        else:
+        elif log.isEnabledFor(logging.DEBUG):
             log.debug("completed task %r %s", run.task_name, run.task_id, extra=run.log_fields())
 
     async def _fail_attempt(self, run: RunState, ctx: TaskContext, ex: BaseException) -> None:
@@ -737,14 +764,20 @@ class Worker:
 
     def _stop_for_hand_back(self, run: RunState) -> None:
         """Cancel a run whose code still runs, to hand it back when it exits. A run whose
-        code returned is left alone: only its completion's write is left to finish."""
-        if self._slots.holds(run):
+        code returned is left alone: only its completion's write is left to finish. A
+        held run, which never started, goes back too."""
+        if self._slots.holds(run) or self._slots.is_held(run):
             run.advance(RunEvent.HAND_BACK)
             run.scope.cancel()
 
     def _free_slot(self, run: RunState) -> None:
-        if self._slots.vacate(run) and not self._writer_claims_next():
-            self._wake.set()
+        if self._slots.drop(run):  # held, it ends without having started
+            del self._slot_events[run]
+            return
+        if self._slots.vacate(run):
+            self._start_held()
+            if not self._writer_claims_next():
+                self._wake.set()
 
     async def _fail(self, run: RunState, ex: BaseException) -> None:
         retryable = run.retryable(ex)
@@ -795,6 +828,7 @@ class Worker:
         while self._slots.reserved:
             self._reservations_done = trio.Event()
             await self._reservations_done.wait()
+        self._hand_back_held()
         if not self._runs:
             return
         self._drained = trio.Event()
@@ -820,6 +854,8 @@ class Worker:
         if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
             raise InvalidInput(f"limit must be a positive integer, got {limit!r}")
         names = self._names = sorted(self._registry)
+        # Every run claimed here starts at once: a pass holds none back.
+        self._slots = Slots(self.options.concurrency)
         control_pool = Pool(self._url, max_size=1)
         exec_pool = Pool(self._url, max_size=min(limit, 32))
         runs: list[RunState] = []

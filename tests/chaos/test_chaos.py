@@ -86,8 +86,10 @@ class Chaos:
         worker_id = f"w{self.started:03d}"
         self.started += 1
         log = (self.logs / f"{worker_id}.log").open("wb")
+        # Every other worker claims ahead: its held runs must survive kills as well.
+        ahead = ["8", "4"] if self.started % 2 else []
         proc = await trio.lowlevel.open_process(
-            [sys.executable, str(WORKER_SCRIPT), self.url, SCHEMA, worker_id],
+            [sys.executable, str(WORKER_SCRIPT), self.url, SCHEMA, worker_id, *ahead],
             stdout=log,
             stderr=subprocess.STDOUT,
         )

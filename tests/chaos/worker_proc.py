@@ -1,6 +1,6 @@
 """A worker process for the chaos test (tests/chaos/test_chaos.py).
 
-    python worker_proc.py URL SCHEMA WORKER_ID
+    python worker_proc.py URL SCHEMA WORKER_ID [CONCURRENCY [PREFETCH]]
 
 Registers the ``chaos`` task and works the ``default`` queue until SIGTERM (graceful
 shutdown, exit 0). The test SIGKILLs these processes at random moments and restarts
@@ -49,11 +49,14 @@ async def chaos_task(ctx: dt.TaskContext, params: Any) -> dict[str, Any]:
     return {"n": params["n"], "product": product, "steps": done}
 
 
-async def main(url: str, schema: str, worker_id: str) -> None:
+async def main(
+    url: str, schema: str, worker_id: str, concurrency: str = "8", prefetch: str = "0"
+) -> None:
     global SCHEMA
     SCHEMA = schema
     options = dt.WorkerOptions(
-        concurrency=8,
+        concurrency=int(concurrency),
+        prefetch=int(prefetch),
         claim_timeout=2.0,
         poll_interval=0.2,
         worker_id=worker_id,
@@ -75,4 +78,4 @@ if __name__ == "__main__":
     logging.basicConfig(
         level=logging.WARNING, format="%(asctime)s %(name)s %(levelname)s %(message)s"
     )
-    trio.run(main, *sys.argv[1:4])
+    trio.run(main, *sys.argv[1:6])

@@ -225,6 +225,7 @@ def _closed_port() -> int:
         (["worker", "no_such_module:x"], 2, "cannot import 'no_such_module'"),
         (["worker", "cli_app:nothing"], 2, "the app registered no task"),
         (["worker", "cli_app:tasks", "--retention", "soon"], 2, "must be an age like 30d"),
+        (["worker", "cli_app:tasks", "--prefetch", "-1"], 2, "InvalidInput: prefetch"),
         (["queues", "--unserved-after", "soon"], 2, "must be an age like 30d"),
         (["frobnicate"], 2, "No such command"),
     ],

@@ -394,3 +394,29 @@ async def test_listener_receives_and_survives_a_killed_connection(pg_url: str) -
                 nursery.cancel_scope.cancel()
     finally:
         await sender.close()
+
+
+async def test_a_cancelled_scope_sends_no_statement(pg_url: str, schema: str) -> None:
+    """Pooled connections and statements are taken without a schedule point when free,
+    but never from a cancelled scope: nothing is sent there."""
+    pool = Pool(pg_url, max_size=1)
+    table = sql.SQL("{}.t").format(sql.Identifier(schema))
+    insert = sql.SQL("INSERT INTO {} VALUES (1)").format(table)
+    try:
+        async with pool.acquire() as conn:
+            await conn.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(schema)))
+            await conn.execute(sql.SQL("CREATE TABLE {} (x int)").format(table))
+        with trio.CancelScope() as scope:
+            scope.cancel()
+            async with pool.acquire() as conn:
+                await conn.execute(insert)
+        assert scope.cancelled_caught
+        async with pool.acquire() as conn:
+            with trio.CancelScope() as again:
+                again.cancel()
+                await conn.execute(insert)  # the connection's own lock refuses it too
+            assert again.cancelled_caught
+            cur = await conn.execute(sql.SQL("SELECT count(*) AS n FROM {}").format(table))
+            assert await cur.fetchall() == [{"n": 0}]
+    finally:
+        await pool.aclose()

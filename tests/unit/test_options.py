@@ -187,6 +187,7 @@ def test_worker_defaults() -> None:
     assert opts.concurrency == 8
     assert opts.claim_timeout == 30.0
     assert opts.batch_size is None
+    assert opts.prefetch == 0
     assert opts.effective_batch == 8
     assert opts.poll_interval == 1.0
     assert opts.shutdown_grace == 10.0
@@ -232,6 +233,11 @@ def test_worker_accepts_valid_values() -> None:
         ({"claim_timeout": math.nan}, "claim_timeout must be a finite duration"),
         ({"claim_timeout": math.inf}, "claim_timeout must be a finite duration"),
         ({"claim_timeout": "30"}, "claim_timeout must be a timedelta or a number"),
+        ({"prefetch": -1}, "prefetch must be an integer from 0 to 10000, got -1"),
+        ({"prefetch": 10_001}, "prefetch must be an integer from 0 to 10000"),
+        ({"prefetch": True}, "prefetch must be an integer .* got True"),
+        ({"prefetch": 2.0}, "prefetch must be an integer"),
+        ({"prefetch": None}, "prefetch"),
         ({"batch_size": 0}, "batch_size must be a positive integer, got 0"),
         ({"batch_size": -1}, "batch_size must be a positive integer"),
         ({"batch_size": True}, "batch_size must be a positive integer, got True"),
@@ -284,6 +290,12 @@ def test_heartbeat_renews_well_before_expiry(claim_timeout: float) -> None:
 def test_effective_batch(concurrency: int, batch_size: int | None, expected: int) -> None:
     opts = WorkerOptions(concurrency=concurrency, batch_size=batch_size)
     assert opts.effective_batch == expected
+
+
+def test_a_claim_fills_the_slots_and_the_prefetch() -> None:
+    assert WorkerOptions(concurrency=1, prefetch=4).effective_batch == 5
+    assert WorkerOptions(concurrency=1, prefetch=4, batch_size=2).effective_batch == 2
+    assert WorkerOptions(prefetch=10_000).prefetch == 10_000
 
 
 # -- lease extension and helpers ------------------------------------------------------

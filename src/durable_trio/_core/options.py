@@ -185,7 +185,15 @@ class WorkerOptions:
       this. A worker that vanishes loses its runs this long after its last heartbeat.
       Like ``poll_interval`` and ``shutdown_grace``: seconds or a `timedelta`, at most
       100 years (``MAX_DURATION``).
-    - ``batch_size``: most runs claimed in one statement (default: ``concurrency``).
+    - ``prefetch``: runs claimed ahead, beyond ``concurrency``, that wait for a slot
+      (default 0: none). Each starts the moment a slot frees, without a claim round
+      trip in between; the worker claims more as they start. Held runs are leased and
+      heartbeated like running ones and handed back, attempt unspent, on shutdown; a
+      worker that crashes holding them leaves them to their leases, and their retry
+      spends an attempt, as for running ones. They are runs no other worker can take
+      meanwhile: keep it small (0 to 10000). See docs/operations.md.
+    - ``batch_size``: most runs claimed in one statement (default: ``concurrency +
+      prefetch``).
     - ``poll_interval``: fallback polling when no notification arrives.
     - ``worker_id``: shown in the runs table (default ``host:pid``).
     - ``shutdown_grace``: on shutdown, how long in-flight runs may finish before they are
@@ -204,6 +212,7 @@ class WorkerOptions:
     concurrency: int = attrs.field(default=8)
     claim_timeout: float = attrs.field(default=30.0, converter=_claim_timeout)
     batch_size: int | None = attrs.field(default=None)
+    prefetch: int = attrs.field(default=0)
     poll_interval: float = attrs.field(default=1.0, converter=_poll_interval)
     worker_id: str = attrs.field(factory=default_worker_id)
     shutdown_grace: float = attrs.field(default=10.0, converter=_shutdown_grace)
@@ -222,6 +231,11 @@ class WorkerOptions:
             isinstance(value, bool) or not isinstance(value, int) or value < 1
         ):
             raise InvalidInput(f"batch_size must be a positive integer, got {value!r}")
+
+    @prefetch.validator
+    def _check_prefetch(self, _: Any, value: int) -> None:
+        if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 10_000:
+            raise InvalidInput(f"prefetch must be an integer from 0 to 10000, got {value!r}")
 
     @claim_timeout.validator
     def _check_claim_timeout(self, _: Any, value: float) -> None:
@@ -246,7 +260,8 @@ class WorkerOptions:
 
     @property
     def effective_batch(self) -> int:
-        return self.batch_size or self.concurrency
+        """Most runs claimed in one statement: ``batch_size``, else all that fit."""
+        return self.batch_size or self.concurrency + self.prefetch
 
     @property
     def heartbeat_interval(self) -> float:

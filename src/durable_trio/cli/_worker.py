@@ -33,6 +33,13 @@ log = logging.getLogger("durable_trio.worker")
     "--queue", "queues", multiple=True, help="Queue to work (repeatable; default: default)."
 )
 @click.option("--concurrency", type=int, default=8, show_default=True)
+@click.option(
+    "--prefetch",
+    type=int,
+    default=0,
+    show_default=True,
+    help="Runs claimed ahead of free slots, started as slots free.",
+)
 @click.option("--claim-timeout", type=float, default=30.0, show_default=True, help="Seconds.")
 @click.option("--poll-interval", type=float, default=1.0, show_default=True, help="Seconds.")
 @click.option(
@@ -58,6 +65,7 @@ def worker(
     app: str,
     queues: tuple[str, ...],
     concurrency: int,
+    prefetch: int,
     claim_timeout: float,
     poll_interval: float,
     shutdown_grace: float,
@@ -77,6 +85,7 @@ def worker(
     target = load_app(app)
     options = dt.WorkerOptions(
         concurrency=concurrency,
+        prefetch=prefetch,
         claim_timeout=claim_timeout,
         poll_interval=poll_interval,
         shutdown_grace=shutdown_grace,
