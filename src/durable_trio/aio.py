@@ -37,9 +37,7 @@ from ._shell import (
 
 __all__ = ["Durable"]
 
-R = TypeVar("R")
 T = TypeVar("T")
-URL_ENV = "DURABLE_DATABASE_URL"
 
 
 class Durable(

@@ -42,7 +42,6 @@ __all__ = ["Durable"]
 
 R = TypeVar("R")
 T = TypeVar("T")
-URL_ENV = "DURABLE_DATABASE_URL"
 
 
 class Durable(Shell[psycopg.Connection[Any]], Blocking, Connects["Durable"]):
