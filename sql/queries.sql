@@ -346,21 +346,19 @@ SELECT * FROM @schema.retry_task(%(task_id)s, %(run_id)s, %(max_attempts)s,
 -- name: put_schedule
 -- Create or replace a schedule. Its first slot (next_fire_at, the caller's first slot
 -- after now) applies to a new schedule, and to one whose cron or timezone changed;
--- otherwise the slot it was waiting for stays, so re-declaring a schedule at each deploy neither skips nor repeats
--- a slot. Paused stays paused. Returns whether the row is new.
-INSERT INTO @schema.schedules AS s (schedule_id, queue, task_name, params, headers, retry,
-    max_attempts, priority, max_pending_delay, max_duration, cron, timezone, missed,
-    next_fire_at, created_at, updated_at)
-VALUES (%(schedule_id)s, %(queue)s, %(task_name)s, %(params)s::jsonb, %(headers)s::jsonb,
-    %(retry)s::jsonb, %(max_attempts)s, %(priority)s, %(max_pending_delay)s::interval,
-    %(max_duration)s::interval, %(cron)s, %(timezone)s, %(missed)s,
-    %(next_fire_at)s::timestamptz, @schema.clock_now(), @schema.clock_now())
+-- otherwise the slot it was waiting for stays, so re-declaring a schedule at each deploy
+-- neither skips nor repeats a slot. Paused stays paused. The spawn settings are stored
+-- as the SQL API's options (spawn_options). Returns whether the row is new.
+INSERT INTO @schema.schedules AS s (schedule_id, queue, task_name, params, options, cron,
+    timezone, missed, next_fire_at, created_at, updated_at)
+VALUES (%(schedule_id)s, %(queue)s, %(task_name)s, %(params)s::jsonb,
+    @schema.spawn_options(%(headers)s::jsonb, %(retry)s::jsonb, %(max_attempts)s,
+        %(priority)s, %(max_pending_delay)s::interval, %(max_duration)s::interval),
+    %(cron)s, %(timezone)s, %(missed)s, %(next_fire_at)s::timestamptz, @schema.clock_now(),
+    @schema.clock_now())
 ON CONFLICT (schedule_id) DO UPDATE SET queue = EXCLUDED.queue,
-    task_name = EXCLUDED.task_name, params = EXCLUDED.params, headers = EXCLUDED.headers,
-    retry = EXCLUDED.retry, max_attempts = EXCLUDED.max_attempts,
-    priority = EXCLUDED.priority, max_pending_delay = EXCLUDED.max_pending_delay,
-    max_duration = EXCLUDED.max_duration, cron = EXCLUDED.cron,
-    timezone = EXCLUDED.timezone, missed = EXCLUDED.missed,
+    task_name = EXCLUDED.task_name, params = EXCLUDED.params, options = EXCLUDED.options,
+    cron = EXCLUDED.cron, timezone = EXCLUDED.timezone, missed = EXCLUDED.missed,
     next_fire_at = CASE WHEN s.cron = EXCLUDED.cron AND s.timezone = EXCLUDED.timezone
         THEN s.next_fire_at ELSE EXCLUDED.next_fire_at END,
     updated_at = EXCLUDED.updated_at
@@ -369,15 +367,18 @@ RETURNING (xmax = 0) AS created
 -- name: delete_schedule
 DELETE FROM @schema.schedules WHERE schedule_id = %(schedule_id)s RETURNING schedule_id
 
+-- part: schedule_info
+-- What ScheduleInfo shows of a schedule.
+SELECT schedule_id, queue, task_name, params, options -> 'headers' AS headers, cron,
+    timezone, missed, paused, next_fire_at, last_fired_at, last_task_id, created_at,
+    updated_at
+FROM @schema.schedules
+
 -- name: list_schedules
-SELECT schedule_id, queue, task_name, params, headers, cron, timezone, missed, paused,
-    next_fire_at, last_fired_at, last_task_id, created_at, updated_at
-FROM @schema.schedules ORDER BY schedule_id
+@part(schedule_info) ORDER BY schedule_id
 
 -- name: get_schedule
-SELECT schedule_id, queue, task_name, params, headers, cron, timezone, missed, paused,
-    next_fire_at, last_fired_at, last_task_id, created_at, updated_at
-FROM @schema.schedules WHERE schedule_id = %(schedule_id)s
+@part(schedule_info) WHERE schedule_id = %(schedule_id)s
 
 -- name: pause_schedule
 -- Whether it was running (a paused schedule is left as it is).

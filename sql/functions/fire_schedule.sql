@@ -1,5 +1,5 @@
--- Spawn the given slots of one schedule and move it on to p_next, in one transaction:
--- only if the schedule is not paused and still due at p_due (else another worker fired
+-- Spawn the given slots of one schedule (through spawn, the SQL API, with the options
+-- the schedule stores) and move it on to p_next, in one transaction: only if the schedule is not paused and still due at p_due (else another worker fired
 -- it already, or it was changed meanwhile: nothing is written and NULL is returned).
 -- A worker holding the row skips it (SKIP LOCKED) instead of queueing behind it: that
 -- worker either commits the slots or leaves them due for the next pass. Each slot is
@@ -24,14 +24,14 @@ BEGIN
         RETURN NULL;
     END IF;
     FOR i IN 1 .. coalesce(array_length(p_keys, 1), 0) LOOP
-        SELECT * INTO v_spawned FROM @schema.spawn_task(p_tasks[i], p_runs[i], s.queue,
-            s.task_name, s.params,
-            s.headers || jsonb_build_object('schedule_id', s.schedule_id,
-                'scheduled_at', p_slots[i]),
-            s.retry, s.max_attempts, s.priority, NULL, NULL, p_keys[i],
-            s.max_pending_delay, s.max_duration, NULL);
+        -- A key already used returns its task, not the id given: that slot made nothing.
+        SELECT * INTO v_spawned FROM @schema.spawn(s.queue, s.task_name, s.params,
+            s.options || jsonb_build_object(
+                'headers', coalesce(s.options -> 'headers', '{}') || jsonb_build_object(
+                    'schedule_id', s.schedule_id, 'scheduled_at', p_slots[i]),
+                'idempotency_key', p_keys[i], 'task_id', p_tasks[i], 'run_id', p_runs[i]));
         v_last := v_spawned.task_id;
-        v_created := v_created + v_spawned.created::integer;
+        v_created := v_created + (v_spawned.task_id = p_tasks[i])::integer;
     END LOOP;
     UPDATE @schema.schedules SET next_fire_at = p_next,
         last_fired_at = coalesce(p_slots[array_length(p_slots, 1)]::timestamptz,

@@ -8,19 +8,16 @@
 -- at most once whatever happens; and since the spawn and the move commit together, a
 -- worker that dies mid-way leaves the slot due for the next one.
 --
--- The spawn settings are those of spawn_task, validated by the client when the schedule
--- is written.
+-- The spawn settings are one JSON object in the shape of the SQL API's options
+-- (docs/sql.md; built by spawn_options), validated by the client when the schedule is
+-- written, so that firing a slot is a call of spawn. Schemas made before version 9
+-- held them as six columns; 0009_schedule_options.sql turns those into this object.
 CREATE TABLE @schema.schedules (
     schedule_id text PRIMARY KEY,
     queue text NOT NULL,
     task_name text NOT NULL,
     params jsonb NOT NULL,
-    headers jsonb NOT NULL,
-    retry jsonb NOT NULL,
-    max_attempts integer NOT NULL CHECK (max_attempts >= 1),
-    priority integer NOT NULL,
-    max_pending_delay interval,
-    max_duration interval,
+    options jsonb NOT NULL,
     cron text NOT NULL,
     timezone text NOT NULL,
     missed text NOT NULL CHECK (missed IN ('skip', 'latest', 'all')),

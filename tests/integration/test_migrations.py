@@ -4,6 +4,7 @@ expect (any new table, index or function must be added to the lists below on pur
 from __future__ import annotations
 
 import lzma
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +16,7 @@ from psycopg import sql
 import durable_trio as dt
 from durable_trio._core.ids import uuid7
 from durable_trio._schema import functions, migrations, render, sql_dir
+from durable_trio.testing import fire_schedules
 from support import fetch
 
 EXPECTED_TABLES = {
@@ -373,15 +375,18 @@ async def test_a_function_whose_file_is_gone_is_dropped(client: dt.Durable, pg_u
     assert rows == []
 
 
+def _load_fixture(conn: psycopg.Connection[Any], schema: str, name: str) -> None:
+    """Run a frozen schema script from tests/fixtures (see its README) into `schema`."""
+    script = Path(__file__).resolve().parents[1] / "fixtures" / name
+    with lzma.open(script, "rt", encoding="utf-8") as file:
+        conn.execute(render(file.read(), schema).encode())
+
+
 def _build_version_3(url: str, schema: str) -> None:
     """A schema as durable_trio 0.1.0 at schema version 3 left it (functions inside the
-    migrations, no functions table), with a task pending in it: built from the frozen
-    script in tests/fixtures (see its README)."""
-    script = Path(__file__).resolve().parents[1] / "fixtures" / "schema_v3.sql.xz"
-    with lzma.open(script, "rt", encoding="utf-8") as file:
-        text = file.read()
+    migrations, no functions table), with a task pending in it."""
     with psycopg.connect(url, autocommit=True) as conn, conn.transaction():
-        conn.execute(render(text, schema).encode())
+        _load_fixture(conn, schema, "schema_v3.sql.xz")
         conn.execute(
             sql.SQL(
                 "SELECT * FROM {}.spawn_task(%s, %s, 'default', 'upgrade', 'null', '{{}}',"
@@ -412,3 +417,88 @@ async def test_a_version_3_schema_upgrades_and_keeps_its_work(pg_url: str, schem
         async with client.worker():
             for task_id in (old["task_id"], fresh.task_id):
                 assert await client.wait_result(upgrade, task_id, timeout=30) == "done"
+
+
+# A schedule as schema version 8 stored it: its spawn settings in six columns.
+_VERSION_8_SCHEDULE = """
+INSERT INTO {}.schedules (schedule_id, queue, task_name, params, headers, retry,
+    max_attempts, priority, max_pending_delay, max_duration, cron, timezone, missed,
+    next_fire_at, created_at, updated_at)
+VALUES ('nightly', 'default', 'upgrade', 'null', '{{"tenant": "acme"}}',
+    '{{"kind": "fixed", "base": 2.5, "factor": 2.0, "max_delay": 2.5, "jitter": 0.0}}',
+    7, -4, '90 seconds', NULL, '0 3 * * *', 'UTC', 'latest',
+    now() - interval '1 minute', now(), now())
+"""
+
+SCHEDULE_COLUMNS = [
+    "schedule_id",
+    "queue",
+    "task_name",
+    "params",
+    "options",
+    "cron",
+    "timezone",
+    "missed",
+    "paused",
+    "next_fire_at",
+    "last_fired_at",
+    "last_task_id",
+    "created_at",
+    "updated_at",
+]
+
+
+def _build_version_8(url: str, schema: str) -> None:
+    """A schema as git cdc79a0 (schema version 8) left it, with a schedule due."""
+    with psycopg.connect(url, autocommit=True) as conn, conn.transaction():
+        _load_fixture(conn, schema, "schema_v8.sql.xz")
+        conn.execute(sql.SQL(_VERSION_8_SCHEDULE).format(sql.Identifier(schema)))
+
+
+def _columns(url: str, schema: str, table: str) -> list[str]:
+    with psycopg.connect(url, autocommit=True) as conn:
+        rows = conn.execute(
+            "SELECT column_name FROM information_schema.columns"
+            " WHERE table_schema = %s AND table_name = %s ORDER BY ordinal_position",
+            (schema, table),
+        ).fetchall()
+    return [row[0] for row in rows]
+
+
+async def test_a_fresh_schema_stores_a_schedules_settings_as_options(
+    client: dt.Durable, pg_url: str
+) -> None:
+    assert await trio.to_thread.run_sync(_columns, pg_url, client.schema, "schedules") == (
+        SCHEDULE_COLUMNS
+    )
+
+
+async def test_a_version_8_schedule_upgrades_to_options_and_keeps_its_settings(
+    pg_url: str, schema: str
+) -> None:
+    await trio.to_thread.run_sync(_build_version_8, pg_url, schema)
+    async with dt.Durable.connect(pg_url, schema=schema, migrate=False) as client:
+        assert await client.store.schema_version() == 8
+        await client.migrate()
+        await client.store.check_schema()
+        columns = await trio.to_thread.run_sync(_columns, pg_url, schema, "schedules")
+        assert sorted(columns) == sorted(SCHEDULE_COLUMNS)
+        info = await client.get_schedule("nightly")
+        assert info.headers == {"tenant": "acme"}
+        assert await fire_schedules(client) == 1
+        [task] = await fetch(
+            client,
+            "SELECT max_attempts, priority, retry, headers, max_pending_delay, max_duration"
+            " FROM @s.tasks",
+        )
+    assert (task["max_attempts"], task["priority"]) == (7, -4)
+    assert task["retry"] == {
+        "kind": "fixed",
+        "base": 2.5,
+        "factor": 2.0,
+        "max_delay": 2.5,
+        "jitter": 0.0,
+    }
+    assert task["headers"]["tenant"] == "acme"
+    assert task["headers"]["schedule_id"] == "nightly"
+    assert (task["max_pending_delay"], task["max_duration"]) == (timedelta(seconds=90), None)

@@ -121,6 +121,41 @@ async def test_schedule_by_name_with_options(client: dt.Durable) -> None:
     assert row["priority"] == 3
 
 
+async def test_every_spawn_setting_of_a_schedule_reaches_its_tasks(client: dt.Durable) -> None:
+    options = dt.SpawnOptions(
+        max_attempts=7,
+        retry=dt.RetryStrategy.fixed(2.5),
+        priority=-4,
+        headers={"tenant": "acme"},
+        cancellation=dt.CancellationPolicy(max_pending_delay=90, max_duration=3600.25),
+    )
+    await client.schedule("settings", "elsewhere", None, cron="@hourly", options=options)
+    info = await client.get_schedule("settings")
+    assert info.next_fire_at is not None
+    await advance_to(client, info.next_fire_at + timedelta(seconds=1))
+    assert await fire_schedules(client) == 1
+    [row] = await fetch(
+        client,
+        "SELECT max_attempts, retry, priority, headers, max_pending_delay, max_duration"
+        " FROM @s.tasks",
+    )
+    assert (row["max_attempts"], row["priority"]) == (7, -4)
+    assert row["retry"] == {
+        "kind": "fixed",
+        "base": 2.5,
+        "factor": 2.0,
+        "max_delay": 2.5,
+        "jitter": 0.0,
+    }
+    assert row["headers"] == {
+        "tenant": "acme",
+        "schedule_id": "settings",
+        "scheduled_at": info.next_fire_at.astimezone(UTC).isoformat(),
+    }
+    assert row["max_pending_delay"] == timedelta(seconds=90)
+    assert row["max_duration"] == timedelta(seconds=3600.25)
+
+
 @pytest.mark.parametrize(
     ("kwargs", "match"),
     [

@@ -1,0 +1,20 @@
+-- durable_trio schema, version 9: a schedule's spawn settings as one JSON object.
+--
+-- A schema that applied 0005_schedules.sql before version 9 keeps them in the columns
+-- headers, retry, max_attempts, priority, max_pending_delay and max_duration; they
+-- become `options` (spawn_options: the SQL API's shape), which fire_schedule hands to
+-- spawn. A schema made since has `options` from 0005 already, and nothing changes.
+DO $$
+BEGIN
+    IF EXISTS (SELECT 1 FROM information_schema.columns
+               WHERE table_schema = @schema_literal AND table_name = 'schedules'
+                 AND column_name = 'retry') THEN
+        ALTER TABLE @schema.schedules ADD COLUMN options jsonb;
+        UPDATE @schema.schedules SET options = @schema.spawn_options(headers, retry,
+            max_attempts, priority, max_pending_delay, max_duration);
+        ALTER TABLE @schema.schedules ALTER COLUMN options SET NOT NULL,
+            DROP COLUMN headers, DROP COLUMN retry, DROP COLUMN max_attempts,
+            DROP COLUMN priority, DROP COLUMN max_pending_delay, DROP COLUMN max_duration;
+    END IF;
+END
+$$;
