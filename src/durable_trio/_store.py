@@ -18,9 +18,10 @@ import attrs
 import psycopg
 import trio
 
-from . import _sql
+from . import _serde, _sql
 from ._clientcore import SpawnResult, deliver, insert
 from ._core.durations import MAX_DURATION, interval
+from ._core.ids import uuid7
 from ._core.names import validate_schema
 from ._db import CONNECTION_ERRORS, Pool, TrioConnection
 from ._errors import DatabaseUnavailable, InvalidInput, LeaseLost
@@ -282,6 +283,15 @@ class Store:
             },
         )
         return state
+
+    async def fail_for_good(
+        self, run_id: UUID, worker: str | None, error: Mapping[str, Any]
+    ) -> str | None:
+        """Fail the run and its task with no further attempt, storing `error` (an
+        `_failures` record): for a task whose data the engine itself cannot process."""
+        return await self.fail(
+            run_id, worker, _serde.dumps(error), retry=False, delay=0.0, new_run_id=uuid7()
+        )
 
     async def suspend(self, run_id: UUID, worker: str, wake_at: datetime) -> bool:
         return bool(

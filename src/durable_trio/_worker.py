@@ -419,14 +419,7 @@ class Worker:
         error = _failures.unprocessable(why, stage="claim", attempt=row.attempt)
         # Should this fail too, the lease expires and the reaper fails the task.
         with suppress(*RETRYABLE_IO, *DATA_ERRORS):
-            await self._exec.fail(
-                row.run_id,
-                self.worker_id,
-                _serde.dumps(error),
-                retry=False,
-                delay=0.0,
-                new_run_id=uuid7(),
-            )
+            await self._exec.fail_for_good(row.run_id, self.worker_id, error)
 
     # -- claims riding along with the writer (see _writer.Claimer) ----------------------
 
@@ -616,14 +609,7 @@ class Worker:
                 )
                 error = _failures.unprocessable(why, stage="heartbeat", attempt=run.attempt)
                 with suppress(*DATA_ERRORS):  # else its lease expires: the reaper fails it
-                    await self._control.fail(
-                        run.run_id,
-                        self.worker_id,
-                        _serde.dumps(error),
-                        retry=False,
-                        delay=0.0,
-                        new_run_id=uuid7(),
-                    )
+                    await self._control.fail_for_good(run.run_id, self.worker_id, error)
                 run.lose(f"task failed: {why}")
         return renewed
 
@@ -1033,9 +1019,7 @@ async def _reap_poisoned(store: Store, row: ExpiredRun, ex: Exception) -> str | 
         why, stage="reap", attempt=row.attempt, cause=_lease_expired(row.attempt)
     )
     try:
-        return await store.fail(
-            row.run_id, None, _serde.dumps(error), retry=False, delay=0.0, new_run_id=uuid7()
-        )
+        return await store.fail_for_good(row.run_id, None, error)
     except RETRYABLE_IO:
         raise
     except Exception as again:  # noqa: BLE001 - skipped: the next pass tries again

@@ -23,9 +23,8 @@ from uuid import UUID
 
 import trio
 
-from . import _failures, _serde
+from . import _failures
 from ._core.backoff import gives_up
-from ._core.ids import uuid7
 from ._db import TRANSIENT
 from ._errors import DatabaseUnavailable
 from ._retrying import retrying
@@ -191,14 +190,7 @@ class Writer:
         )
         error = _failures.unprocessable(why, stage="record", attempt=run.attempt)
         try:
-            state = await self._store.fail(
-                run.run_id,
-                self._worker_id,
-                _serde.dumps(error),
-                retry=False,
-                delay=0.0,
-                new_run_id=uuid7(),
-            )
+            state = await self._store.fail_for_good(run.run_id, self._worker_id, error)
         except Exception:  # the reaper is the last resort
             log.exception("run %s: could not fail its task either; abandoning it", run.run_id)
             run.lose("internal error while recording the outcome")
