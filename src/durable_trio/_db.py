@@ -19,7 +19,7 @@ import logging
 import math
 import re
 import select
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Iterable, Sequence
 from contextlib import asynccontextmanager
 from typing import Any, Self, TypeVar
 from urllib.parse import urlsplit, urlunsplit
@@ -317,6 +317,19 @@ async def connect(url: str, *, autocommit: bool = True) -> TrioConnection:
         raise unreachable(url, ex) from None
 
 
+async def listening(url: str, channels: Iterable[str]) -> TrioConnection:
+    """A new connection LISTENing on every channel (closed again if that fails)."""
+    conn = await connect(url)
+    try:
+        for channel in channels:
+            await conn.execute(psycopg.sql.SQL("LISTEN {}").format(psycopg.sql.Identifier(channel)))
+    except BaseException:
+        with trio.CancelScope(shield=True):
+            await conn.close()
+        raise
+    return conn
+
+
 def unreachable(url: str, ex: BaseException) -> DatabaseUnavailable:
     """The error every client raises when it cannot connect (password redacted)."""
     if isinstance(ex, psycopg.ProgrammingError):
@@ -498,18 +511,7 @@ class Listener:
                     await conn.close()
 
     async def _listen(self) -> TrioConnection:
-        """A new connection LISTENing on every channel."""
-        conn = await connect(self.url)
-        try:
-            for channel in self.channels:
-                await conn.execute(
-                    psycopg.sql.SQL("LISTEN {}").format(psycopg.sql.Identifier(channel))
-                )
-        except BaseException:
-            with trio.CancelScope(shield=True):
-                await conn.close()
-            raise
-        return conn
+        return await listening(self.url, self.channels)
 
     async def _pump(self, conn: TrioConnection) -> None:
         while True:

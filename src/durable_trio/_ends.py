@@ -26,7 +26,7 @@ import trio
 from psycopg import sql
 
 from ._clientcore import END_CHANNEL, Waiting, Watcher, Watchers
-from ._db import CONNECT_ERRORS, CONNECTION_LOST, TrioConnection, connect
+from ._db import CONNECT_ERRORS, CONNECTION_LOST, TrioConnection, listening
 
 __all__ = ["AsyncEnds", "AsyncioEnds", "BlockingEnds", "TrioEnds"]
 
@@ -211,14 +211,7 @@ class TrioEnds(AsyncEnds):
             await event.wait()
 
     async def _open(self) -> TrioConnection:
-        conn = await connect(self.url)
-        try:
-            await conn.execute(LISTEN)
-        except BaseException:
-            with trio.CancelScope(shield=True):
-                await conn.close()
-            raise
-        return conn
+        return await listening(self.url, (END_CHANNEL,))
 
     async def _close(self, conn: Any) -> None:
         with trio.CancelScope(shield=True):
