@@ -6,6 +6,7 @@ from datetime import datetime, timedelta
 
 import attrs
 
+from ._core.checks import integer_in
 from ._core.durations import to_seconds
 from ._errors import InvalidInput
 
@@ -68,6 +69,4 @@ def rest_after(seconds: float, duty: float) -> float:
 
 
 def check_batch(batch: object) -> int:
-    if isinstance(batch, bool) or not isinstance(batch, int) or not 1 <= batch <= MAX_BATCH:
-        raise InvalidInput(f"batch must be an integer from 1 to {MAX_BATCH}, got {batch!r}")
-    return batch
+    return integer_in(batch, "batch", 1, MAX_BATCH)

@@ -7,6 +7,7 @@ from datetime import datetime
 from typing import Any
 
 from .._errors import InvalidInput
+from .checks import integer_in
 from .names import RESERVED_PREFIX
 from .states import TaskState
 
@@ -31,9 +32,7 @@ def list_query(state: TaskState | None) -> str:
 
 
 def page_limit(limit: object) -> int:
-    if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= MAX_PAGE:
-        raise InvalidInput(f"limit must be an integer from 1 to {MAX_PAGE}, got {limit!r}")
-    return limit
+    return integer_in(limit, "limit", 1, MAX_PAGE)
 
 
 def task_state(state: object) -> TaskState:

@@ -12,6 +12,7 @@ from typing import Any
 import attrs
 
 from .._errors import InvalidInput
+from .checks import integer_in
 from .durations import Duration, check_instant, to_seconds
 from .names import validate_name, validate_queue
 from .retry import RetryStrategy
@@ -128,8 +129,7 @@ class SpawnOptions:
 
     @max_attempts.validator
     def _check_attempts(self, _: Any, value: int) -> None:
-        if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 10_000:
-            raise InvalidInput(f"max_attempts must be an integer from 1 to 10000, got {value!r}")
+        integer_in(value, "max_attempts", 1, 10_000)
 
     @retry.validator
     def _check_retry(self, _: Any, value: RetryStrategy) -> None:
@@ -222,8 +222,7 @@ class WorkerOptions:
 
     @concurrency.validator
     def _check_concurrency(self, _: Any, value: int) -> None:
-        if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 10_000:
-            raise InvalidInput(f"concurrency must be an integer from 1 to 10000, got {value!r}")
+        integer_in(value, "concurrency", 1, 10_000)
 
     @batch_size.validator
     def _check_batch(self, _: Any, value: int | None) -> None:
@@ -234,8 +233,7 @@ class WorkerOptions:
 
     @prefetch.validator
     def _check_prefetch(self, _: Any, value: int) -> None:
-        if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 10_000:
-            raise InvalidInput(f"prefetch must be an integer from 0 to 10000, got {value!r}")
+        integer_in(value, "prefetch", 0, 10_000)
 
     @claim_timeout.validator
     def _check_claim_timeout(self, _: Any, value: float) -> None:
