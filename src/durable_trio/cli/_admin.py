@@ -16,7 +16,7 @@ import durable_trio as dt
 from .._ephemeral import EphemeralPostgres, PostgresUnavailable
 from .._schema import functions, migrations, render
 from .._sql import MIGRATE_LOCK
-from ._common import client, run, settings
+from ._common import run, settings, with_client
 from ._tasks import show_task
 
 
@@ -33,11 +33,7 @@ def migrate(print_sql: bool) -> None:
         click.echo(_schema_script(settings().schema))
         return
 
-    async def go() -> list[int]:
-        async with client() as c:
-            return await c.migrate()
-
-    applied = run(go)
+    applied = with_client(lambda c: c.migrate())
     click.echo(f"applied migrations {applied}" if applied else "schema is up to date")
 
 

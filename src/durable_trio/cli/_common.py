@@ -108,6 +108,16 @@ def run(fn: Callable[[], Awaitable[T]]) -> T:
         raise
 
 
+def with_client(call: Callable[[dt.Durable], Awaitable[T]], queue: str = "default") -> T:
+    """`run` one call on a client of the command's URL and schema (see `client`)."""
+
+    async def go() -> T:
+        async with client(queue) as c:
+            return await call(c)
+
+    return run(go)
+
+
 def parse_json(text: str, what: str) -> Any:
     try:
         return json.loads(text)

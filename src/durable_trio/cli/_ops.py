@@ -8,9 +8,7 @@ from datetime import datetime, timedelta
 import click
 from rich.table import Table
 
-import durable_trio as dt
-
-from ._common import BadInput, client, console, json_option, print_json, run
+from ._common import BadInput, console, json_option, print_json, with_client
 
 _AGE = re.compile(r"(\d+(?:\.\d+)?)\s*(s|m|h|d|w)")
 _UNIT = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
@@ -39,11 +37,7 @@ def parse_cutoff(text: str | None, what: str) -> datetime | timedelta | None:
 def workers(as_json: bool) -> None:
     """List the live workers."""
 
-    async def go() -> list[dt.WorkerInfo]:
-        async with client() as c:
-            return await c.workers()
-
-    found = run(go)
+    found = with_client(lambda c: c.workers())
     if as_json:
         print_json(found)
         return
@@ -87,13 +81,11 @@ def cleanup(
     if tasks_cut is None and events_cut is None:
         raise BadInput("give --finished-before and/or --events-before")
 
-    async def go() -> dt.CleanupResult:
-        async with client() as c:
-            return await c.cleanup(
-                finished_before=tasks_cut, events_before=events_cut, batch=batch, duty=duty
-            )
-
-    removed = run(go)
+    removed = with_client(
+        lambda c: c.cleanup(
+            finished_before=tasks_cut, events_before=events_cut, batch=batch, duty=duty
+        )
+    )
     if as_json:
         print_json(removed)
     else:

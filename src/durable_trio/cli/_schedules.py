@@ -7,7 +7,7 @@ from rich.table import Table
 
 import durable_trio as dt
 
-from ._common import Nothing, client, console, json_option, parse_json, print_json, run
+from ._common import Nothing, client, console, json_option, parse_json, print_json, run, with_client
 
 
 @click.group()
@@ -20,11 +20,7 @@ def schedules() -> None:
 def schedules_ls(as_json: bool) -> None:
     """List every schedule."""
 
-    async def go() -> list[dt.ScheduleInfo]:
-        async with client() as c:
-            return await c.schedules()
-
-    found = run(go)
+    found = with_client(lambda c: c.schedules())
     if as_json:
         print_json(found)
         return
@@ -72,19 +68,18 @@ def schedules_add(
     """Create or replace schedule SCHEDULE_ID spawning TASK_NAME at every cron slot."""
     values = parse_json(params, "--params")
 
-    async def go() -> dt.ScheduleInfo:
-        async with client(queue) as c:
-            return await c.schedule(
-                schedule_id,
-                task_name,
-                values,
-                cron=cron,
-                timezone=timezone,
-                options=dt.SpawnOptions(queue=queue),
-                missed=missed,  # type: ignore[arg-type]  # click.Choice checked it
-            )
-
-    info = run(go)
+    info = with_client(
+        lambda c: c.schedule(
+            schedule_id,
+            task_name,
+            values,
+            cron=cron,
+            timezone=timezone,
+            options=dt.SpawnOptions(queue=queue),
+            missed=missed,  # type: ignore[arg-type]  # click.Choice checked it
+        ),
+        queue,
+    )
     if as_json:
         print_json(info)
     else:

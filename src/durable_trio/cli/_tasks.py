@@ -21,6 +21,7 @@ from ._common import (
     plain,
     print_json,
     run,
+    with_client,
 )
 from ._ops import parse_cutoff
 
@@ -177,11 +178,9 @@ def retry(task_id: str, max_attempts: int | None, from_scratch: bool, as_json: b
     """Give a failed or cancelled task a new attempt (resuming from its checkpoints)."""
     target = parse_uuid(task_id)
 
-    async def go() -> dt.RetryResult:
-        async with client() as c:
-            return await c.retry(target, max_attempts=max_attempts, from_scratch=from_scratch)
-
-    result = run(go)
+    result = with_client(
+        lambda c: c.retry(target, max_attempts=max_attempts, from_scratch=from_scratch)
+    )
     if as_json:
         print_json(result)
     else:
@@ -204,11 +203,7 @@ def queues(queue: str | None, window: str, unserved_after: str, as_json: bool) -
     span = _span(window, "--window")
     after = _span(unserved_after, "--unserved-after")
 
-    async def go() -> dt.QueueStats:
-        async with client() as c:
-            return await c.queue_stats(queue, window=span, unserved_after=after)
-
-    stats = run(go)
+    stats = with_client(lambda c: c.queue_stats(queue, window=span, unserved_after=after))
     if as_json:
         print_json(stats)
         return

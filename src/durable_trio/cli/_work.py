@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import click
 
 import durable_trio as dt
 
-from ._common import Nothing, client, json_option, parse_json, parse_uuid, print_json, run
+from ._common import (
+    Nothing,
+    json_option,
+    parse_json,
+    parse_uuid,
+    print_json,
+    with_client,
+)
 
 
 @click.command()
@@ -39,11 +44,7 @@ def spawn(
         idempotency_key=idempotency_key,
     )
 
-    async def go() -> dt.SpawnResult[Any]:
-        async with client(queue) as c:
-            return await c.spawn_by_name(name, values, options=options)
-
-    result = run(go)
+    result = with_client(lambda c: c.spawn_by_name(name, values, options=options), queue)
     if as_json:
         print_json(result)
     else:
@@ -58,11 +59,7 @@ def cancel(task_id: str, reason: str) -> None:
     """Cancel a task and its unfinished descendants."""
     target = parse_uuid(task_id)
 
-    async def go() -> bool:
-        async with client() as c:
-            return await c.cancel(target, reason)
-
-    if not run(go):
+    if not with_client(lambda c: c.cancel(target, reason)):
         raise Nothing(f"task {target} had already ended: nothing to cancel")
     click.echo(f"cancelled task {target}")
 
@@ -76,11 +73,7 @@ def emit(name: str, payload: str, queue: str, as_json: bool) -> None:
     """Emit event NAME; tasks waiting for it wake up (events are sticky)."""
     value = parse_json(payload, "--payload")
 
-    async def go() -> int:
-        async with client(queue) as c:
-            return await c.emit_event(name, value)
-
-    woken = run(go)
+    woken = with_client(lambda c: c.emit_event(name, value), queue)
     if as_json:
         print_json({"event": name, "queue": queue, "woken": woken})
     else:
