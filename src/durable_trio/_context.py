@@ -107,14 +107,17 @@ class TaskContext:
 
     @property
     def task_id(self) -> UUID:
+        """The task's id: the same on every attempt and after every resume."""
         return self._run.task_id
 
     @property
     def run_id(self) -> UUID:
+        """This attempt's run (a retry is a new run; a resume continues the same one)."""
         return self._run.run_id
 
     @property
     def attempt(self) -> int:
+        """This attempt's number, from 1 (at most the spawn's ``max_attempts``)."""
         return self._run.attempt
 
     @property
@@ -125,14 +128,17 @@ class TaskContext:
 
     @property
     def headers(self) -> dict[str, Any]:
+        """A copy of the task's headers (its spawn's, and what hooks added)."""
         return dict(self._run.headers)
 
     @property
     def queue(self) -> str:
+        """The queue the task was spawned on; its children default to it."""
         return self._run.queue
 
     @property
     def task_name(self) -> str:
+        """The registered name the task was spawned by."""
         return self._run.task_name
 
     def __repr__(self) -> str:

@@ -42,7 +42,9 @@ import tempfile
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import Literal, Self
+from typing import Literal, Self, TypeVar
+
+T = TypeVar("T")
 
 __all__ = [
     "EphemeralPostgres",
@@ -428,9 +430,7 @@ class EphemeralPostgres:
     @property
     def root(self) -> Path:
         """The temporary directory: data dir, unix socket and server log."""
-        if self._root is None:
-            raise RuntimeError("EphemeralPostgres is not started")
-        return self._root
+        return _started(self._root)
 
     @property
     def data_dir(self) -> Path:
@@ -446,9 +446,7 @@ class EphemeralPostgres:
 
     @property
     def port(self) -> int:
-        if self._port is None:
-            raise RuntimeError("EphemeralPostgres is not started")
-        return self._port
+        return _started(self._port)
 
     @property
     def host(self) -> str:
@@ -599,3 +597,10 @@ class EphemeralPostgres:
             f"{done.stdout}{done.stderr}\n"
             f"--- tail of {self.log_path} ---\n{_log_tail(self.log_path)}"
         )
+
+
+def _started(value: T | None) -> T:
+    """A fact of the running server (None: the server is not started)."""
+    if value is None:
+        raise RuntimeError("EphemeralPostgres is not started: call start() first")
+    return value

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import enum
-from typing import Any
+from typing import Any, overload
 from uuid import UUID
 
 import attrs
@@ -51,6 +51,21 @@ class RunReport:
     error: dict[str, Any] | None = None
 
 
+class _Tasks:
+    """A `PassReport` attribute: the ids of the tasks whose run ended with `outcome`."""
+
+    def __init__(self, outcome: RunOutcome, doc: str) -> None:
+        self.outcome = outcome
+        self.__doc__ = doc
+
+    @overload
+    def __get__(self, report: None, owner: type[PassReport]) -> _Tasks: ...
+    @overload
+    def __get__(self, report: PassReport, owner: type[PassReport]) -> list[UUID]: ...
+    def __get__(self, report: PassReport | None, owner: type[PassReport]) -> _Tasks | list[UUID]:
+        return self if report is None else report.task_ids(self.outcome)
+
+
 @attrs.frozen
 class PassReport:
     """What `Worker.run_once` did, in claim order. Empty when nothing was due."""
@@ -64,31 +79,15 @@ class PassReport:
     def task_ids(self, outcome: RunOutcome) -> list[UUID]:
         return [run.task_id for run in self.runs if run.outcome is outcome]
 
-    @property
-    def completed(self) -> list[UUID]:
-        """Tasks whose run returned (their result is stored)."""
-        return self.task_ids(RunOutcome.COMPLETED)
-
-    @property
-    def suspended(self) -> list[UUID]:
-        """Tasks that slept, waited for an event or joined an unfinished child."""
-        return self.task_ids(RunOutcome.SUSPENDED)
-
-    @property
-    def retrying(self) -> list[UUID]:
-        """Tasks whose attempt failed with attempts left: the next one is scheduled."""
-        return self.task_ids(RunOutcome.RETRYING)
-
-    @property
-    def failed(self) -> list[UUID]:
-        """Tasks that failed for good."""
-        return self.task_ids(RunOutcome.FAILED)
-
-    @property
-    def cancelled(self) -> list[UUID]:
-        return self.task_ids(RunOutcome.CANCELLED)
-
-    @property
-    def abandoned(self) -> list[UUID]:
-        """Tasks whose run lost its lease (retried once the lease expires)."""
-        return self.task_ids(RunOutcome.ABANDONED)
+    completed = _Tasks(RunOutcome.COMPLETED, "Tasks whose run returned (their result is stored).")
+    suspended = _Tasks(
+        RunOutcome.SUSPENDED, "Tasks that slept, waited for an event or joined an unfinished child."
+    )
+    retrying = _Tasks(
+        RunOutcome.RETRYING, "Tasks whose attempt failed with attempts left: the next one is due."
+    )
+    failed = _Tasks(RunOutcome.FAILED, "Tasks that failed for good.")
+    cancelled = _Tasks(RunOutcome.CANCELLED, "Tasks cancelled while their run was executing.")
+    abandoned = _Tasks(
+        RunOutcome.ABANDONED, "Tasks whose run lost its lease (retried once the lease expires)."
+    )
