@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from contextlib import asynccontextmanager, contextmanager
 from datetime import datetime, timedelta
 from enum import Enum
@@ -15,6 +15,7 @@ import attrs
 import click
 import trio
 from rich.console import Console
+from rich.table import Table
 
 import durable_trio as dt
 
@@ -155,6 +156,24 @@ def plain(value: Any) -> Any:
 
 def print_json(value: Any) -> None:
     sys.stdout.write(json.dumps(plain(value), indent=2, sort_keys=True) + "\n")
+
+
+def when(value: datetime | None) -> str:
+    """A time for a table cell, to the second (blank: none)."""
+    return "" if value is None else value.isoformat(timespec="seconds")
+
+
+def show_rows(
+    found: Sequence[T], as_json: bool, columns: Sequence[str], row: Callable[[T], Sequence[str]]
+) -> None:
+    """A listing: JSON with --json, else a table of one `row` per item."""
+    if as_json:
+        print_json(found)
+        return
+    table = Table(*columns)
+    for item in found:
+        table.add_row(*row(item))
+    console().print(table)
 
 
 def console() -> Console:

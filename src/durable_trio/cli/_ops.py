@@ -6,9 +6,10 @@ import re
 from datetime import datetime, timedelta
 
 import click
-from rich.table import Table
 
-from ._common import BadInput, console, json_option, print_json, with_client
+import durable_trio as dt
+
+from ._common import BadInput, json_option, print_json, show_rows, when, with_client
 
 _AGE = re.compile(r"(\d+(?:\.\d+)?)\s*(s|m|h|d|w)")
 _UNIT = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
@@ -36,24 +37,14 @@ def parse_cutoff(text: str | None, what: str) -> datetime | timedelta | None:
 @json_option
 def workers(as_json: bool) -> None:
     """List the live workers."""
+    columns = ("worker", "host", "pid", "queues", "tasks", "concurrency", "started", "seen")
+    show_rows(with_client(lambda c: c.workers()), as_json, columns, _worker_row)
 
-    found = with_client(lambda c: c.workers())
-    if as_json:
-        print_json(found)
-        return
-    table = Table("worker", "host", "pid", "queues", "tasks", "concurrency", "started", "seen")
-    for w in found:
-        table.add_row(
-            w.worker_id,
-            w.host,
-            str(w.pid),
-            ", ".join(w.queues),
-            ", ".join(w.task_names),
-            str(w.concurrency),
-            w.started_at.isoformat(timespec="seconds"),
-            w.last_seen_at.isoformat(timespec="seconds"),
-        )
-    console().print(table)
+
+def _worker_row(w: dt.WorkerInfo) -> tuple[str, ...]:
+    queues, names = ", ".join(w.queues), ", ".join(w.task_names)
+    started, seen = when(w.started_at), when(w.last_seen_at)
+    return (w.worker_id, w.host, str(w.pid), queues, names, str(w.concurrency), started, seen)
 
 
 @click.command()

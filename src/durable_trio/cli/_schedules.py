@@ -3,11 +3,20 @@
 from __future__ import annotations
 
 import click
-from rich.table import Table
 
 import durable_trio as dt
 
-from ._common import Nothing, client, console, json_option, parse_json, print_json, run, with_client
+from ._common import (
+    Nothing,
+    client,
+    json_option,
+    parse_json,
+    print_json,
+    run,
+    show_rows,
+    when,
+    with_client,
+)
 
 
 @click.group()
@@ -19,25 +28,13 @@ def schedules() -> None:
 @json_option
 def schedules_ls(as_json: bool) -> None:
     """List every schedule."""
+    columns = ("id", "task", "queue", "cron", "timezone", "missed", "next", "last", "paused")
+    show_rows(with_client(lambda c: c.schedules()), as_json, columns, _schedule_row)
 
-    found = with_client(lambda c: c.schedules())
-    if as_json:
-        print_json(found)
-        return
-    table = Table("id", "task", "queue", "cron", "timezone", "missed", "next", "last", "paused")
-    for s in found:
-        table.add_row(
-            s.schedule_id,
-            s.task_name,
-            s.queue,
-            s.cron,
-            s.timezone,
-            s.missed,
-            "" if s.next_fire_at is None else s.next_fire_at.isoformat(timespec="seconds"),
-            "" if s.last_fired_at is None else s.last_fired_at.isoformat(timespec="seconds"),
-            "yes" if s.paused else "",
-        )
-    console().print(table)
+
+def _schedule_row(s: dt.ScheduleInfo) -> tuple[str, ...]:
+    fired = (when(s.next_fire_at), when(s.last_fired_at), "yes" if s.paused else "")
+    return (s.schedule_id, s.task_name, s.queue, s.cron, s.timezone, s.missed, *fired)
 
 
 @schedules.command("add")

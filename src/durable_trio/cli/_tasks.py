@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from datetime import datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
 import click
@@ -21,15 +21,12 @@ from ._common import (
     plain,
     print_json,
     run,
+    when,
     with_client,
 )
 from ._ops import parse_cutoff
 
 STATES = [s.value for s in dt.TaskState]
-
-
-def _when(value: datetime | None) -> str:
-    return "" if value is None else value.isoformat(timespec="seconds")
 
 
 def _age(value: timedelta | None) -> str:
@@ -97,8 +94,8 @@ def tasks_ls(
             t.queue,
             t.state.value,
             f"{t.attempts}/{t.max_attempts}",
-            _when(t.created_at),
-            _when(t.finished_at),
+            when(t.created_at),
+            when(t.finished_at),
         )
     out = console()
     out.print(table)
@@ -133,8 +130,8 @@ def show_task(info: dt.TaskInfo, steps: list[dt.StepInfo]) -> None:
         f"state=[bold]{info.state.value}[/bold]  attempts={info.attempts}/{info.max_attempts}"
     )
     out.print(
-        f"created {_when(info.created_at)}  started {_when(info.first_started_at)}  "
-        f"finished {_when(info.finished_at)}"
+        f"created {when(info.created_at)}  started {when(info.first_started_at)}  "
+        f"finished {when(info.finished_at)}"
     )
     out.print(f"params {_short(info.params)}")
     if info.headers:
@@ -152,15 +149,15 @@ def show_task(info: dt.TaskInfo, steps: list[dt.StepInfo]) -> None:
             str(r.attempt),
             r.state.value,
             r.worker_id or "",
-            _when(r.claimed_at),
-            _when(r.finished_at),
+            when(r.claimed_at),
+            when(r.finished_at),
             error,
         )
     out.print(runs)
     table = Table("step", "kind", "attempt", "value", "written", title="steps")
     for s in steps:
         attempt = "" if s.attempt is None else str(s.attempt)
-        table.add_row(s.name, s.kind, attempt, _short(s.value), _when(s.created_at))
+        table.add_row(s.name, s.kind, attempt, _short(s.value), when(s.created_at))
     out.print(table)
     if info.children:
         tree = Tree(f"children ({info.child_count})")
