@@ -575,9 +575,10 @@ class Watchers:
 
 
 def spawn_one(schema: str, plan: SpawnPlan, params: str) -> Op[SpawnResult[Any]]:
-    """One spawn of `plan` with its params as JSON text: one statement, the same text
-    every time, so psycopg prepares it on each connection after a few uses (and leaves it
-    unprepared on a connection configured not to prepare, e.g. behind pgbouncer)."""
+    """One spawn of `plan` with its params as JSON text: one statement (see `_spawn`),
+    the same text every time, so psycopg prepares it on each connection after a few uses
+    (and leaves it unprepared on a connection configured not to prepare, e.g. behind
+    pgbouncer)."""
     task_id, run_id = uuid7_texts(2)  # one call for both ids' randomness
     values = (task_id, run_id, params, plan.key, *plan.shared)
     row = yield from _spawn(schema, values)
