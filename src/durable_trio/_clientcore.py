@@ -575,21 +575,31 @@ class Watchers:
 
 
 def spawn_one(schema: str, plan: SpawnPlan, params: str) -> Op[SpawnResult[Any]]:
-    """One spawn of `plan` with its params as JSON text: one statement, the same text
-    every time, so psycopg prepares it on each connection after a few uses (and leaves it
-    unprepared on a connection configured not to prepare, e.g. behind pgbouncer)."""
+    """One spawn of `plan` with its params as JSON text: one statement (see `_spawn`),
+    the same text every time, so psycopg prepares it on each connection after a few uses
+    (and leaves it unprepared on a connection configured not to prepare, e.g. behind
+    pgbouncer)."""
     task_id, run_id = uuid7_texts(2)  # one call for both ids' randomness
     values = (task_id, run_id, params, plan.key, *plan.shared)
-    rows = yield Statement(queries(schema)["spawn_one"], values)
-    return spawn_result(rows[0], plan.name, plan.output)
+    row = yield from _spawn(schema, values)
+    return spawn_result(row, plan.name, plan.output)
 
 
 def insert(schema: str, row: dict[str, Any], output: Any = Any) -> Op[SpawnResult[Any]]:
     """One spawn row (see `ClientCore.spawn_row`) into the tables."""
     values = (row["task_id"], row["run_id"], row["params"], row["idempotency_key"])
     shared = tuple(row[field] for field in SPAWN_SHARED)
-    rows = yield Statement(queries(schema)["spawn_one"], (*values, *shared))
-    return spawn_result(rows[0], row["task_name"], output)
+    spawned = yield from _spawn(schema, (*values, *shared))
+    return spawn_result(spawned, row["task_name"], output)
+
+
+def _spawn(schema: str, values: tuple[Any, ...]) -> Op[Row]:
+    """The spawned task's row. A second statement only when the idempotency key named a
+    task already (no row from the first): spawn_tasks reports that one."""
+    rows = yield Statement(queries(schema)["spawn_one"], values)
+    if not rows:
+        rows = yield Statement(queries(schema)["spawn_one_existing"], values)
+    return rows[0]
 
 
 def deliver(schema: str, queue: str, event: str, payload: str) -> Op[int]:

@@ -1,7 +1,9 @@
-"""Spawning: idempotency keys, and spawns/emits that join a caller's transaction."""
+"""Spawning: idempotency keys, spawns/emits that join a caller's transaction, and the rows a
+spawn writes."""
 
 from __future__ import annotations
 
+import datetime
 from typing import Any
 
 import attrs
@@ -12,7 +14,7 @@ from psycopg import sql
 
 import durable_trio as dt
 from durable_trio.testing import run_until_idle
-from support import query
+from support import fetch, query
 
 
 async def counts(client: dt.Durable) -> tuple[int, int]:
@@ -235,6 +237,55 @@ async def test_rolled_back_emit_wakes_nobody(client: dt.Durable) -> None:
         await conn.commit()
     assert await run_until_idle(client) == 1
     assert await client.wait_result(waiter, spawned.task_id, timeout=10) == "box"
+
+
+# A single spawn (statement spawn_one) and spawn_many (function spawn_tasks) write a task
+# and its first run each: the rows must not differ but for ids and times.
+WRITTEN = """
+SELECT t.queue, t.task_name, t.params, t.headers, t.retry, t.max_attempts, t.priority,
+    t.max_pending_delay, t.max_duration, t.idempotency_key, t.parent_task_id,
+    t.root_task_id = t.task_id AS own_root, t.state, t.attempts, t.last_run_id = r.run_id
+    AS linked, r.queue AS run_queue, r.task_name AS run_name, r.priority AS run_priority,
+    r.attempt, r.state AS run_state, r.available_at, t.created_at,
+    r.created_at = t.created_at AS same_time, r.worker_id, r.lease_expires_at,
+    (SELECT array_agg(d.kind || ' ' || (d.due_at - t.created_at) ORDER BY d.kind)
+     FROM @s.deadlines d WHERE d.task_id = t.task_id) AS deadlines
+FROM @s.tasks t JOIN @s.runs r USING (task_id) WHERE t.task_id = %s
+"""
+
+
+def due(row: dict[str, Any], options: dt.SpawnOptions) -> Any:
+    """When the first run is due (taken out of `row`): at start_at, else a delay after
+    the task's creation."""
+    available, created = row.pop("available_at"), row.pop("created_at")
+    return available if options.start_at is not None else available - created
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        dt.SpawnOptions(),
+        dt.SpawnOptions(
+            headers={"tenant": "t1"},
+            max_attempts=3,
+            priority=7,
+            delay=30,
+            cancellation=dt.CancellationPolicy(max_pending_delay=60, max_duration=120),
+        ),
+        dt.SpawnOptions(start_at=datetime.datetime(2031, 1, 2, 3, 4, 5, tzinfo=datetime.UTC)),
+    ],
+)
+async def test_a_single_spawn_writes_the_rows_spawn_many_writes(
+    client: dt.Durable, options: dt.SpawnOptions
+) -> None:
+    client.register(greet)
+    single = await client.spawn(greet, Greeting("x"), options=options)
+    (many,) = await client.spawn_many(greet, [Greeting("x")], options=options)
+    (one,) = await fetch(client, WRITTEN, single.task_id)
+    (other,) = await fetch(client, WRITTEN, many.task_id)
+    assert due(one, options) == due(other, options)
+    assert one == other
+    assert (one["own_root"], one["linked"], one["same_time"]) == (True, True, True)
 
 
 async def test_spawn_many_is_all_or_nothing(client: dt.Durable) -> None:
