@@ -1,6 +1,7 @@
 -- Spawn the given slots of one schedule (through spawn, the SQL API, with the options
--- the schedule stores) and move it on to p_next, in one transaction: only if the schedule is not paused and still due at p_due (else another worker fired
--- it already, or it was changed meanwhile: nothing is written and NULL is returned).
+-- the schedule stores) and move it on to p_next, in one transaction: only if the
+-- schedule is not paused and still due at p_due (else another worker fired it already,
+-- or it was changed meanwhile: nothing is written and NULL is returned).
 -- A worker holding the row skips it (SKIP LOCKED) instead of queueing behind it: that
 -- worker either commits the slots or leaves them due for the next pass. Each slot is
 -- spawned with its idempotency key (p_keys), so even a slot spawned before (the schedule

@@ -5,7 +5,7 @@ CREATE OR REPLACE FUNCTION @schema.spawn_options(
     p_headers jsonb, p_retry jsonb, p_max_attempts integer, p_priority integer,
     p_max_pending_delay interval, p_max_duration interval
 ) RETURNS jsonb
-LANGUAGE sql IMMUTABLE AS $$
+LANGUAGE sql STABLE AS $$
     SELECT jsonb_build_object('headers', p_headers, 'retry', p_retry,
         'max_attempts', p_max_attempts, 'priority', p_priority,
         'cancellation', jsonb_strip_nulls(jsonb_build_object(

@@ -1,5 +1,5 @@
--- One spawn (see spawn_tasks, which writes it): the scalar form the SQL API's spawn and
--- schedules call. created is false when p_idempotency_key named an existing task.
+-- One spawn (see spawn_tasks, which writes it): the scalar form the SQL API's spawn
+-- calls (schedules fire through spawn). created is false when p_idempotency_key named an existing task.
 -- PL/pgSQL: a SQL function around spawn_tasks would be planned anew on every call.
 CREATE OR REPLACE FUNCTION @schema.spawn_task(
     p_task uuid, p_run uuid, p_queue text, p_name text, p_params jsonb, p_headers jsonb,

@@ -1,8 +1,8 @@
--- Writes tasks and their first runs: the clients' spawn_many directly, the SQL API's spawn
--- and schedules through spawn_task. A single spawn from a client (a child's too) writes
--- the same rows with the plain statement spawn_one in sql/queries.sql, and comes here
--- only when its key named a task (spawn_one_existing): keep the two alike. Tasks of one name
--- with shared settings; per item its ids, its params (JSON text) and its idempotency key
+-- Writes tasks and their first runs: the clients' spawn_many directly, the SQL API's
+-- spawn (and so schedules) through spawn_task. A single spawn from a client (a child's
+-- too) writes the same rows with the plain statement spawn_one in sql/queries.sql, and
+-- comes here only when its key named a task (spawn_one_existing): keep the two alike
+-- (tests/integration/test_spawn.py compares them). Tasks of one name with shared settings; per item its ids, its params (JSON text) and its idempotency key
 -- (NULL: none). An item whose key names a task already on the queue writes nothing and
 -- reports that task (created false). Items of one call sharing a key: the first of them
 -- (in array order) is spawned and the later ones report it, created false. One NOTIFY

@@ -6,9 +6,10 @@
 -- spawn. A schema made since has `options` from 0005 already, and nothing changes.
 DO $$
 BEGIN
-    IF EXISTS (SELECT 1 FROM information_schema.columns
-               WHERE table_schema = @schema_literal AND table_name = 'schedules'
-                 AND column_name = 'retry') THEN
+    -- pg_attribute, not information_schema: it lists columns whatever the role's rights.
+    IF EXISTS (SELECT 1 FROM pg_attribute
+               WHERE attrelid = to_regclass(format('%I.schedules', @schema_literal))
+                 AND attname = 'retry' AND NOT attisdropped) THEN
         ALTER TABLE @schema.schedules ADD COLUMN options jsonb;
         UPDATE @schema.schedules SET options = @schema.spawn_options(headers, retry,
             max_attempts, priority, max_pending_delay, max_duration);

@@ -117,7 +117,8 @@ class TaskContext:
 
     @property
     def attempt(self) -> int:
-        """This attempt's number, from 1 (at most the spawn's ``max_attempts``)."""
+        """This attempt's number, from 1 (at most the task's ``max_attempts``, which
+        `Durable.retry` may raise)."""
         return self._run.attempt
 
     @property

@@ -69,25 +69,35 @@ async def put_schedule(
                 f"a schedule's options (given, or the task's defaults) cannot set {field}: {why}"
             )
     first = rule.next_after(await store.now())
-    await store.put_schedule(
-        {
-            "schedule_id": sid,
-            "queue": row["queue"],
-            "task_name": row["task_name"],
-            "params": row["params"],
-            "headers": row["headers"],
-            "retry": row["retry"],
-            "max_attempts": row["max_attempts"],
-            "priority": row["priority"],
-            "max_pending_delay": row["max_pending_delay"],
-            "max_duration": row["max_duration"],
-            "cron": rule.text,
-            "timezone": rule.timezone,
-            "missed": policy,
-            "next_fire_at": first,
-        }
-    )
+    try:
+        await store.put_schedule(_stored(sid, row, rule, policy, first))
+    except psycopg.errors.InvalidParameterValue as ex:  # what spawn would refuse at a slot
+        raise InvalidInput(
+            f"schedule {sid!r}: its tasks could not be spawned: {ex.diag.message_primary}"
+        ) from None
     return await get_schedule(store, sid)
+
+
+def _stored(
+    sid: str, row: dict[str, Any], rule: Cron, policy: str, first: datetime
+) -> dict[str, Any]:
+    """put_schedule's parameters."""
+    return {
+        "schedule_id": sid,
+        "queue": row["queue"],
+        "task_name": row["task_name"],
+        "params": row["params"],
+        "headers": row["headers"],
+        "retry": row["retry"],
+        "max_attempts": row["max_attempts"],
+        "priority": row["priority"],
+        "max_pending_delay": row["max_pending_delay"],
+        "max_duration": row["max_duration"],
+        "cron": rule.text,
+        "timezone": rule.timezone,
+        "missed": policy,
+        "next_fire_at": first,
+    }
 
 
 async def get_schedule(store: Store, schedule_id: str) -> ScheduleInfo:
@@ -142,7 +152,18 @@ async def fire_due_schedules(store: Store, limit: int = 100) -> int:
             log.warning("schedule %r cannot be evaluated here (%s); skipping it", sid, ex)
             continue
         slots = [(slot_key(sid, s), s.isoformat(), uuid7(), uuid7()) for s in firing.slots]
-        made = await store.fire_schedule(sid, row.next_fire_at, slots, firing.next_fire_at)
+        try:
+            made = await store.fire_schedule(sid, row.next_fire_at, slots, firing.next_fire_at)
+        except psycopg.errors.InvalidParameterValue as ex:
+            # Written by hand or by an older version: spawn refuses its settings. It stays
+            # due (nothing was written) without holding up the schedules after it.
+            log.warning(
+                "schedule %r cannot fire: spawn refuses its settings (%s); replace it with "
+                "schedule() or remove it",
+                sid,
+                ex.diag.message_primary,
+            )
+            continue
         if made is None:
             continue  # another worker fired it first, or it changed meanwhile
         created += made

@@ -14,6 +14,7 @@ import trio
 
 import durable_trio as dt
 from durable_trio import _schedules
+from durable_trio._core.schedules import slot_key
 from durable_trio._store import Store
 from durable_trio.testing import advance_clock, database_now, fire_schedules, run_until_idle
 from support import fetch
@@ -174,6 +175,11 @@ async def test_every_spawn_setting_of_a_schedule_reaches_its_tasks(client: dt.Du
         ({"options": "fast"}, "SpawnOptions"),
         ({"params": {"text": 3}}, "params"),
         ({"task": ""}, "task name"),
+        # Rounds to a zero interval: the spawn at each slot would refuse it.
+        (
+            {"options": dt.SpawnOptions(cancellation=dt.CancellationPolicy(max_duration=1e-7))},
+            "max_duration must be more than zero",
+        ),
     ],
 )
 async def test_bad_input_writes_nothing(
@@ -193,6 +199,44 @@ async def test_bad_input_writes_nothing(
         await client.schedule(call.pop("schedule_id"), call.pop("task"), call.pop("params"), **call)
     assert await client.schedules() == []
     assert await fetch(client, "SELECT * FROM @s.schedules") == []
+
+
+async def test_a_slot_whose_key_names_a_task_spawns_nothing_and_reports_it(
+    client: dt.Durable,
+) -> None:
+    info = await client.schedule("keyed", "elsewhere", None, cron="@hourly")
+    assert info.next_fire_at is not None
+    key = slot_key("keyed", info.next_fire_at)
+    earlier = await client.spawn_by_name(
+        "elsewhere", None, options=dt.SpawnOptions(idempotency_key=key)
+    )
+    await advance_to(client, info.next_fire_at + timedelta(seconds=1))
+    assert await fire_schedules(client) == 0
+    assert await task_count(client) == 1
+    fired = await client.get_schedule("keyed")
+    assert fired.last_task_id == earlier.task_id
+    assert fired.last_fired_at == info.next_fire_at
+
+
+async def test_a_schedule_spawn_refuses_is_skipped_without_holding_up_the_others(
+    client: dt.Durable, caplog: pytest.LogCaptureFixture
+) -> None:
+    first = await client.schedule("broken", "elsewhere", None, cron="@hourly")
+    await client.schedule("sound", "elsewhere", None, cron="@hourly")
+    # As an older version or a hand-written row might have left it.
+    await fetch(
+        client,
+        "UPDATE @s.schedules SET options = options || '{\"max_attempts\": 0}'"
+        " WHERE schedule_id = 'broken'",
+    )
+    assert first.next_fire_at is not None
+    await advance_to(client, first.next_fire_at + timedelta(seconds=1))
+    assert await fire_schedules(client) == 1
+    [task] = await scheduled_tasks(client)
+    assert task["headers"]["schedule_id"] == "sound"
+    assert (await client.get_schedule("broken")).next_fire_at == first.next_fire_at
+    assert "schedule 'broken' cannot fire" in caplog.text
+    assert "max_attempts" in caplog.text
 
 
 async def test_unknown_schedules(client: dt.Durable) -> None:

@@ -84,7 +84,8 @@ class PassReport:
         RunOutcome.SUSPENDED, "Tasks that slept, waited for an event or joined an unfinished child."
     )
     retrying = _Tasks(
-        RunOutcome.RETRYING, "Tasks whose attempt failed with attempts left: the next one is due."
+        RunOutcome.RETRYING,
+        "Tasks whose attempt failed with attempts left: the next one is scheduled.",
     )
     failed = _Tasks(RunOutcome.FAILED, "Tasks that failed for good.")
     cancelled = _Tasks(RunOutcome.CANCELLED, "Tasks cancelled while their run was executing.")
