@@ -159,6 +159,7 @@ def test_cancellation_defaults_and_json() -> None:
     assert policy.to_json() == {"max_pending_delay": None, "max_duration": None}
     policy = CancellationPolicy(max_pending_delay=timedelta(minutes=5), max_duration=7.5)
     assert policy.to_json() == {"max_pending_delay": 300.0, "max_duration": 7.5}
+    assert CancellationPolicy(max_duration=1e-6).max_duration == 1e-6  # the smallest stored
 
 
 @pytest.mark.parametrize("field", ["max_pending_delay", "max_duration"])
@@ -168,6 +169,7 @@ def test_cancellation_defaults_and_json() -> None:
         (0, "must be more than zero seconds, got 0"),
         (timedelta(0), "must be more than zero seconds"),
         (-1, "must be more than zero seconds, got -1"),
+        (1e-7, "must be at least one microsecond, got 1e-07"),
         (math.nan, "must be a finite duration"),
         (math.inf, "must be a finite duration"),
         ("10", "must be a timedelta or a number of seconds"),

@@ -30,7 +30,8 @@ _MAX_TEXT = f"{MAX_DURATION.days} days ({MAX_SECONDS:.0f} seconds, about 100 yea
 
 def to_seconds(value: Duration, *, what: str, allow_zero: bool = True) -> float:
     """Seconds in `value`; `InvalidInput` (naming `what`) for negative, NaN, infinite or
-    longer than `MAX_DURATION`."""
+    longer than `MAX_DURATION`, and unless `allow_zero`, for what rounds to zero
+    microseconds."""
     if isinstance(value, bool) or not isinstance(value, (timedelta, int, float)):
         raise InvalidInput(
             f"{what} must be a timedelta or a number of seconds, got {_shown(value)}"
@@ -46,6 +47,9 @@ def to_seconds(value: Duration, *, what: str, allow_zero: bool = True) -> float:
         raise InvalidInput(f"{what} must be {bound} seconds, got {_shown(value)}")
     if seconds > MAX_SECONDS:
         raise InvalidInput(f"{what} must be at most {_MAX_TEXT}, got {_shown(value)}")
+    if not allow_zero and timedelta(seconds=seconds) == timedelta(0):
+        # The database keeps microseconds: it would store zero, which is refused.
+        raise InvalidInput(f"{what} must be at least one microsecond, got {_shown(value)}")
     return seconds
 
 
