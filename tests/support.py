@@ -23,3 +23,17 @@ async def fetch(client: dt.Durable, text: str, *args: Any) -> list[dict[str, Any
     async with client.store.pool.acquire() as conn:
         cur = await conn.execute(text.replace("@s", schema).encode(), args)
         return list(await cur.fetchall()) if cur.description else []
+
+
+# RetryStrategy.fixed(2.5) as the database stores it.
+FIXED_2_5 = {"kind": "fixed", "base": 2.5, "factor": 2.0, "max_delay": 2.5, "jitter": 0.0}
+
+
+async def only_task_settings(client: dt.Durable) -> dict[str, Any]:
+    """The spawn settings of the one task in the client's schema, as stored."""
+    [row] = await fetch(
+        client,
+        "SELECT max_attempts, priority, retry, headers, max_pending_delay, max_duration"
+        " FROM @s.tasks",
+    )
+    return row

@@ -17,7 +17,7 @@ import durable_trio as dt
 from durable_trio._core.ids import uuid7
 from durable_trio._schema import functions, migrations, render, sql_dir
 from durable_trio.testing import fire_schedules
-from support import fetch
+from support import FIXED_2_5, fetch, only_task_settings
 
 EXPECTED_TABLES = {
     "checkpoints",
@@ -486,19 +486,8 @@ async def test_a_version_8_schedule_upgrades_to_options_and_keeps_its_settings(
         info = await client.get_schedule("nightly")
         assert info.headers == {"tenant": "acme"}
         assert await fire_schedules(client) == 1
-        [task] = await fetch(
-            client,
-            "SELECT max_attempts, priority, retry, headers, max_pending_delay, max_duration"
-            " FROM @s.tasks",
-        )
-    assert (task["max_attempts"], task["priority"]) == (7, -4)
-    assert task["retry"] == {
-        "kind": "fixed",
-        "base": 2.5,
-        "factor": 2.0,
-        "max_delay": 2.5,
-        "jitter": 0.0,
-    }
+        task = await only_task_settings(client)
+    assert (task["max_attempts"], task["priority"], task["retry"]) == (7, -4, FIXED_2_5)
     assert task["headers"]["tenant"] == "acme"
     assert task["headers"]["schedule_id"] == "nightly"
     assert (task["max_pending_delay"], task["max_duration"]) == (timedelta(seconds=90), None)

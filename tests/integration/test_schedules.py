@@ -17,7 +17,7 @@ from durable_trio import _schedules
 from durable_trio._core.schedules import slot_key
 from durable_trio._store import Store
 from durable_trio.testing import advance_clock, database_now, fire_schedules, run_until_idle
-from support import fetch
+from support import FIXED_2_5, fetch, only_task_settings
 
 FAST = dt.WorkerOptions(concurrency=4, poll_interval=0.01)
 
@@ -135,19 +135,8 @@ async def test_every_spawn_setting_of_a_schedule_reaches_its_tasks(client: dt.Du
     assert info.next_fire_at is not None
     await advance_to(client, info.next_fire_at + timedelta(seconds=1))
     assert await fire_schedules(client) == 1
-    [row] = await fetch(
-        client,
-        "SELECT max_attempts, retry, priority, headers, max_pending_delay, max_duration"
-        " FROM @s.tasks",
-    )
-    assert (row["max_attempts"], row["priority"]) == (7, -4)
-    assert row["retry"] == {
-        "kind": "fixed",
-        "base": 2.5,
-        "factor": 2.0,
-        "max_delay": 2.5,
-        "jitter": 0.0,
-    }
+    row = await only_task_settings(client)
+    assert (row["max_attempts"], row["priority"], row["retry"]) == (7, -4, FIXED_2_5)
     assert row["headers"] == {
         "tenant": "acme",
         "schedule_id": "settings",
