@@ -161,7 +161,13 @@ def other_table(results: dict[str, Any]) -> str:
                 [
                     f"spawn one by one, {kind} client",
                     f"{node['client_per_s']:,.0f}/s vs raw {node['raw_per_s']:,.0f}/s",
-                    f"{node['ratio']:.2f} x the raw INSERT on its driver",
+                    f"{node['ratio']:.2f} x the raw INSERT on its driver"
+                    + (
+                        f"; {node['ratio_to_statement']:.2f} x its own statement bare"
+                        f" ({node['statement_per_s']:,.0f}/s)"
+                        if "ratio_to_statement" in node
+                        else ""
+                    ),
                 ]
             )
     for system, by_pending in results.get("claim_backlog", {}).items():
