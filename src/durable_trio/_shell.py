@@ -15,7 +15,7 @@ import inspect
 import os
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Coroutine, Iterable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from datetime import datetime, timedelta
 from typing import Any, Concatenate, Generic, ParamSpec, Self, TypeAlias, TypeVar, overload
 from uuid import UUID
@@ -164,12 +164,16 @@ class operation(Generic[P, T]):  # noqa: N801 - used as a decorator, like proper
 
     def __init__(self, build: Callable[Concatenate[Any, P], Call[T]]) -> None:
         self.build = build
+        self._attribute: str | None = None  # the class attribute it is (__set_name__)
         self.__doc__ = build.__doc__
         self.__name__ = build.__name__
         signature = inspect.signature(build).replace(return_annotation=inspect.Signature.empty)
         self.__signature__ = signature
         # What help() and inspect show for the method read from a client: no self.
         self._bound = signature.replace(parameters=list(signature.parameters.values())[1:])
+
+    def __set_name__(self, owner: Any, name: str) -> None:
+        self._attribute = name
 
     def __call__(self, client: Any, /, *args: Any, **kwargs: Any) -> Any:
         """Called on the class, as ``Durable.get_task(client, task_id)``, like a method."""
@@ -193,12 +197,22 @@ class operation(Generic[P, T]):  # noqa: N801 - used as a decorator, like proper
             def method(*args: Any, **kwargs: Any) -> Any:
                 return obj._execute(build(obj, *args, **kwargs))
 
-            return self._dressed(method)
+            return self._kept(obj, method)
 
         async def coroutine(*args: Any, **kwargs: Any) -> Any:
             return await obj._execute(build(obj, *args, **kwargs))
 
-        return self._dressed(coroutine)
+        return self._kept(obj, coroutine)
+
+    def _kept(self, obj: Any, method: Callable[..., Any]) -> Callable[..., Any]:
+        """`method` dressed as the client's own, and kept on the client: a descriptor
+        without __set__ gives way to the instance's attribute, so later reads (a spawn
+        per request) find it there instead of dressing a new one each time."""
+        dressed = self._dressed(method)
+        if self._attribute is not None:
+            with suppress(AttributeError):  # a client with no __dict__
+                obj.__dict__[self._attribute] = dressed
+        return dressed
 
     def _dressed(self, method: Callable[..., Any]) -> Callable[..., Any]:
         functools.update_wrapper(method, self.build)
