@@ -25,6 +25,16 @@ async def fetch(client: dt.Durable, text: str, *args: Any) -> list[dict[str, Any
         return list(await cur.fetchall()) if cur.description else []
 
 
+async def runs_held_by(client: dt.Durable, worker_id: str) -> int:
+    """How many runs the worker holds (claimed, leased: running, or held for prefetch)."""
+    [row] = await fetch(
+        client,
+        "SELECT count(*) AS n FROM @s.runs WHERE state = 'running' AND worker_id = %s",
+        worker_id,
+    )
+    return int(row["n"])
+
+
 # RetryStrategy.fixed(2.5) as the database stores it.
 FIXED_2_5 = {"kind": "fixed", "base": 2.5, "factor": 2.0, "max_delay": 2.5, "jitter": 0.0}
 

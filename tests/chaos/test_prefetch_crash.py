@@ -15,20 +15,11 @@ import worker_proc
 from psycopg import sql
 
 import durable_trio as dt
-from support import fetch
+from support import fetch, runs_held_by
 
 WORKER_SCRIPT = Path(__file__).with_name("worker_proc.py")
 TASKS = 8
 CONCURRENCY, PREFETCH = 1, 4
-
-
-async def _running(client: dt.Durable, worker_id: str) -> int:
-    [row] = await fetch(
-        client,
-        "SELECT count(*) AS n FROM @s.runs WHERE state = 'running' AND worker_id = %s",
-        worker_id,
-    )
-    return int(row["n"])
 
 
 async def test_a_crash_with_held_runs_loses_nothing(
@@ -64,7 +55,7 @@ async def test_a_crash_with_held_runs_loses_nothing(
     try:
         # One run executing, PREFETCH held: then the process vanishes.
         with trio.fail_after(60):
-            while await _running(client, "crashing") < CONCURRENCY + PREFETCH:
+            while await runs_held_by(client, "crashing") < CONCURRENCY + PREFETCH:
                 await trio.sleep(0.005)
     finally:
         proc.send_signal(signal.SIGKILL)

@@ -8,7 +8,7 @@ import pytest
 import trio
 
 import durable_trio as dt
-from support import fetch
+from support import fetch, runs_held_by
 
 STARTED: list[int] = []
 EXECUTING = [0, 0]  # now, most at once
@@ -46,18 +46,9 @@ async def _spawn(client: dt.Durable, numbers: list[int]) -> list[dt.SpawnResult[
     return [await client.spawn(numbered, n, options=dt.SpawnOptions(priority=-n)) for n in numbers]
 
 
-async def _held_by(client: dt.Durable, worker_id: str) -> int:
-    [row] = await fetch(
-        client,
-        "SELECT count(*) AS n FROM @s.runs WHERE state = 'running' AND worker_id = %s",
-        worker_id,
-    )
-    return int(row["n"])
-
-
 async def _wait_holding(client: dt.Durable, worker: dt.Worker, count: int) -> None:
     with trio.fail_after(30):
-        while worker.in_flight < count or await _held_by(client, worker.worker_id) < count:
+        while worker.in_flight < count or await runs_held_by(client, worker.worker_id) < count:
             await trio.sleep(0.01)
 
 
@@ -123,7 +114,7 @@ async def test_shutdown_hands_held_runs_back_unspent(client: dt.Durable) -> None
         worker.shutdown()
         # The held runs go back at once, while the running one still has its grace.
         with trio.fail_after(30):
-            while await _held_by(client, "stops") > 1:
+            while await runs_held_by(client, "stops") > 1:
                 await trio.sleep(0.01)
         GATE.set()
     assert STARTED == [0]
