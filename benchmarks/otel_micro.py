@@ -31,6 +31,15 @@ from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
 import durable_trio as dt
 from durable_trio.contrib.opentelemetry import SPAWNED_AT, otel_hooks
 
+# What a `run` span carries.
+RUN_ATTRIBUTES: dict[str, Any] = {
+    "durable_trio.task_name": "one_step",
+    "durable_trio.queue": "default",
+    "durable_trio.task_id": str(uuid.uuid4()),
+    "durable_trio.run_id": str(uuid.uuid4()),
+    "durable_trio.attempt": 1,
+}
+
 
 def _ctx(tracer: trace.Tracer) -> Any:
     """A stand-in for what the hooks read of a TaskContext, spawned under a span."""
@@ -101,13 +110,6 @@ def _floor(tracer: trace.Tracer, histogram: metrics.Histogram) -> Callable[[], N
     else: its trace context extracted, the attempt's span (five attributes) and the step's
     (four), and three histogram values (start latency, run, checkpoint write)."""
     carrier = {key: str(value) for key, value in _ctx(tracer).headers.items()}
-    run_attributes: dict[str, Any] = {
-        "durable_trio.task_name": "one_step",
-        "durable_trio.queue": "default",
-        "durable_trio.task_id": str(uuid.uuid4()),
-        "durable_trio.run_id": str(uuid.uuid4()),
-        "durable_trio.attempt": 1,
-    }
     step_attributes: dict[str, Any] = {
         "durable_trio.task_name": "one_step",
         "durable_trio.step": "work",
@@ -118,7 +120,7 @@ def _floor(tracer: trace.Tracer, histogram: metrics.Histogram) -> Callable[[], N
 
     def task() -> None:
         parent = propagate.extract(carrier)
-        run = tracer.start_span("run one_step", context=parent, attributes=run_attributes)
+        run = tracer.start_span("run one_step", context=parent, attributes=RUN_ATTRIBUTES)
         step = tracer.start_span(
             "step work", context=trace.set_span_in_context(run), attributes=step_attributes
         )
@@ -155,17 +157,10 @@ def main() -> None:
     tracing, meters = _sdk()
     tracer = tracing.get_tracer("bench")
     rows.append(("SDK: one span start+end", _per_call_us(lambda: tracer.start_span("s").end(), n)))
-    run_attributes: dict[str, Any] = {
-        "durable_trio.task_name": "one_step",
-        "durable_trio.queue": "default",
-        "durable_trio.task_id": str(uuid.uuid4()),
-        "durable_trio.run_id": str(uuid.uuid4()),
-        "durable_trio.attempt": 1,
-    }
     rows.append(
         (
             "SDK: same, 5 attributes",
-            _per_call_us(lambda: tracer.start_span("s", attributes=run_attributes).end(), n),
+            _per_call_us(lambda: tracer.start_span("s", attributes=RUN_ATTRIBUTES).end(), n),
         )
     )
     carrier = {key: str(value) for key, value in _ctx(tracer).headers.items()}
