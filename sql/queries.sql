@@ -46,6 +46,9 @@ SELECT * FROM @schema.spawn_tasks(ARRAY[%s::uuid], ARRAY[%s::uuid], ARRAY[%s::te
     ARRAY[%s::text], %s::text, %s::text, %s::jsonb, %s::jsonb, %s::integer, %s::integer,
     %s::interval, %s::timestamptz, %s::interval, %s::interval, %s::uuid)
 
+-- name: task_parent
+SELECT (SELECT parent_task_id FROM @schema.tasks WHERE task_id = %(task_id)s) AS parent
+
 -- name: spawn_tasks
 -- Many spawns of one name with shared settings: spawn_one's parameters with the first
 -- four as array literals.
@@ -133,7 +136,8 @@ SELECT @schema.release_run(%(run_id)s, %(worker)s) AS ok
 SELECT @schema.cancel_task(%(task_id)s, %(reason)s) AS cancelled
 
 -- name: expired_runs
-SELECT r.run_id, r.task_id, r.attempt, t.max_attempts, t.retry::text AS retry
+SELECT r.run_id, r.task_id, r.attempt, t.max_attempts, t.retry::text AS retry,
+    r.task_name, r.queue
 FROM @schema.runs r JOIN @schema.tasks t USING (task_id)
 WHERE r.queue = ANY (%(queues)s::text[]) AND r.state = 'running'
   AND r.lease_expires_at <= @schema.clock_now()

@@ -201,6 +201,7 @@ class TaskContext:
             if inspect.isawaitable(value):
                 value = await value
         except Exception as ex:
+            self._run.step_raised(checkpoint, ex)
             self._record(failure, failure_record(ex), Any)
             raise
         return typing.cast(T, self._record(checkpoint, value, _declared(checkpoint, value, rtype)))
@@ -652,11 +653,23 @@ class TaskContext:
         )
 
         async def insert(conn: TrioConnection) -> dict[str, Any]:
-            await self._run.store.spawn(row, conn)
-            return {"task_id": str(row["task_id"]), "task_name": task_name, "queue": row["queue"]}
+            spawned = await self._run.store.spawn(row, conn)
+            if not spawned.created:
+                await self._check_own_child(conn, spawned.task_id, row["idempotency_key"])
+            return {"task_id": str(spawned.task_id), "task_name": task_name, "queue": row["queue"]}
 
         stored = await self._transaction(checkpoint, insert, (), dict[str, str])
         return TaskHandle(UUID(stored["task_id"]), task_name, stored["queue"], output_type)
+
+    async def _check_own_child(self, conn: TrioConnection, task_id: UUID, key: str) -> None:
+        """An idempotency key that named an existing task must name a child of this one:
+        only a child reports its end to a join, and is cancelled with its parent."""
+        if await self._run.store.parent_of(task_id, conn) != self.task_id:
+            raise InvalidInput(
+                f"idempotency_key {key!r} names task {task_id}, which is not a child of "
+                f"this task: ctx.spawn returns only its own children (give the child a "
+                f"key of its own, e.g. prefixed with this task's id)"
+            )
 
     async def join(self, name: str, handle: TaskHandle[T]) -> T:
         """Wait for a child to finish and return its result (typed by the child's task).

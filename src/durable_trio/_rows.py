@@ -49,6 +49,8 @@ class ExpiredRun:
     attempt: int
     max_attempts: int
     retry: str
+    task_name: str
+    queue: str
 
 
 @attrs.frozen

@@ -88,6 +88,8 @@ class RunState:
     # Where it is in its life on this worker (`_core.lifecycle`): the one truth about it.
     state: RunPhase = attrs.field(default=RunPhase.EXECUTING, init=False)
     _lost_reason: str = attrs.field(default="", init=False)  # once LOST: why
+    # The latest step whose body raised, and what: `step_of` names it in the failure's log.
+    _raised_in: tuple[str, BaseException] | None = attrs.field(default=None, init=False)
     last_write: Write | None = None  # the latest checkpoint or completion queued for it
     hooks: Hooks = NO_HOOKS
     gone: trio.Event = attrs.field(factory=trio.Event)  # set by `finish`: its execution ended
@@ -196,14 +198,17 @@ class RunState:
     def log_fields(self, step: str | None = None) -> dict[str, Any]:
         """What every log record about this run carries (``extra=``), so that a JSON log
         formatter shows which task, run and attempt it is about."""
-        return {
-            "task_id": str(self.task_id),
-            "run_id": str(self.run_id),
-            "task_name": self.task_name,
-            "queue": self.queue,
-            "attempt": self.attempt,
-            "step": step,
-        }
+        return run_fields(self.task_id, self.run_id, self.task_name, self.queue, self.attempt, step)
+
+    def step_raised(self, checkpoint: str, ex: BaseException) -> None:
+        """A step's body raised `ex`: a failure of the attempt with it names that step."""
+        self._raised_in = (checkpoint, ex)
+
+    def step_of(self, ex: BaseException) -> str | None:
+        """The step (its checkpoint name) whose body raised `ex`, if one did."""
+        if self._raised_in is not None and self._raised_in[1] is ex:
+            return self._raised_in[0]
+        return None
 
     async def call(self, fn: Callable[..., Awaitable[T]], *args: Any, **kwargs: Any) -> T:
         """Call a store method, retrying while the database is unreachable (lost
@@ -245,3 +250,22 @@ def retry_strategy(text: str) -> RetryStrategy:
     """Runs of one kind of task share their strategy's JSON (claims and the reaper read
     it as text): parse each text once."""
     return RetryStrategy.from_json(json.loads(text))
+
+
+def run_fields(
+    task_id: UUID,
+    run_id: UUID,
+    task_name: str,
+    queue: str,
+    attempt: int,
+    step: str | None = None,
+) -> dict[str, Any]:
+    """The ``extra=`` of a log record about a run (see docs/observability.md)."""
+    return {
+        "task_id": str(task_id),
+        "run_id": str(run_id),
+        "task_name": task_name,
+        "queue": queue,
+        "attempt": attempt,
+        "step": step,
+    }

@@ -146,6 +146,11 @@ class Store:
         """A prepared spawn row (ClientCore.spawn_row) inserted, on `conn` if given."""
         return await self.run(guarded(self.schema, insert(self.schema, row)), conn)
 
+    async def parent_of(self, task_id: UUID, conn: Connection | None = None) -> UUID | None:
+        """The task's parent (None for a top-level task or one that is gone)."""
+        parent: UUID | None = await self._value("task_parent", {"task_id": task_id}, conn)
+        return parent
+
     # -- worker side ------------------------------------------------------------------
 
     async def claim(

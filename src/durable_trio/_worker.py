@@ -61,7 +61,7 @@ from ._errors import (
 from ._hooks import NO_HOOKS, Hooks
 from ._retrying import retrying
 from ._rows import ClaimedRun, ExpiredRun
-from ._run import RunState, Suspended, retry_strategy
+from ._run import RunState, Suspended, retry_strategy, run_fields
 from ._schedules import schedule_pass
 from ._store import DATA_ERRORS, ClaimArgs, Store
 from ._task import TaskDefinition
@@ -373,7 +373,7 @@ class Worker:
                 hooks=self._hooks,
             )
         except Exception as ex:  # noqa: BLE001 - any unreadable stored value
-            nursery.start_soon(self._reject, row, ex)
+            nursery.start_soon(self._reject, row, queue, ex)
             return
         previous = self._runs.get(run.run_id)
         self._runs[run.run_id] = run
@@ -410,12 +410,15 @@ class Worker:
         for run in self._slots.held_runs():
             self._stop_for_hand_back(run)
 
-    async def _reject(self, row: ClaimedRun, ex: Exception) -> None:
+    async def _reject(self, row: ClaimedRun, queue: str, ex: Exception) -> None:
         """A claimed run whose stored data this worker cannot read (a retry strategy or
         headers that no version of this library wrote): fail its task for good, since
         every worker would fail the same way."""
         why = f"the claimed run's stored data could not be read ({_failures.summary(ex)})"
-        log.error("run %s of task %s: %s; failing the task", row.run_id, row.task_id, why)
+        fields = run_fields(row.task_id, row.run_id, row.task_name, queue, row.attempt)
+        log.error(
+            "run %s of task %s: %s; failing the task", row.run_id, row.task_id, why, extra=fields
+        )
         error = _failures.unprocessable(why, stage="claim", attempt=row.attempt)
         # Should this fail too, the lease expires and the reaper fails the task.
         with suppress(*RETRYABLE_IO, *DATA_ERRORS):
@@ -623,8 +626,11 @@ class Worker:
 
     async def _log_losses(self, lost: list[RunState]) -> None:
         states: dict[UUID, tuple[str, str | None]] = {}
+        # Shielded, briefly: a worker stopping right after a cancel (a CancellationPolicy
+        # deadline, say) still tells a deliberate cancel from a lost lease.
+        shielded = trio.CancelScope(shield=True)
         try:
-            with suppress(*RETRYABLE_IO, psycopg.Error), trio.move_on_after(5):
+            with suppress(*RETRYABLE_IO, psycopg.Error), shielded, trio.move_on_after(2):
                 states = await self._control.lost_runs([r.run_id for r in lost])
         finally:  # logged even when the worker stops meanwhile
             for run in lost:
@@ -658,7 +664,10 @@ class Worker:
             # abandon the run (its lease expires and it is retried) rather than let one
             # run take down the worker's nursery and every other run with it.
             log.exception(
-                "run %s of task %s: internal error; abandoning it", run.run_id, run.task_id
+                "run %s of task %s: internal error; abandoning it",
+                run.run_id,
+                run.task_id,
+                extra=run.log_fields(),
             )
             run.lose("internal error while recording the outcome")
         finally:
@@ -844,7 +853,9 @@ class Worker:
         self._slots = Slots(self.options.concurrency)
         control_pool = Pool(self._url, max_size=1)
         exec_pool = Pool(self._url, max_size=min(limit, 32))
-        runs: list[RunState] = []
+        runs: list[RunState | ClaimedRun] = []
+        # A pass cancelled from outside plays a crash: its runs are left to their leases.
+        hand_back, self.hand_back_on_cancel = self.hand_back_on_cancel, False
         try:
             self._control = Store(control_pool, self._schema)
             self._exec = Store(exec_pool, self._schema)
@@ -862,12 +873,17 @@ class Worker:
                 control.cancel_scope.cancel()
             return await self._report(runs)
         finally:
+            self.hand_back_on_cancel = hand_back
             with trio.CancelScope(shield=True):
                 await exec_pool.aclose()
                 await control_pool.aclose()
 
     async def _claim_for_pass(
-        self, execs: trio.Nursery, names: list[str], limit: int, runs: list[RunState]
+        self,
+        execs: trio.Nursery,
+        names: list[str],
+        limit: int,
+        runs: list[RunState | ClaimedRun],
     ) -> None:
         # Each pass starts one queue further along, as the claim loop does: none starves.
         for queue in self._queue_order() if names else []:
@@ -883,17 +899,20 @@ class Worker:
             )
             for row in rows:
                 self._start(execs, row, queue)
-                runs.append(self._runs[row.run_id])
+                # A run whose stored data could not be read is not started: its task is
+                # failed for good, and the report says so from the stored outcome.
+                runs.append(self._runs.get(row.run_id, row))
             self.claimed_total += len(rows)
 
-    async def _report(self, runs: list[RunState]) -> PassReport:
+    async def _report(self, runs: list[RunState | ClaimedRun]) -> PassReport:
         stored = await self._control.run_outcomes([run.run_id for run in runs]) if runs else {}
         reports = []
         for run in runs:
             row = stored.get(run.run_id)
+            started = run if isinstance(run, RunState) else None
             outcome = outcome_of(
-                suspended=run.state is RunPhase.SUSPENDED,
-                lost=run.lost is not None,
+                suspended=started is not None and started.state is RunPhase.SUSPENDED,
+                lost=started is not None and started.lost is not None,
                 state=None if row is None else row.state,
                 retried=row is not None and row.retried,
             )
@@ -926,7 +945,7 @@ def _log_failure(
     # log line (nor the handler, which may raise on a formatting error).
     exc_info = ex if formatted else None
     shown = _failures.summary(ex)
-    fields = run.log_fields()
+    fields = run.log_fields(run.step_of(ex))
     if decision.retry:
         log.warning(
             "%s failed; retrying in %.3g s: %s",
@@ -998,7 +1017,7 @@ async def _reap(store: Store, row: ExpiredRun) -> str | None:
         strategy=retry_strategy(row.retry),
         rand=random.random(),
     )
-    return await store.fail(
+    state = await store.fail(
         row.run_id,
         None,
         _serde.dumps(_lease_expired(row.attempt)),
@@ -1006,6 +1025,25 @@ async def _reap(store: Store, row: ExpiredRun) -> str | None:
         delay=decision.delay,
         new_run_id=uuid7(),
     )
+    what = f"task {row.task_name!r} {row.task_id} attempt {row.attempt}/{row.max_attempts}"
+    if state == "pending":
+        log.warning(
+            "%s: its worker stopped heartbeating (lease expired); retrying in %.3g s",
+            what,
+            decision.delay,
+            extra=_expired_fields(row),
+        )
+    elif state == "failed":
+        log.error(
+            "%s: its worker stopped heartbeating (lease expired); no attempts left",
+            what,
+            extra=_expired_fields(row),
+        )
+    return state
+
+
+def _expired_fields(row: ExpiredRun) -> dict[str, Any]:
+    return run_fields(row.task_id, row.run_id, row.task_name, row.queue, row.attempt)
 
 
 async def _reap_poisoned(store: Store, row: ExpiredRun, ex: Exception) -> str | None:
@@ -1014,7 +1052,8 @@ async def _reap_poisoned(store: Store, row: ExpiredRun, ex: Exception) -> str | 
     shown = _failures.database_error(ex) if isinstance(ex, psycopg.Error) else _failures.summary(ex)
     why = f"the lease of attempt {row.attempt} expired and its retry could not be recorded"
     why += f" ({shown})"
-    log.error("run %s of task %s: %s; failing the task", row.run_id, row.task_id, why)
+    fields = _expired_fields(row)
+    log.error("run %s of task %s: %s; failing the task", row.run_id, row.task_id, why, extra=fields)
     error = _failures.unprocessable(
         why, stage="reap", attempt=row.attempt, cause=_lease_expired(row.attempt)
     )
@@ -1023,7 +1062,7 @@ async def _reap_poisoned(store: Store, row: ExpiredRun, ex: Exception) -> str | 
     except RETRYABLE_IO:
         raise
     except Exception as again:  # noqa: BLE001 - skipped: the next pass tries again
-        log.error("run %s: could not fail its task either (%s)", row.run_id, again)
+        log.error("run %s: could not fail its task either (%s)", row.run_id, again, extra=fields)
         return None
 
 

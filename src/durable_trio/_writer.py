@@ -186,13 +186,22 @@ class Writer:
         written the run is abandoned: its lease expires and the reaper retries it."""
         why = f"its checkpoint or result could not be recorded ({_failures.database_error(ex)})"
         log.error(
-            "run %s of task %s: %s; failing the task", run.run_id, run.task_id, why, exc_info=ex
+            "run %s of task %s: %s; failing the task",
+            run.run_id,
+            run.task_id,
+            why,
+            exc_info=ex,
+            extra=run.log_fields(),
         )
         error = _failures.unprocessable(why, stage="record", attempt=run.attempt)
         try:
             state = await self._store.fail_for_good(run.run_id, self._worker_id, error)
         except Exception:  # the reaper is the last resort
-            log.exception("run %s: could not fail its task either; abandoning it", run.run_id)
+            log.exception(
+                "run %s: could not fail its task either; abandoning it",
+                run.run_id,
+                extra=run.log_fields(),
+            )
             run.lose("internal error while recording the outcome")
             return
         run.lose(f"task failed: {why}" if state is not None else "failure report was fenced")

@@ -411,3 +411,28 @@ async def test_a_failing_deadline_sweep_does_not_stop_reaping(
         assert await reap_expired(client) == 0
     assert "deadline sweep failed" in caplog.text
     assert "enforce_deadlines" in caplog.text
+
+
+async def test_a_cancel_found_by_the_last_heartbeat_before_a_stop_is_not_a_warning(
+    client: dt.Durable, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The worker stops the moment the cancel is seen: asking why the run was lost still
+    finishes, so a deliberate cancel is not reported as a lost lease."""
+    caplog.set_level(logging.INFO, logger="durable_trio.worker")
+    b = Blocked()
+    client.register(b.task)
+    spawned = await client.spawn(b.task, None)
+    worker = client.new_worker(dt.WorkerOptions(claim_timeout=1.5, poll_interval=0.05))
+    monkeypatch.setattr(worker, "_on_notify", lambda channel, payload: None)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(worker.run)
+        with trio.fail_after(10):
+            await b.started.wait()
+        await client.cancel(spawned.task_id, reason="enough")
+        with trio.fail_after(10):
+            await b.recorded.wait()  # the heartbeat lost it: stop at once
+        nursery.cancel_scope.cancel()
+    abandoned = [r for r in caplog.records if "abandoned" in r.getMessage()]
+    assert [(r.levelname, r.getMessage().split(": ", 1)[1]) for r in abandoned] == [
+        ("INFO", "task cancelled: enough")
+    ]

@@ -286,3 +286,35 @@ async def test_cancelled_parent_cancels_every_descendant(client: dt.Durable) -> 
     await assert_all_cancelled(client, descendants)
     with pytest.raises(dt.TaskCancelled):
         await client.wait_result(top, root, timeout=10)
+
+
+@dt.task("keyed-parent", options=dt.SpawnOptions(max_attempts=1))
+async def keyed_parent(ctx: dt.TaskContext, key: str) -> list[int]:
+    """Two spawns with one key: the second returns the first child."""
+    first = await ctx.spawn("first", child, ChildIn(1), dt.SpawnOptions(idempotency_key=key))
+    again = await ctx.spawn("again", child, ChildIn(2), dt.SpawnOptions(idempotency_key=key))
+    assert again.task_id == first.task_id
+    return [(await ctx.join("j1", first)).doubled, (await ctx.join("j2", again)).doubled]
+
+
+async def test_a_child_key_used_twice_returns_the_same_child(client: dt.Durable) -> None:
+    client.register(child, keyed_parent)
+    parent = await client.spawn(keyed_parent, "k-own")
+    await run_until_idle(client)
+    assert await client.wait_result(parent, timeout=5) == [2, 2]
+    assert [row["task_name"] for row in await children_of(client, parent.task_id)] == ["child"]
+
+
+async def test_a_child_key_naming_a_task_not_its_child_fails_the_parent(
+    client: dt.Durable,
+) -> None:
+    """Joining a task that is not its child would wait for ever (only children report their
+    end to a join, and are cancelled with their parent): refused, nothing spawned."""
+    client.register(child, keyed_parent)
+    other = await client.spawn(child, ChildIn(5), options=dt.SpawnOptions(idempotency_key="k"))
+    parent = await client.spawn(keyed_parent, "k")
+    await run_until_idle(client)
+    with pytest.raises(dt.TaskFailed, match="not a child of this task"):
+        await client.wait_result(parent, timeout=5)
+    assert await children_of(client, parent.task_id) == []
+    assert await client.wait_result(other, timeout=5) == ChildOut(10)

@@ -4,11 +4,13 @@ claim and completion, and every record about a run carrying its fields."""
 from __future__ import annotations
 
 import logging
+from datetime import timedelta
 
 import pytest
+import trio
 
 import durable_trio as dt
-from durable_trio.testing import run_until_idle
+from durable_trio.testing import advance_clock, reap_expired, run_once, run_until_idle
 
 FIELDS = ("task_id", "run_id", "task_name", "queue", "attempt", "step")
 
@@ -57,3 +59,59 @@ async def test_one_logger_hierarchy(client: dt.Durable) -> None:
     names = {"durable_trio.worker", "durable_trio.schedules", "durable_trio.sql"}
     assert names <= set(logging.Logger.manager.loggerDict)
     await run_until_idle(client)
+
+
+@dt.task("fails_in_a_step")
+async def fails_in_a_step(ctx: dt.TaskContext, p: None) -> None:
+    await ctx.step("fine", lambda: 1, result_type=int)
+    await ctx.step("explode", _explode)
+
+
+def _explode() -> None:
+    raise ValueError("boom")
+
+
+async def test_a_failure_raised_in_a_step_names_the_step(
+    client: dt.Durable, caplog: pytest.LogCaptureFixture
+) -> None:
+    client.register(fails_in_a_step, broken)
+    options = dt.SpawnOptions(max_attempts=1)
+    in_step = await client.spawn(fails_in_a_step, None, options=options)
+    outside = await client.spawn(broken, None, options=options)
+    with caplog.at_level(logging.WARNING, logger="durable_trio"):
+        await run_until_idle(client)
+    steps = {r.task_id: r.step for r in caplog.records if r.levelname == "ERROR"}  # type: ignore[attr-defined]
+    assert steps == {str(in_step.task_id): "explode", str(outside.task_id): None}
+
+
+@dt.task("stuck")
+async def stuck(ctx: dt.TaskContext, p: None) -> None:
+    await ctx.step("first", lambda: 1, result_type=int)
+    await trio.sleep_forever()
+
+
+async def test_a_task_its_worker_left_is_logged_when_its_lease_expires(
+    client: dt.Durable, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The reaper retries (WARNING) or fails for good (ERROR) a run whose worker vanished,
+    with the run's fields, as a worker logs a failed attempt."""
+    client.register(stuck)
+    retried = await client.spawn(stuck, None, options=dt.SpawnOptions(max_attempts=2))
+    failed = await client.spawn(stuck, None, options=dt.SpawnOptions(max_attempts=1))
+    with trio.move_on_after(1):  # a pass cancelled from outside: the worker "crashed"
+        await run_once(client, dt.WorkerOptions(claim_timeout=60))
+    await advance_clock(client, timedelta(minutes=5))
+    with caplog.at_level(logging.WARNING, logger="durable_trio"):
+        assert await reap_expired(client) == 2
+    records = {r.task_id: r for r in caplog.records if getattr(r, "task_id", None)}  # type: ignore[attr-defined]
+    assert set(records) == {str(retried.task_id), str(failed.task_id)}
+    assert records[str(retried.task_id)].levelname == "WARNING"
+    assert records[str(failed.task_id)].levelname == "ERROR"
+    for record in records.values():
+        assert {f: getattr(record, f) for f in ("task_name", "queue", "attempt", "step")} == {
+            "task_name": "stuck",
+            "queue": "default",
+            "attempt": 1,
+            "step": None,
+        }
+        assert "lease expired" in record.getMessage()

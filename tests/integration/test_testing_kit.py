@@ -192,3 +192,36 @@ async def test_max_jumps_stops_a_task_that_sleeps_forever(client: dt.Durable) ->
     assert sorted(row["name"] for row in ticks) == [f"$sleep:tick-{i}" for i in range(6)]
     with pytest.raises(dt.InvalidInput, match="max_jumps"):
         await run_until_idle(client, skip_time=True, max_jumps=-1)
+
+
+@dt.task("kit-blocks")
+async def blocks(ctx: dt.TaskContext, p: None) -> None:
+    await ctx.step("first", lambda: 1, result_type=int)
+    await trio.sleep_forever()
+
+
+async def test_a_cancelled_pass_leaves_its_runs_to_their_leases_like_a_crash(
+    client: dt.Durable,
+) -> None:
+    client.register(blocks)
+    spawned = await client.spawn(blocks, None)
+    with trio.move_on_after(0.5):
+        await run_once(client, dt.WorkerOptions(claim_timeout=60))
+    runs = await fetch(
+        client, "SELECT state, attempt FROM @s.runs WHERE task_id = %s", spawned.task_id
+    )
+    assert runs == [{"state": "running", "attempt": 1}]
+    assert (await run_once(client)).runs == ()  # still leased: nothing is due
+
+
+async def test_a_pass_reports_a_run_whose_stored_data_cannot_be_read_as_failed(
+    client: dt.Durable,
+) -> None:
+    client.register(done)
+    spawned = await client.spawn(done, 1)
+    await fetch(client, """UPDATE @s.tasks SET retry = '{"kind": "bogus"}'::jsonb RETURNING 1""")
+    report = await run_once(client)
+    assert report.failed == [spawned.task_id]
+    assert report.runs[0].task_name == "kit-done"
+    with pytest.raises(dt.TaskFailed, match="UnprocessableTask"):
+        await client.wait_result(spawned, timeout=5)
