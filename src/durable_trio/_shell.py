@@ -134,9 +134,11 @@ class Connects(Generic[Opened]):
         With ``migrate=True`` (the default) the schema is created or upgraded first; pass
         False when running under a role that may not change the schema. Raises
         `DatabaseUnavailable` (password redacted) if the database cannot be reached within
-        `timeout` seconds, `InvalidInput` for a bad queue or schema name or pool size.
+        `timeout` seconds (more than zero), `InvalidInput` for a bad queue or schema name,
+        pool size or timeout.
         """
-        opening = Opening(resolve_url(url), queue, schema, migrate, pool_size, hooks, timeout)
+        seconds = to_seconds(timeout, what="timeout", allow_zero=False)
+        opening = Opening(resolve_url(url), queue, schema, migrate, pool_size, hooks, seconds)
         return cls._open(opening)
 
     @classmethod

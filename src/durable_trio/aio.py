@@ -15,6 +15,7 @@ the task exists when you commit, and never if you roll back::
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any, TypeVar
@@ -23,8 +24,9 @@ import psycopg
 from psycopg_pool import AsyncConnectionPool
 
 from . import _sql
-from ._db import CONNECT_ERRORS, unreachable
+from ._db import CONNECT_ERRORS, redact_url, unreachable
 from ._ends import AsyncioEnds
+from ._errors import DatabaseUnavailable
 from ._shell import (
     AsyncShell,
     Call,
@@ -58,16 +60,11 @@ class Durable(
     @asynccontextmanager
     async def _open(cls, opening: Opening) -> AsyncIterator[Durable]:
         client = cls._made(opening)
-        url, timeout = opening.url, opening.timeout
         try:
-            conn = await psycopg.AsyncConnection.connect(
-                url, connect_timeout=max(1, round(timeout))
-            )
-        except CONNECT_ERRORS as ex:
-            raise unreachable(url, ex) from None
-        await conn.close()  # reachable: fail fast, with a clear error, if not
-        await client._pool.open(wait=True, timeout=timeout)
-        try:
+            # One connection first: a clear error, if the database is unreachable.
+            await _reachable(opening.url, opening.timeout)
+            with pool_errors(opening.url):
+                await client._pool.open(wait=True, timeout=opening.timeout)
             if opening.migrate:
                 await client.migrate()
             yield client
@@ -92,3 +89,18 @@ class Durable(
     async def migrate(self) -> list[int]:
         """Create or upgrade the schema (idempotent; concurrent callers are serialised)."""
         return await self._execute(Call(_sql.migrate(self.schema)), transaction=True)
+
+
+async def _reachable(url: str, timeout: float) -> None:
+    """Open one connection and close it; `DatabaseUnavailable` (password redacted) if the
+    database does not answer within `timeout` seconds."""
+    try:
+        async with asyncio.timeout(timeout):
+            conn = await psycopg.AsyncConnection.connect(url)
+    except TimeoutError:  # an OSError: caught before CONNECT_ERRORS
+        raise DatabaseUnavailable(
+            f"cannot connect to {redact_url(url)} within {timeout:g}s"
+        ) from None
+    except CONNECT_ERRORS as ex:
+        raise unreachable(url, ex) from None
+    await conn.close()

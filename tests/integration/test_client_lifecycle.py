@@ -1,0 +1,108 @@
+"""Opening and closing the three clients (trio, blocking, asyncio): `connect`'s timeout,
+what a failed connect leaves behind, a client used where it cannot run or after it was
+closed. Most cases drive a client from plain blocking test code under its own runner
+(trio.run, asyncio.run, or a direct call), as a program would."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import socket
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import trio
+from psycopg_pool import AsyncConnectionPool, ConnectionPool
+
+import durable_trio as dt
+import durable_trio.aio
+import durable_trio.sync
+
+KINDS = ["trio", "sync", "aio"]
+
+
+def open_and_close(kind: str, url: str, **connect: Any) -> None:
+    """Connect a client of `kind` to `url` with `connect`'s arguments, and close it."""
+    if kind == "sync":
+        durable_trio.sync.Durable.connect(url, **connect).close()
+        return
+
+    async def main() -> None:
+        client_class = dt.Durable if kind == "trio" else durable_trio.aio.Durable
+        async with client_class.connect(url, **connect):
+            pass
+
+    if kind == "trio":
+        trio.run(main)
+    else:
+        asyncio.run(main())
+
+
+@pytest.fixture
+def silent_url() -> Iterator[str]:
+    """A server that takes the connection and never answers."""
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)  # the kernel completes the handshake; nobody ever replies
+        port = silent.getsockname()[1]
+        # psycopg's shortest connect_timeout: a pool's connection attempt (a thread of a
+        # blocking pool, which closing waits for) gives up in two seconds.
+        yield f"postgresql://nobody@127.0.0.1:{port}/db?connect_timeout=2"
+
+
+# -- connect's timeout --------------------------------------------------------------------
+
+BAD_TIMEOUTS = [-1, 0, 0.0, math.nan, math.inf, "5", None, True, 1e300]
+
+
+@pytest.mark.parametrize("timeout", BAD_TIMEOUTS, ids=repr)
+@pytest.mark.parametrize("kind", KINDS)
+def test_connect_refuses_a_timeout_that_is_not_a_positive_number(
+    kind: str, timeout: Any, pg_url: str, schema: str
+) -> None:
+    with pytest.raises(dt.InvalidInput, match=r"^timeout must be"):
+        open_and_close(kind, pg_url, schema=schema, timeout=timeout)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_connect_gives_up_on_a_silent_server_within_a_short_timeout(
+    kind: str, silent_url: str
+) -> None:
+    """A timeout under a second is kept (psycopg's own connect_timeout counts whole
+    seconds, two at least)."""
+    started = time.monotonic()
+    with pytest.raises(dt.DatabaseUnavailable, match=r"127\.0\.0\.1"):
+        open_and_close(kind, silent_url, timeout=0.3)
+    assert time.monotonic() - started < 1.5
+
+
+@pytest.mark.parametrize("kind", ["sync", "aio"])
+def test_a_pool_that_cannot_open_is_database_unavailable_and_closed(
+    kind: str, silent_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The server answered the first connection, not the pool's: `DatabaseUnavailable`,
+    and the pool (whose threads or tasks would go on trying) is closed."""
+    module = durable_trio.sync if kind == "sync" else durable_trio.aio
+    made: list[Any] = []
+    pool_class = ConnectionPool if kind == "sync" else AsyncConnectionPool
+
+    class Recorded(pool_class):  # type: ignore[misc,valid-type]
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            made.append(self)
+
+    monkeypatch.setattr(module, pool_class.__name__, Recorded)
+    monkeypatch.setattr(module, "_reachable", _answered if kind == "sync" else _answered_async)
+    with pytest.raises(dt.DatabaseUnavailable, match=r"127\.0\.0\.1"):
+        open_and_close(kind, silent_url, timeout=0.3)
+    assert [pool.closed for pool in made] == [True]
+
+
+def _answered(url: str, timeout: float) -> None:
+    return None
+
+
+async def _answered_async(url: str, timeout: float) -> None:
+    return None
