@@ -21,12 +21,13 @@ from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any, TypeVar
 
 import psycopg
+import sniffio
 from psycopg_pool import AsyncConnectionPool
 
 from . import _sql
 from ._db import CONNECT_ERRORS, redact_url, unreachable
 from ._ends import AsyncioEnds
-from ._errors import DatabaseUnavailable
+from ._errors import ConfigurationError, DatabaseUnavailable
 from ._shell import (
     AsyncShell,
     Call,
@@ -59,6 +60,7 @@ class Durable(
     @classmethod
     @asynccontextmanager
     async def _open(cls, opening: Opening) -> AsyncIterator[Durable]:
+        _require_asyncio()
         client = cls._made(opening)
         try:
             # One connection first: a clear error, if the database is unreachable.
@@ -104,3 +106,22 @@ async def _reachable(url: str, timeout: float) -> None:
     except CONNECT_ERRORS as ex:
         raise unreachable(url, ex) from None
     await conn.close()
+
+
+def _require_asyncio() -> None:
+    """This client runs on an asyncio event loop; say which one to use elsewhere
+    (asyncio's own error, "no running event loop", names no way out)."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        pass
+    else:
+        return
+    try:
+        where = sniffio.current_async_library()
+    except sniffio.AsyncLibraryNotFoundError:
+        where = "code that is not async"
+    raise ConfigurationError(
+        f"durable_trio.aio.Durable is the asyncio client and this is {where}: use "
+        "durable_trio.Durable under trio, durable_trio.sync.Durable in blocking code"
+    )

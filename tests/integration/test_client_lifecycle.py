@@ -106,3 +106,12 @@ def _answered(url: str, timeout: float) -> None:
 
 async def _answered_async(url: str, timeout: float) -> None:
     return None
+
+
+# -- a client where it cannot run, or closed ------------------------------------------------
+
+
+async def test_the_asyncio_client_names_the_others_under_trio(pg_url: str) -> None:
+    with pytest.raises(dt.ConfigurationError, match=r"this is trio: use durable_trio\.Durable"):
+        async with durable_trio.aio.Durable.connect(pg_url):
+            pass  # pragma: no cover
