@@ -62,6 +62,11 @@ CONNECT_ERRORS: tuple[type[BaseException], ...] = (psycopg.ProgrammingError, *CO
 TRANSIENT = (psycopg.errors.DeadlockDetected, psycopg.errors.SerializationFailure)
 # What "the database went away" looks like to code above this module.
 CONNECTION_LOST: tuple[type[BaseException], ...] = (DatabaseUnavailable, *CONNECTION_ERRORS)
+# What every client raises when it is used after it was closed.
+CLIENT_CLOSED = (
+    "the client is closed (its connect block ended, or close() was called): "
+    "open another with Durable.connect"
+)
 # The listener's pauses between attempts to reconnect (capped by `Listener.max_backoff`).
 LISTEN_BACKOFF = BackoffPolicy(first=0.05, cap=5.0)
 
@@ -399,7 +404,7 @@ class Pool:
     @asynccontextmanager
     async def acquire(self) -> AsyncIterator[TrioConnection]:
         if self._closed:
-            raise DatabaseUnavailable("the connection pool is closed")
+            raise DatabaseUnavailable(CLIENT_CLOSED)
         # A free slot is taken without a schedule point (the query that follows waits on
         # its socket anyway; the yield cost every pooled statement, a checkpoint's write
         # included, one more pass of the scheduler), but still not once cancelled: no

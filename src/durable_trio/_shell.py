@@ -22,13 +22,13 @@ from uuid import UUID
 
 import attrs
 import psycopg
-from psycopg_pool import PoolTimeout
+from psycopg_pool import PoolClosed, PoolTimeout
 
 from ._clientcore import SAFETY_POLL, ClientCore, SpawnResult, TaskInfo, TaskRef, Waiting
 from ._core.durations import Duration, to_seconds
 from ._core.options import SpawnOptions
 from ._core.states import TaskState
-from ._db import CONNECTION_ERRORS, redact_url
+from ._db import CLIENT_CLOSED, CONNECTION_ERRORS, redact_url
 from ._ends import AsyncEnds
 from ._errors import ConfigurationError, DatabaseUnavailable, InvalidInput
 from ._hooks import Hooks
@@ -507,13 +507,16 @@ class Pooled:
 
 @contextmanager
 def pool_errors(url: str) -> Iterator[Pooled]:
-    """A pool that cannot hand out a connection, or a pooled connection that broke, is
-    `DatabaseUnavailable`; other database errors pass through."""
+    """A pool that cannot hand out a connection, or is closed (its client was closed),
+    or a pooled connection that broke, is `DatabaseUnavailable`; other database errors
+    pass through."""
     pooled = Pooled()
     try:
         yield pooled
     except PoolTimeout as ex:
         raise DatabaseUnavailable(f"no connection to {redact_url(url)}: {ex}") from ex
+    except PoolClosed:
+        raise DatabaseUnavailable(CLIENT_CLOSED) from None
     except CONNECTION_ERRORS as ex:
         if pooled.conn is None or not pooled.conn.broken:
             raise

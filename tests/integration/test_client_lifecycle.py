@@ -9,7 +9,7 @@ import asyncio
 import math
 import socket
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -21,6 +21,8 @@ import durable_trio.aio
 import durable_trio.sync
 
 KINDS = ["trio", "sync", "aio"]
+
+Use = Callable[[Any], Any]  # a call on a client (its coroutine, on the async clients)
 
 
 def open_and_close(kind: str, url: str, **connect: Any) -> None:
@@ -38,6 +40,22 @@ def open_and_close(kind: str, url: str, **connect: Any) -> None:
         trio.run(main)
     else:
         asyncio.run(main())
+
+
+def after_close(kind: str, url: str, schema: str, call: Use) -> Any:
+    """Open a client, close it, then make `call` on it (awaited on the async clients)."""
+    if kind == "sync":
+        client = durable_trio.sync.Durable.connect(url, schema=schema)
+        client.close()
+        return call(client)
+
+    async def main() -> Any:
+        client_class = dt.Durable if kind == "trio" else durable_trio.aio.Durable
+        async with client_class.connect(url, schema=schema) as client:
+            pass
+        return await call(client)
+
+    return trio.run(main) if kind == "trio" else asyncio.run(main())
 
 
 @pytest.fixture
@@ -115,3 +133,19 @@ async def test_the_asyncio_client_names_the_others_under_trio(pg_url: str) -> No
     with pytest.raises(dt.ConfigurationError, match=r"this is trio: use durable_trio\.Durable"):
         async with durable_trio.aio.Durable.connect(pg_url):
             pass  # pragma: no cover
+
+
+TASK_ID = "00000000-0000-7000-8000-000000000001"
+CLOSED_CALLS: dict[str, Callable[[Any], Any]] = {
+    "list_tasks": lambda client: client.list_tasks(),
+    "emit_event": lambda client: client.emit_event("go"),
+    "migrate": lambda client: client.migrate(),
+    "wait_result": lambda client: client.wait_result(None, TASK_ID, timeout=1),
+}
+
+
+@pytest.mark.parametrize("call", list(CLOSED_CALLS))
+@pytest.mark.parametrize("kind", KINDS)
+def test_a_closed_client_says_it_is_closed(kind: str, call: str, pg_url: str, schema: str) -> None:
+    with pytest.raises(dt.DatabaseUnavailable, match="client is closed"):
+        after_close(kind, pg_url, schema, CLOSED_CALLS[call])
