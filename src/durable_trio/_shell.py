@@ -270,8 +270,9 @@ class Shell(Generic[C]):
     def register(self, *tasks: TaskRef) -> None:
         """Make tasks known to this client: `spawn_by_name` checks their params,
         `wait_result` types their results by name, and the trio client's workers run
-        them. Names must be unique and valid (`InvalidInput` otherwise, as for
-        `spawn_by_name`)."""
+        them. A name already registered for another function, or an object that is not a
+        task, raises `ConfigurationError`; an invalid name `InvalidInput`, as for
+        `spawn_by_name`."""
         self._core.register(*tasks)
 
     # -- spawning ---------------------------------------------------------------------

@@ -149,3 +149,25 @@ CLOSED_CALLS: dict[str, Callable[[Any], Any]] = {
 def test_a_closed_client_says_it_is_closed(kind: str, call: str, pg_url: str, schema: str) -> None:
     with pytest.raises(dt.DatabaseUnavailable, match="client is closed"):
         after_close(kind, pg_url, schema, CLOSED_CALLS[call])
+
+
+# -- registering ------------------------------------------------------------------------------
+
+
+@dt.task("twice")
+async def first(ctx: dt.TaskContext, params: None) -> int:
+    return 1
+
+
+@dt.task("twice")
+async def second(ctx: dt.TaskContext, params: None) -> int:
+    return 2
+
+
+@pytest.mark.parametrize("client_class", [dt.Durable, durable_trio.sync.Durable])
+def test_register_raises_what_it_documents_for_a_name_taken(client_class: Any) -> None:
+    client = client_class("postgresql://localhost/db", queue="q", schema="s", pool_size=1)
+    client.register(first)
+    with pytest.raises(dt.ConfigurationError, match="'twice' is already registered"):
+        client.register(second)
+    assert "`ConfigurationError`" in client.register.__doc__
