@@ -319,7 +319,8 @@ async def connect(url: str, *, autocommit: bool = True) -> TrioConnection:
     try:
         return await TrioConnection.connect(url, autocommit=autocommit)
     except CONNECT_ERRORS as ex:
-        raise unreachable(url, ex) from None
+        error = unreachable(url, ex)
+    raise error  # outside the handler: see `unreachable`
 
 
 async def listening(url: str, channels: Iterable[str]) -> TrioConnection:
@@ -336,7 +337,10 @@ async def listening(url: str, channels: Iterable[str]) -> TrioConnection:
 
 
 def unreachable(url: str, ex: BaseException) -> DatabaseUnavailable:
-    """The error every client raises when it cannot connect (password redacted)."""
+    """The error every client raises when it cannot connect (password redacted). Raise it
+    after the handler of `ex`, not inside it: psycopg's errors may quote the whole URL,
+    password included, and one raised in the handler keeps `ex` as its ``__context__``
+    (``from None`` only hides it from tracebacks)."""
     if isinstance(ex, psycopg.ProgrammingError):
         return DatabaseUnavailable(
             f"invalid database URL {redact_url(url)!r}: {_scrub(str(ex), url)}"

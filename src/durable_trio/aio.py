@@ -100,12 +100,13 @@ async def _reachable(url: str, timeout: float) -> None:
         async with asyncio.timeout(timeout):
             conn = await psycopg.AsyncConnection.connect(url)
     except TimeoutError:  # an OSError: caught before CONNECT_ERRORS
-        raise DatabaseUnavailable(
-            f"cannot connect to {redact_url(url)} within {timeout:g}s"
-        ) from None
+        error = DatabaseUnavailable(f"cannot connect to {redact_url(url)} within {timeout:g}s")
     except CONNECT_ERRORS as ex:
-        raise unreachable(url, ex) from None
-    await conn.close()
+        error = unreachable(url, ex)
+    else:
+        await conn.close()
+        return
+    raise error  # outside the handler: see `unreachable`
 
 
 def _require_asyncio() -> None:

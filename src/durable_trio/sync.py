@@ -144,11 +144,12 @@ def _reachable(url: str, timeout: float) -> None:
     try:
         _connect(url, time.monotonic() + timeout).close()
     except _Late:
-        raise DatabaseUnavailable(
-            f"cannot connect to {redact_url(url)} within {timeout:g}s"
-        ) from None
+        error = DatabaseUnavailable(f"cannot connect to {redact_url(url)} within {timeout:g}s")
     except CONNECT_ERRORS as ex:
-        raise unreachable(url, ex) from None
+        error = unreachable(url, ex)
+    else:
+        return
+    raise error  # outside the handler: see `unreachable`
 
 
 class _Late(Exception):

@@ -21,6 +21,7 @@ import durable_trio.aio
 import durable_trio.sync
 
 KINDS = ["trio", "sync", "aio"]
+SECRET = "Hunter2-s3cret-pw"
 
 Use = Callable[[Any], Any]  # a call on a client (its coroutine, on the async clients)
 
@@ -56,6 +57,19 @@ def after_close(kind: str, url: str, schema: str, call: Use) -> Any:
         return await call(client)
 
     return trio.run(main) if kind == "trio" else asyncio.run(main())
+
+
+def chain(ex: BaseException) -> Iterator[BaseException]:
+    """`ex` and every exception it still refers to, suppressed context included."""
+    seen: set[int] = set()
+    todo: list[BaseException | None] = [ex]
+    while todo:
+        one = todo.pop()
+        if one is None or id(one) in seen:
+            continue
+        seen.add(id(one))
+        yield one
+        todo += [one.__cause__, one.__context__]
 
 
 @pytest.fixture
@@ -124,6 +138,28 @@ def _answered(url: str, timeout: float) -> None:
 
 async def _answered_async(url: str, timeout: float) -> None:
     return None
+
+
+# -- a database URL that cannot be parsed ---------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        f"postgresql://app:{SECRET}@[::1/db",
+        f"postgresql://app:{SECRET.replace('-', ' ')}@localhost/db?connect_timeout=abc",
+    ],
+    ids=["unclosed-bracket", "space-in-password"],
+)
+@pytest.mark.parametrize("kind", KINDS)
+def test_an_unparseable_url_keeps_its_password_out_of_every_chained_error(
+    kind: str, url: str
+) -> None:
+    with pytest.raises(dt.DatabaseUnavailable, match="invalid database URL") as info:
+        open_and_close(kind, url, timeout=2)
+    for one in chain(info.value):
+        for secret in (SECRET, SECRET.replace("-", " "), "s3cret"):
+            assert secret not in f"{one}{one!r}", type(one).__name__
 
 
 # -- a client where it cannot run, or closed ------------------------------------------------
