@@ -62,6 +62,11 @@ CONNECT_ERRORS: tuple[type[BaseException], ...] = (psycopg.ProgrammingError, *CO
 TRANSIENT = (psycopg.errors.DeadlockDetected, psycopg.errors.SerializationFailure)
 # What "the database went away" looks like to code above this module.
 CONNECTION_LOST: tuple[type[BaseException], ...] = (DatabaseUnavailable, *CONNECTION_ERRORS)
+# What every client raises when it is used after it was closed.
+CLIENT_CLOSED = (
+    "the client is closed (its connect block ended, or close() was called): "
+    "open another with Durable.connect"
+)
 # The listener's pauses between attempts to reconnect (capped by `Listener.max_backoff`).
 LISTEN_BACKOFF = BackoffPolicy(first=0.05, cap=5.0)
 
@@ -314,7 +319,8 @@ async def connect(url: str, *, autocommit: bool = True) -> TrioConnection:
     try:
         return await TrioConnection.connect(url, autocommit=autocommit)
     except CONNECT_ERRORS as ex:
-        raise unreachable(url, ex) from None
+        error = unreachable(url, ex)
+    raise error  # outside the handler: see `unreachable`
 
 
 async def listening(url: str, channels: Iterable[str]) -> TrioConnection:
@@ -331,7 +337,10 @@ async def listening(url: str, channels: Iterable[str]) -> TrioConnection:
 
 
 def unreachable(url: str, ex: BaseException) -> DatabaseUnavailable:
-    """The error every client raises when it cannot connect (password redacted)."""
+    """The error every client raises when it cannot connect (password redacted). Raise it
+    after the handler of `ex`, not inside it: psycopg's errors may quote the whole URL,
+    password included, and one raised in the handler keeps `ex` as its ``__context__``
+    (``from None`` only hides it from tracebacks)."""
     if isinstance(ex, psycopg.ProgrammingError):
         return DatabaseUnavailable(
             f"invalid database URL {redact_url(url)!r}: {_scrub(str(ex), url)}"
@@ -399,7 +408,7 @@ class Pool:
     @asynccontextmanager
     async def acquire(self) -> AsyncIterator[TrioConnection]:
         if self._closed:
-            raise DatabaseUnavailable("the connection pool is closed")
+            raise DatabaseUnavailable(CLIENT_CLOSED)
         # A free slot is taken without a schedule point (the query that follows waits on
         # its socket anyway; the yield cost every pooled statement, a checkpoint's write
         # included, one more pass of the scheduler), but still not once cancelled: no

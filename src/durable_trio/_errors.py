@@ -63,10 +63,12 @@ class SerializationError(InvalidInput):
 
 
 class DatabaseUnavailable(DurableError):
-    """The database cannot be reached or refused the connection.
+    """The database cannot be reached or refused the connection, or the client was used
+    after it was closed.
 
     The message carries the URL with its password replaced by ``***``. Check that the
-    server runs and the URL (or ``DURABLE_DATABASE_URL``) is right.
+    server runs and the URL (or ``DURABLE_DATABASE_URL``) is right; a closed client
+    stays closed: open another with ``Durable.connect``.
     """
 
 

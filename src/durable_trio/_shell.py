@@ -22,13 +22,13 @@ from uuid import UUID
 
 import attrs
 import psycopg
-from psycopg_pool import PoolTimeout
+from psycopg_pool import PoolClosed, PoolTimeout
 
 from ._clientcore import SAFETY_POLL, ClientCore, SpawnResult, TaskInfo, TaskRef, Waiting
 from ._core.durations import Duration, to_seconds
 from ._core.options import SpawnOptions
 from ._core.states import TaskState
-from ._db import CONNECTION_ERRORS, redact_url
+from ._db import CLIENT_CLOSED, CONNECTION_ERRORS, redact_url
 from ._ends import AsyncEnds
 from ._errors import ConfigurationError, DatabaseUnavailable, InvalidInput
 from ._hooks import Hooks
@@ -134,9 +134,11 @@ class Connects(Generic[Opened]):
         With ``migrate=True`` (the default) the schema is created or upgraded first; pass
         False when running under a role that may not change the schema. Raises
         `DatabaseUnavailable` (password redacted) if the database cannot be reached within
-        `timeout` seconds, `InvalidInput` for a bad queue or schema name or pool size.
+        `timeout` seconds (more than zero), `InvalidInput` for a bad queue or schema name,
+        pool size or timeout.
         """
-        opening = Opening(resolve_url(url), queue, schema, migrate, pool_size, hooks, timeout)
+        seconds = to_seconds(timeout, what="timeout", allow_zero=False)
+        opening = Opening(resolve_url(url), queue, schema, migrate, pool_size, hooks, seconds)
         return cls._open(opening)
 
     @classmethod
@@ -268,8 +270,9 @@ class Shell(Generic[C]):
     def register(self, *tasks: TaskRef) -> None:
         """Make tasks known to this client: `spawn_by_name` checks their params,
         `wait_result` types their results by name, and the trio client's workers run
-        them. Names must be unique and valid (`InvalidInput` otherwise, as for
-        `spawn_by_name`)."""
+        them. A name already registered for another function, or an object that is not a
+        task, raises `ConfigurationError`; an invalid name `InvalidInput`, as for
+        `spawn_by_name`."""
         self._core.register(*tasks)
 
     # -- spawning ---------------------------------------------------------------------
@@ -505,13 +508,16 @@ class Pooled:
 
 @contextmanager
 def pool_errors(url: str) -> Iterator[Pooled]:
-    """A pool that cannot hand out a connection, or a pooled connection that broke, is
-    `DatabaseUnavailable`; other database errors pass through."""
+    """A pool that cannot hand out a connection, or is closed (its client was closed),
+    or a pooled connection that broke, is `DatabaseUnavailable`; other database errors
+    pass through."""
     pooled = Pooled()
     try:
         yield pooled
     except PoolTimeout as ex:
         raise DatabaseUnavailable(f"no connection to {redact_url(url)}: {ex}") from ex
+    except PoolClosed:
+        raise DatabaseUnavailable(CLIENT_CLOSED) from None
     except CONNECTION_ERRORS as ex:
         if pooled.conn is None or not pooled.conn.broken:
             raise

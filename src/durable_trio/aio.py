@@ -15,16 +15,19 @@ the task exists when you commit, and never if you roll back::
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any, TypeVar
 
 import psycopg
+import sniffio
 from psycopg_pool import AsyncConnectionPool
 
 from . import _sql
-from ._db import CONNECT_ERRORS, unreachable
+from ._db import CONNECT_ERRORS, redact_url, unreachable
 from ._ends import AsyncioEnds
+from ._errors import ConfigurationError, DatabaseUnavailable
 from ._shell import (
     AsyncShell,
     Call,
@@ -57,17 +60,13 @@ class Durable(
     @classmethod
     @asynccontextmanager
     async def _open(cls, opening: Opening) -> AsyncIterator[Durable]:
+        _require_asyncio()
         client = cls._made(opening)
-        url, timeout = opening.url, opening.timeout
         try:
-            conn = await psycopg.AsyncConnection.connect(
-                url, connect_timeout=max(1, round(timeout))
-            )
-        except CONNECT_ERRORS as ex:
-            raise unreachable(url, ex) from None
-        await conn.close()  # reachable: fail fast, with a clear error, if not
-        await client._pool.open(wait=True, timeout=timeout)
-        try:
+            # One connection first: a clear error, if the database is unreachable.
+            await _reachable(opening.url, opening.timeout)
+            with pool_errors(opening.url):
+                await client._pool.open(wait=True, timeout=opening.timeout)
             if opening.migrate:
                 await client.migrate()
             yield client
@@ -92,3 +91,38 @@ class Durable(
     async def migrate(self) -> list[int]:
         """Create or upgrade the schema (idempotent; concurrent callers are serialised)."""
         return await self._execute(Call(_sql.migrate(self.schema)), transaction=True)
+
+
+async def _reachable(url: str, timeout: float) -> None:
+    """Open one connection and close it; `DatabaseUnavailable` (password redacted) if the
+    database does not answer within `timeout` seconds."""
+    try:
+        async with asyncio.timeout(timeout):
+            conn = await psycopg.AsyncConnection.connect(url)
+    except TimeoutError:  # an OSError: caught before CONNECT_ERRORS
+        error = DatabaseUnavailable(f"cannot connect to {redact_url(url)} within {timeout:g}s")
+    except CONNECT_ERRORS as ex:
+        error = unreachable(url, ex)
+    else:
+        await conn.close()
+        return
+    raise error  # outside the handler: see `unreachable`
+
+
+def _require_asyncio() -> None:
+    """This client runs on an asyncio event loop; say which one to use elsewhere
+    (asyncio's own error, "no running event loop", names no way out)."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        pass
+    else:
+        return
+    try:
+        where = sniffio.current_async_library()
+    except sniffio.AsyncLibraryNotFoundError:
+        where = "code that is not async"
+    raise ConfigurationError(
+        f"durable_trio.aio.Durable is the asyncio client and this is {where}: use "
+        "durable_trio.Durable under trio, durable_trio.sync.Durable in blocking code"
+    )

@@ -15,16 +15,25 @@ in a trio thread. Spawn inside your own transaction with ``connection=`` a
 
 from __future__ import annotations
 
+import time
 from typing import Any, Self, TypeVar, overload
 from uuid import UUID
 
 import psycopg
+from psycopg.conninfo import (
+    conninfo_attempts,
+    conninfo_to_dict,
+    make_conninfo,
+    timeout_from_conninfo,
+)
+from psycopg.waiting import wait_conn
 from psycopg_pool import ConnectionPool
 
 from . import _sql
 from ._clientcore import SpawnResult
-from ._db import CONNECT_ERRORS, unreachable
+from ._db import CONNECT_ERRORS, redact_url, unreachable
 from ._ends import BlockingEnds
+from ._errors import DatabaseUnavailable
 from ._shell import (
     Blocking,
     Call,
@@ -58,18 +67,15 @@ class Durable(Shell[psycopg.Connection[Any]], Blocking, Connects["Durable"]):
     @classmethod
     def _open(cls, opening: Opening) -> Durable:
         client = cls._made(opening)
-        url, timeout = opening.url, opening.timeout
         try:
-            with psycopg.connect(url, connect_timeout=max(1, round(timeout))):
-                pass  # fail fast, with a clear error, if the database is unreachable
-        except CONNECT_ERRORS as ex:
-            raise unreachable(url, ex) from None
-        client._pool.open(wait=True, timeout=timeout)
-        try:
+            # One connection first: a clear error, if the database is unreachable.
+            _reachable(opening.url, opening.timeout)
+            with pool_errors(opening.url):
+                client._pool.open(wait=True, timeout=opening.timeout)
             if opening.migrate:
                 client.migrate()
         except BaseException:
-            client.close()
+            client.close()  # the pool's threads would go on trying to connect
             raise
         return client
 
@@ -130,3 +136,45 @@ class Durable(Shell[psycopg.Connection[Any]], Blocking, Connects["Durable"]):
             while not (found := waiting.outcome(self._execute(self._read_task(waiting))))[0]:
                 self._ends.wait(watcher, self._safety_poll)
         return found[1]
+
+
+def _reachable(url: str, timeout: float) -> None:
+    """Open one connection and close it; `DatabaseUnavailable` (password redacted) if the
+    database does not answer within `timeout` seconds."""
+    try:
+        _connect(url, time.monotonic() + timeout).close()
+    except _Late:
+        error = DatabaseUnavailable(f"cannot connect to {redact_url(url)} within {timeout:g}s")
+    except CONNECT_ERRORS as ex:
+        error = unreachable(url, ex)
+    else:
+        return
+    raise error  # outside the handler: see `unreachable`
+
+
+class _Late(Exception):
+    """`_connect`'s deadline passed."""
+
+
+def _connect(url: str, deadline: float) -> psycopg.Connection[Any]:
+    """`psycopg.Connection.connect(url)` by the `deadline` (a `time.monotonic` time), or
+    `_Late`: psycopg's own connect_timeout counts whole seconds, two at least, so
+    psycopg's connection steps are driven here (its internals, as
+    `_db.TrioConnection.connect` drives them under trio). The URL's connect_timeout still
+    bounds each host tried."""
+    params = conninfo_to_dict(url)
+    per_host = timeout_from_conninfo(params)
+    failure: psycopg.Error = psycopg.OperationalError("no host to connect to")
+    for attempt in conninfo_attempts(params):
+        if (left := deadline - time.monotonic()) <= 0:
+            raise _Late
+        steps = psycopg.Connection._connect_gen(make_conninfo("", **attempt))
+        try:
+            return wait_conn(steps, interval=0.1, timeout=min(left, per_host))
+        except psycopg.errors._WaitTimeout:
+            if left <= per_host:
+                raise _Late from None
+            failure = psycopg.errors.ConnectionTimeout("connection timeout expired")
+        except psycopg.Error as ex:
+            failure = ex
+    raise failure

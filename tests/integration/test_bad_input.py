@@ -133,8 +133,17 @@ async def open_client(url: str | None = None, **kwargs: Any) -> None:
 
 
 def everything_said(ex: BaseException) -> str:
-    """The message, repr and full formatted traceback (chained causes included)."""
-    return "\n".join([str(ex), repr(ex), *traceback.format_exception(ex)])
+    """The message, repr and full formatted traceback (chained causes included), and the
+    message and repr of every exception it still refers to, a suppressed one included
+    (``raise ... from None`` keeps it as ``__context__``)."""
+    said, seen = [*traceback.format_exception(ex)], set()
+    todo: list[BaseException | None] = [ex]
+    while todo:
+        if (one := todo.pop()) is not None and id(one) not in seen:
+            seen.add(id(one))
+            said += [str(one), repr(one)]
+            todo += [one.__cause__, one.__context__]
+    return "\n".join(said)
 
 
 def check_message(text: str, fragments: tuple[str, ...]) -> None:

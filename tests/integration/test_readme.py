@@ -55,3 +55,12 @@ def test_the_readme_example_catches_a_failed_task_with_a_plain_except(
     said = capsys.readouterr().out
     assert said.startswith("no result: task ")
     assert "no sources for 'consensus'" in said
+
+
+def test_each_row_of_what_you_get_is_one_topic() -> None:
+    """One row per topic: a second row of the same name would say less than the first
+    (or the opposite), and readers stop at the first."""
+    section = README.read_text().split("## What you get", 1)[1].split("\n## ", 1)[0]
+    topics = re.findall(r"^\| \*\*(.+?)\*\* \|", section, re.MULTILINE)
+    assert len(topics) > 5
+    assert sorted(topics) == sorted(set(topics))
