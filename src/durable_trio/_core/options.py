@@ -62,7 +62,8 @@ def _queues(value: Iterable[str] | None) -> tuple[str, ...] | None:
     return queues
 
 
-def _headers(value: Mapping[str, Any] | None) -> dict[str, Any]:
+def check_headers(value: Mapping[str, Any] | None) -> dict[str, Any]:
+    """Headers as a dict (None: none), or InvalidInput saying what is wrong with them."""
     if value is None:
         return {}
     if not isinstance(value, Mapping) or not all(isinstance(k, str) for k in value):
@@ -120,7 +121,7 @@ class SpawnOptions:
 
     max_attempts: int = attrs.field(default=5)
     retry: RetryStrategy = attrs.field(factory=lambda: RetryStrategy.exponential(1.0))
-    headers: dict[str, Any] = attrs.field(factory=dict, converter=_headers)
+    headers: dict[str, Any] = attrs.field(factory=dict, converter=check_headers)
     queue: str | None = attrs.field(default=None, converter=_queue)
     priority: int = attrs.field(default=0)
     delay: float | None = attrs.field(default=None, converter=_delay)
