@@ -440,15 +440,30 @@ WHERE schedule_id = %(schedule_id)s AND paused AND cron = %(cron)s
 RETURNING schedule_id
 
 -- name: due_schedules
--- The schedules a worker's pass fires now, with the database's time.
-SELECT schedule_id, cron, timezone, missed, next_fire_at, @schema.clock_now() AS now
+-- A page of the schedules a worker's pass fires now, with the database's time: those
+-- after (after_at, after_id) in (next_fire_at, schedule_id) order, so that a pass goes
+-- on past schedules it cannot fire instead of reading them again at the head.
+SELECT schedule_id, cron, timezone, missed, next_fire_at, updated_at,
+    @schema.clock_now() AS now
 FROM @schema.schedules
 WHERE NOT paused AND next_fire_at <= @schema.clock_now()
-ORDER BY next_fire_at
+  AND next_fire_at >= %(after_at)s::timestamptz
+  AND (next_fire_at, schedule_id) > (%(after_at)s::timestamptz, %(after_id)s::text)
+ORDER BY next_fire_at, schedule_id
 LIMIT %(limit)s
+
+-- name: schedule_to_fire
+-- In fire_schedule's transaction, when a before_spawn hook is to give each slot's task
+-- headers: the due schedule's row locked, and what the hook is told of it (no row:
+-- another worker holds it or moved it on, or it changed). The hook runs only for slots
+-- this transaction will spawn, not for those another worker fires.
+SELECT queue, task_name, coalesce(options -> 'headers', '{}') AS headers
+FROM @schema.schedules
+WHERE schedule_id = %(schedule_id)s AND NOT paused AND next_fire_at = %(due)s::timestamptz
+FOR UPDATE SKIP LOCKED
 
 -- name: fire_schedule
 -- See the function: how many tasks were created, NULL if another worker fired it first.
 SELECT @schema.fire_schedule(%(schedule_id)s, %(due)s::timestamptz, %(keys)s::text[],
     %(slots)s::text[], %(tasks)s::uuid[], %(runs)s::uuid[],
-    %(next_fire_at)s::timestamptz) AS created
+    %(next_fire_at)s::timestamptz, %(headers)s::jsonb) AS created

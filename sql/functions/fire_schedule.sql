@@ -5,12 +5,14 @@
 -- A worker holding the row skips it (SKIP LOCKED) instead of queueing behind it: that
 -- worker either commits the slots or leaves them due for the next pass. Each slot is
 -- spawned with its idempotency key (p_keys), so even a slot spawned before (the schedule
--- was re-created, say) is not spawned twice; its task gets the headers 'schedule_id' and
--- 'scheduled_at' (p_slots, the slot as ISO text). p_tasks and p_runs are the new ids.
+-- was re-created, say) is not spawned twice; its task gets the schedule's headers, then
+-- p_headers' object for that slot over them (a JSON array, one object per slot: what the
+-- firing worker's before_spawn hook returned; NULL without a hook), then 'schedule_id'
+-- and 'scheduled_at' (p_slots, the slot as ISO text). p_tasks and p_runs are the new ids.
 -- Returns how many tasks were created.
 CREATE OR REPLACE FUNCTION @schema.fire_schedule(
     p_id text, p_due timestamptz, p_keys text[], p_slots text[], p_tasks uuid[],
-    p_runs uuid[], p_next timestamptz
+    p_runs uuid[], p_next timestamptz, p_headers jsonb
 ) RETURNS integer
 LANGUAGE plpgsql AS $$
 DECLARE
@@ -28,8 +30,10 @@ BEGIN
         -- A key already used returns its task, not the id given: that slot made nothing.
         SELECT * INTO v_spawned FROM @schema.spawn(s.queue, s.task_name, s.params,
             s.options || jsonb_build_object(
-                'headers', coalesce(s.options -> 'headers', '{}') || jsonb_build_object(
-                    'schedule_id', s.schedule_id, 'scheduled_at', p_slots[i]),
+                'headers', coalesce(s.options -> 'headers', '{}')
+                    || coalesce(p_headers -> (i - 1), '{}')
+                    || jsonb_build_object('schedule_id', s.schedule_id,
+                        'scheduled_at', p_slots[i]),
                 'idempotency_key', p_keys[i], 'task_id', p_tasks[i], 'run_id', p_runs[i]));
         v_last := v_spawned.task_id;
         v_created := v_created + (v_spawned.task_id = p_tasks[i])::integer;

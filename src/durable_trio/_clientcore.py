@@ -237,10 +237,13 @@ class ClientCore:
         parent: UUID | None = None,
         queue: str | None = None,
         inherited: Mapping[str, Any] | None = None,
+        hook: bool = True,
     ) -> SpawnPlan:
         """Validate and serialise what spawns of `task` with `options` share. `queue` is
         the default when the options name none (a child goes to its parent's queue); a
-        child starts from its parent's headers (`inherited`), its options' over them."""
+        child starts from its parent's headers (`inherited`), its options' over them.
+        `hook=False` leaves out the before_spawn hook (a schedule's stored settings: the
+        hook runs for each slot's task when it is fired)."""
         if isinstance(task, str):
             name = checked(validate_name, task, what="task name")
             known = self.registry.get(name)
@@ -256,7 +259,7 @@ class ClientCore:
         target = opts.queue or queue or self.queue
         if inherited:
             opts = attrs.evolve(opts, headers={**inherited, **opts.headers})
-        if self.hooks.before_spawn is not None:
+        if hook and self.hooks.before_spawn is not None:
             call = SpawnCall(name, target, opts.headers, parent)
             opts = attrs.evolve(opts, headers=self.hooks.spawn_headers(call))
         common = _spawn_options(opts, name, target, parent)
@@ -299,10 +302,13 @@ class ClientCore:
         parent: UUID | None = None,
         queue: str | None = None,
         inherited: Mapping[str, Any] | None = None,
+        hook: bool = True,
     ) -> dict[str, Any]:
         """Validate and serialise one spawn into the row `insert` takes (a task's
-        children and schedules go through here)."""
-        plan = self.spawn_plan(task, options, parent=parent, queue=queue, inherited=inherited)
+        children and schedules go through here; see `spawn_plan`)."""
+        plan = self.spawn_plan(
+            task, options, parent=parent, queue=queue, inherited=inherited, hook=hook
+        )
         return plan.row(params)
 
     def spawn(

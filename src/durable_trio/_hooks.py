@@ -5,14 +5,15 @@ durable_trio.contrib.opentelemetry).
 Order: ``before_spawn`` runs in the spawning process before the row is written (client
 spawns, `TaskContext.spawn`, schedule slots), and the headers it returns are stored with
 the task, so they are kept through retries and seen again by the task's children when
-those are spawned from inside it. ``around_run`` wraps each attempt of a task's code in
-the worker, outermost; ``around_step`` wraps each `TaskContext.step` inside it, replays
-included (``StepCall.replayed`` says which: nothing ran, so there is nothing to time).
-``before_emit`` runs in the emitting process before the event is written (client emits,
-`TaskContext.emit_event` the first time only: a replayed emit writes nothing), and
-``before_cancel`` in a client's `cancel` once the task is found, before it is cancelled.
-An exception raised by a hook fails what it wraps like one raised by the task's code
-(from a ``before_*`` hook: nothing is written).
+those are spawned from inside it. A schedule slot's call is made by the worker whose
+pass fires the slot, once per slot, not when the schedule is declared. ``around_run``
+wraps each attempt of a task's code in the worker, outermost; ``around_step`` wraps each
+`TaskContext.step` inside it, replays included (``StepCall.replayed`` says which:
+nothing ran, so there is nothing to time). ``before_emit`` runs in the emitting process
+before the event is written (client emits, `TaskContext.emit_event` the first time only:
+a replayed emit writes nothing), and ``before_cancel`` in a client's `cancel` once the
+task is found, before it is cancelled. An exception raised by a hook fails what it wraps
+like one raised by the task's code (from a ``before_*`` hook: nothing is written).
 """
 
 from __future__ import annotations

@@ -64,8 +64,9 @@ class TaskSummary(TaskHead):
 @attrs.frozen
 class TaskPage:
     """One page of `Durable.list_tasks`, in task_id order (task ids are UUIDv7, so this is
-    creation order). ``next_after`` is the cursor of the next page (pass it as
-    ``after=``), or None when this page is the last."""
+    creation time to the millisecond; tasks of one millisecond in no particular order).
+    ``next_after`` is the cursor of the next page (pass it as ``after=``), or None when
+    this page is the last."""
 
     items: list[TaskSummary]
     next_after: UUID | None

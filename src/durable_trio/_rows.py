@@ -72,6 +72,7 @@ class DueSchedule:
     timezone: str
     missed: str
     next_fire_at: datetime
+    updated_at: datetime
     now: datetime
 
 

@@ -8,9 +8,9 @@ mapping of schema errors (`_sql.guarded`) serves the store and the clients alike
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager, suppress
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any, TypeAlias, TypeVar
 from uuid import UUID
 
@@ -34,6 +34,12 @@ from ._sql import Op, Row, Statement, array_literal, guarded
 __all__ = ["DATA_ERRORS", "ClaimArgs", "Connection", "Store", "migrations", "sql_dir"]
 
 T = TypeVar("T")
+
+# What fire_schedule asks, with a before_spawn hook, of a schedule it holds: (queue,
+# task_name, the schedule's headers) -> a JSON array of each slot's headers to add.
+Stamp: TypeAlias = Callable[[str, str, dict[str, Any]], str]
+# The start of the due schedules' order.
+EARLIEST = datetime(1, 1, 1, tzinfo=UTC)
 
 # What the store runs statements on: a trio-native connection (pooled, or a worker's
 # owned transaction), or a caller's blocking one whose open transaction a spawn or an
@@ -499,9 +505,14 @@ class Store:
         }
         return await self._one("resume_schedule", params) is not None
 
-    async def due_schedules(self, limit: int) -> list[DueSchedule]:
-        """Schedules due now (not paused), each with the database's `now`."""
-        return [DueSchedule(**row) for row in await self._all("due_schedules", {"limit": limit})]
+    async def due_schedules(
+        self, limit: int, after: tuple[datetime, str] = (EARLIEST, "")
+    ) -> list[DueSchedule]:
+        """Up to `limit` schedules due now (not paused) after `after` in (next_fire_at,
+        schedule_id) order (pass the last row's for the next page), each with the
+        database's `now`."""
+        params = {"limit": limit, "after_at": after[0], "after_id": after[1]}
+        return [DueSchedule(**row) for row in await self._all("due_schedules", params)]
 
     async def fire_schedule(
         self,
@@ -509,23 +520,45 @@ class Store:
         due: datetime,
         slots: Sequence[tuple[str, str, UUID, UUID]],
         next_fire_at: datetime,
+        stamp: Stamp | None = None,
     ) -> int | None:
         """Spawn `slots` (idempotency key, slot as ISO text, task id, run id) of a
         schedule due at `due` and move it to `next_fire_at`, in one transaction; how many
-        tasks were created, or None if the schedule was not due at `due` any more (fired by another
-        worker, changed, paused or deleted): then nothing was written."""
-        created: int | None = await self._value(
-            "fire_schedule",
-            {
-                "schedule_id": schedule_id,
-                "due": due,
-                "keys": array_literal(slot[0] for slot in slots),
-                "slots": array_literal(slot[1] for slot in slots),
-                "tasks": [slot[2] for slot in slots],
-                "runs": [slot[3] for slot in slots],
-                "next_fire_at": next_fire_at,
-            },
-        )
+        tasks were created, or None if the schedule was not due at `due` any more (fired
+        by another worker, changed, paused or deleted): then nothing was written.
+
+        With `stamp`, the schedule's row is locked first and `stamp(queue, task_name,
+        headers)` (the schedule's) gives each slot's headers to add, as a JSON array,
+        before the slots are spawned in the same transaction; anything it raises leaves
+        nothing written."""
+        params = {
+            "schedule_id": schedule_id,
+            "due": due,
+            "keys": array_literal(slot[0] for slot in slots),
+            "slots": array_literal(slot[1] for slot in slots),
+            "tasks": [slot[2] for slot in slots],
+            "runs": [slot[3] for slot in slots],
+            "next_fire_at": next_fire_at,
+            "headers": None,
+        }
+        if stamp is None:
+            created: int | None = await self._value("fire_schedule", params)
+            return created
+        return await self.run(guarded(self.schema, self._fire_stamped(params, stamp)))
+
+    def _fire_stamped(self, params: dict[str, Any], stamp: Stamp) -> Op[int | None]:
+        # A statement or `stamp` that raises leaves the transaction open: the pool rolls
+        # back a connection handed back inside one.
+        yield Statement("BEGIN")
+        rows = yield Statement(self._q["schedule_to_fire"], params)
+        if not rows:
+            yield Statement("ROLLBACK")
+            return None
+        head = rows[0]
+        params["headers"] = stamp(head["queue"], head["task_name"], head["headers"])
+        rows = yield Statement(self._q["fire_schedule"], params)
+        yield Statement("COMMIT")
+        created: int | None = rows[0]["created"]
         return created
 
 

@@ -472,7 +472,7 @@ class Worker:
         if now - self._last_reap < min(self.options.poll_interval, self.options.claim_timeout / 3):
             return
         self._last_reap = now
-        await reap_expired(self._control, self._queues)
+        await reap_expired(self._control, self._queues, hooks=self._hooks)
         await self._announce(now)
 
     async def _retention_loop(self, older_than: float) -> None:
@@ -977,15 +977,17 @@ async def _enforce_deadlines(store: Store, limit: int) -> None:
         log.warning("deadline sweep failed (%s); trying again on the next pass", ex)
 
 
-async def reap_expired(store: Store, queues: Sequence[str], limit: int = 100) -> int:
+async def reap_expired(
+    store: Store, queues: Sequence[str], limit: int = 100, hooks: Hooks = NO_HOOKS
+) -> int:
     """Fail runs whose worker vanished (lease expired), scheduling their next attempt as
     the task's retry strategy says, cancel tasks past a CancellationPolicy deadline
     that no claim or heartbeat would notice (in any queue), and spawn the due slots of
-    cron schedules (any queue). Returns how many runs were reaped (deadlines not
-    counted). A run whose own data breaks its reaping fails its task for good
-    (UnprocessableTask) and the pass goes on."""
+    cron schedules (any queue; `hooks.before_spawn` runs for each slot's task). Returns
+    how many runs were reaped (deadlines not counted). A run whose own data breaks its
+    reaping fails its task for good (UnprocessableTask) and the pass goes on."""
     await _enforce_deadlines(store, limit)
-    await schedule_pass(store)
+    await schedule_pass(store, hooks)
     reaped = 0
     for row in await store.expired_runs(queues, limit):
         try:

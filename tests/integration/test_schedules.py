@@ -4,6 +4,7 @@ database's time. The database clock is moved with advance_clock; nothing sleeps 
 
 from __future__ import annotations
 
+import logging
 from collections import Counter
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -11,6 +12,7 @@ from typing import Any
 import attrs
 import pytest
 import trio
+from psycopg.types.json import Jsonb
 
 import durable_trio as dt
 from durable_trio import _schedules
@@ -195,14 +197,17 @@ async def test_a_slot_whose_key_names_a_task_spawns_nothing_and_reports_it(
     info = await client.schedule("keyed", "elsewhere", None, cron="@hourly")
     assert info.next_fire_at is not None
     key = slot_key("keyed", info.next_fire_at)
-    earlier = await client.spawn_by_name(
-        "elsewhere", None, options=dt.SpawnOptions(idempotency_key=key)
+    # Client spawns refuse these keys; a schedule deleted and declared again has used it.
+    [earlier] = await fetch(
+        client,
+        "SELECT task_id FROM @s.spawn('default', 'elsewhere', 'null', %s::jsonb)",
+        Jsonb({"idempotency_key": key}),
     )
     await advance_to(client, info.next_fire_at + timedelta(seconds=1))
     assert await fire_schedules(client) == 0
     assert await task_count(client) == 1
     fired = await client.get_schedule("keyed")
-    assert fired.last_task_id == earlier.task_id
+    assert fired.last_task_id == earlier["task_id"]
     assert fired.last_fired_at == info.next_fire_at
 
 
@@ -225,6 +230,51 @@ async def test_a_schedule_spawn_refuses_is_skipped_without_holding_up_the_others
     assert (await client.get_schedule("broken")).next_fire_at == first.next_fire_at
     assert "schedule 'broken' cannot fire" in caplog.text
     assert "max_attempts" in caplog.text
+    # This process neither tries it nor warns about it again on every pass...
+    caplog.clear()
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(Store, "fire_schedule", unexpected)
+        assert await fire_schedules(client) == 0
+    assert caplog.records == []
+    # ... but declared again (repaired), it fires on the next pass.
+    await client.schedule("broken", "elsewhere", None, cron="@hourly")
+    assert await fire_schedules(client) == 1
+
+
+async def unexpected(*args: Any, **kwargs: Any) -> Any:
+    raise AssertionError("not fired")
+
+
+async def test_a_pass_goes_past_any_number_of_schedules_it_cannot_evaluate(
+    client: dt.Durable, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Due schedules this worker cannot evaluate (a time zone its tz database lacks) come
+    first in the due order; a pass reads on past them, page after page, and warns about
+    each once, not on every pass."""
+    await client.schedule("zone", "elsewhere", None, cron="* * * * *")
+    await fetch(
+        client,
+        "INSERT INTO @s.schedules SELECT 'zone' || n, queue, task_name, params, options, cron,"
+        " 'Nowhere/Atlantis', missed, paused, next_fire_at, last_fired_at, last_task_id,"
+        " created_at, updated_at FROM @s.schedules, generate_series(1, %s) n",
+        BROKEN,
+    )
+    await fetch(client, "DELETE FROM @s.schedules WHERE schedule_id = 'zone'")
+    await advance_clock(client, 3600)
+    await client.schedule("sound", "elsewhere", None, cron="* * * * *")  # due after them
+    await advance_clock(client, 120)
+    with caplog.at_level(logging.WARNING, logger="durable_trio.schedules"):
+        assert await fire_schedules(client) == 1
+        assert len({r.getMessage().split("'")[1] for r in caplog.records}) == BROKEN
+        assert len(caplog.records) == BROKEN
+        caplog.clear()
+        await advance_clock(client, 60)
+        assert await fire_schedules(client) == 1
+        assert caplog.records == []
+    assert BROKEN > _schedules.PAGE > 100  # more than a page, and than a pass fires
+
+
+BROKEN = 510
 
 
 async def test_unknown_schedules(client: dt.Durable) -> None:
@@ -310,6 +360,9 @@ async def test_all_is_capped(client: dt.Durable) -> None:
     keys = [t["idempotency_key"] for t in await scheduled_tasks(client)]
     newest = info.next_fire_at + timedelta(hours=3)
     assert keys[-1] == f"schedule:busy:{newest.astimezone(UTC).isoformat()}"
+    # Made in one millisecond, their ids still follow the slots: listed in slot order.
+    page = await client.list_tasks(limit=1000)
+    assert [t.task_id for t in page.items] == [t["task_id"] for t in await scheduled_tasks(client)]
 
 
 async def test_dst_in_the_database_clock(client: dt.Durable) -> None:

@@ -11,6 +11,7 @@ import psycopg
 import pytest
 import trio
 from psycopg import sql
+from psycopg.types.json import Jsonb
 
 import durable_trio as dt
 from durable_trio.testing import run_until_idle
@@ -339,6 +340,25 @@ async def test_spawn_many_refuses_a_shared_idempotency_key(client: dt.Durable) -
     single = await client.spawn(greet, Greeting("d"), options=options)
     again = await client.spawn(greet, Greeting("e"), options=options)
     assert (again.task_id, again.created) == (single.task_id, False)
+    assert await counts(client) == (1, 1)
+
+
+async def test_keys_of_schedule_slots_are_refused_to_client_spawns(client: dt.Durable) -> None:
+    """A client's task under a slot's key would stand in for that slot, which then spawns
+    nothing: such keys are the schedules' own (the SQL spawn they fire through takes them)."""
+    client.register(greet)
+    key = "schedule:hourly:2030-01-01T00:00:00+00:00"
+    with pytest.raises(dt.InvalidInput, match="reserved for the tasks of schedule slots"):
+        await client.spawn(greet, Greeting("a"), options=dt.SpawnOptions(idempotency_key=key))
+    with pytest.raises(dt.InvalidInput, match=r"idempotency_keys\[1\] .* reserved"):
+        await client.spawn_many(greet, [Greeting("a"), Greeting("b")], idempotency_keys=["a", key])
+    assert await counts(client) == (0, 0)
+    [row] = await fetch(
+        client,
+        "SELECT task_id FROM @s.spawn('default', 'greet', 'null', %s::jsonb)",
+        Jsonb({"idempotency_key": key}),
+    )
+    assert row["task_id"] is not None
     assert await counts(client) == (1, 1)
 
 

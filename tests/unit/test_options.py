@@ -135,6 +135,7 @@ def test_spawn_options_are_frozen() -> None:
         ({"idempotency_key": 42}, "idempotency_key must be a string .* got 42"),
         ({"idempotency_key": b"key"}, "idempotency_key must be a string"),
         ({"idempotency_key": "a\x00b"}, "idempotency_key must not contain NUL"),
+        ({"idempotency_key": "schedule:x:2030"}, "reserved for the tasks of schedule slots"),
         ({"cancellation": {"max_duration": 5}}, "cancellation must be a CancellationPolicy"),
         ({"cancellation": 5}, "cancellation must be a CancellationPolicy"),
     ],

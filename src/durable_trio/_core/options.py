@@ -62,7 +62,8 @@ def _queues(value: Iterable[str] | None) -> tuple[str, ...] | None:
     return queues
 
 
-def _headers(value: Mapping[str, Any] | None) -> dict[str, Any]:
+def check_headers(value: Mapping[str, Any] | None) -> dict[str, Any]:
+    """Headers as a dict (None: none), or InvalidInput saying what is wrong with them."""
     if value is None:
         return {}
     if not isinstance(value, Mapping) or not all(isinstance(k, str) for k in value):
@@ -113,13 +114,14 @@ class SpawnOptions:
       `timedelta` of at most 100 years (``MAX_DURATION``, as for every duration);
       ``start_at`` a timezone-aware datetime at most that far ahead.
     - ``idempotency_key``: a second spawn with the same key on the same queue returns the
-      first task and writes nothing.
+      first task and writes nothing (1-500 characters, not starting with ``schedule:``:
+      those are the keys of schedule slots).
     - ``cancellation``: a `CancellationPolicy`.
     """
 
     max_attempts: int = attrs.field(default=5)
     retry: RetryStrategy = attrs.field(factory=lambda: RetryStrategy.exponential(1.0))
-    headers: dict[str, Any] = attrs.field(factory=dict, converter=_headers)
+    headers: dict[str, Any] = attrs.field(factory=dict, converter=check_headers)
     queue: str | None = attrs.field(default=None, converter=_queue)
     priority: int = attrs.field(default=0)
     delay: float | None = attrs.field(default=None, converter=_delay)
@@ -161,12 +163,23 @@ class SpawnOptions:
             raise InvalidInput(f"cancellation must be a CancellationPolicy, got {value!r}")
 
 
+# The idempotency keys of schedule slots ('schedule:<id>:<slot>', _core.schedules.slot_key).
+SCHEDULE_KEYS = "schedule:"
+
+
 def check_idempotency_key(value: Any, what: str = "idempotency_key") -> str | None:
     """An idempotency key (None: none), or InvalidInput saying what a key must be."""
     if value is not None and (not isinstance(value, str) or not 1 <= len(value) <= 500):
         raise InvalidInput(f"{what} must be a string of 1-500 characters, got {value!r}")
     if value is not None and "\x00" in value:  # Postgres text cannot hold NUL
         raise InvalidInput(f"{what} must not contain NUL characters, got {value!r}")
+    if value is not None and value.startswith(SCHEDULE_KEYS):
+        # A task spawned under a slot's key would stand in for that slot: it would spawn
+        # nothing. Only the schedules' own spawns (through SQL) may use these keys.
+        raise InvalidInput(
+            f"{what} {value!r} starts with {SCHEDULE_KEYS!r}, which is reserved for the "
+            "tasks of schedule slots: choose a key without that prefix"
+        )
     return value
 
 

@@ -24,6 +24,7 @@ from cronsim import CronSim, CronSimError
 
 from .._errors import InvalidInput
 from .names import validate_name
+from .options import SCHEDULE_KEYS
 
 __all__ = [
     "MAX_CATCH_UP",
@@ -205,4 +206,4 @@ def plan_firing(cron: Cron, *, due_at: datetime, now: datetime, missed: MissedPo
 
 def slot_key(schedule_id: str, slot: datetime) -> str:
     """The idempotency key of one slot's task: a second spawn of it writes nothing."""
-    return f"schedule:{schedule_id}:{slot.astimezone(UTC).isoformat()}"
+    return f"{SCHEDULE_KEYS}{schedule_id}:{slot.astimezone(UTC).isoformat()}"

@@ -82,13 +82,13 @@ async def reap_expired(client: Durable) -> int:
     """Fail runs whose lease has expired now, enforce cancellation deadlines and spawn
     due schedule slots (what every worker's claim loop does periodically); return how
     many runs were reaped."""
-    return await _reap(client.store, [client.queue])
+    return await _reap(client.store, [client.queue], hooks=client._core.hooks)
 
 
 async def fire_schedules(client: Durable) -> int:
     """Spawn the due slots of every schedule now (what each worker's periodic pass does);
     return how many tasks were created. Advance the clock past a slot first."""
-    return await fire_due_schedules(client.store)
+    return await fire_due_schedules(client.store, hooks=client._core.hooks)
 
 
 async def run_once(
@@ -133,7 +133,7 @@ async def run_until_idle(
     skipped = 0.0
     with trio.fail_after(max_seconds):
         while True:
-            await _reap(client.store, queues)
+            await _reap(client.store, queues, hooks=client._core.hooks)
             report = await worker.run_once()
             claimed += report.claimed
             if report.claimed:
