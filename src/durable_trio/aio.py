@@ -70,6 +70,8 @@ class Durable(
         try:
             if opening.migrate:
                 await client.migrate()
+            else:  # refused now, not at the first statement that finds something missing
+                await client._execute(Call(_sql.check_schema(client.schema)))
             yield client
         finally:
             await client._ends.aclose()

@@ -68,6 +68,8 @@ class Durable(Shell[psycopg.Connection[Any]], Blocking, Connects["Durable"]):
         try:
             if opening.migrate:
                 client.migrate()
+            else:  # refused now, not at the first statement that finds something missing
+                client._execute(Call(_sql.check_schema(client.schema)))
         except BaseException:
             client.close()
             raise

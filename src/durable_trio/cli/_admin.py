@@ -16,8 +16,10 @@ import durable_trio as dt
 from .._ephemeral import EphemeralPostgres, PostgresUnavailable
 from .._schema import functions, migrations, render
 from .._sql import MIGRATE_LOCK
-from ._common import run, settings, with_client
+from ._common import run, settings
 from ._tasks import show_task
+
+CONNECT_TIMEOUT = 30.0  # seconds, as `Durable.connect`'s default
 
 
 @click.command()
@@ -33,8 +35,28 @@ def migrate(print_sql: bool) -> None:
         click.echo(_schema_script(settings().schema))
         return
 
-    applied = with_client(lambda c: c.migrate())
+    s = settings()
+    applied = run(lambda: _migrate(s.url, s.schema))
     click.echo(f"applied migrations {applied}" if applied else "schema is up to date")
+
+
+async def _migrate(url: str | None, schema: str) -> list[int]:
+    """Migrate and return the versions applied, on a client made but not opened:
+    `Durable.connect` with migrate=False refuses a schema that is not current, and with
+    migrate=True does not say what it applied."""
+    if url is None:
+        raise dt.ConfigurationError("no database URL: pass --url or set DURABLE_DATABASE_URL")
+    c = dt.Durable(url, queue="default", schema=schema, pool_size=1)
+    try:
+        with trio.move_on_after(CONNECT_TIMEOUT) as waited:
+            async with c.store.pool.acquire():
+                pass  # unreachable: say so in CONNECT_TIMEOUT, as connect does
+        if waited.cancelled_caught:
+            raise dt.DatabaseUnavailable(f"cannot connect within {CONNECT_TIMEOUT:g}s")
+        return await c.migrate()
+    finally:
+        with trio.CancelScope(shield=True):
+            await c.store.pool.aclose()
 
 
 def _schema_script(schema: str) -> str:
