@@ -327,6 +327,14 @@ def queue_stats(
     )
 
 
+def _not_retryable_hint(state: str) -> str:
+    """What to do instead of retrying a task in `state`: cancelling works only on a task
+    that has not ended, and a completed one cannot be started again."""
+    if state == TaskState.COMPLETED:
+        return "it succeeded and keeps its result: spawn a new task to run it again"
+    return "wait for it to end, or cancel it first to start it over"
+
+
 def retry_result(task_id: UUID, row: Row, max_attempts: int | None) -> RetryResult:
     """What retry_task did, or the error for why it wrote nothing."""
     outcome, state = row["outcome"], row["state"]
@@ -337,7 +345,7 @@ def retry_result(task_id: UUID, row: Row, max_attempts: int | None) -> RetryResu
             task_id,
             state,
             f"task {task_id} is {state}: only a failed or cancelled task can be retried "
-            "(cancel it first to start it over)",
+            f"({_not_retryable_hint(state)})",
         )
     if outcome == "parent":
         raise RetryRefused(
