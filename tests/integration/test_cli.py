@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -18,7 +19,7 @@ from uuid import UUID
 import psycopg
 import pytest
 from psycopg import sql
-from psycopg.conninfo import make_conninfo
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 APP = """
 import trio
@@ -357,6 +358,50 @@ def test_postgres_prints_a_url_that_works_and_stops_on_sigint() -> None:
         proc.send_signal(signal.SIGINT)
         proc.communicate(timeout=60)
     assert proc.returncode == 0
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP])
+def test_postgres_stopped_by_a_signal_stops_its_server_and_removes_its_directory(
+    signum: signal.Signals,
+) -> None:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "durable_trio", "postgres", "--fast"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    root: Path | None = None
+    try:
+        assert proc.stdout is not None
+        url = proc.stdout.readline().strip()
+        root = Path(conninfo_to_dict(url)["host"])
+        assert root.name.startswith("dtpg_"), url
+        with psycopg.connect(url) as conn:
+            assert conn.execute("SELECT 1").fetchone() == (1,)
+        proc.send_signal(signum)
+        proc.communicate(timeout=60)
+        assert proc.returncode == 128 + signum  # as a shell reports a process the signal ended
+        assert not root.exists()
+        with pytest.raises(psycopg.OperationalError):
+            psycopg.connect(url, connect_timeout=5).close()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate(timeout=60)
+        if root is not None:
+            _stop_left_server(root)
+
+
+def _stop_left_server(root: Path) -> None:
+    """Stop the server a `durable-trio postgres` left running in `root` (SIGINT to its
+    postmaster: a fast shutdown), then remove the directory."""
+    pid_file = root / "data" / "postmaster.pid"
+    if pid_file.exists():
+        os.kill(int(pid_file.read_text().split()[0]), signal.SIGINT)
+        deadline = time.monotonic() + 30
+        while pid_file.exists() and time.monotonic() < deadline:
+            time.sleep(0.1)
+    shutil.rmtree(root, ignore_errors=True)
 
 
 def test_workers_lists_a_running_worker(pg_url: str, migrated: str, app_dir: Path) -> None:

@@ -60,9 +60,11 @@ for command in (
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit code (documented above)."""
     with cli_errors() as outcome:
-        app.main(
+        code = app.main(
             args=list(argv) if argv is not None else None,
             prog_name="durable-trio",
             standalone_mode=False,
         )
+        if isinstance(code, int):  # a command's click.exceptions.Exit, returned by click
+            outcome.code = code
     return outcome.code
