@@ -142,9 +142,10 @@ class ChildSummary:
 class StepInfo:
     """One checkpoint of a task. `kind` is "step" for ``ctx.step`` and
     ``ctx.transaction``, else the library's kind ("spawn", "join", "sleep", "event",
-    "emit", "now", "random", "uuid7") with `name` the name the code gave; `checkpoint`
-    is the stored name. `value` is the stored JSON; `attempt` is that of the run that
-    wrote it (None once that run is gone)."""
+    "emit", "now", "random", "uuid7"). `checkpoint` is the stored name and `name` the
+    same without the library's ``$kind:`` prefix: a repeat keeps its number (``fetch#2``),
+    which cannot be told from a name the code gave. `value` is the stored JSON;
+    `attempt` is that of the run that wrote it (None once that run is gone)."""
 
     checkpoint: str
     kind: str
