@@ -10,7 +10,6 @@ CREATE OR REPLACE FUNCTION @schema.option_seconds(
 LANGUAGE plpgsql IMMUTABLE AS $$
 DECLARE
     v_exact numeric;
-    v_seconds double precision;
 BEGIN
     IF p_value IS NULL OR jsonb_typeof(p_value) = 'null' THEN
         RETURN NULL;
@@ -25,11 +24,13 @@ BEGIN
             CASE WHEN p_allow_zero THEN 'zero or more' ELSE 'more than zero' END, p_max,
             @schema.shown(p_value)));
     END IF;
-    v_seconds := @schema.exact_double(v_exact, p_what);
-    IF NOT p_allow_zero AND make_interval(secs => v_seconds) = interval '0' THEN
+    -- Stored as zero microseconds (what rounds to zero, or is too small for a double):
+    -- refused when zero is.
+    IF NOT p_allow_zero AND v_exact < 0.000001 AND (CASE WHEN v_exact < 1e-300 THEN true
+            ELSE make_interval(secs => v_exact::double precision) = interval '0' END) THEN
         PERFORM @schema.refuse(format('%s must be at least one microsecond, got %s', p_what,
             @schema.shown(p_value)));
     END IF;
-    RETURN v_seconds;
+    RETURN @schema.exact_double(v_exact, p_what);
 END
 $$;

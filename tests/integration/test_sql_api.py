@@ -206,14 +206,17 @@ BAD_SPAWNS = [
     # Numbers beyond a double, read exactly rather than cast (which overflowed or
     # underflowed with SQLSTATE 22003), and timestamps the cast rejects (22008, 22009).
     ("'default', 'hello', 'null', '{\"delay\": 1e400}'", "delay must be zero or more and at"),
-    ("'default', 'hello', 'null', '{\"delay\": 1e-400}'", "delay is too small"),
+    (
+        "'default', 'hello', 'null', '{\"delay\": 1e-400}'",
+        "delay is too small to be told from zero, got 1.000000e-400",
+    ),
     (
         "'default', 'hello', 'null', '{\"cancellation\": {\"max_duration\": 1e400}}'",
         "max_duration must be more than zero and at most",
     ),
     (
         "'default', 'hello', 'null', '{\"cancellation\": {\"max_pending_delay\": 1e-400}}'",
-        "max_pending_delay is too small",
+        "max_pending_delay must be at least one microsecond, got 1.000000e-400",
     ),
     (
         "'default', 'hello', 'null', '{\"cancellation\": {\"max_pending_delay\": 1e-7}}'",
