@@ -3,7 +3,8 @@
 Global options: ``--url`` (default ``$DURABLE_DATABASE_URL``), ``--schema`` (default
 ``durable``), ``--version``. Reads take ``--json``. Exit codes: 0 done; 1 the command ran
 but found nothing to act on (no such task, a task that already ended); 2 bad input or
-usage; 3 the database is unreachable or its schema is not ready. Errors are one line on
+usage; 3 the database is unreachable or its schema is not ready; 128 + N when signal N
+(SIGTERM, SIGHUP) stopped ``postgres``, after its cleanup. Errors are one line on
 standard error, with any password in a URL redacted.
 """
 
