@@ -26,19 +26,21 @@ BEGIN
     END IF;
     v_base := coalesce(@schema.option_seconds(p_retry -> 'base', 'retry base delay', true,
         v_max), CASE v_kind WHEN 'exponential' THEN 1.0 ELSE 0.0 END);
-    v_factor := coalesce((p_retry ->> 'factor')::double precision, 2.0);
-    v_jitter := coalesce((p_retry ->> 'jitter')::double precision,
-        CASE v_kind WHEN 'exponential' THEN 0.1 ELSE 0.0 END);
+    -- Checked before any cast, and in numeric (exact: 1e400 is out of range, not an
+    -- overflow, and the type is known before a string could reach a cast).
     IF jsonb_typeof(coalesce(p_retry -> 'factor', '2')) <> 'number'
-       OR v_factor NOT BETWEEN 1 AND 100 THEN
+       OR coalesce(p_retry -> 'factor', '2')::numeric NOT BETWEEN 1 AND 100 THEN
         PERFORM @schema.refuse(format('retry factor must be between 1 and 100, got %s',
-            p_retry -> 'factor'));
+            @schema.shown(p_retry -> 'factor')));
     END IF;
     IF jsonb_typeof(coalesce(p_retry -> 'jitter', '0')) <> 'number'
-       OR v_jitter NOT BETWEEN 0 AND 1 THEN
+       OR coalesce(p_retry -> 'jitter', '0')::numeric NOT BETWEEN 0 AND 1 THEN
         PERFORM @schema.refuse(format('retry jitter must be between 0 and 1, got %s',
-            p_retry -> 'jitter'));
+            @schema.shown(p_retry -> 'jitter')));
     END IF;
+    v_factor := coalesce((p_retry -> 'factor')::numeric::double precision, 2.0);
+    v_jitter := coalesce(@schema.exact_double((p_retry -> 'jitter')::numeric, 'retry jitter'),
+        CASE v_kind WHEN 'exponential' THEN 0.1 ELSE 0.0 END);
     RETURN jsonb_build_object('kind', v_kind, 'base', v_base, 'factor', v_factor,
         'max_delay', coalesce(@schema.option_seconds(p_retry -> 'max_delay',
             'retry max_delay', true, v_max), CASE v_kind WHEN 'fixed' THEN v_base

@@ -11,12 +11,37 @@ CREATE OR REPLACE FUNCTION @schema.spawn(
 LANGUAGE plpgsql AS $$
 DECLARE
     s record;
+    v_constraint text;
 BEGIN
     SELECT * INTO s FROM @schema.spawn_settings(p_queue, p_task_name, p_params, p_options);
-    RETURN QUERY
-    SELECT r.task_id, r.run_id, r.attempt
-    FROM @schema.spawn_task(s.task_id, s.run_id, p_queue, p_task_name,
-        coalesce(p_params, 'null'), s.headers, s.retry, s.max_attempts, s.priority, s.delay,
-        s.start_at, s.idempotency_key, s.max_pending_delay, s.max_duration, NULL) r;
+    IF NOT (coalesce(p_options, '{}') ?| ARRAY['task_id', 'run_id']) THEN
+        RETURN QUERY
+        SELECT r.task_id, r.run_id, r.attempt
+        FROM @schema.spawn_task(s.task_id, s.run_id, p_queue, p_task_name,
+            coalesce(p_params, 'null'), s.headers, s.retry, s.max_attempts, s.priority,
+            s.delay, s.start_at, s.idempotency_key, s.max_pending_delay, s.max_duration,
+            NULL) r;
+        RETURN;
+    END IF;
+    -- The caller's own ids may be taken: refused as bad input (a subtransaction, only
+    -- for spawns that give ids), not a unique_violation.
+    BEGIN
+        RETURN QUERY
+        SELECT r.task_id, r.run_id, r.attempt
+        FROM @schema.spawn_task(s.task_id, s.run_id, p_queue, p_task_name,
+            coalesce(p_params, 'null'), s.headers, s.retry, s.max_attempts, s.priority,
+            s.delay, s.start_at, s.idempotency_key, s.max_pending_delay, s.max_duration,
+            NULL) r;
+    EXCEPTION WHEN unique_violation THEN
+        GET STACKED DIAGNOSTICS v_constraint = CONSTRAINT_NAME;
+        IF v_constraint = 'tasks_pkey' THEN
+            PERFORM @schema.refuse(format('task_id %s is taken by another task: give a new '
+                'id, or an idempotency_key to get the first task back', s.task_id));
+        ELSIF v_constraint = 'runs_pkey' THEN
+            PERFORM @schema.refuse(format('run_id %s is taken by another run: give a new id',
+                s.run_id));
+        END IF;
+        RAISE;
+    END;
 END
 $$;

@@ -46,7 +46,14 @@ BEGIN
             PERFORM @schema.refuse(format('start_at must be an ISO 8601 timestamp with a '
                 'UTC offset (e.g. "2027-01-01T09:00:00Z"), got %s', v_opts -> 'start_at'));
         END IF;
-        start_at := (v_opts ->> 'start_at')::timestamptz;
+        BEGIN  -- a subtransaction only when start_at is given
+            start_at := (v_opts ->> 'start_at')::timestamptz;
+        EXCEPTION WHEN invalid_datetime_format OR datetime_field_overflow
+                OR invalid_time_zone_displacement_value THEN
+            PERFORM @schema.refuse(format('start_at must be a valid ISO 8601 timestamp with '
+                'a UTC offset (e.g. "2027-01-01T09:00:00Z"), got %s (%s)',
+                @schema.shown(v_opts -> 'start_at'), SQLERRM));
+        END;
         IF start_at > @schema.clock_now() + make_interval(secs => v_max) THEN
             PERFORM @schema.refuse(format('start_at must be at most %s seconds from now, '
                 'got %s', v_max, v_opts -> 'start_at'));

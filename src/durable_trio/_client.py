@@ -67,6 +67,8 @@ class Durable(
                 )
             if opening.migrate:
                 await client.migrate()
+            else:  # refused now, not at the first statement that finds something missing
+                await client._store.check_schema()
             yield client
         finally:
             with trio.CancelScope(shield=True):

@@ -143,9 +143,10 @@ class ChildSummary:
 class StepInfo:
     """One checkpoint of a task. `kind` is "step" for ``ctx.step`` and
     ``ctx.transaction``, else the library's kind ("spawn", "join", "sleep", "event",
-    "emit", "now", "random", "uuid7") with `name` the name the code gave; `checkpoint`
-    is the stored name. `value` is the stored JSON; `attempt` is that of the run that
-    wrote it (None once that run is gone)."""
+    "emit", "now", "random", "uuid7"). `checkpoint` is the stored name and `name` the
+    same without the library's ``$kind:`` prefix: a repeat keeps its number (``fetch#2``),
+    which cannot be told from a name the code gave. `value` is the stored JSON;
+    `attempt` is that of the run that wrote it (None once that run is gone)."""
 
     checkpoint: str
     kind: str
@@ -328,6 +329,14 @@ def queue_stats(
     )
 
 
+def _not_retryable_hint(state: str) -> str:
+    """What to do instead of retrying a task in `state`: cancelling works only on a task
+    that has not ended, and a completed one cannot be started again."""
+    if state == TaskState.COMPLETED:
+        return "it succeeded and keeps its result: spawn a new task to run it again"
+    return "wait for it to end, or cancel it first to start it over"
+
+
 def retry_result(task_id: UUID, row: Row, max_attempts: int | None) -> RetryResult:
     """What retry_task did, or the error for why it wrote nothing."""
     outcome, state = row["outcome"], row["state"]
@@ -338,7 +347,7 @@ def retry_result(task_id: UUID, row: Row, max_attempts: int | None) -> RetryResu
             task_id,
             state,
             f"task {task_id} is {state}: only a failed or cancelled task can be retried "
-            "(cancel it first to start it over)",
+            f"({_not_retryable_hint(state)})",
         )
     if outcome == "parent":
         raise RetryRefused(

@@ -53,7 +53,7 @@ Op: TypeAlias = Generator[Statement, list[Row], T]
 MIGRATE_LOCK = 0x6475726162_6C65  # "durable" in hex, for pg_advisory_xact_lock
 MIGRATE_HINT = (
     "connect once with migrate=True (the default) as a role that may change the schema, "
-    "or call Durable.migrate()"
+    "or run `durable-trio migrate`"
 )
 # A statement on a schema that was never migrated, or is older than this library.
 SCHEMA_ERRORS = (
@@ -149,15 +149,40 @@ def nullable_array_literal(items: Iterable[str | None]) -> str:
 def migrate(schema: str) -> Op[list[int]]:
     """Apply what is missing (run it in one transaction): function definitions whose file
     changed, then pending migrations. Returns the migration versions applied. A role that
-    may not change the schema gets a ConfigurationError saying what to do."""
+    may not change the schema gets a ConfigurationError saying what to do.
+
+    A schema that is already current is only read: the application role of
+    docs/security.md may connect with migrate=True once the owner has migrated."""
     try:
+        if (yield from _current_quietly(schema)):
+            return []
         return (yield from _migrate(schema))
     except psycopg.errors.InsufficientPrivilege as ex:
         raise ConfigurationError(
             f"this role may not change schema {schema!r} ({ex.diag.message_primary}): "
-            "run migrate() once as the schema owner, then connect with migrate=False "
-            "(docs/security.md lists the grants a worker needs)"
+            "run migrate() (`durable-trio migrate`) once as the schema owner, then connect "
+            "with migrate=False (`durable-trio worker --no-migrate`); docs/security.md "
+            "lists the grants a worker needs"
         ) from None
+
+
+def _current_quietly(schema: str) -> Op[bool]:
+    """Whether `_migrate` would change nothing: every migration applied and exactly this
+    library's functions installed. Read without a statement that fails when something is
+    missing: it runs inside the migration's transaction, which a failed one would abort."""
+    ident = sql.Identifier(schema)
+    [found] = yield Statement(
+        "SELECT to_regclass(%s) IS NOT NULL AS migrations,"
+        " to_regclass(%s) IS NOT NULL AS functions",
+        (f"{ident.as_string(None)}.migrations", f"{ident.as_string(None)}.functions"),
+    )
+    if not (found["migrations"] and found["functions"]):
+        return False
+    [row] = yield Statement(sql.SQL("SELECT max(version) AS v FROM {}.migrations").format(ident))
+    if row["v"] is None or row["v"] < latest_version():
+        return False
+    rows = yield Statement(sql.SQL("SELECT name, digest FROM {}.functions").format(ident))
+    return {r["name"]: r["digest"] for r in rows} == function_digests()
 
 
 def _migrate(schema: str) -> Op[list[int]]:

@@ -69,6 +69,8 @@ class Durable(
                 await client._pool.open(wait=True, timeout=opening.timeout)
             if opening.migrate:
                 await client.migrate()
+            else:  # refused now, not at the first statement that finds something missing
+                await client._execute(Call(_sql.check_schema(client.schema)))
             yield client
         finally:
             await client._ends.aclose()

@@ -74,6 +74,8 @@ class Durable(Shell[psycopg.Connection[Any]], Blocking, Connects["Durable"]):
                 client._pool.open(wait=True, timeout=opening.timeout)
             if opening.migrate:
                 client.migrate()
+            else:  # refused now, not at the first statement that finds something missing
+                client._execute(Call(_sql.check_schema(client.schema)))
         except BaseException:
             client.close()  # the pool's threads would go on trying to connect
             raise

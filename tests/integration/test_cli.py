@@ -5,18 +5,21 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
 import textwrap
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from uuid import UUID
 
 import psycopg
 import pytest
 from psycopg import sql
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 APP = """
 import trio
@@ -136,6 +139,77 @@ def test_spawn_then_worker_runs_it_and_stops_on_sigterm(
     assert "started: queues default, tasks hello, slow" in out
     assert "SIGTERM: shutting down gracefully" in out
     assert "stopped" in out
+
+
+@pytest.fixture
+def app_role_url(pg_url: str, migrated: str) -> Iterator[str]:
+    """A login role with only the grants of docs/security.md on the migrated schema."""
+    role = f"app_{migrated}"
+    with psycopg.connect(pg_url, autocommit=True) as admin:
+        names = {"r": sql.Identifier(role), "s": sql.Identifier(migrated)}
+        names["d"] = sql.Identifier(admin.info.dbname)
+        for statement in (
+            "CREATE ROLE {r} LOGIN PASSWORD 'app-pw'",
+            "GRANT CONNECT ON DATABASE {d} TO {r}",
+            "GRANT USAGE ON SCHEMA {s} TO {r}",
+            "GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA {s} TO {r}",
+            "GRANT EXECUTE ON ALL FUNCTIONS IN SCHEMA {s} TO {r}",
+            "REVOKE EXECUTE ON ALL FUNCTIONS IN SCHEMA {s} FROM PUBLIC",
+        ):
+            admin.execute(sql.SQL(statement).format(**names))
+    try:
+        yield make_conninfo(pg_url, user=role, password="app-pw")
+    finally:
+        with psycopg.connect(pg_url, autocommit=True) as admin:
+            admin.execute(sql.SQL("DROP OWNED BY {}").format(sql.Identifier(role)))
+            admin.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(role)))
+
+
+@pytest.mark.parametrize("no_migrate", [[], ["--no-migrate"]])
+def test_worker_runs_as_the_application_role_under_a_version(
+    pg_url: str, migrated: str, app_dir: Path, app_role_url: str, no_migrate: list[str]
+) -> None:
+    """Under the role docs/security.md describes, with or without --no-migrate (a current
+    schema needs no privilege to migrate); --version stamps the tasks it runs."""
+    spawned = json.loads(
+        cli(pg_url, migrated, "spawn", "hello", "--params", '{"name": "v"}', "--json").stdout
+    )
+    env = {**os.environ, "DURABLE_DATABASE_URL": app_role_url}
+    argv = ["worker", "cli_app:tasks", "--version", "2026-12-06", *no_migrate]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "durable_trio", "--schema", migrated, *argv],
+        cwd=app_dir,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        row = wait_state(pg_url, migrated, spawned["task_id"], "completed")
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=60)
+    assert (proc.returncode, row["state"]) == (0, "completed"), out
+    with psycopg.connect(pg_url) as conn:
+        [version] = conn.execute(
+            sql.SQL("SELECT version FROM {}.tasks WHERE task_id = %s").format(
+                sql.Identifier(migrated)
+            ),
+            (spawned["task_id"],),
+        ).fetchone() or [None]
+    assert version == "2026-12-06"
+
+
+def test_worker_no_migrate_leaves_a_missing_schema_missing(
+    pg_url: str, schema: str, app_dir: Path
+) -> None:
+    done = cli(pg_url, schema, "worker", "cli_app:tasks", "--no-migrate", cwd=app_dir)
+    assert done.returncode == 3, (done.stdout, done.stderr)
+    assert "ConfigurationError" in done.stderr
+    assert "does not exist" in done.stderr
+    with psycopg.connect(pg_url) as conn:
+        found = conn.execute("SELECT 1 FROM pg_namespace WHERE nspname = %s", (schema,))
+        assert found.fetchone() is None
 
 
 def test_worker_hands_runs_back_on_signals_and_a_kill_leaves_them_to_their_lease(
@@ -284,6 +358,50 @@ def test_postgres_prints_a_url_that_works_and_stops_on_sigint() -> None:
         proc.send_signal(signal.SIGINT)
         proc.communicate(timeout=60)
     assert proc.returncode == 0
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP])
+def test_postgres_stopped_by_a_signal_stops_its_server_and_removes_its_directory(
+    signum: signal.Signals,
+) -> None:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "durable_trio", "postgres", "--fast"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    root: Path | None = None
+    try:
+        assert proc.stdout is not None
+        url = proc.stdout.readline().strip()
+        root = Path(conninfo_to_dict(url)["host"])
+        assert root.name.startswith("dtpg_"), url
+        with psycopg.connect(url) as conn:
+            assert conn.execute("SELECT 1").fetchone() == (1,)
+        proc.send_signal(signum)
+        proc.communicate(timeout=60)
+        assert proc.returncode == 128 + signum  # as a shell reports a process the signal ended
+        assert not root.exists()
+        with pytest.raises(psycopg.OperationalError):
+            psycopg.connect(url, connect_timeout=5).close()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate(timeout=60)
+        if root is not None:
+            _stop_left_server(root)
+
+
+def _stop_left_server(root: Path) -> None:
+    """Stop the server a `durable-trio postgres` left running in `root` (SIGINT to its
+    postmaster: a fast shutdown), then remove the directory."""
+    pid_file = root / "data" / "postmaster.pid"
+    if pid_file.exists():
+        os.kill(int(pid_file.read_text().split()[0]), signal.SIGINT)
+        deadline = time.monotonic() + 30
+        while pid_file.exists() and time.monotonic() < deadline:
+            time.sleep(0.1)
+    shutil.rmtree(root, ignore_errors=True)
 
 
 def test_workers_lists_a_running_worker(pg_url: str, migrated: str, app_dir: Path) -> None:

@@ -113,13 +113,18 @@ async def test_retry_refuses_live_and_completed_tasks_writing_nothing(
     before = await snapshot(client, pending.task_id)
     with pytest.raises(dt.RetryRefused, match="is pending: only a failed or cancelled") as got:
         await client.retry(pending.task_id)
+    assert "cancel it first" in str(got.value)  # a live task can be cancelled
     assert (got.value.task_id, got.value.state) == (pending.task_id, "pending")
     assert await snapshot(client, pending.task_id) == before
 
     await run_until_idle(client)
     before = await snapshot(client, pending.task_id)
-    with pytest.raises(dt.RetryRefused, match="is completed"):
+    with pytest.raises(dt.RetryRefused, match="is completed") as got:
         await client.retry(pending.task_id, from_scratch=True)
+    # The hint must be one that can be followed: cancel does nothing to an ended task.
+    assert "cancel it" not in str(got.value)
+    assert "spawn a new task" in str(got.value)
+    assert not await client.cancel(pending.task_id)
     assert await snapshot(client, pending.task_id) == before
     with pytest.raises(dt.TaskNotFound):
         await client.retry(uuid4())

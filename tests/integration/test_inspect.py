@@ -329,6 +329,29 @@ async def test_steps_lists_checkpoints_with_values_and_attempts(client: dt.Durab
         await client.steps(uuid4())
 
 
+async def test_a_repeats_name_is_its_stored_name(client: dt.Durable) -> None:
+    """docs/operations.md: `name` keeps a repeat's `#N`. It cannot be stripped: a step
+    the code named ``a#2`` is stored exactly as the second ``a`` would be, and a second
+    ``a`` after it is numbered past it (``a#3``)."""
+
+    @dt.task("repeats")
+    async def repeats(ctx: dt.TaskContext, second: str) -> None:
+        await ctx.step("a", lambda: 1)
+        await ctx.step(second, lambda: 2)
+        await ctx.step("a", lambda: 3)
+
+    client.register(repeats)
+    twice = await client.spawn(repeats, "a")
+    named = await client.spawn(repeats, "a#2")
+    await run_until_idle(client)
+    shown = [
+        [(s.checkpoint, s.name, s.value) for s in await client.steps(t.task_id)]
+        for t in (twice, named)
+    ]
+    assert shown[0] == [("a", "a", 1), ("a#2", "a#2", 2), ("a#3", "a#3", 3)]
+    assert shown[1] == shown[0]  # the rows cannot tell the two tasks apart
+
+
 async def test_queue_stats_counts_backlog_lag_and_failures(client: dt.Durable) -> None:
     @dt.task("napper")
     async def napper(ctx: dt.TaskContext, x: int) -> int:

@@ -3,7 +3,10 @@ expect (any new table, index or function must be added to the lists below on pur
 
 from __future__ import annotations
 
+import asyncio
 import lzma
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -14,6 +17,8 @@ import trio
 from psycopg import sql
 
 import durable_trio as dt
+import durable_trio.aio
+import durable_trio.sync
 from durable_trio._core.ids import uuid7
 from durable_trio._schema import functions, migrations, render, sql_dir
 from durable_trio.testing import fire_schedules
@@ -182,9 +187,22 @@ async def test_migrate_is_idempotent(client: dt.Durable, pg_url: str) -> None:
     assert await trio.to_thread.run_sync(_catalog, pg_url, client.schema) == before
 
 
+@asynccontextmanager
+async def unopened(pg_url: str, schema: str) -> AsyncIterator[dt.Durable]:
+    """A client made but not opened (as `durable-trio migrate` makes one): `connect` with
+    migrate=False refuses a schema that is not current, so migrating one by hand, to see
+    what was applied, starts here."""
+    client = dt.Durable(pg_url, queue="default", schema=schema, pool_size=2)
+    try:
+        yield client
+    finally:
+        await client._ends.aclose()  # wait_result's listener
+        await client.store.pool.aclose()
+
+
 async def test_first_migrate_applies_every_migration(pg_url: str, schema: str) -> None:
     assert not await trio.to_thread.run_sync(_schema_exists, pg_url, schema)
-    async with dt.Durable.connect(pg_url, schema=schema, migrate=False) as client:
+    async with unopened(pg_url, schema) as client:
         assert await client.store.schema_version() is None
         assert await client.migrate() == [v for v, _, _ in migrations()]
         assert await client.migrate() == []
@@ -201,7 +219,8 @@ async def test_concurrent_migrations_on_a_fresh_schema(pg_url: str, schema: str)
 
     async def run_one() -> None:
         nonlocal connected
-        async with dt.Durable.connect(pg_url, schema=schema, migrate=False) as client:
+        async with unopened(pg_url, schema) as client:
+            await client.store.schema_version()  # connected
             connected += 1
             if connected == count:
                 all_connected.set()
@@ -249,7 +268,11 @@ async def test_an_unmigrated_schema_is_a_configuration_error(pg_url: str, schema
     async def lonely(ctx: dt.TaskContext, p: None) -> None:
         return None
 
-    async with dt.Durable.connect(pg_url, schema=schema, migrate=False) as client:
+    with pytest.raises(dt.ConfigurationError, match=r"does not exist.*migrate=True"):
+        async with dt.Durable.connect(pg_url, schema=schema, migrate=False):
+            pass  # pragma: no cover
+    # A client whose schema went missing after it opened says so at each statement.
+    async with unopened(pg_url, schema) as client:
         client.register(lonely)
         with pytest.raises(dt.ConfigurationError, match=r"missing or older.*migrate=True"):
             await client.spawn(lonely, None)
@@ -269,6 +292,47 @@ async def test_a_schema_older_than_the_library_is_a_configuration_error(
     with pytest.raises(dt.ConfigurationError, match=f"version {previous}.*version {latest}"):
         async with client.worker():
             pass  # pragma: no cover
+
+
+def _open_without_migrating(kind: str, url: str, schema: str) -> None:
+    """Open and close a client of `kind` with migrate=False (from a thread of its own)."""
+    if kind == "trio":
+
+        async def trio_client() -> None:
+            async with dt.Durable.connect(url, schema=schema, migrate=False):
+                pass
+
+        trio.run(trio_client)
+    elif kind == "sync":
+        durable_trio.sync.Durable.connect(url, schema=schema, migrate=False).close()
+    else:
+
+        async def aio_client() -> None:
+            async with durable_trio.aio.Durable.connect(url, schema=schema, migrate=False):
+                pass
+
+        loop = asyncio.SelectorEventLoop()  # not the policy's: trio_asyncio replaces it
+        try:
+            loop.run_until_complete(aio_client())
+        finally:
+            loop.close()
+
+
+@pytest.mark.parametrize("kind", ["trio", "sync", "aio"])
+async def test_connect_without_migrate_refuses_a_missing_or_older_schema_at_once(
+    pg_url: str, schema: str, kind: str
+) -> None:
+    """docs/operations.md: such a client fails at connect, not at its first statement."""
+    with pytest.raises(dt.ConfigurationError, match=r"does not exist.*migrate=True"):
+        await trio.to_thread.run_sync(_open_without_migrating, kind, pg_url, schema)
+    assert not await trio.to_thread.run_sync(_schema_exists, pg_url, schema)
+    async with dt.Durable.connect(pg_url, schema=schema) as client:
+        *_, previous, latest = sorted(v for v, _, _ in migrations())
+        await fetch(client, "DELETE FROM @s.migrations WHERE version = %s", latest)
+    with pytest.raises(dt.ConfigurationError, match=f"version {previous}.*version {latest}"):
+        await trio.to_thread.run_sync(_open_without_migrating, kind, pg_url, schema)
+    async with dt.Durable.connect(pg_url, schema=schema):  # migrated again: opens
+        await trio.to_thread.run_sync(_open_without_migrating, kind, pg_url, schema)
 
 
 # -- function definitions: one file each, re-created when the file changes ------------------
@@ -403,7 +467,10 @@ async def test_a_version_3_schema_upgrades_and_keeps_its_work(pg_url: str, schem
     async def upgrade(ctx: dt.TaskContext, params: None) -> str:
         return await ctx.step("s", lambda: "done")
 
-    async with dt.Durable.connect(pg_url, schema=schema, migrate=False) as client:
+    with pytest.raises(dt.ConfigurationError, match=r"needs version|other definitions of"):
+        async with dt.Durable.connect(pg_url, schema=schema, migrate=False):
+            pass  # pragma: no cover
+    async with unopened(pg_url, schema) as client:
         # Behind the library's migrations, or (at the same version) with other functions.
         with pytest.raises(dt.ConfigurationError, match=r"needs version|other definitions of"):
             await client.store.check_schema()
@@ -477,7 +544,7 @@ async def test_a_version_8_schedule_upgrades_to_options_and_keeps_its_settings(
     pg_url: str, schema: str
 ) -> None:
     await trio.to_thread.run_sync(_build_version_8, pg_url, schema)
-    async with dt.Durable.connect(pg_url, schema=schema, migrate=False) as client:
+    async with unopened(pg_url, schema) as client:
         assert await client.store.schema_version() == 8
         await client.migrate()
         await client.store.check_schema()

@@ -203,6 +203,59 @@ BAD_SPAWNS = [
     ),
     ("'default', 'hello', 'null', '{\"cancellation\": {\"ttl\": 5}}'", "cancellation must be"),
     ("'default', 'hello', 'null', '{\"task_id\": \"nope\"}'", "task_id must be a UUID"),
+    # Numbers beyond a double, read exactly rather than cast (which overflowed or
+    # underflowed with SQLSTATE 22003), and timestamps the cast rejects (22008, 22009).
+    ("'default', 'hello', 'null', '{\"delay\": 1e400}'", "delay must be zero or more and at"),
+    (
+        "'default', 'hello', 'null', '{\"delay\": 1e-400}'",
+        "delay is too small to be told from zero, got 1.000000e-400",
+    ),
+    (
+        "'default', 'hello', 'null', '{\"cancellation\": {\"max_duration\": 1e400}}'",
+        "max_duration must be more than zero and at most",
+    ),
+    (
+        "'default', 'hello', 'null', '{\"cancellation\": {\"max_pending_delay\": 1e-400}}'",
+        "max_pending_delay must be at least one microsecond, got 1.000000e-400",
+    ),
+    (
+        "'default', 'hello', 'null', '{\"cancellation\": {\"max_pending_delay\": 1e-7}}'",
+        "max_pending_delay must be at least one microsecond",
+    ),
+    (
+        "'default', 'hello', 'null', '{\"retry\": {\"kind\": \"exponential\", \"base\": 1e400}}'",
+        "retry base delay must be zero or more",
+    ),
+    (
+        "'default', 'hello', 'null',"
+        ' \'{"retry": {"kind": "exponential", "max_delay": 1e400}}\'',
+        "retry max_delay must be zero or more",
+    ),
+    (
+        "'default', 'hello', 'null', '{\"retry\": {\"kind\": \"exponential\", \"factor\": 1e400}}'",
+        "factor must be between 1 and 100",
+    ),
+    (
+        '\'default\', \'hello\', \'null\', \'{"retry": {"kind": "exponential", "factor": "2"}}\'',
+        "factor must be between 1 and 100",
+    ),
+    (
+        "'default', 'hello', 'null',"
+        ' \'{"retry": {"kind": "exponential", "jitter": 1e-400}}\'',
+        "retry jitter is too small",
+    ),
+    (
+        "'default', 'hello', 'null', '{\"start_at\": \"2030-13-01T00:00:00Z\"}'",
+        "start_at must be a valid ISO 8601 timestamp",
+    ),
+    (
+        "'default', 'hello', 'null', '{\"start_at\": \"2030-01-01T00:00:00+99:00\"}'",
+        "start_at must be a valid ISO 8601 timestamp",
+    ),
+    (
+        "'default', 'hello', 'null', '{\"start_at\": \"sometime+00:00\"}'",
+        "start_at must be a valid ISO 8601 timestamp",
+    ),
 ]
 
 
@@ -210,11 +263,46 @@ BAD_SPAWNS = [
 async def test_bad_spawns_are_refused_and_write_nothing(
     client: dt.Durable, args: str, message: str
 ) -> None:
-    with pytest.raises(psycopg.errors.InvalidParameterValue, match=message):
+    with pytest.raises(psycopg.errors.InvalidParameterValue, match=message) as refused:
         await call(client, f"SELECT * FROM @s.spawn({args})")
+    said = str(refused.value)
+    assert said.startswith("durable_trio: ")
+    assert len(said.splitlines()[0]) < 300, said  # 1e400's 401 digits are not all shown
     assert await task_rows(client) == []
     [(runs,)] = await call(client, "SELECT count(*) FROM @s.runs")
     assert runs == 0
+
+
+async def test_a_taken_task_or_run_id_is_refused_and_writes_nothing(client: dt.Durable) -> None:
+    text = "SELECT task_id FROM @s.spawn('default', 'hello', 'null', %s)"
+    task_id, run_id = UUID(int=1), UUID(int=2)
+    await call(client, text, json.dumps({"task_id": str(task_id), "run_id": str(run_id)}))
+    for given, message in [
+        ({"task_id": str(task_id)}, f"durable_trio: task_id {task_id} is taken"),
+        ({"run_id": str(run_id)}, f"durable_trio: run_id {run_id} is taken"),
+    ]:
+        with pytest.raises(psycopg.errors.InvalidParameterValue, match=message):
+            await call(client, text, json.dumps(given))
+    assert len(await task_rows(client)) == 1
+    [(runs,)] = await call(client, "SELECT count(*) FROM @s.runs")
+    assert runs == 1
+    # With an idempotency key, a repeat returns the first task, as before.
+    keyed = json.dumps({"task_id": str(UUID(int=3)), "idempotency_key": "k"})
+    assert await call(client, text, keyed) == await call(client, text, keyed)
+
+
+async def test_small_and_exact_durations_are_kept(client: dt.Durable) -> None:
+    """Under a microsecond, a delay is zero (as in Python); read exactly, not rounded."""
+    options = {"delay": 1e-7, "cancellation": {"max_duration": 0.000001}}
+    await call(
+        client, "SELECT * FROM @s.spawn('default', 'hello', 'null', %s)", json.dumps(options)
+    )
+    [(available, created, max_duration)] = await call(
+        client,
+        "SELECT r.available_at, t.created_at, t.max_duration FROM @s.runs r"
+        " JOIN @s.tasks t USING (task_id)",
+    )
+    assert (available - created, max_duration) == (timedelta(0), timedelta(microseconds=1))
 
 
 async def test_params_larger_than_the_limit_are_refused(client: dt.Durable) -> None:

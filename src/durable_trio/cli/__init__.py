@@ -3,7 +3,8 @@
 Global options: ``--url`` (default ``$DURABLE_DATABASE_URL``), ``--schema`` (default
 ``durable``), ``--version``. Reads take ``--json``. Exit codes: 0 done; 1 the command ran
 but found nothing to act on (no such task, a task that already ended); 2 bad input or
-usage; 3 the database is unreachable or its schema is not ready. Errors are one line on
+usage; 3 the database is unreachable or its schema is not ready; 128 + N when signal N
+(SIGTERM, SIGHUP) stopped ``postgres``, after its cleanup. Errors are one line on
 standard error, with any password in a URL redacted.
 """
 
@@ -60,9 +61,11 @@ for command in (
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit code (documented above)."""
     with cli_errors() as outcome:
-        app.main(
+        code = app.main(
             args=list(argv) if argv is not None else None,
             prog_name="durable-trio",
             standalone_mode=False,
         )
+        if isinstance(code, int):  # a command's click.exceptions.Exit, returned by click
+            outcome.code = code
     return outcome.code

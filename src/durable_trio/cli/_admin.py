@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import signal
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from types import ModuleType
+from types import FrameType, ModuleType
 
 import click
 import trio
@@ -16,8 +19,10 @@ import durable_trio as dt
 from .._ephemeral import EphemeralPostgres, PostgresUnavailable
 from .._schema import functions, migrations, render
 from .._sql import MIGRATE_LOCK
-from ._common import run, settings, with_client
+from ._common import run, settings
 from ._tasks import show_task
+
+CONNECT_TIMEOUT = 30.0  # seconds, as `Durable.connect`'s default
 
 
 @click.command()
@@ -33,8 +38,28 @@ def migrate(print_sql: bool) -> None:
         click.echo(_schema_script(settings().schema))
         return
 
-    applied = with_client(lambda c: c.migrate())
+    s = settings()
+    applied = run(lambda: _migrate(s.url, s.schema))
     click.echo(f"applied migrations {applied}" if applied else "schema is up to date")
+
+
+async def _migrate(url: str | None, schema: str) -> list[int]:
+    """Migrate and return the versions applied, on a client made but not opened:
+    `Durable.connect` with migrate=False refuses a schema that is not current, and with
+    migrate=True does not say what it applied."""
+    if url is None:
+        raise dt.ConfigurationError("no database URL: pass --url or set DURABLE_DATABASE_URL")
+    c = dt.Durable(url, queue="default", schema=schema, pool_size=1)
+    try:
+        with trio.move_on_after(CONNECT_TIMEOUT) as waited:
+            async with c.store.pool.acquire():
+                pass  # unreachable: say so in CONNECT_TIMEOUT, as connect does
+        if waited.cancelled_caught:
+            raise dt.DatabaseUnavailable(f"cannot connect within {CONNECT_TIMEOUT:g}s")
+        return await c.migrate()
+    finally:
+        with trio.CancelScope(shield=True):
+            await c.store.pool.aclose()
 
 
 def _schema_script(schema: str) -> str:
@@ -66,20 +91,49 @@ def _schema_script(schema: str) -> str:
 @click.option("--port", type=int, default=None, help="TCP port (implies --tcp).")
 @click.option("--fast", is_flag=True, help="fsync off and similar: data may be lost.")
 def postgres(tcp: bool, port: int | None, fast: bool) -> None:
-    """Run a throwaway PostgreSQL until Ctrl-C and print its URL."""
+    """Run a throwaway PostgreSQL until Ctrl-C (or SIGTERM, SIGHUP) and print its URL."""
     try:
-        server = EphemeralPostgres(tcp=tcp or port is not None, port=port, fast=fast)
-        with server:
-            click.echo(server.url)
-            click.echo(f"export DURABLE_DATABASE_URL='{server.url}'")
-            click.echo("Press Ctrl-C to stop the server.")
-            try:
-                while True:
-                    time.sleep(3600)
-            except KeyboardInterrupt:
-                pass
+        with _stopped_by(signal.SIGTERM, signal.SIGHUP):
+            server = EphemeralPostgres(tcp=tcp or port is not None, port=port, fast=fast)
+            with server:
+                click.echo(server.url)
+                click.echo(f"export DURABLE_DATABASE_URL='{server.url}'")
+                click.echo("Press Ctrl-C to stop the server.")
+                try:
+                    while True:
+                        time.sleep(3600)
+                except KeyboardInterrupt:
+                    pass
     except PostgresUnavailable as ex:
         raise click.ClickException(str(ex)) from None
+    except _Signalled as ex:  # the server is stopped and its directory gone
+        raise click.exceptions.Exit(128 + ex.signum) from None
+
+
+class _Signalled(Exception):
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+@contextmanager
+def _stopped_by(*signums: signal.Signals) -> Iterator[None]:
+    """Turn these signals into `_Signalled`, raised where the program is, so that the
+    blocks it leaves clean up as for Ctrl-C (the default action would leave the server
+    running and its directory behind). Once one came, the others are ignored, so that
+    a second cannot interrupt the cleanup."""
+
+    def handle(signum: int, frame: FrameType | None) -> None:
+        for one in signums:
+            signal.signal(one, signal.SIG_IGN)
+        raise _Signalled(signum)
+
+    previous = {one: signal.signal(one, handle) for one in signums}
+    try:
+        yield
+    finally:
+        for one, handler in previous.items():
+            signal.signal(one, handler)
 
 
 @click.command()

@@ -56,6 +56,19 @@ log = logging.getLogger("durable_trio.worker")
     help="Remove finished tasks and events older than this (30d, 12h), one worker at a time.",
 )
 @click.option(
+    "--version",
+    "version",
+    default=None,
+    help="Claim only tasks this version (or no worker yet) ran, and stamp it on them "
+    "(WorkerOptions.version; docs/versioning.md).",
+)
+@click.option(
+    "--no-migrate",
+    is_flag=True,
+    help="Do not create or upgrade the schema (connect(migrate=False)): for a role that may "
+    "not change it; the schema must be current.",
+)
+@click.option(
     "--log-level",
     type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"]),
     default="INFO",
@@ -71,6 +84,8 @@ def worker(
     shutdown_grace: float,
     worker_id: str | None,
     retention: str | None,
+    version: str | None,
+    no_migrate: bool,
     log_level: str,
 ) -> None:
     """Run a worker for the tasks APP (module:attribute) registers.
@@ -91,15 +106,16 @@ def worker(
         shutdown_grace=shutdown_grace,
         queues=list(queues) or None,
         retention=_age(retention),
+        version=version,
     )
     if worker_id is not None:
         options = attrs.evolve(options, worker_id=worker_id)
-    run(lambda: serve(target, options))
+    run(lambda: serve(target, options, migrate=not no_migrate))
 
 
-async def serve(target: Any, options: dt.WorkerOptions) -> None:
+async def serve(target: Any, options: dt.WorkerOptions, *, migrate: bool = True) -> None:
     queue = options.queues[0] if options.queues else "default"
-    async with client(queue, migrate=True) as c:
+    async with client(queue, migrate=migrate) as c:
         register(c, target)
         if not c.registered:
             raise BadInput("the app registered no task: nothing to run")
