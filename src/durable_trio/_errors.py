@@ -91,7 +91,8 @@ class TaskNotFound(DurableError):
 
 class RetryRefused(DurableError):
     """`Durable.retry` was asked to retry a task it may not: one that has not failed or
-    been cancelled (`state` says where it stands; wait for it, or cancel it first), or a
+    been cancelled (`state` says where it stands: an unfinished task can be waited for or
+    cancelled first; a completed one cannot run again, spawn a new task), or a
     child whose parent failed or was cancelled (retry the parent: the children cancelled
     with it get a new attempt too). Nothing was written."""
 

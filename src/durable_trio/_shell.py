@@ -131,8 +131,10 @@ class Connects(Generic[Opened]):
         ``client = Durable.connect(...)`` (blocking; close it with `close()` or use it as
         a context manager). `url` defaults to ``$DURABLE_DATABASE_URL``.
 
-        With ``migrate=True`` (the default) the schema is created or upgraded first; pass
-        False when running under a role that may not change the schema. Raises
+        With ``migrate=True`` (the default) the schema is created or upgraded first (a
+        schema already current is only read, so a role that may not change it can keep
+        the default); with False it is checked, and one missing or older than this
+        library raises `ConfigurationError` saying to migrate. Raises
         `DatabaseUnavailable` (password redacted) if the database cannot be reached within
         `timeout` seconds (more than zero), `InvalidInput` for a bad queue or schema name,
         pool size or timeout.
