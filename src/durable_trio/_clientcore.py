@@ -61,6 +61,9 @@ __all__ = ["ClientCore", "SpawnResult", "TaskInfo", "queries"]
 
 T = TypeVar("T")
 R = TypeVar("R")
+# A spawn's result type: covariant, so a SpawnResult[int] goes where SpawnResult[object]
+# is asked for (`wait_result`'s value passed to print, say).
+R_co = TypeVar("R_co", covariant=True)
 
 _DEFAULT_OPTIONS = SpawnOptions()
 # spawn_tasks' shared parameters, in its order after each item's ids, params and key.
@@ -83,7 +86,7 @@ TaskRef = TaskDefinition[Any, Any] | type[Task[Any, Any]]
 
 
 @attrs.frozen
-class SpawnResult(Generic[R]):
+class SpawnResult(Generic[R_co]):
     """What a spawn returns. ``created`` is False when an idempotency key matched an
     existing task (whose ids are returned and nothing was written).
 

@@ -18,6 +18,7 @@ payment stored under a name the code no longer uses.
 
 from __future__ import annotations
 
+import builtins
 import functools
 import importlib
 import inspect
@@ -146,6 +147,18 @@ class TaskContext:
         return f"<TaskContext {self.task_name} task={self.task_id} attempt={self.attempt}>"
 
     # -- steps ------------------------------------------------------------------------
+
+    # Two overloads, awaitable first: one signature taking ``Awaitable[T] | T`` lets mypy
+    # solve T either way for an async function, and it picks neither.
+    @overload
+    async def step(
+        self, name: str, fn: Callable[..., Awaitable[T]], *args: Any, result_type: Any = ...
+    ) -> T: ...
+
+    @overload
+    async def step(
+        self, name: str, fn: Callable[..., T], *args: Any, result_type: Any = ...
+    ) -> T: ...
 
     async def step(
         self,
@@ -523,6 +536,24 @@ class TaskContext:
         await self._suspend(checkpoint)
 
     # -- events -----------------------------------------------------------------------
+
+    @overload
+    async def await_event(
+        self,
+        name: str,
+        *,
+        timeout: Duration | None = None,
+        type: builtins.type[T],
+    ) -> T: ...
+
+    @overload
+    async def await_event(
+        self,
+        name: str,
+        *,
+        timeout: Duration | None = None,
+        type: Any = Any,
+    ) -> Any: ...
 
     async def await_event(
         self,

@@ -63,7 +63,7 @@ Opened = TypeVar("Opened")  # what a client's `connect` returns
 URL_ENV = "DURABLE_DATABASE_URL"
 # The blocking client's wait_result overloads, spelled short.
 TaskOf: TypeAlias = TaskDefinition[Any, R] | type[Task[Any, R]]
-Timeout: TypeAlias = float | None
+Timeout: TypeAlias = float | timedelta | None
 
 
 def resolve_url(url: str | None) -> str:
@@ -451,7 +451,7 @@ class AsyncShell(Shell[C], Async):
     """The trio and asyncio clients: `wait_result` as a coroutine."""
 
     @overload
-    async def wait_result(self, task: SpawnResult[R], /, *, timeout: float | None = None) -> R: ...
+    async def wait_result(self, task: SpawnResult[R], /, *, timeout: Timeout = None) -> R: ...
 
     @overload
     async def wait_result(
@@ -459,12 +459,12 @@ class AsyncShell(Shell[C], Async):
         task: TaskDefinition[Any, R] | type[Task[Any, R]],
         task_id: UUID | str,
         *,
-        timeout: float | None = None,
+        timeout: Timeout = None,
     ) -> R: ...
 
     @overload
     async def wait_result(
-        self, task: str | None, task_id: UUID | str, *, timeout: float | None = None
+        self, task: str | None, task_id: UUID | str, *, timeout: Timeout = None
     ) -> Any: ...
 
     async def wait_result(
@@ -472,7 +472,7 @@ class AsyncShell(Shell[C], Async):
         task: TaskDefinition[Any, Any] | type[Task[Any, Any]] | SpawnResult[Any] | str | None,
         task_id: UUID | str | None = None,
         *,
-        timeout: float | None = None,
+        timeout: Timeout = None,
     ) -> Any:
         """Wait until the task ends; return its result typed as the task's Output:
         ``wait_result(spawned)`` with what a spawn returned, or ``wait_result(task,

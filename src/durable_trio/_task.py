@@ -18,6 +18,9 @@ if TYPE_CHECKING:
 
 P = TypeVar("P")
 R = TypeVar("R")
+# A task's output type: covariant, so a task returning int goes where one returning
+# object is asked for (`wait_result(task, id)` passed to print, say).
+R_co = TypeVar("R_co", covariant=True)
 
 __all__ = ["Task", "TaskDefinition", "task"]
 
@@ -27,7 +30,7 @@ def _task_name(name: object) -> str:
 
 
 @attrs.frozen
-class TaskDefinition(Generic[P, R]):
+class TaskDefinition(Generic[P, R_co]):
     """A registered-able task: what `@task` returns and what `Durable.register` takes.
 
     ``params_type`` and ``output_type`` come from the function's annotations; values are
@@ -38,13 +41,13 @@ class TaskDefinition(Generic[P, R]):
     """
 
     name: str = attrs.field(converter=_task_name)
-    fn: Callable[[TaskContext, P], Awaitable[R]]
+    fn: Callable[[TaskContext, P], Awaitable[R_co]]
     params_type: Any = Any
     output_type: Any = Any
     options: SpawnOptions | None = None
     non_retryable: tuple[type[BaseException], ...] = ()
 
-    async def __call__(self, ctx: TaskContext, params: P) -> R:
+    async def __call__(self, ctx: TaskContext, params: P) -> R_co:
         return await self.fn(ctx, params)
 
 
@@ -77,7 +80,7 @@ def task(
     return wrap
 
 
-class Task(Generic[P, R]):
+class Task(Generic[P, R_co]):
     """Class-style task: subclass, set ``name`` and implement ``async run(params, ctx)``
     (note the order: params first, unlike a ``@task`` function's ``(ctx, params)``).
 
@@ -92,17 +95,17 @@ class Task(Generic[P, R]):
     options: ClassVar[SpawnOptions | None] = None
     non_retryable: ClassVar[tuple[type[BaseException], ...]] = ()
 
-    async def run(self, params: P, ctx: TaskContext) -> R:
+    async def run(self, params: P, ctx: TaskContext) -> R_co:
         raise NotImplementedError
 
     @classmethod
-    def definition(cls) -> TaskDefinition[P, R]:
+    def definition(cls) -> TaskDefinition[P, R_co]:
         if not isinstance(getattr(cls, "name", None), str):
             raise ConfigurationError(f"{cls.__qualname__} must set a class attribute `name`")
         instance = cls()
         params_type, output_type = _types_of(cls.run, params_index=1)
 
-        async def call(ctx: TaskContext, params: P) -> R:
+        async def call(ctx: TaskContext, params: P) -> R_co:
             return await instance.run(params, ctx)
 
         return TaskDefinition(

@@ -111,7 +111,7 @@ class Durable(Shell[psycopg.Connection[Any]], Blocking, Connects["Durable"]):
         return self._execute(Call(_sql.migrate(self.schema)), transaction=True)
 
     @overload
-    def wait_result(self, task: SpawnResult[R], /, *, timeout: float | None = None) -> R: ...
+    def wait_result(self, task: SpawnResult[R], /, *, timeout: Timeout = None) -> R: ...
 
     @overload
     def wait_result(

@@ -3,6 +3,7 @@ never run). Each `assert_type` fails the type check if the inference drifts."""
 
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import Any, assert_type
 
 import attrs
@@ -78,3 +79,29 @@ async def ship(ctx: dt.TaskContext, order: Order) -> int:
 
 def weigh_sync() -> Parcel:
     return Parcel(1)
+
+
+async def fetch_page(url: str) -> str:
+    return url
+
+
+@dt.task("steps-and-events")
+async def steps_and_events(ctx: dt.TaskContext, order: Order) -> None:
+    assert_type(await ctx.step("fetch", fetch_page, "https://example.com"), str)
+    assert_type(await ctx.step("weigh", weigh_sync), Parcel)
+    assert_type(await ctx.await_event("paid", type=Receipt), Receipt)
+    assert_type(await ctx.await_event("anything"), Any)
+
+
+async def results_as_objects(client: dt.Durable, aio: durable_trio.aio.Durable) -> None:
+    spawned = await client.spawn(buy, Order("tea"))
+    print(await client.wait_result(spawned))  # print takes object: R is covariant
+    print(await client.wait_result(buy, spawned.task_id))
+    print(await aio.wait_result(buy, spawned.task_id))
+    await client.wait_result(spawned, timeout=timedelta(seconds=3))
+
+
+def sync_results_as_objects(client: durable_trio.sync.Durable) -> None:
+    spawned = client.spawn(buy, Order("tea"))
+    print(client.wait_result(spawned))
+    print(client.wait_result(buy, spawned.task_id, timeout=timedelta(seconds=3)))
