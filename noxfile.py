@@ -3,14 +3,26 @@
 from __future__ import annotations
 
 import os
+import sys
 
 import nox
+
+# Every session runs on the interpreter nox itself runs under (python=None), so the
+# README's `python3 -m nox` works with whichever Python 3.11+ `python3` is (for another,
+# run nox with it: `python3.13 -m nox`). An older one cannot install the project: say
+# so before any session starts rather than fail later inside pip.
+if sys.version_info < (3, 11):  # noqa: UP036 - nox itself may run on an older one
+    raise SystemExit(
+        "durable_trio needs Python 3.11 or newer, but nox is running on Python "
+        f"{sys.version.split()[0]} ({sys.executable}). Run nox with a newer Python, "
+        "e.g. `python3.11 -m pip install nox && python3.11 -m nox`."
+    )
 
 nox.options.sessions = ["lint", "types", "tests"]
 nox.options.reuse_existing_virtualenvs = True
 nox.options.error_on_missing_interpreters = True
 
-PYTHON = "3.11"
+PYTHON = None  # the running interpreter (see above)
 LINT_PATHS = ["src", "tests", "benchmarks", "examples", "noxfile.py"]
 
 

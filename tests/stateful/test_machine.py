@@ -118,12 +118,12 @@ MAX_TREES = 4
 MAX_RACES = 4
 KEYS = 3  # idempotency keys are drawn from this few, so they repeat
 SIDE_OPTIONS = dt.SpawnOptions(max_attempts=1)
-# A known worker bug: a worker that claims a run again (same run_id) while the attempt
-# that just suspended it is still unwinding loses track of it — the old attempt's cleanup
-# removes the new one from Worker._runs, and the new one's cleanup then raises KeyError in
-# Worker._execute, which takes the whole worker down. The event race wakes its held
-# waiter at the very instant it suspends, so it stops the worker from claiming before it
-# lets the waiter go; DURABLE_STATEFUL_RECLAIM=1 keeps it claiming, which shows the bug.
+# The event race wakes its held waiter at the very instant it suspends, so its worker can
+# claim the run again (same run_id) while the suspending attempt is still unwinding. That
+# once crashed the worker (a KeyError from Worker._runs); now the new attempt waits for
+# the old one (Worker._execute_after). By default the race stops the worker from claiming
+# before it lets the waiter go; DURABLE_STATEFUL_RECLAIM=1 keeps it claiming, to exercise
+# that path.
 RECLAIM = os.environ.get("DURABLE_STATEFUL_RECLAIM") == "1"
 
 # What happened how often, over the whole test (hypothesis.event only reaches the
@@ -1924,7 +1924,7 @@ class StatefulMachine(RuleBasedStateMachine):
                         # The attempts in flight finish, but the worker claims nothing
                         # more: woken at the instant it suspends, the held waiter could
                         # be claimed again by this worker before its suspended attempt
-                        # has unwound, which crashes the worker (see RECLAIM).
+                        # has unwound (see RECLAIM).
                         worker.shutdown()
                     hold.release.set()
                 names = side.registered
