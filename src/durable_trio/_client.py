@@ -234,8 +234,9 @@ class Durable(
         """Run a worker for the duration of the block.
 
         Leaving the block normally shuts the worker down gracefully. An exception raised
-        in the block stops the worker at once (its runs are retried once their leases
-        expire) and is re-raised as it is, never wrapped in an ExceptionGroup, so a plain
+        in the block stops the worker at once (its runs are handed back, their attempts
+        unspent, for any worker to take again) and is re-raised as it is, never wrapped
+        in an ExceptionGroup, so a plain
         ``except dt.WaitTimeout:`` around the block works. If the worker itself fails (a
         bug, or a database error it cannot ride out), the block is cancelled and
         `WorkerFailed` is raised, with the worker's error as its ``__cause__``.

@@ -27,8 +27,8 @@ from urllib.parse import urlsplit, urlunsplit
 import attrs
 import psycopg
 import trio
+from psycopg import capabilities, pq
 from psycopg import errors as pg_errors
-from psycopg import pq
 from psycopg._conninfo_utils import is_ip_address, split_attempts
 from psycopg.abc import PQGen, PQGenConn
 from psycopg.conninfo import conninfo_to_dict, make_conninfo, timeout_from_conninfo
@@ -258,13 +258,25 @@ class TrioConnection(psycopg.AsyncConnection[Row]):
             return
         with trio.move_on_after(_CANCEL_GRACE) as scope:
             try:
-                await trio.to_thread.run_sync(self.cancel, abandon_on_cancel=True)
+                await self._cancel_on_server()
                 await _drive(gen, fileno)
             except psycopg.Error:
                 pass  # QueryCanceled, as intended
         if scope.cancelled_caught or self.pgconn.transaction_status == pq.TransactionStatus.ACTIVE:
             log.warning("query did not stop after cancellation: closing connection")
             await self.close()
+
+    async def _cancel_on_server(self) -> None:
+        """Ask the server to cancel the query in flight, on trio's event loop. libpq's
+        older, blocking cancel holds the GIL while it waits for the server's answer: a
+        server that does not answer froze every thread, trio's included, however the
+        call was abandoned. The non-blocking one (libpq 17+) is driven like a connect."""
+        if not self._should_cancel():
+            return
+        if capabilities.has_cancel_safe():
+            await _drive_conn(self._cancel_gen())
+        else:
+            await trio.to_thread.run_sync(self.cancel, abandon_on_cancel=True)
 
     async def close(self) -> None:
         if not self.closed:
@@ -369,20 +381,22 @@ _URL_PASSWORD = re.compile(r"://[^:/@]*:([^@]*)@")
 
 
 def _alive(conn: TrioConnection) -> bool:
-    """Cheap check of an idle connection: one zero-timeout poll, no round trip.
+    """Cheap check of an idle connection: one zero-timeout poll, no round trip."""
+    return conn.healthy and quiet(conn.pgconn)
 
-    An idle socket has nothing to read unless the server sent something on its own; after
-    a server restart or pg_terminate_backend that is the goodbye (or EOF). Consuming it
-    then marks the connection bad, so it is discarded instead of failing its next user.
-    """
-    if not conn.healthy:
-        return False
+
+def quiet(pgconn: pq.abc.PGconn) -> bool:
+    """Whether an idle connection's socket has nothing to read, as a live one has.
+
+    A pooled connection listens to nothing, so the server writes to it on its own only to
+    say goodbye: after a server restart, pg_terminate_backend or an idle timeout, a FATAL
+    error and then EOF. libpq takes that error as a notice and keeps the connection OK
+    until the EOF is read, which may not have arrived yet: anything to read means gone,
+    and the connection is discarded instead of failing its next user."""
     try:
-        if _poll_now(conn.pgconn.socket, select.POLLIN):
-            conn.pgconn.consume_input()
+        return not _poll_now(pgconn.socket, select.POLLIN)
     except (OSError, psycopg.Error):
         return False
-    return conn.pgconn.status == pq.ConnStatus.OK
 
 
 class Pool:

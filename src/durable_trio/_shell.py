@@ -28,7 +28,7 @@ from ._clientcore import SAFETY_POLL, ClientCore, SpawnResult, TaskInfo, TaskRef
 from ._core.durations import Duration, to_seconds
 from ._core.options import SpawnOptions
 from ._core.states import TaskState
-from ._db import CLIENT_CLOSED, CONNECTION_ERRORS, redact_url
+from ._db import CLIENT_CLOSED, CONNECTION_ERRORS, quiet, redact_url
 from ._ends import AsyncEnds
 from ._errors import ConfigurationError, DatabaseUnavailable, InvalidInput
 from ._hooks import Hooks
@@ -496,9 +496,37 @@ class AsyncShell(Shell[C], Async):
 # -- the psycopg_pool clients (blocking and asyncio) ----------------------------------------
 
 
-def pool_options(pool_size: int) -> dict[str, Any]:
-    """How the blocking and asyncio clients make their psycopg_pool pools."""
-    return {"min_size": 1, "max_size": pool_size, "kwargs": {"autocommit": True}, "open": False}
+def pool_options(pool_size: int, *, asynchronous: bool) -> dict[str, Any]:
+    """How the blocking and asyncio clients make their psycopg_pool pools: each pooled
+    connection checked before it is handed out, without a round trip (`_db.quiet`), so
+    one the server dropped while it was idle is replaced instead of failing the call."""
+    check = _check_quietly if asynchronous else _check_quiet
+    return {
+        "min_size": 1,
+        "max_size": pool_size,
+        "kwargs": {"autocommit": True},
+        "open": False,
+        "check": check,
+    }
+
+
+# A check that fails must leave the connection closed: the pool takes back one that
+# still looks OK to libpq and would hand it out again.
+_GONE = "the server closed this idle connection"
+
+
+def _check_quiet(conn: psycopg.Connection[Any]) -> None:
+    if not conn.closed and not quiet(conn.pgconn):
+        conn.close()
+    if conn.closed:
+        raise psycopg.OperationalError(_GONE)
+
+
+async def _check_quietly(conn: psycopg.AsyncConnection[Any]) -> None:
+    if not conn.closed and not quiet(conn.pgconn):
+        await conn.close()
+    if conn.closed:
+        raise psycopg.OperationalError(_GONE)
 
 
 class Pooled:

@@ -124,6 +124,7 @@ class Worker:
         self._drained = trio.Event()
         self._reservations_done = trio.Event()
         self._stopping = False
+        self._ran = False  # `run()` was called: a worker runs once
         self._healthy = False
         self._last_reap = -1e9
         self._last_unserved = -1e9
@@ -179,7 +180,14 @@ class Worker:
         self._wake.set()
 
     async def run(self, *, task_status: trio.TaskStatus[Worker] = trio.TASK_STATUS_IGNORED) -> None:
-        """Work the queues until `shutdown()`. Use in your own nursery with ``nursery.start``."""
+        """Work the queues until `shutdown()`. Use in your own nursery with ``nursery.start``.
+        A worker runs once: after `run()` returned, make another (`Durable.new_worker`)."""
+        if self._ran:
+            raise ConfigurationError(
+                f"worker {self.worker_id} has run already and stopped: a worker runs once, "
+                f"make another with client.new_worker(options)"
+            )
+        self._ran = True
         names = self._names = sorted(self._registry)
         self._slots = Slots(self.options.concurrency, self.options.prefetch)
         if not names:

@@ -54,7 +54,7 @@ class Durable(
     _label = "durable_trio.aio.Durable"
 
     def _setup(self, pool_size: int) -> None:
-        self._pool = AsyncConnectionPool(self.url, **pool_options(pool_size))
+        self._pool = AsyncConnectionPool(self.url, **pool_options(pool_size, asynchronous=True))
         self._ends = AsyncioEnds(self.url, self.schema)
 
     @classmethod

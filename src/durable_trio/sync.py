@@ -61,7 +61,7 @@ class Durable(Shell[psycopg.Connection[Any]], Blocking, Connects["Durable"]):
     _label = "durable_trio.sync.Durable"
 
     def _setup(self, pool_size: int) -> None:
-        self._pool = ConnectionPool(self.url, **pool_options(pool_size))
+        self._pool = ConnectionPool(self.url, **pool_options(pool_size, asynchronous=False))
         self._ends = BlockingEnds(self.url, self.schema)
 
     @classmethod

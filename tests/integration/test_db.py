@@ -6,12 +6,18 @@ psycopg upgrade that changes it fails here first.
 
 from __future__ import annotations
 
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
 from typing import Any
 
+import attrs
 import psycopg
 import pytest
 import trio
 from psycopg import pq, sql
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 import durable_trio as dt
 from durable_trio._db import Listener, Pool, TrioConnection, connect, redact_url
@@ -241,27 +247,37 @@ async def test_pool_discards_a_closed_connection(pg_url: str) -> None:
 
 
 async def test_pool_replaces_a_connection_the_server_killed(pg_url: str) -> None:
+    """A connection the server ended while it was idle in the pool (a restart,
+    pg_terminate_backend, an idle timeout) is replaced before its next user gets it."""
     pool = Pool(pg_url, max_size=1)
     try:
         async with pool.acquire() as conn:
             pid = conn.info.backend_pid
-        killer = await connect(pg_url)
-        try:
-            await killer.execute("SELECT pg_terminate_backend(%s)", (pid,))
-        finally:
-            await killer.close()
-        # The dead connection may fail its first use, but it is never handed out again.
-        try:
-            async with pool.acquire() as conn:
-                await conn.execute("select 1")
-        except psycopg.OperationalError:
-            pass
+        await terminate(pg_url, [pid])
         async with pool.acquire() as conn:
             assert conn.info.backend_pid != pid
             cur = await conn.execute("select 1 AS one")
             assert await cur.fetchone() == {"one": 1}
     finally:
         await pool.aclose()
+
+
+async def terminate(url: str, pids: list[int]) -> None:
+    """End these backends, and wait until they are gone (their goodbye sent)."""
+    killer = await connect(url)
+    try:
+        for pid in pids:
+            await killer.execute("SELECT pg_terminate_backend(%s)", (pid,))
+        while True:
+            cur = await killer.execute(
+                "SELECT count(*) AS n FROM pg_stat_activity WHERE pid = ANY(%s)", (pids,)
+            )
+            row = await cur.fetchone()
+            if row is not None and row["n"] == 0:
+                return
+            await trio.sleep(0.01)
+    finally:
+        await killer.close()
 
 
 async def test_pool_bounds_concurrent_connections(pg_url: str) -> None:
@@ -420,3 +436,117 @@ async def test_a_cancelled_scope_sends_no_statement(pg_url: str, schema: str) ->
             assert await cur.fetchall() == [{"n": 0}]
     finally:
         await pool.aclose()
+
+
+# -- a server that stops answering ------------------------------------------------------
+
+# A TCP forwarder to the test server, in a process of its own so that SIGSTOP makes the
+# server look hung (connections still accepted by the kernel, nothing ever answered)
+# without touching the server the other tests share.
+FORWARDER = """
+import socket, sys, threading
+kind, target = sys.argv[1], sys.argv[2]
+listener = socket.socket()
+listener.bind(("127.0.0.1", 0))
+listener.listen(16)
+print(listener.getsockname()[1], flush=True)
+def pump(a, b):
+    try:
+        while data := a.recv(65536):
+            b.sendall(data)
+    except OSError:
+        pass
+    finally:
+        for s in (a, b):
+            try:
+                s.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+while True:
+    client, _ = listener.accept()
+    if kind == "unix":
+        server = socket.socket(socket.AF_UNIX)
+        server.connect(target)
+    else:
+        host, port = target.rsplit(":", 1)
+        server = socket.create_connection((host, int(port)))
+    for a, b in ((client, server), (server, client)):
+        threading.Thread(target=pump, args=(a, b), daemon=True).start()
+"""
+
+
+@attrs.define
+class Forwarder:
+    """The test server's URL through a forwarder process that `hang` stops (SIGSTOP),
+    with a watchdog process that wakes it again after 20 s whatever happens, so that a
+    test never hangs for good."""
+
+    url: str
+    proc: subprocess.Popen[str]
+    watchdog: subprocess.Popen[bytes] | None = None
+
+    def hang(self) -> None:
+        self.proc.send_signal(signal.SIGSTOP)
+        self.watchdog = subprocess.Popen(["sh", "-c", f"sleep 20; kill -CONT {self.proc.pid}"])
+
+    def still_hung(self) -> bool:
+        """Whether the forwarder is still stopped (the watchdog did not wake it)."""
+        with open(f"/proc/{self.proc.pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] == "T"
+
+
+@pytest.fixture
+def forwarded(pg_url: str) -> Iterator[Forwarder]:
+    params = conninfo_to_dict(pg_url)
+    host, port = str(params.get("host") or "/tmp"), str(params.get("port") or 5432)
+    unix = host.startswith("/")
+    target = f"{host}/.s.PGSQL.{port}" if unix else f"{host}:{port}"
+    proc = subprocess.Popen(
+        [sys.executable, "-c", FORWARDER, "unix" if unix else "tcp", target],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdout is not None
+    with proc.stdout:
+        local = int(proc.stdout.readline())
+    forwarder = Forwarder(make_conninfo(pg_url, host="127.0.0.1", port=str(local)), proc)
+    try:
+        yield forwarder
+    finally:
+        for one in (forwarder.watchdog, proc):
+            if one is not None:
+                one.kill()
+                one.wait()
+
+
+async def test_cancelling_a_query_to_a_hung_server_leaves_the_process_running(
+    forwarded: Forwarder,
+) -> None:
+    """The server-side cancel must not block the process: libpq's blocking cancel held
+    the GIL while it waited for the server, and so stopped trio (and every thread) until
+    the server answered. Here the server never does, unless the watchdog wakes it."""
+    conn = await connect(forwarded.url)
+    ticks = 0
+
+    async def tick() -> None:
+        nonlocal ticks
+        while True:
+            await trio.sleep(0.05)
+            ticks += 1
+
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(tick)
+            with trio.move_on_after(0.5) as scope:
+                query = conn.execute("select pg_sleep(30)")
+                forwarded.hang()  # from now on nothing answers: the query is on its way
+                await query
+            assert scope.cancelled_caught
+            nursery.cancel_scope.cancel()
+        # Given up on (the connection closed) while the server was still hung, and
+        # trio kept running meanwhile.
+        assert forwarded.still_hung()
+        assert conn.closed
+        assert ticks > 10
+    finally:
+        await conn.close()

@@ -352,3 +352,15 @@ async def test_a_busy_first_queue_does_not_starve_the_next(client: dt.Durable) -
     await run_until_idle(client, options)
     assert len(ORDER) == 31
     assert ORDER.index("second") < 3, ORDER
+
+
+async def test_a_worker_runs_once(client: dt.Durable) -> None:
+    """Run again after it stopped, a worker would claim nothing (it is stopping for
+    good): it says so instead."""
+    client.register(quick)
+    worker = client.new_worker(dt.WorkerOptions(poll_interval=0.05))
+    async with trio.open_nursery() as nursery:
+        await nursery.start(worker.run)
+        worker.shutdown()
+    with pytest.raises(dt.ConfigurationError, match="runs once"):
+        await worker.run()
