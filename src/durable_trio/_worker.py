@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import math
 import os
 import random
 import socket
@@ -634,20 +635,23 @@ class Worker:
 
     async def _log_losses(self, lost: list[RunState]) -> None:
         states: dict[UUID, tuple[str, str | None]] = {}
-        # Shielded, briefly: a worker stopping right after a cancel (a CancellationPolicy
-        # deadline, say) still tells a deliberate cancel from a lost lease.
-        shielded = trio.CancelScope(shield=True)
         try:
-            with suppress(*RETRYABLE_IO, psycopg.Error), shielded, trio.move_on_after(2):
+            with suppress(*RETRYABLE_IO, psycopg.Error), trio.move_on_after(5):
                 states = await self._control.lost_runs([r.run_id for r in lost])
         finally:  # logged even when the worker stops meanwhile
+            # Cut short by a stop (graceful, or the worker cancelled from outside)?
+            stopped = self._stopping or trio.current_effective_deadline() == -math.inf
             for run in lost:
                 state, reason = states.get(run.run_id, (None, None))
                 if state == "cancelled":  # the run itself, not only its task
                     run.explain_loss(f"task cancelled: {reason}")
                 elif state is not None:
                     run.explain_loss("lease lost (expired, or the run was taken over)")
-                run.log_loss(cancelled=state == "cancelled")
+                elif stopped:
+                    # Not known: the stop cut the lookup short. Most often a cancel the
+                    # last heartbeat found, so not a warning (the run is gone either way).
+                    run.explain_loss("not renewed by the last heartbeat before the stop")
+                run.log_loss(cancelled=state == "cancelled" or (state is None and stopped))
 
     # -- executing --------------------------------------------------------------------
 
@@ -849,7 +853,9 @@ class Worker:
 
         No claim loop and no polling: runs spawned or woken by this pass are left for the
         next one, so a test advances step by step. Leases are renewed meanwhile. Cancelling
-        the caller abandons the runs, like a crash. Not while `run()` is running.
+        the caller hands the runs back, attempts unspent, as for `run()` (to play a crash
+        instead, set ``worker.hand_back_on_cancel = False`` first: the runs are then left
+        to their leases). Not while `run()` is running.
         """
         if self._execs is not None:
             raise ConfigurationError(f"worker {self.worker_id} is running: run_once needs it idle")
@@ -862,8 +868,6 @@ class Worker:
         control_pool = Pool(self._url, max_size=1)
         exec_pool = Pool(self._url, max_size=min(limit, 32))
         runs: list[RunState | ClaimedRun] = []
-        # A pass cancelled from outside plays a crash: its runs are left to their leases.
-        hand_back, self.hand_back_on_cancel = self.hand_back_on_cancel, False
         try:
             self._control = Store(control_pool, self._schema)
             self._exec = Store(exec_pool, self._schema)
@@ -881,7 +885,6 @@ class Worker:
                 control.cancel_scope.cancel()
             return await self._report(runs)
         finally:
-            self.hand_back_on_cancel = hand_back
             with trio.CancelScope(shield=True):
                 await exec_pool.aclose()
                 await control_pool.aclose()

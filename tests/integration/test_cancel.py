@@ -416,8 +416,8 @@ async def test_a_failing_deadline_sweep_does_not_stop_reaping(
 async def test_a_cancel_found_by_the_last_heartbeat_before_a_stop_is_not_a_warning(
     client: dt.Durable, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """The worker stops the moment the cancel is seen: asking why the run was lost still
-    finishes, so a deliberate cancel is not reported as a lost lease."""
+    """The worker stops the moment the cancel is seen: a loss whose cause the stop kept
+    it from looking up is not reported as a lost lease (a WARNING)."""
     caplog.set_level(logging.INFO, logger="durable_trio.worker")
     b = Blocked()
     client.register(b.task)
@@ -433,6 +433,8 @@ async def test_a_cancel_found_by_the_last_heartbeat_before_a_stop_is_not_a_warni
             await b.recorded.wait()  # the heartbeat lost it: stop at once
         nursery.cancel_scope.cancel()
     abandoned = [r for r in caplog.records if "abandoned" in r.getMessage()]
-    assert [(r.levelname, r.getMessage().split(": ", 1)[1]) for r in abandoned] == [
-        ("INFO", "task cancelled: enough")
-    ]
+    assert [r.levelname for r in abandoned] == ["INFO"]
+    assert abandoned[0].getMessage().split(": ", 1)[1] in (
+        "task cancelled: enough",  # the lookup of why finished before the stop
+        "not renewed by the last heartbeat before the stop",
+    )

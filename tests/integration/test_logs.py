@@ -10,7 +10,7 @@ import pytest
 import trio
 
 import durable_trio as dt
-from durable_trio.testing import advance_clock, reap_expired, run_once, run_until_idle
+from durable_trio.testing import advance_clock, reap_expired, run_until_idle
 
 FIELDS = ("task_id", "run_id", "task_name", "queue", "attempt", "step")
 
@@ -98,8 +98,10 @@ async def test_a_task_its_worker_left_is_logged_when_its_lease_expires(
     client.register(stuck)
     retried = await client.spawn(stuck, None, options=dt.SpawnOptions(max_attempts=2))
     failed = await client.spawn(stuck, None, options=dt.SpawnOptions(max_attempts=1))
-    with trio.move_on_after(1):  # a pass cancelled from outside: the worker "crashed"
-        await run_once(client, dt.WorkerOptions(claim_timeout=60))
+    worker = client.new_worker(dt.WorkerOptions(claim_timeout=60))
+    worker.hand_back_on_cancel = False  # plays a process that died: nothing handed back
+    with trio.move_on_after(1):
+        await worker.run_once()
     await advance_clock(client, timedelta(minutes=5))
     with caplog.at_level(logging.WARNING, logger="durable_trio"):
         assert await reap_expired(client) == 2

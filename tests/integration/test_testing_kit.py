@@ -200,17 +200,24 @@ async def blocks(ctx: dt.TaskContext, p: None) -> None:
     await trio.sleep_forever()
 
 
-async def test_a_cancelled_pass_leaves_its_runs_to_their_leases_like_a_crash(
+async def test_a_cancelled_pass_hands_its_runs_back_or_plays_a_crash(
     client: dt.Durable,
 ) -> None:
+    """Cancelled from outside, a pass hands its runs back (attempt unspent), as `run()`
+    does; with ``hand_back_on_cancel = False`` it plays a crash: leases left to expire."""
     client.register(blocks)
-    spawned = await client.spawn(blocks, None)
+    handed = await client.spawn(blocks, None)
     with trio.move_on_after(0.5):
         await run_once(client, dt.WorkerOptions(claim_timeout=60))
-    runs = await fetch(
-        client, "SELECT state, attempt FROM @s.runs WHERE task_id = %s", spawned.task_id
-    )
-    assert runs == [{"state": "running", "attempt": 1}]
+    runs = "SELECT state, attempt FROM @s.runs WHERE task_id = %s"
+    assert await fetch(client, runs, handed.task_id) == [{"state": "pending", "attempt": 1}]
+    await client.cancel(handed.task_id)
+    crashed = await client.spawn(blocks, None)
+    worker = client.new_worker(dt.WorkerOptions(claim_timeout=60))
+    worker.hand_back_on_cancel = False
+    with trio.move_on_after(0.5):
+        await worker.run_once()
+    assert await fetch(client, runs, crashed.task_id) == [{"state": "running", "attempt": 1}]
     assert (await run_once(client)).runs == ()  # still leased: nothing is due
 
 
