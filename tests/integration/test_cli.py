@@ -47,6 +47,19 @@ nothing = []
 """
 
 
+def cli_worker(url: str, schema: str, app_dir: Path, *argv: str) -> subprocess.Popen[str]:
+    """`durable-trio --schema SCHEMA worker ...` on the app in `app_dir`, in the background
+    (its output in ``stdout``, stderr merged)."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "durable_trio", "--schema", schema, "worker", *argv],
+        cwd=app_dir,
+        env={**os.environ, "DURABLE_DATABASE_URL": url},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+
+
 @pytest.fixture
 def app_dir(tmp_path: Path) -> Path:
     (tmp_path / "cli_app.py").write_text(textwrap.dedent(APP))
@@ -120,15 +133,7 @@ def test_spawn_then_worker_runs_it_and_stops_on_sigterm(
     result = json.loads(spawned.stdout)
     assert set(result) == {"task_id", "run_id", "attempt", "created"}
     assert UUID(result["task_id"]).version == 7
-    env = {**os.environ, "DURABLE_DATABASE_URL": pg_url}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "durable_trio", "--schema", migrated, "worker", "cli_app:setup"],
-        cwd=app_dir,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
+    proc = cli_worker(pg_url, migrated, app_dir, "cli_app:setup")
     try:
         row = wait_state(pg_url, migrated, result["task_id"], "completed")
         assert row["result"] == "hello cli"
@@ -174,16 +179,8 @@ def test_worker_runs_as_the_application_role_under_a_version(
     spawned = json.loads(
         cli(pg_url, migrated, "spawn", "hello", "--params", '{"name": "v"}', "--json").stdout
     )
-    env = {**os.environ, "DURABLE_DATABASE_URL": app_role_url}
-    argv = ["worker", "cli_app:tasks", "--version", "2026-12-06", *no_migrate]
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "durable_trio", "--schema", migrated, *argv],
-        cwd=app_dir,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
+    argv = ["cli_app:tasks", "--version", "2026-12-06", *no_migrate]
+    proc = cli_worker(app_role_url, migrated, app_dir, *argv)
     try:
         row = wait_state(pg_url, migrated, spawned["task_id"], "completed")
     finally:
@@ -216,16 +213,7 @@ def test_worker_hands_runs_back_on_signals_and_a_kill_leaves_them_to_their_lease
     pg_url: str, migrated: str, app_dir: Path
 ) -> None:
     spawned = json.loads(cli(pg_url, migrated, "spawn", "slow", "--json").stdout)
-    env = {**os.environ, "DURABLE_DATABASE_URL": pg_url}
-    argv = [sys.executable, "-m", "durable_trio", "--schema", migrated, "worker", "cli_app:tasks"]
-    graceful = subprocess.Popen(
-        [*argv, "--shutdown-grace", "0.2"],
-        cwd=app_dir,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
+    graceful = cli_worker(pg_url, migrated, app_dir, "cli_app:tasks", "--shutdown-grace", "0.2")
     wait_state(pg_url, migrated, spawned["task_id"], "running")
     graceful.send_signal(signal.SIGINT)
     out, _ = graceful.communicate(timeout=60)
@@ -234,14 +222,7 @@ def test_worker_hands_runs_back_on_signals_and_a_kill_leaves_them_to_their_lease
     row = task_row(pg_url, migrated, spawned["task_id"])
     assert (row["state"], row["attempts"]) == ("pending", 1)
 
-    hard = subprocess.Popen(
-        [*argv, "--shutdown-grace", "600"],
-        cwd=app_dir,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
+    hard = cli_worker(pg_url, migrated, app_dir, "cli_app:tasks", "--shutdown-grace", "600")
     wait_state(pg_url, migrated, spawned["task_id"], "running")
     hard.send_signal(signal.SIGINT)
     time.sleep(0.5)  # the first signal's graceful shutdown is under way
@@ -252,9 +233,7 @@ def test_worker_hands_runs_back_on_signals_and_a_kill_leaves_them_to_their_lease
     row = task_row(pg_url, migrated, spawned["task_id"])
     assert (row["state"], row["attempts"]) == ("pending", 1)
 
-    killed = subprocess.Popen(
-        argv, cwd=app_dir, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
-    )
+    killed = cli_worker(pg_url, migrated, app_dir, "cli_app:tasks")
     wait_state(pg_url, migrated, spawned["task_id"], "running")
     killed.kill()  # a real crash: nothing is handed back
     killed.communicate(timeout=60)
