@@ -741,7 +741,13 @@ class Worker:
         run.advance(RunEvent.COMPLETE)
         completion = run.writer.submit(run, None, text)
         self._free_slot(run)
-        await completion.done.wait()
+        # Shielded, briefly: a stop that cancelled this run's scope just as its code
+        # returned would otherwise leave the completion queued with nothing to hand the
+        # run back (a completing run is not handed back), and the writer stopped after.
+        with trio.CancelScope(shield=True), trio.move_on_after(HAND_BACK_GRACE):
+            await completion.done.wait()
+        if not completion.done.is_set():
+            return  # the writer stopped with it (the worker cancelled): left to its lease
         if not completion.owned:
             run.lose("completion was fenced")
         elif log.isEnabledFor(logging.DEBUG):
