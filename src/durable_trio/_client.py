@@ -16,11 +16,10 @@ from ._clientcore import SpawnResult, TaskInfo
 from ._core.durations import to_seconds
 from ._core.options import SpawnOptions, WorkerOptions
 from ._core.schedules import MissedPolicy
-from ._db import CONNECTION_LOST, Pool, TrioConnection, connect, redact_url
+from ._db import CONNECTION_LOST, Pool, TrioConnection, connect, too_late
 from ._ends import TrioEnds
 from ._errors import (
     ConfigurationError,
-    DatabaseUnavailable,
     InvalidInput,
     WorkerFailed,
 )
@@ -62,9 +61,7 @@ class Durable(
                 async with client._pool.acquire():
                     pass  # fail fast, with a clear error, if the database is unreachable
             if waited.cancelled_caught:
-                raise DatabaseUnavailable(
-                    f"cannot connect to {redact_url(opening.url)} within {opening.timeout:g}s"
-                )
+                raise too_late(opening.url, opening.timeout)
             if opening.migrate:
                 await client.migrate()
             else:  # refused now, not at the first statement that finds something missing

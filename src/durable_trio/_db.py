@@ -360,6 +360,12 @@ def unreachable(url: str, ex: BaseException) -> DatabaseUnavailable:
     return DatabaseUnavailable(f"cannot connect to {redact_url(url)}: {_scrub(str(ex), url)}")
 
 
+def too_late(url: str, timeout: float) -> DatabaseUnavailable:
+    """The error every client raises when the database did not answer within `timeout`
+    seconds of `connect` (password redacted)."""
+    return DatabaseUnavailable(f"cannot connect to {redact_url(url)} within {timeout:g}s")
+
+
 def _scrub(message: str, url: str) -> str:
     try:
         password = urlsplit(url).password

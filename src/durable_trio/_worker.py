@@ -957,7 +957,7 @@ def _log_failure(
 ) -> None:
     """An attempt's error, with its traceback: what the task's owner needs to see without
     querying the database. WARNING while a retry follows, ERROR when the task failed."""
-    what = f"task {run.task_name!r} {run.task_id} attempt {run.attempt}/{run.max_attempts}"
+    what = _attempt(run.task_name, run.task_id, run.attempt, run.max_attempts)
     # The traceback only if it can be formatted: a hostile exception must not break the
     # log line (nor the handler, which may raise on a formatting error).
     exc_info = ex if formatted else None
@@ -1044,21 +1044,27 @@ async def _reap(store: Store, row: ExpiredRun) -> str | None:
         delay=decision.delay,
         new_run_id=uuid7(),
     )
-    what = f"task {row.task_name!r} {row.task_id} attempt {row.attempt}/{row.max_attempts}"
+    what = _attempt(row.task_name, row.task_id, row.attempt, row.max_attempts)
+    fields = _expired_fields(row)
     if state == "pending":
         log.warning(
             "%s: its worker stopped heartbeating (lease expired); retrying in %.3g s",
             what,
             decision.delay,
-            extra=_expired_fields(row),
+            extra=fields,
         )
     elif state == "failed":
         log.error(
             "%s: its worker stopped heartbeating (lease expired); no attempts left",
             what,
-            extra=_expired_fields(row),
+            extra=fields,
         )
     return state
+
+
+def _attempt(task_name: str, task_id: UUID, attempt: int, max_attempts: int) -> str:
+    """How a log line names an attempt of a task."""
+    return f"task {task_name!r} {task_id} attempt {attempt}/{max_attempts}"
 
 
 def _expired_fields(row: ExpiredRun) -> dict[str, Any]:

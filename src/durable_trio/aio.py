@@ -25,9 +25,9 @@ import sniffio
 from psycopg_pool import AsyncConnectionPool
 
 from . import _sql
-from ._db import CONNECT_ERRORS, redact_url, unreachable
+from ._db import CONNECT_ERRORS, too_late, unreachable
 from ._ends import AsyncioEnds
-from ._errors import ConfigurationError, DatabaseUnavailable
+from ._errors import ConfigurationError
 from ._shell import (
     AsyncShell,
     Call,
@@ -102,7 +102,7 @@ async def _reachable(url: str, timeout: float) -> None:
         async with asyncio.timeout(timeout):
             conn = await psycopg.AsyncConnection.connect(url)
     except TimeoutError:  # an OSError: caught before CONNECT_ERRORS
-        error = DatabaseUnavailable(f"cannot connect to {redact_url(url)} within {timeout:g}s")
+        error = too_late(url, timeout)
     except CONNECT_ERRORS as ex:
         error = unreachable(url, ex)
     else:

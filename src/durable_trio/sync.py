@@ -31,9 +31,8 @@ from psycopg_pool import ConnectionPool
 
 from . import _sql
 from ._clientcore import SpawnResult
-from ._db import CONNECT_ERRORS, redact_url, unreachable
+from ._db import CONNECT_ERRORS, too_late, unreachable
 from ._ends import BlockingEnds
-from ._errors import DatabaseUnavailable
 from ._shell import (
     Blocking,
     Call,
@@ -146,7 +145,7 @@ def _reachable(url: str, timeout: float) -> None:
     try:
         _connect(url, time.monotonic() + timeout).close()
     except _Late:
-        error = DatabaseUnavailable(f"cannot connect to {redact_url(url)} within {timeout:g}s")
+        error = too_late(url, timeout)
     except CONNECT_ERRORS as ex:
         error = unreachable(url, ex)
     else:
